@@ -1,0 +1,30 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Exact pin: on a CPU-only machine a looser spec lets pip pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= demo-run
+
+.PHONY: venv test demo bench clean
+
+$(BIN)/nanoseg: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test,onnx]"
+	touch $@
+
+venv: $(BIN)/nanoseg
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+demo: venv
+	$(BIN)/nanoseg demo --out $(DEMO_DIR)
+
+bench: venv
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

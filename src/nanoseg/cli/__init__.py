@@ -1,0 +1,171 @@
+"""The ``nanoseg`` command line: a thin layer over the stage modules.
+
+Commands parse and validate before importing torch, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nanoseg.cli import common
+from nanoseg.errors import NanosegError
+
+app = typer.Typer(
+    name="nanoseg",
+    help="Particle size distributions from electron micrographs of agglomerated nanoparticles.\n\n"
+    "Examples:\n\n"
+    "  nanoseg demo --out demo-run\n\n"
+    "  nanoseg run ../shared/data/bam-tio2 --out runs/tio2 --profile quick\n\n"
+    "  nanoseg run my-config.yaml --from segment",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _global(
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+) -> None:
+    from nanoseg.runtime import setup_logging
+
+    setup_logging(log_level)
+
+
+def _folder_inputs(folder: Path) -> dict:
+    """Find micrographs and outlines in a data folder (``images/`` or ``sem/``, ``outlines/``)."""
+    images = next((folder / n for n in ("images", "sem") if (folder / n).is_dir()), folder)
+    data: dict = {"images": str(images)}
+    if (folder / "outlines").exists():
+        data["outlines"] = str(folder / "outlines")
+    return {"data": data}
+
+
+@app.command()
+def run(
+    source: Path = typer.Argument(..., help="A YAML config file, or a data folder holding micrographs "
+                                  "(in images/ or sem/, or at top level) and outlines/."),
+    out: Path = typer.Option(Path("nanoseg-run"), "--out", "-o", help="Run folder (created; reused to resume)."),
+    from_stage: Optional[str] = typer.Option(None, "--from", help="Redo this stage and all after it."),
+    to_stage: Optional[str] = typer.Option(None, "--to", help="Stop after this stage."),
+    force: bool = typer.Option(False, "--force", help="Redo every stage from scratch."),
+    profile: Optional[str] = common.ProfileOpt,
+    sets: Optional[list[str]] = common.SetOpt,
+    seed: Optional[int] = common.SeedOpt,
+    device: Optional[str] = common.DeviceOpt,
+    pixel_size: Optional[str] = common.PixelSizeOpt,
+) -> None:
+    """Run the whole workflow; finished, unchanged stages are skipped.
+
+    Examples:
+
+      nanoseg run ../shared/data/bam-tio2 --out runs/tio2
+
+      nanoseg run config.yaml --from classify --set classify.score_threshold=0.6
+    """
+    if not source.exists():
+        raise NanosegError(f"{source}: no such config file or data folder")
+    if source.is_dir():
+        cfg = common.resolve_config(None, profile, sets, seed, device, pixel_size, extra=_folder_inputs(source))
+    else:
+        cfg = common.resolve_config(source, profile, sets, seed, device, pixel_size)
+    from nanoseg.pipeline import run_pipeline
+
+    run_pipeline(cfg, out, from_stage=from_stage, to_stage=to_stage, force=force)
+    typer.echo(f"results: {out / 'measure'}")
+
+
+@app.command("make-demo-data")
+def make_demo_data(
+    out: Path = typer.Argument(..., help="Folder to write images/ and outlines/ into."),
+    n_images: int = typer.Option(6, "--n-images", help="Number of micrographs."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+) -> None:
+    """Render synthetic SEM micrographs of agglomerated particles, plus 40 user-like outlines.
+
+    Example:
+
+      nanoseg make-demo-data demo-data --n-images 6
+    """
+    from nanoseg.demo import make_demo_data as _make
+
+    _make(out, n_images=n_images, seed=seed)
+    typer.echo(f"demo data: {out}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-run"), "--out", "-o", help="Folder for the demo data and the run."),
+    profile: str = typer.Option("demo", "--profile", "-p", help="Profile (demo finishes in minutes on 2 cores)."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+    sets: Optional[list[str]] = common.SetOpt,
+) -> None:
+    """Make demo data, then run the whole workflow on it.
+
+    Example:
+
+      nanoseg demo --out demo-run
+    """
+    from nanoseg.demo import make_demo_data as _make
+    from nanoseg.pipeline import run_pipeline
+
+    data = out / "data"
+    if not (data / "images").is_dir():
+        _make(data, seed=seed)
+    cfg = common.resolve_config(None, profile, sets, seed, None, None, extra=_folder_inputs(data))
+    run_pipeline(cfg, out / "run")
+    typer.echo(f"results: {out / 'run' / 'measure'}")
+
+
+config_app = typer.Typer(help="Show, create and document configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("init")
+def config_init(
+    profile: str = typer.Option("quick", "--profile", "-p", help="Profile to start from."),
+    sets: Optional[list[str]] = common.SetOpt,
+) -> None:
+    """Print a complete config file for a profile (redirect it into a file and edit)."""
+    typer.echo(common.resolve_config(None, profile, sets).to_yaml(), nl=False)
+
+
+@config_app.command("check")
+def config_check(path: Path = typer.Argument(..., help="YAML config file.")) -> None:
+    """Validate a config file; prints the resolved config."""
+    typer.echo(common.resolve_config(path).to_yaml(), nl=False)
+
+
+@config_app.command("docs")
+def config_docs() -> None:
+    """Print the reference of every config key (Markdown)."""
+    from nanoseg.config import config_reference
+
+    typer.echo(config_reference())
+
+
+def _register_stage_commands() -> None:
+    # Each stage owns its command module; they import nothing heavy at module level.
+    from nanoseg.cli import stages
+
+    stages.register(app)
+
+
+_register_stage_commands()
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app()  # standalone mode: usage errors and --help exit through SystemExit
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except NanosegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,346 @@
+"""One validated configuration object for the whole workflow.
+
+A run is described by :class:`Config`, loaded from YAML on top of a named profile:
+
+- ``demo``: the smallest settings that still exercise every stage; the demo run finishes
+  in minutes on 2 CPU cores.
+- ``quick``: sized for a laptop CPU, trains everything in under an hour.
+- ``paper``: the published defaults of Rühle et al. (2021), meant for a GPU.
+
+Unknown keys, wrong types and NaN/inf values are rejected with one line that names the key.
+This module imports no torch so that the CLI can parse and validate before any heavy import.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nanoseg.errors import NanosegError
+
+PROFILES = ("demo", "quick", "paper")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the inputs are and how to read them."""
+
+    images: Path | None = Field(None, description="Folder of micrographs (TIFF, PNG, JPEG, BMP).")
+    outlines: Path | None = Field(
+        None,
+        description="Single-particle outlines: a folder of small binary images, a mask image with a "
+        "few painted particles, or an ImageJ ROI set (.roi/.zip).",
+    )
+    pixel_size_nm: float | None = Field(
+        None, gt=0, description="Pixel size override in nm; default: read from the image metadata."
+    )
+    info_bar_rows: int | Literal["auto"] = Field(
+        "auto", description="Rows of instrument info bar at the bottom: 'auto' detects it, 0 means none."
+    )
+    dark_particles: bool = Field(
+        False, description="Particles darker than the background (TEM/TSEM bright-field images)."
+    )
+    expected_size_nm: float | None = Field(
+        None,
+        gt=0,
+        description="Expected equivalent circular diameter of a particle in nm; used as the size prior "
+        "when masks.size_prior is 'expected'.",
+    )
+
+
+class ShapesConfig(_Section):
+    """Stage 1: learn single-particle shapes (WGAN-GP) or draw random polygons."""
+
+    source: Literal["wgan", "polygon"] = Field("wgan", description="Shape source: a WGAN-GP trained on the outlines, or random polygons.")
+    outline_size_px: int = Field(64, ge=16, le=256, description="Side of the square outline images in px.")
+    latent_dim: int = Field(64, ge=2, description="Length of the generator's noise vector.")
+    generator_width: int = Field(32, ge=4, description="Channels of the generator's last feature map (doubles per upsampling).")
+    critic_width: int = Field(32, ge=4, description="Channels of the critic's first feature map (doubles per downsampling).")
+    steps: int = Field(1500, ge=1, description="Generator steps.")
+    critic_steps: int = Field(5, ge=1, description="Critic steps per generator step.")
+    gp_weight: float = Field(10.0, ge=0, description="Weight of the gradient penalty.")
+    learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate (betas 0.5, 0.9).")
+    batch_size: int = Field(32, ge=2, description="Outlines per batch (augmented by flips and 90-degree rotations).")
+    n_samples: int = Field(2000, ge=1, description="Shapes sampled into the shape library used for mask assembly.")
+    checkpoint_every: int = Field(250, ge=1, description="Save a checkpoint every this many generator steps.")
+
+
+class MasksConfig(_Section):
+    """Stage 2: assemble fake segmentation masks from sampled shapes."""
+
+    n_masks: int = Field(200, ge=1, description="Number of fake masks (tiles) to write.")
+    tile_size_px: tuple[int, int] = Field((704, 1024), description="Height and width of a fake mask in px.")
+    particles_per_tile: tuple[int, int] | None = Field(
+        None, description="Range of particle counts per tile; default: estimated from the micrographs."
+    )
+    size_prior: Literal["outlines", "images", "expected"] = Field(
+        "outlines",
+        description="Where the particle size in px comes from: the outlines as drawn, the micrographs "
+        "(automatic threshold), or data.expected_size_nm with the pixel size.",
+    )
+    scale_distribution: Literal["normal", "lognormal"] = Field("normal", description="Distribution of the per-particle scale factor.")
+    scale_sd: float = Field(0.1, ge=0, description="Standard deviation of the scale factor (of its log for 'lognormal').")
+    scale_cut_sd: float = Field(3.0, gt=0, description="Scale factors beyond this many sd are redrawn.")
+    perlin_cell_px: float = Field(160.0, gt=0, description="Feature size of the Perlin placement density in px.")
+    perlin_octaves: int = Field(2, ge=1, le=8, description="Octaves of the Perlin noise.")
+    clustering: float = Field(3.0, ge=0, description="Exponent on the noise density: 0 places uniformly, larger clusters more.")
+
+
+class TranslateConfig(_Section):
+    """Stages 3-4: translate fake masks into fake micrographs, filter artifacts, write training pairs."""
+
+    method: Literal["cyclegan", "render"] = Field("cyclegan", description="CycleGAN, or the physics-inspired SEM renderer that needs no training.")
+    tile_size_px: int = Field(128, ge=32, description="Side of the square training tiles in px.")
+    generator_width: int = Field(16, ge=4, description="ngf: channels of the generators' first layer.")
+    discriminator_width: int = Field(32, ge=4, description="ndf: channels of the discriminators' first layer.")
+    n_res_blocks: int = Field(6, ge=1, description="Residual blocks in each generator.")
+    steps: int = Field(2000, ge=1, description="Training iterations (2 generators and 2 discriminators each).")
+    batch_size: int = Field(1, ge=1, description="Tiles per iteration.")
+    learning_rate: float = Field(2e-4, gt=0, description="Adam learning rate (betas 0.5, 0.999).")
+    decay_start_fraction: float = Field(0.5, ge=0, le=1, description="Fraction of steps after which the learning rate decays linearly to 0.")
+    pool_size: int = Field(50, ge=0, description="Image pool of past fakes for the discriminators; 0 disables.")
+    cycle_weight: float = Field(10.0, ge=0, description="Weight of the cycle-consistency loss.")
+    identity_weight: float = Field(0.5, ge=0, description="Weight of the identity loss (relative to cycle_weight).")
+    disc_noise_sd: float = Field(0.0, ge=0, description="Sd of Gaussian noise added to discriminator inputs.")
+    generator_skip: bool = Field(False, description="Add the input to the generators' output (input-output skip).")
+    asymmetric_loss: bool = Field(False, description="BCE for the cycle towards masks and L1 towards images.")
+    n_pairs: int = Field(200, ge=1, description="Training pairs (fake micrograph + mask) to generate.")
+    pair_format: Literal["npz", "tiff"] = Field("npz", description="Format of the written training pairs.")
+    artifact_threshold: Literal["li", "otsu", "mean", "median"] = Field("li", description="Automatic threshold the artifact filter compares instance means with.")
+    checkpoint_every: int = Field(500, ge=1, description="Save a checkpoint and sample grid every this many steps.")
+    bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
+
+
+class SegmentConfig(_Section):
+    """Stage 5: train the segmentation network and split its output into particles."""
+
+    architecture: Literal["multiresunet", "unet"] = Field("multiresunet", description="Segmentation network.")
+    base_width: int = Field(16, ge=2, description="Channels of the first level (doubling per level).")
+    depth: int = Field(4, ge=1, le=6, description="Number of downsampling levels.")
+    target: Literal["three_class", "binary"] = Field(
+        "three_class", description="Predict particle/boundary/background (separates touching particles) or a plain binary mask."
+    )
+    boundary_width_px: int = Field(3, ge=1, description="Width of the boundary band of the three-class target in px.")
+    tile_size_px: int = Field(256, ge=32, description="Side of the square training tiles in px.")
+    batch_size: int = Field(4, ge=1, description="Tiles per training step.")
+    steps: int = Field(2000, ge=1, description="Training steps.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    lr_decay_every: int = Field(1000, ge=1, description="Step-decay period of the learning rate.")
+    lr_decay_factor: float = Field(0.5, gt=0, le=1, description="Learning-rate factor applied every lr_decay_every steps.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of pairs held out for validation.")
+    val_every: int = Field(250, ge=1, description="Validate (loss, IoU) and checkpoint every this many steps.")
+    threshold: float | Literal["auto"] = Field(0.5, description="Probability threshold, or 'auto' to sweep 0.0-1.0 on the validation pairs.")
+    min_distance_px: int = Field(9, ge=1, description="Minimum distance between watershed markers in px.")
+    min_size_px: int = Field(10, ge=0, description="Instances smaller than this many px are removed.")
+    bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
+
+
+class ClassifyConfig(_Section):
+    """Stage 6: keep whole, unoccluded particles."""
+
+    method: Literal["network", "rules", "none"] = Field("network", description="Classifier network (+ rules), rules only, or keep everything.")
+    base_width: int = Field(8, ge=2, description="Channels of the classifier network's first level.")
+    depth: int = Field(3, ge=1, le=6, description="Downsampling levels of the classifier network.")
+    tile_size_px: int = Field(256, ge=32, description="Side of the square training tiles in px.")
+    batch_size: int = Field(4, ge=1, description="Tiles per training step.")
+    steps: int = Field(500, ge=1, description="Training steps.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    score_threshold: float = Field(0.5, ge=0, le=1, description="Particles with a mean keep score above this are kept.")
+    min_area_px: int = Field(0, ge=0, description="Rule: discard particles smaller than this many px.")
+    max_area_px: int | None = Field(None, ge=1, description="Rule: discard particles larger than this many px.")
+    min_solidity: float = Field(0.0, ge=0, le=1, description="Rule: discard particles with lower solidity (area / convex area).")
+    exclude_border: bool = Field(True, description="Rule: discard particles touching the image border or the info bar.")
+    bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
+
+
+class MeasureConfig(_Section):
+    """Stage 7: measurements, size distribution and report."""
+
+    histogram_bins: int = Field(30, ge=2, description="Bins of the size histograms.")
+    fit_lognormal: bool = Field(True, description="Fit a log-normal to each size histogram.")
+    report: bool = Field(True, description="Write the self-contained HTML report.")
+
+
+class Config(_Section):
+    """The whole workflow's configuration; saved as ``RUN/config.yaml`` beside every run."""
+
+    profile: Literal["demo", "quick", "paper"] = Field("quick", description="Profile the defaults came from.")
+    seed: int = Field(0, ge=0, description="Seed for every random draw; the same seed repeats a run on the same machine.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device: CUDA when available with 'auto'.")
+    num_threads: int | None = Field(None, ge=1, description="Torch CPU threads; default: the number of cores.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    shapes: ShapesConfig = Field(default_factory=ShapesConfig)
+    masks: MasksConfig = Field(default_factory=MasksConfig)
+    translate: TranslateConfig = Field(default_factory=TranslateConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    measure: MeasureConfig = Field(default_factory=MeasureConfig)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Config:
+        ppt = self.masks.particles_per_tile
+        if ppt is not None and not 1 <= ppt[0] <= ppt[1]:
+            raise ValueError("masks.particles_per_tile must be [min, max] with 1 <= min <= max")
+        if min(self.masks.tile_size_px) < 16:
+            raise ValueError("masks.tile_size_px must be at least 16 px on each side")
+        return self
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of the named top-level sections/fields; used to decide whether a stage is stale."""
+        dump = self.model_dump(mode="json")
+        picked = {name: dump[name] for name in sections}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# Overrides on top of the defaults above. `quick` is the default profile, so it needs none.
+_PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "quick": {},
+    "demo": {
+        "shapes": {"steps": 300, "generator_width": 16, "critic_width": 16, "n_samples": 500, "batch_size": 32},
+        "masks": {"n_masks": 24, "tile_size_px": (384, 512)},
+        "translate": {"method": "render", "steps": 300, "n_pairs": 48, "tile_size_px": 128},
+        "segment": {"architecture": "unet", "steps": 300, "tile_size_px": 192, "val_every": 100,
+                    "lr_decay_every": 200},
+        "classify": {"steps": 150, "tile_size_px": 192},
+    },
+    "paper": {
+        "shapes": {"steps": 20000, "generator_width": 64, "critic_width": 64, "latent_dim": 128,
+                   "n_samples": 20000, "batch_size": 64, "checkpoint_every": 1000},
+        "masks": {"n_masks": 1000},
+        "translate": {"tile_size_px": 256, "generator_width": 64, "discriminator_width": 64, "n_res_blocks": 9,
+                      "steps": 100000, "n_pairs": 1000, "pool_size": 50, "checkpoint_every": 5000},
+        "segment": {"base_width": 32, "depth": 4, "steps": 20000, "batch_size": 8, "lr_decay_every": 5000,
+                    "val_every": 1000},
+        "classify": {"base_width": 32, "depth": 4, "steps": 5000, "batch_size": 8},
+    },
+}
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<config>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}' (see `nanoseg config docs` for valid keys)")
+        else:
+            lines.append(f"{source}: bad value for '{key}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _reject_nonfinite(tree: Any, prefix: str = "") -> None:
+    # pydantic rejects NaN for float fields but would coerce it silently in unions; be explicit.
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            _reject_nonfinite(value, f"{prefix}{key}.")
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            _reject_nonfinite(value, f"{prefix}{i}.")
+    elif isinstance(tree, float) and not math.isfinite(tree):
+        raise NanosegError(f"config: bad value for '{prefix.rstrip('.')}': {tree} is not a finite number")
+
+
+def build_config(values: dict[str, Any] | None = None, profile: str | None = None, source: str = "config") -> Config:
+    """Validate ``values`` on top of a profile's defaults.
+
+    Parameters
+    ----------
+    values : dict, optional
+        Nested settings, as in the YAML file. ``values["profile"]`` picks the profile unless
+        ``profile`` is given.
+    profile : {'demo', 'quick', 'paper'}, optional
+        Profile whose defaults the values override.
+    source : str
+        Name used in error messages (usually the YAML path).
+
+    Returns
+    -------
+    Config
+    """
+    values = dict(values or {})
+    name = profile or values.get("profile") or "quick"
+    if name not in PROFILES:
+        raise NanosegError(f"{source}: unknown profile '{name}' (choose one of {', '.join(PROFILES)})")
+    _reject_nonfinite(values)
+    merged = _deep_merge(_PROFILE_OVERRIDES[name], values)
+    merged["profile"] = name
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise NanosegError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, profile: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a YAML config file (optional) on top of a profile, then apply ``overrides``."""
+    values: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise NanosegError(f"{path}: config file not found (create one with `nanoseg config init > {path.name}`)")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise NanosegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise NanosegError(f"{path}: a config file must be a mapping of sections to settings")
+        values = loaded
+    if overrides:
+        values = _deep_merge(values, overrides)
+    return build_config(values, profile=profile, source=source)
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """Turn ``"segment.steps=500"`` into ``{"segment": {"steps": 500}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise NanosegError(f"--set {text!r}: expected KEY=VALUE, e.g. --set segment.steps=500")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else None
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def config_reference() -> str:
+    """Markdown reference of every config field, generated from the model (used by the README)."""
+    lines = ["| key | default (quick) | description |", "| --- | --- | --- |"]
+    default = build_config()
+
+    def walk(model: type[BaseModel], instance: BaseModel, prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            value = getattr(instance, name)
+            if isinstance(value, BaseModel):
+                walk(type(value), value, f"{prefix}{name}.")
+                continue
+            shown = json.dumps(value if not isinstance(value, (Path, tuple)) else (str(value) if isinstance(value, Path) else list(value)))
+            lines.append(f"| `{prefix}{name}` | `{shown}` | {field.description or ''} |")
+
+    walk(Config, default, "")
+    return "\n".join(lines)

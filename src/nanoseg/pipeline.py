@@ -1,0 +1,226 @@
+"""The run folder and the resumable workflow.
+
+``RUN/config.yaml`` holds the resolved config; each stage writes into ``RUN/<stage>/`` and
+finishes by writing ``RUN/<stage>/.done.json`` (atomically) with a hash of everything that
+produced it: the config sections it reads, the input files it reads and the hash of the stage
+before it. A stage counts as finished only when that marker exists and its hash matches, so a
+process killed at any moment leaves at worst an unfinished stage, which the next run redoes
+(training stages resume from their last checkpoint when the hash is unchanged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nanoseg.atomic import write_json, write_text
+from nanoseg.config import Config
+from nanoseg.errors import NanosegError
+
+logger = logging.getLogger("nanoseg.pipeline")
+
+DONE_MARKER = ".done.json"
+STARTED_MARKER = ".started.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the workflow: where its code is and what it depends on."""
+
+    name: str
+    target: str  # "module:function", imported only when the stage runs
+    sections: tuple[str, ...]  # config fields whose change makes the stage stale
+    inputs: tuple[str, ...] = ()  # data fields (folders/files) whose content makes it stale
+    summary: str = ""
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("shapes", "nanoseg.shapes:run_stage", ("seed", "data", "shapes"), ("outlines",),
+          "1. learn particle shapes from the outlines (WGAN-GP)"),
+    Stage("masks", "nanoseg.masks:run_stage", ("seed", "data", "masks"), ("images",),
+          "2. assemble agglomerated fake masks (Perlin placement)"),
+    Stage("translate", "nanoseg.translate:run_train_stage", ("seed", "data", "translate"), ("images",),
+          "3. learn masks -> micrographs (CycleGAN) or fit the SEM renderer"),
+    Stage("pairs", "nanoseg.translate:run_pairs_stage", ("seed", "data", "translate"), (),
+          "4. generate fake micrographs, filter artifact particles, write training pairs"),
+    Stage("segment", "nanoseg.segment:run_stage", ("seed", "data", "segment"), ("images",),
+          "5. train the segmentation net, segment the micrographs, watershed into particles"),
+    Stage("classify", "nanoseg.classify:run_stage", ("seed", "data", "classify"), ("images",),
+          "6. keep whole, unoccluded particles"),
+    Stage("measure", "nanoseg.measure:run_stage", ("data", "classify", "measure"), ("images",),
+          "7. measure particles in nm, size distribution, report"),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets: the config, its own folder and access to earlier stages."""
+
+    config: Config
+    run_dir: Path
+    stage: Stage
+    device: Any = "cpu"
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("nanoseg"))
+
+    @property
+    def out_dir(self) -> Path:
+        """This stage's folder (exists when the stage function is called)."""
+        return self.run_dir / self.stage.name
+
+    def stage_dir(self, name: str) -> Path:
+        """Folder of an earlier, finished stage."""
+        if name not in STAGE_NAMES:
+            raise KeyError(name)
+        return self.run_dir / name
+
+
+def _fingerprint_inputs(config: Config, inputs: tuple[str, ...]) -> str:
+    """Names, sizes and modification times of the input files: cheap, and catches edits."""
+    h = hashlib.sha256()
+    for field_name in inputs:
+        root = getattr(config.data, field_name)
+        if root is None:
+            h.update(f"{field_name}:none".encode())
+            continue
+        root = Path(root)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for p in files:
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            h.update(f"{p.relative_to(root.parent)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def stage_hashes(config: Config) -> dict[str, str]:
+    """Hash of every stage, chained so that a change upstream makes everything after it stale."""
+    out: dict[str, str] = {}
+    previous = ""
+    for stage in STAGES:
+        h = hashlib.sha256()
+        h.update(stage.name.encode())
+        h.update(previous.encode())
+        h.update(config.section_hash(*stage.sections).encode())
+        h.update(_fingerprint_inputs(config, stage.inputs).encode())
+        previous = out[stage.name] = h.hexdigest()[:16]
+    return out
+
+
+def is_done(run_dir: Path, stage: str, stage_hash: str) -> bool:
+    """True when ``stage`` finished with exactly this hash."""
+    marker = run_dir / stage / DONE_MARKER
+    if not marker.is_file():
+        return False
+    import json
+
+    try:
+        return json.loads(marker.read_text()).get("hash") == stage_hash
+    except (ValueError, OSError):
+        return False
+
+
+def _load_target(target: str) -> Callable[[StageContext], Any]:
+    module_name, func_name = target.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def _prepare_stage_dir(stage_dir: Path, stage_hash: str, force: bool) -> bool:
+    """Empty the folder unless it holds an interrupted attempt with the same hash; True if resuming."""
+    started = stage_dir / STARTED_MARKER
+    resuming = False
+    if stage_dir.exists():
+        import json
+
+        try:
+            same = json.loads(started.read_text()).get("hash") == stage_hash
+        except (ValueError, OSError):
+            same = False
+        if same and not force:
+            resuming = True
+        else:
+            shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / DONE_MARKER).unlink(missing_ok=True)
+    write_json(started, {"hash": stage_hash, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return resuming
+
+
+def run_pipeline(
+    config: Config,
+    run_dir: str | Path,
+    *,
+    from_stage: str | None = None,
+    to_stage: str | None = None,
+    force: bool = False,
+    device: Any = None,
+) -> dict[str, str]:
+    """Run the workflow into ``run_dir``, skipping stages that are finished and up to date.
+
+    Parameters
+    ----------
+    config : Config
+        The resolved configuration; written to ``run_dir/config.yaml``.
+    run_dir : path
+        The run folder (created if missing).
+    from_stage : str, optional
+        Redo this stage and everything after it, even if finished.
+    to_stage : str, optional
+        Stop after this stage.
+    force : bool
+        Redo every stage from scratch (no resume from checkpoints).
+    device : torch.device or str, optional
+        Device for the networks; default from ``config.device``.
+
+    Returns
+    -------
+    dict
+        Stage name -> ``'skipped'`` or ``'ran'``.
+    """
+    run_dir = Path(run_dir)
+    for name in (from_stage, to_stage):
+        if name is not None and name not in STAGE_NAMES:
+            raise NanosegError(f"unknown stage '{name}' (stages: {', '.join(STAGE_NAMES)})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", config.to_yaml())
+
+    from nanoseg.runtime import configure_torch, seed_everything, select_device
+
+    configure_torch(config.num_threads)
+    if device is None:
+        device = select_device(config.device)
+    hashes = stage_hashes(config)
+    outcome: dict[str, str] = {}
+    redo = force
+    for stage in STAGES:
+        if stage.name == from_stage:
+            redo = True
+        stage_dir = run_dir / stage.name
+        if not redo and is_done(run_dir, stage.name, hashes[stage.name]):
+            logger.info("%-9s up to date, skipped (%s)", stage.name, stage_dir)
+            outcome[stage.name] = "skipped"
+        else:
+            # Whatever runs now invalidates every later stage, even with an unchanged config.
+            redo = True
+            resuming = _prepare_stage_dir(stage_dir, hashes[stage.name], force or stage.name == from_stage)
+            logger.info("%-9s %s%s", stage.name, stage.summary, " (resuming)" if resuming else "")
+            seed_everything(config.seed)
+            ctx = StageContext(config=config, run_dir=run_dir, stage=stage, device=device)
+            t0 = time.perf_counter()
+            _load_target(stage.target)(ctx)
+            seconds = time.perf_counter() - t0
+            write_json(stage_dir / DONE_MARKER, {"hash": hashes[stage.name], "seconds": round(seconds, 2),
+                                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+            logger.info("%-9s done in %.1f s -> %s", stage.name, seconds, stage_dir)
+            outcome[stage.name] = "ran"
+        if stage.name == to_stage:
+            break
+    return outcome

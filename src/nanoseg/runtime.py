@@ -1,0 +1,99 @@
+"""Device choice, threads, seeding, logging and progress bars: the run-time plumbing.
+
+Torch is imported inside the functions that need it, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+
+from nanoseg.errors import NanosegError
+
+T = TypeVar("T")
+logger = logging.getLogger("nanoseg")
+
+
+def setup_logging(level: str | int = "INFO") -> None:
+    """Log ``nanoseg`` messages to stderr with a time stamp, through rich when it is there."""
+    if isinstance(level, str):
+        level = getattr(logging, level.upper())
+    try:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+        fmt = "%(message)s"
+    except ImportError:  # pragma: no cover - rich is a dependency
+        handler = logging.StreamHandler()
+        fmt = "%(asctime)s %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    root = logging.getLogger("nanoseg")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def select_device(preference: str = "auto") -> Any:
+    """Return a ``torch.device``: CUDA when available (``'auto'``), else the CPU.
+
+    Raises
+    ------
+    NanosegError
+        If ``'cuda'`` is asked for and no CUDA device is present.
+    """
+    import torch
+
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise NanosegError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(preference)
+
+
+def configure_torch(num_threads: int | None = None) -> None:
+    """Use every core for intra-op work, and one inter-op thread (the CPU is small)."""
+    import torch
+
+    threads = num_threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set once in this process
+        pass
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python, numpy and torch (if imported) and return a fresh numpy Generator."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return np.random.default_rng(seed)
+
+
+def autocast(device: Any, enabled: bool) -> Any:
+    """bfloat16 autocast on the given device when ``enabled``; a no-op context otherwise."""
+    import contextlib
+
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", **kwargs: Any) -> Iterator[T]:
+    """A tqdm progress bar with ETA on stderr; silent when NANOSEG_NO_PROGRESS is set."""
+    from tqdm.auto import tqdm
+
+    disable = bool(os.environ.get("NANOSEG_NO_PROGRESS"))
+    return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
