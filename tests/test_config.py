@@ -1,0 +1,115 @@
+"""Config validation: profiles, unknown keys, bad values, NaN, YAML round trip."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from nanoseg.cli.common import parse_length_nm, resolve_config
+from nanoseg.config import PROFILES, build_config, config_reference, load_config, parse_assignment
+from nanoseg.errors import NanosegError
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profiles_validate_and_differ(profile):
+    cfg = build_config(profile=profile)
+    assert cfg.profile == profile
+
+
+def test_profiles_scale_with_the_machine():
+    demo, quick, paper = (build_config(profile=p) for p in ("demo", "quick", "paper"))
+    assert demo.segment.steps < quick.segment.steps < paper.segment.steps
+    assert quick.translate.generator_width < paper.translate.generator_width
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("segment:\n  stepz: 10\n")
+    with pytest.raises(NanosegError, match=r"unknown key 'segment.stepz'") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_value_is_named():
+    with pytest.raises(NanosegError, match=r"'segment.steps'"):
+        build_config({"segment": {"steps": 0}})
+    with pytest.raises(NanosegError, match=r"'translate.method'"):
+        build_config({"translate": {"method": "magic"}})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_values_rejected(value):
+    with pytest.raises(NanosegError, match=r"'segment.learning_rate'"):
+        build_config({"segment": {"learning_rate": value}})
+
+
+def test_nan_from_yaml_rejected(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  pixel_size_nm: .nan\n")
+    with pytest.raises(NanosegError, match=r"'data.pixel_size_nm'"):
+        load_config(path)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = build_config({"seed": 7, "masks": {"particles_per_tile": [100, 150]}}, profile="demo")
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg
+    assert again.masks.particles_per_tile == (100, 150)
+
+
+def test_profile_defaults_then_file_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"profile": "demo", "segment": {"steps": 11}}))
+    cfg = load_config(path)
+    assert cfg.segment.steps == 11
+    assert cfg.shapes.steps == build_config(profile="demo").shapes.steps
+
+
+def test_inconsistent_range_rejected():
+    with pytest.raises(NanosegError, match="particles_per_tile"):
+        build_config({"masks": {"particles_per_tile": [150, 100]}})
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(NanosegError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("segment: [1, 2\n")
+    with pytest.raises(NanosegError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_section_hash_tracks_only_named_sections():
+    a = build_config()
+    b = build_config({"measure": {"histogram_bins": 10}})
+    assert a.section_hash("segment") == b.section_hash("segment")
+    assert a.section_hash("measure") != b.section_hash("measure")
+
+
+def test_assignments_and_overrides():
+    assert parse_assignment("segment.steps=5") == {"segment": {"steps": 5}}
+    cfg = resolve_config(sets=["segment.steps=5", "masks.scale_distribution=lognormal"], seed=3, pixel_size="0.5um")
+    assert (cfg.segment.steps, cfg.masks.scale_distribution, cfg.seed) == (5, "lognormal", 3)
+    assert cfg.data.pixel_size_nm == pytest.approx(500.0)
+    with pytest.raises(NanosegError, match="KEY=VALUE"):
+        parse_assignment("segment.steps")
+
+
+@pytest.mark.parametrize("text, nm", [("7.34nm", 7.34), ("7.34 nm", 7.34), ("3.1e-9m", 3.1), ("0.5um", 500.0), ("2", 2.0)])
+def test_parse_length(text, nm):
+    assert parse_length_nm(text) == pytest.approx(nm)
+
+
+@pytest.mark.parametrize("text", ["abc", "-1nm", "5 parsecs", "nan"])
+def test_parse_length_rejects(text):
+    with pytest.raises(NanosegError):
+        parse_length_nm(text)
+
+
+def test_reference_lists_every_section():
+    ref = config_reference()
+    for key in ("`segment.steps`", "`masks.perlin_cell_px`", "`data.pixel_size_nm`", "`classify.score_threshold`"):
+        assert key in ref
