@@ -1,0 +1,349 @@
+"""Image I/O: formats, scaling to [0, 1], pixel size from metadata, info bar, clear errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from nanoseg.config import DataConfig
+from nanoseg.errors import NanosegError
+from nanoseg.io import (
+    detect_info_bar,
+    list_images,
+    load_micrographs,
+    read_labels,
+    read_mask,
+    read_micrograph,
+    read_pixel_size_nm,
+    to_float01,
+    write_png,
+    write_tiff,
+)
+
+
+@pytest.fixture
+def io_log(caplog):
+    """Capture nanoseg.io records even when the CLI's logging setup stopped propagation."""
+    logger = logging.getLogger("nanoseg.io")
+    logger.addHandler(caplog.handler)
+    caplog.handler.setLevel(logging.DEBUG)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def _noise(shape=(96, 128), seed=0, dtype=np.uint8):
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(100, 20, shape), 0, 255).astype(dtype)
+
+
+def _with_bar(rows: int, shape=(200, 160), seed=1) -> np.ndarray:
+    image = _noise(shape, seed)
+    image[-rows:] = 0
+    image[-rows + 4: -rows + 9, 10:60:3] = 240  # "text"
+    return image
+
+
+# --------------------------------------------------------------------------- shared TiO2 images
+
+
+def test_shared_sem_pixel_size_and_info_bar(shared_data):
+    files = list_images(shared_data / "sem")
+    assert len(files) == 30
+    for path in files:
+        mg = read_micrograph(path)
+        assert mg.pixel_size_nm == pytest.approx(7.34375, rel=1e-9), path
+        assert mg.pixel_size_source == "rsciio"
+        assert mg.info_bar_rows == 56, path
+        assert mg.image.shape == (712, 1024) and mg.full_shape == (768, 1024)
+        assert mg.image.dtype == np.float32 and 0.0 <= mg.image.min() and mg.image.max() <= 1.0
+
+
+def test_shared_sem_raw_palette_indices(shared_data):
+    path = shared_data / "sem" / "1908248.tif"
+    raw = tifffile.TiffFile(path).pages[0].asarray()
+    mg = read_micrograph(path, info_bar_rows=0)
+    np.testing.assert_array_equal(np.round(mg.image * 255).astype(np.uint8), raw)
+    assert read_pixel_size_nm(path) == pytest.approx(7.34375)
+
+
+def test_shared_info_bar_survives_jpeg(shared_data, tmp_path):
+    raw = tifffile.imread(shared_data / "sem" / "1908252.tif")
+    Image.fromarray(raw).save(tmp_path / "lossy.jpg", quality=75)
+    assert read_micrograph(tmp_path / "lossy.jpg").info_bar_rows == 56
+
+
+def test_shared_image_without_bar_detects_none(shared_data):
+    raw = tifffile.imread(shared_data / "sem" / "1908250.tif")
+    assert detect_info_bar(raw) == 56
+    assert detect_info_bar(raw[:712]) == 0
+    assert detect_info_bar(raw[:700, 100:900]) == 0
+
+
+# --------------------------------------------------------------------------- pixel size metadata
+
+
+@pytest.mark.parametrize(
+    "unit, px_per_unit, expected_nm",
+    [("nm", 1 / 2.5, 2.5), ("micron", 1 / 0.0025, 2.5), ("um", 1 / 0.00734375, 7.34375)],
+)
+def test_imagej_resolution_with_unit(tmp_path, unit, px_per_unit, expected_nm):
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, _noise(), imagej=True, resolution=(px_per_unit, px_per_unit), metadata={"unit": unit})
+    assert read_pixel_size_nm(path) == pytest.approx(expected_nm, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "meta, expected_nm",
+    [
+        ({"PhysicalSizeX": 3.5, "PhysicalSizeXUnit": "nm"}, 3.5),
+        ({"PhysicalSizeX": 0.0035, "PhysicalSizeXUnit": "µm"}, 3.5),
+        ({"PhysicalSizeX": 0.0035}, 3.5),  # OME's default unit is the micrometre
+    ],
+)
+def test_ome_physical_size(tmp_path, meta, expected_nm):
+    path = tmp_path / "ome.ome.tif"
+    tifffile.imwrite(path, _noise(), ome=True, metadata=meta)
+    mg = read_micrograph(path)
+    assert mg.pixel_size_nm == pytest.approx(expected_nm, rel=1e-6)
+    assert mg.pixel_size_source == "ome"
+
+
+def test_centimetre_resolution_tags(tmp_path):
+    path = tmp_path / "cm.tif"
+    tifffile.imwrite(path, _noise(), resolution=(1e7 / 4.0, 1e7 / 4.0), resolutionunit="CENTIMETER")
+    assert read_pixel_size_nm(path) == pytest.approx(4.0, rel=1e-6)
+
+
+def test_dpi_is_not_a_pixel_size(tmp_path, io_log):
+    path = tmp_path / "dpi.tif"
+    tifffile.imwrite(path, _noise(), resolution=(72, 72), resolutionunit="INCH")
+    assert read_pixel_size_nm(path) is None
+    assert "no pixel size" in io_log.text
+
+
+def test_png_without_metadata_warns(tmp_path, io_log):
+    path = tmp_path / "plain.png"
+    Image.fromarray(_noise()).save(path)
+    mg = read_micrograph(path)
+    assert mg.pixel_size_nm is None and mg.pixel_size_source == "none"
+    assert any(r.levelno == logging.WARNING and "plain.png" in r.getMessage() for r in io_log.records)
+
+
+def test_override_wins(tmp_path, io_log):
+    path = tmp_path / "plain.png"
+    Image.fromarray(_noise()).save(path)
+    mg = read_micrograph(path, pixel_size_nm=1.25)
+    assert mg.pixel_size_nm == 1.25 and mg.pixel_size_source == "override"
+    assert "no pixel size" not in io_log.text
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.int32, np.uint32])
+def test_write_tiff_round_trips_pixel_size(tmp_path, dtype):
+    path = tmp_path / "w.tif"
+    data = _noise(dtype=dtype)
+    write_tiff(path, data, pixel_size_nm=7.34375)
+    assert read_pixel_size_nm(path) == pytest.approx(7.34375, rel=1e-6)
+    np.testing.assert_array_equal(tifffile.imread(path), data)
+    assert not list(tmp_path.glob(".*"))  # no temporary left behind
+
+
+def test_write_tiff_bool_is_0_255(tmp_path):
+    path = write_tiff(tmp_path / "m.tif", np.eye(40, dtype=bool))
+    assert set(np.unique(tifffile.imread(path))) == {0, 255}
+    np.testing.assert_array_equal(read_mask(path), np.eye(40, dtype=bool))
+
+
+# --------------------------------------------------------------------------- formats and scaling
+
+
+def test_16bit_full_range(tmp_path):
+    data = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", data)
+    image = read_micrograph(tmp_path / "a.tif", info_bar_rows=0).image
+    np.testing.assert_allclose(image, data / 65535.0, atol=1e-6)
+
+
+def test_12bit_data_in_16bit_container(tmp_path):
+    data = np.linspace(0, 4095, 64 * 64).reshape(64, 64).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", data)
+    image = read_micrograph(tmp_path / "a.tif", info_bar_rows=0).image
+    np.testing.assert_allclose(image, data / 4095.0, atol=1e-6)
+    assert image.max() == pytest.approx(1.0)
+
+
+def test_float32_kept_or_rescaled(tmp_path):
+    data = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "f.tif", data)
+    np.testing.assert_array_equal(read_micrograph(tmp_path / "f.tif", info_bar_rows=0).image, data)
+    tifffile.imwrite(tmp_path / "g.tif", data * 1000 - 200)
+    image = read_micrograph(tmp_path / "g.tif", info_bar_rows=0).image
+    assert image.min() == 0.0 and image.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(image, (data - data.min()) / (data.max() - data.min()), atol=1e-5)
+
+
+def test_signed_integers_shifted():
+    data = np.array([[-32768, 0, 32767]], np.int16)
+    np.testing.assert_allclose(to_float01(data), [[0.0, 32768 / 65535, 1.0]], atol=1e-6)
+
+
+def test_rgb_and_rgba_to_gray(tmp_path):
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[..., 0] = 200  # pure red: luminance 0.2125 * 200
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    image = read_micrograph(tmp_path / "c.png", info_bar_rows=0).image
+    assert image.shape == (64, 64)
+    assert image.mean() == pytest.approx(round(0.2125 * 200) / 255, abs=1e-6)
+    gray = _noise((64, 64))
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
+    tifffile.imwrite(tmp_path / "g.tif", rgba, photometric="rgb")
+    np.testing.assert_array_equal(
+        np.round(read_micrograph(tmp_path / "g.tif", info_bar_rows=0).image * 255).astype(np.uint8), gray
+    )
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".jpg"])
+def test_other_formats(tmp_path, suffix):
+    data = _noise((64, 80))
+    Image.fromarray(data).save(tmp_path / f"x{suffix}")
+    image = read_micrograph(tmp_path / f"x{suffix}", info_bar_rows=0).image
+    assert image.shape == (64, 80)
+    tol = 12 / 255 if suffix == ".jpg" else 1e-6
+    assert np.abs(image - data / 255.0).mean() < tol
+
+
+def test_write_png(tmp_path):
+    data = _noise((40, 50))
+    write_png(tmp_path / "a.png", data)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), data)
+    rgb = np.dstack([data, data // 2, data // 3])
+    write_png(tmp_path / "b.png", rgb)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b.png")), rgb)
+    with pytest.raises(ValueError):
+        write_png(tmp_path / "c.png", data.astype(np.int64))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _corrupt_files(tmp_path: Path) -> dict[str, Path]:
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, _noise(), compression="zlib")
+    files = {"truncated": tmp_path / "truncated.tif", "empty": tmp_path / "empty.tif",
+             "garbage": tmp_path / "garbage.png", "stack": tmp_path / "stack.tif", "tiny": tmp_path / "tiny.tif"}
+    files["truncated"].write_bytes(good.read_bytes()[:400])
+    files["empty"].write_bytes(b"")
+    files["garbage"].write_bytes(b"this is not a PNG file at all")
+    tifffile.imwrite(files["stack"], np.zeros((5, 64, 64), np.uint8), photometric="minisblack")
+    tifffile.imwrite(files["tiny"], np.zeros((20, 64), np.uint8))
+    return files
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "garbage", "stack", "tiny"])
+def test_bad_files_give_one_line_naming_the_file(tmp_path, kind):
+    path = _corrupt_files(tmp_path)[kind]
+    with pytest.raises(NanosegError) as info:
+        read_micrograph(path)
+    message = str(info.value)
+    assert path.name in message and "\n" not in message
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(NanosegError, match="nothere.tif"):
+        read_micrograph(tmp_path / "nothere.tif")
+    with pytest.raises(NanosegError, match="no images found"):
+        list_images(tmp_path)
+    with pytest.raises(NanosegError, match="no such image folder"):
+        list_images(tmp_path / "nope")
+
+
+def test_read_mask_and_labels(tmp_path):
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:15, 5:15] = 255
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.tif"), mask > 0)
+    tifffile.imwrite(tmp_path / "bad.tif", np.arange(1600, dtype=np.uint8).reshape(40, 40))
+    with pytest.raises(NanosegError, match="bad.tif.*not a binary mask"):
+        read_mask(tmp_path / "bad.tif")
+    labels = np.zeros((40, 40), np.uint16)
+    labels[:10, :10], labels[20:, 20:] = 1, 70000 % 65536
+    tifffile.imwrite(tmp_path / "l.tif", labels)
+    out = read_labels(tmp_path / "l.tif")
+    assert out.dtype.kind == "i"
+    np.testing.assert_array_equal(out, labels)
+    tifffile.imwrite(tmp_path / "lf.tif", labels.astype(np.float32) + 0.5)
+    with pytest.raises(NanosegError, match="lf.tif"):
+        read_labels(tmp_path / "lf.tif")
+
+
+# --------------------------------------------------------------------------- info bar
+
+
+@pytest.mark.parametrize("rows", [8, 30, 56])
+def test_synthetic_info_bar_detected_exactly(rows):
+    image = _with_bar(rows)
+    assert detect_info_bar(image) == rows
+    assert detect_info_bar(image.astype(np.float32) / 255) == rows  # any monotone rescaling
+
+
+def test_no_bar_and_flat_images():
+    assert detect_info_bar(_noise((200, 160))) == 0
+    assert detect_info_bar(np.zeros((200, 160), np.uint8)) == 0  # flat all the way up: no bar
+    saturated = _noise((200, 160))
+    saturated[150:] = 255  # looks like a bar: bar-like bottom band with a sharp transition
+    assert detect_info_bar(saturated) == 50
+
+
+def test_info_bar_override_and_crop(tmp_path):
+    tifffile.imwrite(tmp_path / "b.tif", _with_bar(30))
+    assert read_micrograph(tmp_path / "b.tif").image.shape == (170, 160)
+    mg = read_micrograph(tmp_path / "b.tif", info_bar_rows=10)
+    assert mg.info_bar_rows == 10 and mg.image.shape == (190, 160)
+    assert read_micrograph(tmp_path / "b.tif", info_bar_rows=0).image.shape == (200, 160)
+    with pytest.raises(NanosegError, match="info_bar_rows"):
+        read_micrograph(tmp_path / "b.tif", info_bar_rows=190)
+
+
+def test_load_micrographs_inverts_dark_particles(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    data = _noise((64, 64))
+    tifffile.imwrite(tmp_path / "imgs" / "b.tif", data)
+    tifffile.imwrite(tmp_path / "imgs" / "a.tif", data)
+    (tmp_path / "imgs" / ".a.tmp.tif").write_bytes(b"")  # half-written temporaries are ignored
+    (tmp_path / "imgs" / "notes.txt").write_text("x")
+    cfg = DataConfig(images=tmp_path / "imgs", dark_particles=True, info_bar_rows=0, pixel_size_nm=2.0)
+    mgs = load_micrographs(cfg)
+    assert [m.stem for m in mgs] == ["a", "b"]
+    np.testing.assert_allclose(mgs[0].image, 1.0 - data / 255.0, atol=1e-6)
+    assert mgs[0].pixel_size_nm == 2.0
+
+
+def test_info_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from nanoseg.cli import app
+
+    write_tiff(tmp_path / "a.tif", _with_bar(30), pixel_size_nm=3.5)
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "a.tif")])
+    assert result.exit_code == 0, result.output
+    assert "3.5 nm" in result.output and " 30" in result.output
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "a.tif"), "--pixel-size", "2nm", "--info-bar-rows", "0"])
+    assert "2 nm" in result.output and "override" in result.output
+    result = CliRunner().invoke(app, ["info", str(tmp_path)])
+    assert result.exit_code == 2 and "broken.tif" in result.output and "a.tif" in result.output
+
+
+def test_hitachi_and_jeol_sidecar_files(tmp_path):
+    Image.fromarray(_noise()).save(tmp_path / "hitachi.bmp")
+    (tmp_path / "hitachi.txt").write_text("[SemImageFile]\nInstructName=S-4800\nDataSize=128x96\nPixelSize=4.960938\n")
+    mg = read_micrograph(tmp_path / "hitachi.bmp", info_bar_rows=0)
+    assert mg.pixel_size_nm == pytest.approx(4.960938) and mg.pixel_size_source == "hitachi-txt"
+    tifffile.imwrite(tmp_path / "jeol.tif", _noise())
+    (tmp_path / "jeol.txt").write_text("$CM_FORMAT JEOL/SEM\n$CM_FULL_SIZE 128 96\n$$SM_MICRON_BAR 80\n$$SM_MICRON_MARKER 1um\n")
+    mg = read_micrograph(tmp_path / "jeol.tif", info_bar_rows=0)
+    assert mg.pixel_size_nm == pytest.approx(12.5) and mg.pixel_size_source == "jeol-txt"
