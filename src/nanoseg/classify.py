@@ -1,0 +1,438 @@
+"""Stage 6: decide which segmented particles are whole and unoccluded, so they can be measured.
+
+Two complementary methods:
+
+- **Rules** (:func:`apply_rules`): area range, solidity, contact with the image border or
+  info bar, mean intensity. Every rule a particle fails is recorded as a reason.
+- **Network**: a MultiResUNet with two input channels (micrograph, binary mask) predicts per
+  pixel whether the particle under it should be kept; a particle's score is the mean over its
+  pixels, and it is kept when the score is above ``classify.score_threshold``. Trained either
+  self-supervised from the fake training pairs (their ``whole`` masks mark the particles that
+  are not occluded and do not touch the border: no annotation needed) or from manual
+  keep/discard masks (white = kept particles), see :func:`load_manual_samples`.
+
+With ``method='network'`` the rules are applied as well.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nanoseg.errors import NanosegError
+
+logger = logging.getLogger("nanoseg.classify")
+
+#: One training sample: micrograph (float32 [0, 1]), binary mask (uint8 0/1), keep target (uint8 0/1).
+Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+DECISION_COLUMNS = ["image", "label", "score", "kept", "reason"]
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------------------------
+
+
+def rule_reasons(particles: pd.DataFrame, cfg: Any) -> pd.Series:
+    """Why each particle fails the rule-based filters ('' when it passes them all).
+
+    Parameters
+    ----------
+    particles : pandas.DataFrame
+        Columns ``area_px``, ``solidity``, ``touches_border``, ``mean_intensity`` (as from
+        :func:`nanoseg.measure.measure_particles` with ``exclude_border=False``).
+    cfg : ClassifyConfig
+        Uses ``min_area_px``, ``max_area_px``, ``min_solidity``, ``exclude_border`` and
+        ``min_mean_intensity``.
+
+    Returns
+    -------
+    pandas.Series of str
+        Failed rules joined by ';', e.g. ``'touches_border;area_below_min'``.
+    """
+    checks: list[tuple[str, np.ndarray]] = []
+    if cfg.exclude_border:
+        checks.append(("touches_border", particles["touches_border"].to_numpy(dtype=bool)))
+    area = particles["area_px"].to_numpy(dtype=float)
+    if cfg.min_area_px:
+        checks.append(("area_below_min", area < cfg.min_area_px))
+    if cfg.max_area_px is not None:
+        checks.append(("area_above_max", area > cfg.max_area_px))
+    if cfg.min_solidity > 0:
+        checks.append(("solidity_below_min", particles["solidity"].to_numpy(dtype=float) < cfg.min_solidity))
+    if cfg.min_mean_intensity is not None:
+        intensity = particles["mean_intensity"].to_numpy(dtype=float)
+        # NaN (no image) passes: the rule cannot be evaluated
+        checks.append(("intensity_below_min", intensity < cfg.min_mean_intensity))
+    reasons = [[] for _ in range(len(particles))]
+    for name, failed in checks:
+        for i in np.flatnonzero(failed):
+            reasons[i].append(name)
+    return pd.Series([";".join(r) for r in reasons], index=particles.index, dtype=object)
+
+
+def apply_rules(particles: pd.DataFrame, cfg: Any, scores: np.ndarray | None = None) -> pd.DataFrame:
+    """Keep/discard decisions from the rules and, when given, the network scores.
+
+    Parameters
+    ----------
+    particles : pandas.DataFrame
+        Measured particles with ``image`` and ``label`` (see :func:`rule_reasons`).
+    cfg : ClassifyConfig
+        ``method='none'`` keeps everything; otherwise rules are applied and scores at or
+        below ``score_threshold`` add the reason ``score_below_threshold``.
+    scores : array, optional
+        Network keep score per particle (same order as ``particles``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``image``, ``label``, ``score``, ``kept``, ``reason``.
+    """
+    n = len(particles)
+    score = np.full(n, np.nan) if scores is None else np.asarray(scores, dtype=float)
+    if cfg.method == "none":
+        reasons = pd.Series([""] * n, index=particles.index, dtype=object)
+    else:
+        reasons = rule_reasons(particles, cfg)
+        if scores is not None:
+            low = ~(score > cfg.score_threshold)
+            reasons = pd.Series([";".join(filter(None, (r, "score_below_threshold" if lo else "")))
+                                 for r, lo in zip(reasons, low)], index=particles.index, dtype=object)
+    image = particles["image"].astype(str).to_numpy() if "image" in particles else np.full(n, "")
+    return pd.DataFrame({"image": image, "label": particles["label"].to_numpy(dtype=np.int64), "score": score,
+                         "kept": (reasons == "").to_numpy(), "reason": reasons.to_numpy()})
+
+
+# --------------------------------------------------------------------------------------------
+# Training data
+# --------------------------------------------------------------------------------------------
+
+
+def load_pair_samples(pairs_dir: str | Path) -> list[Sample]:
+    """Training samples from the fake pairs (``pair_*.npz`` with ``image``, ``binary``, ``whole``).
+
+    Raises
+    ------
+    NanosegError
+        If the folder holds no pair or a pair lacks a key.
+    """
+    pairs_dir = Path(pairs_dir)
+    files = sorted(pairs_dir.glob("pair_*.npz"))
+    if not files:
+        raise NanosegError(f"{pairs_dir}: no pair_*.npz training pairs (run the pairs stage: `nanoseg run ... --to pairs`)")
+    samples = []
+    for path in files:
+        with np.load(path) as data:
+            missing = [k for k in ("image", "binary", "whole") if k not in data]
+            if missing:
+                raise NanosegError(f"{path}: missing key(s) {', '.join(missing)} (regenerate with `nanoseg run ... --from pairs`)")
+            binary = (data["binary"] > 0).astype(np.uint8)
+            samples.append((data["image"].astype(np.float32), binary, ((data["whole"] > 0) & (binary > 0)).astype(np.uint8)))
+    return samples
+
+
+def load_manual_samples(
+    images_dir: str | Path, masks_dir: str | Path, classes_dir: str | Path, *, dark_particles: bool = False,
+) -> list[Sample]:
+    """Training samples from manual masks and keep/discard class masks.
+
+    Files are matched by id: ``<images_dir>/<id>.tif``, ``<masks_dir>/<id>_m.tif`` (binary,
+    touching particles separated) and ``<classes_dir>/<id>_cm.tif`` (white = kept particles).
+    The class masks may be cropped at the bottom (the TiO2 set's are 704 rows of 768): every
+    sample is cropped to the rows all three images have.
+
+    Returns
+    -------
+    list of (image, binary, keep)
+    """
+    from nanoseg.io import list_images, read_mask, read_micrograph
+
+    images_dir, masks_dir, classes_dir = Path(images_dir), Path(masks_dir), Path(classes_dir)
+    samples = []
+    for img_path in list_images(images_dir):
+        stem = img_path.stem
+        mask_path = _find(masks_dir, f"{stem}_m")
+        class_path = _find(classes_dir, f"{stem}_cm")
+        if mask_path is None or class_path is None:
+            continue
+        mg = read_micrograph(img_path, info_bar_rows=0)
+        mask = read_mask(mask_path)
+        keep = read_mask(class_path)
+        if mask.shape[1] != mg.image.shape[1] or keep.shape[1] != mg.image.shape[1]:
+            raise NanosegError(f"{class_path}: width differs from {img_path}; manual masks must match their micrograph")
+        rows = min(mg.image.shape[0], mask.shape[0], keep.shape[0])
+        image = mg.image[:rows]
+        if dark_particles:
+            image = 1.0 - image
+        binary = mask[:rows]
+        samples.append((image.astype(np.float32), binary.astype(np.uint8), (keep[:rows] & binary).astype(np.uint8)))
+    if not samples:
+        raise NanosegError(f"{classes_dir}: no <id>_cm class mask matches an image in {images_dir} and a mask "
+                           f"<id>_m in {masks_dir}")
+    return samples
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for suffix in (".tif", ".tiff", ".png"):
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    return None
+
+
+def sample_batch(samples: Sequence[Sample], tile_px: int, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random tiles with flips and 90-degree rotations.
+
+    Returns
+    -------
+    x : (B, 2, T, T) float32
+        Micrograph and binary mask channels.
+    y : (B, 1, T, T) float32
+        Keep target.
+    weight : (B, 1, T, T) float32
+        1 on particle pixels, 0 elsewhere: only particle pixels enter the instance score.
+    """
+    tile = min(tile_px, *(min(s[0].shape) for s in samples))
+    xs, ys = [], []
+    for _ in range(batch_size):
+        image, binary, keep = samples[rng.integers(len(samples))]
+        r = rng.integers(image.shape[0] - tile + 1)
+        c = rng.integers(image.shape[1] - tile + 1)
+        stack = np.stack([image[r:r + tile, c:c + tile], binary[r:r + tile, c:c + tile],
+                          keep[r:r + tile, c:c + tile]]).astype(np.float32)
+        stack = np.rot90(stack, k=int(rng.integers(4)), axes=(1, 2))
+        if rng.random() < 0.5:
+            stack = stack[:, :, ::-1]
+        xs.append(stack[:2])
+        ys.append(stack[2:])
+    x = np.ascontiguousarray(np.stack(xs))
+    y = np.ascontiguousarray(np.stack(ys))
+    return x, y, np.ascontiguousarray(x[:, 1:2])
+
+
+# --------------------------------------------------------------------------------------------
+# Network
+# --------------------------------------------------------------------------------------------
+
+
+def make_classifier(cfg: Any) -> Any:
+    """A fresh MultiResUNet with inputs (micrograph, binary mask) and one keep-logit output."""
+    from nanoseg import nets
+
+    return nets.create("multiresunet", in_channels=2, out_channels=1, base_width=cfg.base_width, depth=cfg.depth)
+
+
+def masked_bce(logits: Any, target: Any, weight: Any, balance: bool = False) -> Any:
+    """Binary cross-entropy averaged over the weighted (particle) pixels.
+
+    With ``balance`` the kept and the discarded pixels of the batch get equal total weight, so
+    that the large share of kept pixels does not push every score above the threshold.
+    """
+    import torch.nn.functional as F
+
+    if balance:
+        pos = (target * weight).sum()
+        neg = ((1 - target) * weight).sum()
+        if pos > 0 and neg > 0:
+            total = pos + neg
+            weight = weight * (target * (0.5 * total / pos) + (1 - target) * (0.5 * total / neg))
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight, reduction="sum")
+    return loss / weight.sum().clamp(min=1.0)
+
+
+def train_classifier(
+    samples: Sequence[Sample],
+    cfg: Any,
+    *,
+    device: Any = "cpu",
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    net: Any = None,
+) -> tuple[Any, list[float]]:
+    """Train the keep/discard network on samples; resumes from ``checkpoint`` when it exists.
+
+    Parameters
+    ----------
+    samples : sequence of (image, binary, keep)
+        From :func:`load_pair_samples` or :func:`load_manual_samples`.
+    cfg : ClassifyConfig
+        Uses ``base_width``, ``depth``, ``tile_size_px``, ``batch_size``, ``steps``,
+        ``learning_rate``, ``checkpoint_every``, ``bf16``.
+    device : torch.device or str
+    checkpoint : path, optional
+        Checkpoint file written every ``cfg.checkpoint_every`` steps (atomically) and read on
+        start to resume an interrupted training.
+    seed : int
+        Seed of the tile sampling.
+    steps : int, optional
+        Override of ``cfg.steps``.
+    net : nn.Module, optional
+        Start from this network instead of a fresh one.
+
+    Returns
+    -------
+    net : nn.Module
+        The trained network, in eval mode.
+    losses : list of float
+        Training loss per step (including the steps before a resume).
+    """
+    import torch
+
+    from nanoseg.atomic import atomic_path
+    from nanoseg.runtime import autocast, progress
+
+    if not samples:
+        raise NanosegError("classify: no training samples")
+    steps = cfg.steps if steps is None else steps
+    net = (net if net is not None else make_classifier(cfg)).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    rng = np.random.default_rng(seed)
+    losses: list[float] = []
+    start = 0
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        losses = list(state["losses"])
+        start = int(state["step"])
+        logger.info("classify: resuming training from step %d (%s)", start, checkpoint)
+    use_bf16 = bool(cfg.bf16)
+    net.train()
+    for step in progress(range(start, steps), total=steps - start, desc="classify train"):
+        x, y, w = (torch.from_numpy(a).to(device) for a in sample_batch(samples, cfg.tile_size_px, cfg.batch_size, rng))
+        with autocast(device, use_bf16):
+            logits = net(x)
+        loss = masked_bce(logits, y, w, balance=cfg.balance_classes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        done = step + 1
+        if checkpoint is not None and (done % cfg.checkpoint_every == 0) and done < steps:
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
+                            "losses": losses, "step": done}, tmp)
+    net.eval()
+    return net, losses
+
+
+def predict_keep_probability(net: Any, image: np.ndarray, binary: np.ndarray, *, device: Any = "cpu", bf16: bool = False) -> np.ndarray:
+    """Per-pixel keep probability of a whole micrograph (float32, same shape)."""
+    import torch
+
+    from nanoseg.runtime import autocast
+
+    x = torch.from_numpy(np.stack([image, binary]).astype(np.float32)[None]).to(device)
+    net.eval()
+    with torch.inference_mode(), autocast(device, bf16):
+        logits = net(x)
+    return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+
+
+def network_binary(labels: np.ndarray) -> np.ndarray:
+    """The network's mask channel for a label image: foreground with 1-px lines between touching
+    particles, as in the training pairs and the manual masks (float32 0/1)."""
+    from nanoseg.segment import separated_binary
+
+    return (separated_binary(labels) > 0).astype(np.float32)
+
+
+def instance_scores(probability: np.ndarray, labels: np.ndarray, label_ids: Sequence[int] | None = None) -> np.ndarray:
+    """Mean probability over each instance's pixels (in the order of ``label_ids``)."""
+    from scipy import ndimage as ndi
+
+    if label_ids is None:
+        label_ids = np.unique(labels[labels > 0])
+    if len(label_ids) == 0:
+        return np.zeros(0)
+    return np.asarray(ndi.mean(probability, labels=labels, index=np.asarray(label_ids)), dtype=float)
+
+
+def classify_images(
+    items: Sequence[tuple[str, np.ndarray, np.ndarray | None, float | None]],
+    cfg: Any,
+    *,
+    net: Any = None,
+    device: Any = "cpu",
+) -> pd.DataFrame:
+    """Keep/discard decisions for every particle of several label images.
+
+    Parameters
+    ----------
+    items : sequence of (image name, labels, micrograph, pixel size in nm or None)
+    cfg : ClassifyConfig
+    net : nn.Module, optional
+        Keep/discard network; required for ``method='network'``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``image``, ``label``, ``score``, ``kept``, ``reason`` for every particle.
+    """
+    from nanoseg.measure import measure_images
+    from nanoseg.runtime import progress
+
+    particles = measure_images(items)
+    scores = None
+    if cfg.method == "network":
+        if net is None:
+            raise NanosegError("classify.method is 'network' but no classifier model was given (train one or use 'rules')")
+        scores = np.full(len(particles), np.nan)
+        for name, labels, image, _ in progress(items, total=len(items), desc="classify score"):
+            if image is None:
+                raise NanosegError(f"classify: the network needs the micrograph of {name}")
+            rows = np.flatnonzero(particles["image"].to_numpy() == name)
+            prob = predict_keep_probability(net, image, network_binary(labels), device=device, bf16=cfg.bf16)
+            scores[rows] = instance_scores(prob, labels, particles["label"].to_numpy()[rows])
+    return apply_rules(particles, cfg, scores)
+
+
+def write_decisions(decisions: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``decisions.csv`` (image, label, score, kept, reason) atomically."""
+    from nanoseg.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        decisions[DECISION_COLUMNS].to_csv(tmp, index=False, float_format="%.5g")
+    return Path(path)
+
+
+def run_stage(ctx: Any) -> None:
+    """Pipeline stage 6: train on the pairs (network), score the segmented particles, apply rules."""
+    from nanoseg import nets
+    from nanoseg.io import load_micrographs, read_labels
+
+    cfg = ctx.config.classify
+    net = None
+    model_path = ctx.out_dir / "model.pt"
+    if cfg.method == "network" and model_path.is_file():  # an interrupted attempt finished training
+        net, _ = nets.load(model_path, ctx.device)
+    elif cfg.method == "network":
+        samples = load_pair_samples(ctx.stage_dir("pairs"))
+        ckpt = ctx.out_dir / CHECKPOINT_NAME
+        net, losses = train_classifier(samples, cfg, device=ctx.device, checkpoint=ckpt, seed=ctx.config.seed)
+        tail = losses[-max(1, len(losses) // 10):]
+        nets.save(net, model_path,
+                  meta={"task": "classify", "trained_on": "pairs", "steps": len(losses),
+                        "final_loss": float(np.mean(tail)), "score_threshold": cfg.score_threshold})
+        ckpt.unlink(missing_ok=True)
+        ctx.log.info("classify: trained %d steps on %d pairs, final loss %.4f", len(losses), len(samples), np.mean(tail))
+    labels_dir = ctx.stage_dir("segment") / "labels"
+    items = []
+    for mg in load_micrographs(ctx.config.data):
+        path = labels_dir / f"{mg.path.stem}.tif"
+        if not path.is_file():
+            raise NanosegError(f"{path}: segment labels missing for {mg.path} (rerun with --from segment)")
+        items.append((mg.path.stem, read_labels(path), mg.image, mg.pixel_size_nm))
+    decisions = classify_images(items, cfg, net=net, device=ctx.device)
+    write_decisions(decisions, ctx.out_dir / "decisions.csv")
+    ctx.log.info("classify: kept %d of %d particles", int(decisions["kept"].sum()), len(decisions))

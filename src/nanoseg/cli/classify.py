@@ -1,0 +1,133 @@
+"""``nanoseg classify``: train the keep/discard network, decide which particles to measure.
+
+Nothing heavy is imported at module level so that ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nanoseg.cli import common
+from nanoseg.errors import NanosegError
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _prepare(cfg):  # noqa: ANN001, ANN202 - Config in, torch.device out
+    from nanoseg.runtime import configure_torch, seed_everything, select_device
+
+    configure_torch(cfg.num_threads)
+    seed_everything(cfg.seed)
+    return select_device(cfg.device)
+
+
+@app.command()
+def train(
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Folder of pair_*.npz training pairs (self-supervised: "
+                                         "their 'whole' masks are the targets)."),
+    manual: Optional[Path] = typer.Option(None, "--manual", help="Folder with sem/ (or images/), masks/ (<id>_m.tif) "
+                                          "and classes/ (<id>_cm.tif, white = kept particles)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Micrographs <id>.tif (instead of --manual)."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Binary masks <id>_m.tif (instead of --manual)."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="Keep/discard masks <id>_cm.tif (instead of --manual)."),
+    out: Path = typer.Option(Path("classifier.pt"), "--out", "-o", help="Model file to write; a checkpoint "
+                             "<out>.ckpt beside it lets the same command resume."),
+    config: Optional[Path] = common.ConfigOpt,
+    profile: Optional[str] = common.ProfileOpt,
+    sets: Optional[list[str]] = common.SetOpt,
+    seed: Optional[int] = common.SeedOpt,
+    device: Optional[str] = common.DeviceOpt,
+) -> None:
+    """Train the keep/discard network (inputs: micrograph + binary mask; output: keep score per pixel).
+
+    Train either on the fake training pairs (no annotation needed) or on manual keep/discard
+    masks. Settings: classify.steps, classify.tile_size_px, classify.batch_size, classify.bf16, ...
+    Run the same command again after an interruption to resume from the checkpoint.
+
+    Example:
+
+      nanoseg classify train --pairs runs/tio2/pairs --out classifier.pt
+
+      nanoseg classify train --manual ../shared/data/bam-tio2 --out classifier-manual.pt --set classify.steps=2000
+    """
+    cfg = common.resolve_config(config, profile, sets, seed, device)
+    if manual is not None:
+        img_dir = next((manual / n for n in ("sem", "images") if (manual / n).is_dir()), None)
+        if img_dir is None:
+            raise NanosegError(f"--manual {manual}: no sem/ or images/ folder inside")
+        images, masks, classes = images or img_dir, masks or manual / "masks", classes or manual / "classes"
+    if pairs is None and None in (images, masks, classes):
+        raise NanosegError("classify train: give --pairs DIR, --manual DIR, or all of --images, --masks and --classes")
+    dev = _prepare(cfg)
+    from nanoseg import nets
+    from nanoseg.classify import load_manual_samples, load_pair_samples, train_classifier
+
+    if pairs is not None:
+        samples, source = load_pair_samples(pairs), f"pairs {pairs}"
+    else:
+        samples = load_manual_samples(images, masks, classes, dark_particles=cfg.data.dark_particles)
+        source = f"manual classes {classes}"
+    typer.echo(f"{len(samples)} training images from {source}")
+    ckpt = out.with_name(out.name + ".ckpt")
+    net, losses = train_classifier(samples, cfg.classify, device=dev, checkpoint=ckpt, seed=cfg.seed)
+    tail = losses[-max(1, len(losses) // 10):]
+    nets.save(net, out, meta={"task": "classify", "trained_on": source, "steps": len(losses),
+                              "final_loss": sum(tail) / len(tail), "score_threshold": cfg.classify.score_threshold})
+    ckpt.unlink(missing_ok=True)
+    typer.echo(f"model: {out} ({len(losses)} steps, final loss {sum(tail) / len(tail):.4f})")
+
+
+@app.command()
+def predict(
+    images: list[Path] = typer.Argument(..., help="Micrographs and/or folders of micrographs."),
+    labels: Path = typer.Option(..., "--labels", "-l", help="Folder of instance label images <stem>.tif "
+                                "(e.g. from `nanoseg segment predict`, OUT/labels)."),
+    classifier: Optional[Path] = typer.Option(None, "--classifier", help="Keep/discard network; without it the "
+                                              "rules alone decide."),
+    out: Path = typer.Option(Path("decisions.csv"), "--out", "-o", help="CSV to write (image, label, score, kept, reason)."),
+    config: Optional[Path] = common.ConfigOpt,
+    profile: Optional[str] = common.ProfileOpt,
+    sets: Optional[list[str]] = common.SetOpt,
+    device: Optional[str] = common.DeviceOpt,
+    pixel_size: Optional[str] = common.PixelSizeOpt,
+) -> None:
+    """Decide for every segmented particle whether it is kept, and why not.
+
+    Rules (classify.min_area_px, max_area_px, min_solidity, exclude_border, min_mean_intensity)
+    are always applied; with --classifier, particles with a mean keep score at or below
+    classify.score_threshold are discarded too.
+
+    Example:
+
+      nanoseg classify predict ../shared/data/bam-tio2/sem --labels segmented/labels --classifier classifier.pt
+
+      nanoseg classify predict img.tif --labels labels/ --set classify.min_area_px=30 --out decisions.csv
+    """
+    cfg = common.resolve_config(config, profile, sets, None, device, pixel_size)
+    dev = _prepare(cfg)
+    from nanoseg.classify import classify_images, write_decisions
+    from nanoseg.io import list_images, read_labels, read_micrograph
+
+    items = []
+    for path in (p for item in images for p in list_images(item)):
+        mg = read_micrograph(path, pixel_size_nm=cfg.data.pixel_size_nm, info_bar_rows=cfg.data.info_bar_rows)
+        image = 1.0 - mg.image if cfg.data.dark_particles else mg.image
+        label_path = labels / f"{path.stem}.tif"
+        if not label_path.is_file():
+            raise NanosegError(f"{label_path}: no label image for {path}")
+        items.append((path.stem, read_labels(label_path), image, mg.pixel_size_nm))
+    net = None
+    cls_cfg = cfg.classify
+    if classifier is not None:
+        from nanoseg import nets
+
+        net, _ = nets.load(classifier, dev)
+        cls_cfg = cls_cfg.model_copy(update={"method": "network"})
+    elif cls_cfg.method == "network":
+        cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
+    decisions = classify_images(items, cls_cfg, net=net, device=dev)
+    write_decisions(decisions, out)
+    typer.echo(f"kept {int(decisions['kept'].sum())} of {len(decisions)} particles -> {out}")

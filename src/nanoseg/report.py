@@ -1,0 +1,203 @@
+"""The self-contained HTML report of a measurement: tables, plots and overlays in one file.
+
+Images are embedded as base64 data URIs so the report can be mailed or archived on its own.
+Rendered with the standard library only (f-strings and :func:`html.escape`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: Particle-table columns shown in the report (those present), in this order.
+REPORT_COLUMNS: tuple[str, ...] = (
+    "image", "label", "kept", "reason", "score", "ecd_nm", "min_feret_nm", "max_feret_nm", "area_nm2",
+    "ecd_px", "min_feret_px", "max_feret_px", "area_px", "aspect_ratio", "circularity", "solidity", "convexity",
+    "mean_intensity",
+)
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
+th { background: #f0f0f0; } td.text { text-align: left; }
+.figs img { max-width: 48%; margin: 0.5%; } .overlay img { max-width: 100%; }
+.statement { background: #f6f8fa; border-left: 4px solid #4c72b0; padding: 0.6em 1em; }
+.kept { color: #28a050; font-weight: bold; } .discarded { color: #e63c32; font-weight: bold; }
+"""
+
+
+def image_data_uri(path: str | Path, max_width_px: int | None = None) -> str:
+    """A ``data:`` URI of a PNG or SVG file.
+
+    With ``max_width_px`` (photo-like overlays) the image is downscaled to that width and
+    embedded as JPEG (quality 90), a fraction of the PNG's size.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".svg":
+        return "data:image/svg+xml;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    if max_width_px is None:
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.width > max_width_px:
+            im = im.resize((max_width_px, round(im.height * max_width_px / im.width)), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "&ndash;"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: Sequence[int] = (0,)) -> str:
+    """An HTML table with escaped cells; numbers right-aligned, ``text_columns`` left-aligned."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = "".join(
+            f'<td class="text">{_fmt(v)}</td>' if i in text_columns else f"<td>{_fmt(v)}</td>" for i, v in enumerate(row)
+        )
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _summary_table(descriptors: Mapping[str, Any]) -> str:
+    header = ["descriptor", "unit", "count", "mean", "sd", "median", "D10", "D50", "D90",
+              "log-normal median", "log-normal GSD"]
+    rows = []
+    for name, d in descriptors.items():
+        ln = d.get("lognormal") or {}
+        rows.append([name, d.get("unit", ""), d["count"], d["mean"], d["sd"], d["median"], d["d10"], d["d50"], d["d90"],
+                     ln.get("scale"), ln.get("geometric_sd")])
+    return html_table(header, rows, text_columns=(0, 1))
+
+
+def _particle_table(particles: pd.DataFrame, max_rows: int) -> str:
+    cols = [c for c in REPORT_COLUMNS if c in particles.columns and not particles[c].isna().all()]
+    shown = particles.head(max_rows)
+    rows = shown[cols].itertuples(index=False, name=None)
+    return html_table(cols, list(rows), text_columns=(cols.index("image"),) if "image" in cols else ())
+
+
+def render_report(
+    summary: Mapping[str, Any],
+    particles: pd.DataFrame,
+    *,
+    figures: Mapping[str, str | Path] | None = None,
+    overlays: Mapping[str, str | Path] | None = None,
+    max_rows: int = 50,
+    max_overlays: int = 12,
+    title: str = "nanoseg particle size report",
+) -> str:
+    """Render the measurement report as one self-contained HTML page.
+
+    Parameters
+    ----------
+    summary : mapping
+        The content of ``summary.json`` (see :func:`nanoseg.measure.write_results`).
+    particles : pandas.DataFrame
+        Every particle with ``kept`` and ``reason``; the first ``max_rows`` are listed.
+    figures : mapping of name -> PNG path, optional
+        Histograms (and the comparison plot), embedded in order.
+    overlays : mapping of image name -> PNG path, optional
+        Overlays (kept particles green, discarded red); the first ``max_overlays`` are
+        embedded, downscaled to 800 px wide.
+    max_rows, max_overlays : int
+        Limits that keep the file small; everything is in the files beside it.
+    title : str
+        Page title.
+
+    Returns
+    -------
+    str
+        The HTML document.
+    """
+    esc = html.escape
+    figures = dict(figures or {})
+    overlays = dict(overlays or {})
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+             f"<style>{_STYLE}</style></head><body>",
+             f"<h1>{esc(title)}</h1>",
+             f"<p>Generated {esc(_dt.datetime.now().strftime('%Y-%m-%d %H:%M'))} by nanoseg.</p>"]
+
+    pixel_size = summary.get("pixel_size_nm")
+    if isinstance(pixel_size, list):
+        pixel_text = ", ".join(f"{v:g}" for v in pixel_size) + " nm (differs between images)"
+    elif pixel_size is None:
+        pixel_text = "unknown (sizes in px)"
+    else:
+        pixel_text = f"{pixel_size:g} nm"
+    prior = summary.get("size_prior", "unknown")
+    prior_text = ", ".join(f"{k} = {v}" for k, v in prior.items()) if isinstance(prior, Mapping) else str(prior)
+    if summary.get("size_prior_configured"):
+        prior_text += f" (configured: masks.size_prior = {summary['size_prior_configured']})"
+    reasons = summary.get("discard_reasons") or {}
+    overview = [
+        ["images", summary.get("n_images")],
+        ["particles found", summary.get("n_particles")],
+        ["particles kept", summary.get("n_kept")],
+        ["particles discarded", summary.get("n_discarded")],
+        ["pixel size", pixel_text],
+        ["pixel size source", summary.get("pixel_size_source", "unknown")],
+        ["size prior of the training masks", prior_text],
+    ]
+    if summary.get("classify_method"):
+        overview.append(["keep/discard method", summary["classify_method"]])
+    parts += ["<h2>Overview</h2>", html_table(["item", "value"], overview, text_columns=(0, 1))]
+
+    ec = summary.get("ec_definition") or {}
+    parts += ["<h2>EC nanomaterial definition</h2>",
+              f"<p class='statement' id='ec-statement'>{esc(ec.get('statement', 'not checked'))}</p>"]
+
+    parts += ["<h2>Size distribution (kept particles, number-based)</h2>",
+              _summary_table(summary.get("descriptors") or {})]
+    if reasons:
+        parts += ["<h3>Why particles were discarded</h3>",
+                  html_table(["reason", "particles"], sorted(reasons.items(), key=lambda kv: -kv[1]), text_columns=(0,))]
+
+    comparison = summary.get("comparison")
+    if comparison:
+        parts += ["<h2>Comparison</h2>",
+                  html_table(["", comparison.get("name_a", "a"), comparison.get("name_b", "b")],
+                             [["particles", comparison["n_a"], comparison["n_b"]],
+                              ["mean", comparison["mean_a"], comparison["mean_b"]],
+                              ["median", comparison["median_a"], comparison["median_b"]]]),
+                  f"<p>Two-sample Kolmogorov-Smirnov test on {esc(str(comparison.get('column', '')))}: "
+                  f"D = {comparison['ks_statistic']:.3f}, p = {comparison['p_value']:.3g}.</p>"]
+
+    if figures:
+        imgs = "".join(f"<img src='{image_data_uri(p)}' alt='{esc(name)} histogram'>" for name, p in figures.items())
+        parts += ["<h2>Histograms</h2>", f"<div class='figs'>{imgs}</div>"]
+
+    if overlays:
+        parts += ["<h2>Overlays</h2>",
+                  "<p><span class='kept'>green</span>: kept, <span class='discarded'>red</span>: discarded.</p>"]
+        for name, path in list(overlays.items())[:max_overlays]:
+            parts.append(f"<figure class='overlay'><img src='{image_data_uri(path, 800)}' alt='overlay {esc(name)}'>"
+                         f"<figcaption>{esc(name)}</figcaption></figure>")
+        if len(overlays) > max_overlays:
+            parts.append(f"<p>{len(overlays) - max_overlays} more overlays are in the overlays/ folder.</p>")
+
+    n = len(particles)
+    parts += [f"<h2>Particles (first {min(max_rows, n)} of {n}; all in particles.csv)</h2>",
+              _particle_table(particles, max_rows), "</body></html>"]
+    return "\n".join(parts)

@@ -1,0 +1,250 @@
+"""Keep/discard rules, the two-channel classifier network, its training and the stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nanoseg.classify import (  # noqa: E402
+    apply_rules,
+    classify_images,
+    instance_scores,
+    load_manual_samples,
+    load_pair_samples,
+    make_classifier,
+    masked_bce,
+    predict_keep_probability,
+    sample_batch,
+    train_classifier,
+)
+from nanoseg.config import build_config  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _cfg(**kwargs):
+    base = {"base_width": 4, "depth": 2, "tile_size_px": 48, "batch_size": 2, "steps": 4, "bf16": False}
+    return build_config({"classify": {**base, **kwargs}}, profile="demo").classify
+
+
+def _particles():
+    return pd.DataFrame({
+        "image": "a", "label": [1, 2, 3, 4, 5, 6],
+        "area_px": [100, 5, 5000, 100, 100, 100],
+        "solidity": [0.95, 0.95, 0.95, 0.6, 0.95, 0.95],
+        "touches_border": [False, False, False, False, True, False],
+        "mean_intensity": [0.8, 0.8, 0.8, 0.8, 0.8, 0.1],
+    })
+
+
+# ------------------------------------------------------------------ rules
+
+
+def test_each_rule_records_its_reason():
+    cfg = _cfg(method="rules", min_area_px=10, max_area_px=1000, min_solidity=0.8, min_mean_intensity=0.3)
+    d = apply_rules(_particles(), cfg)
+    assert list(d.columns) == ["image", "label", "score", "kept", "reason"]
+    assert d["reason"].tolist() == ["", "area_below_min", "area_above_max", "solidity_below_min", "touches_border",
+                                    "intensity_below_min"]
+    assert d["kept"].tolist() == [True, False, False, False, False, False]
+
+
+def test_rules_off_and_method_none_keep_everything():
+    assert apply_rules(_particles(), _cfg(method="rules", exclude_border=False))["kept"].all()
+    assert apply_rules(_particles(), _cfg(method="none", min_area_px=1000))["kept"].all()
+
+
+def test_scores_and_rules_combine():
+    cfg = _cfg(method="network", score_threshold=0.5)
+    d = apply_rules(_particles(), cfg, scores=np.array([0.9, 0.4, 0.6, 0.6, 0.2, 0.6]))
+    assert d["reason"].tolist()[:2] == ["", "score_below_threshold"]
+    assert d["reason"][4] == "touches_border;score_below_threshold"
+    assert d["kept"].tolist() == [True, False, True, True, False, True]
+
+
+def test_instance_scores_are_means_over_pixels():
+    labels = np.zeros((10, 10), np.int32)
+    labels[:5, :5] = 1
+    labels[6:, 6:] = 4
+    prob = np.zeros((10, 10), np.float32)
+    prob[:5, :5] = 0.25
+    prob[6:, 6:] = 0.75
+    prob[6, 6] = 0.0
+    np.testing.assert_allclose(instance_scores(prob, labels), [0.25, 0.75 * 15 / 16])
+
+
+# ------------------------------------------------------------------ network
+
+
+def test_classifier_forward_backward_tiny_input():
+    net = make_classifier(_cfg())
+    x = torch.rand(2, 2, 20, 28)  # not a multiple of 2**depth: the net pads and crops
+    out = net(x)
+    assert out.shape == (2, 1, 20, 28)
+    target = torch.randint(0, 2, (2, 1, 20, 28)).float()
+    loss = masked_bce(out, target, x[:, 1:2].round())
+    loss.backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+    assert net.init_kwargs == {"in_channels": 2, "out_channels": 1, "base_width": 4, "depth": 2}
+
+
+def test_masked_bce_ignores_background():
+    logits = torch.tensor([[[[10.0, -10.0]]]])
+    target = torch.tensor([[[[1.0, 1.0]]]])
+    only_first = masked_bce(logits, target, torch.tensor([[[[1.0, 0.0]]]]))
+    assert float(only_first) < 1e-3  # the wrong background pixel does not count
+
+
+def test_masked_bce_balance_weighs_classes_equally():
+    # three kept pixels predicted at 0.5, one discarded pixel predicted wrongly with high confidence
+    logits = torch.tensor([[[[0.0, 0.0, 0.0, 5.0]]]])
+    target = torch.tensor([[[[1.0, 1.0, 1.0, 0.0]]]])
+    weight = torch.ones_like(target)
+    plain = float(masked_bce(logits, target, weight))
+    balanced = float(masked_bce(logits, target, weight, balance=True))
+    bce_half, bce_wrong = float(np.log(2)), 5.0 + float(np.log1p(np.exp(-5.0)))
+    assert plain == pytest.approx((3 * bce_half + bce_wrong) / 4, rel=1e-5)
+    assert balanced == pytest.approx((bce_half + bce_wrong) / 2, rel=1e-5)
+
+
+def _synthetic_samples(n=3, size=64, seed=0):
+    """Bright squares; the 'keep' target marks squares with odd size, a learnable pattern."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(n):
+        image = rng.normal(0.2, 0.03, (size, size)).astype(np.float32)
+        binary = np.zeros((size, size), np.uint8)
+        keep = np.zeros((size, size), np.uint8)
+        for r in range(2, size - 12, 14):
+            for c in range(2, size - 12, 14):
+                s = int(rng.integers(5, 11))
+                binary[r:r + s, c:c + s] = 1
+                image[r:r + s, c:c + s] += 0.6 if s % 2 else 0.3
+                keep[r:r + s, c:c + s] = s % 2
+        samples.append((np.clip(image, 0, 1), binary, keep))
+    return samples
+
+
+def test_sample_batch_shapes_and_weight():
+    x, y, w = sample_batch(_synthetic_samples(), 48, 3, np.random.default_rng(0))
+    assert x.shape == (3, 2, 48, 48) and y.shape == w.shape == (3, 1, 48, 48)
+    np.testing.assert_array_equal(w, x[:, 1:2])
+    assert set(np.unique(y)) <= {0.0, 1.0} and np.all(y <= w)  # keep only on particle pixels
+
+
+def test_training_resumes_from_checkpoint_exactly(tmp_path):
+    samples = _synthetic_samples()
+    cfg = _cfg(checkpoint_every=2)
+    torch.manual_seed(0)
+    _, full = train_classifier(samples, cfg, steps=4, seed=3, checkpoint=tmp_path / "a.pt")
+    assert (tmp_path / "a.pt").is_file()  # written at step 2
+    torch.manual_seed(0)
+    _, resumed = train_classifier(samples, cfg, steps=4, seed=3, checkpoint=tmp_path / "a.pt")
+    assert len(resumed) == 4
+    np.testing.assert_allclose(resumed, full, rtol=1e-4)
+
+
+def test_bf16_training_step_runs():
+    net, losses = train_classifier(_synthetic_samples(1), _cfg(bf16=True), steps=2)
+    assert len(losses) == 2 and np.isfinite(losses).all()
+    prob = predict_keep_probability(net, np.zeros((30, 30), np.float32), np.ones((30, 30), np.float32), bf16=True)
+    assert prob.shape == (30, 30) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
+
+
+def _fixed_loss(net, batch):
+    x, y, w = (torch.from_numpy(a) for a in batch)
+    net.eval()
+    with torch.no_grad():
+        return float(masked_bce(net(x), y, w))
+
+
+def test_few_steps_on_shared_class_masks_lower_the_loss(shared_data, tmp_path):
+    # two images, linked into a temporary folder so only they are read
+    for sub, suffix in (("sem", ""), ("masks", "_m"), ("classes", "_cm")):
+        (tmp_path / sub).mkdir()
+        for stem in ("1908248", "1908252"):
+            (tmp_path / sub / f"{stem}{suffix}.tif").symlink_to(shared_data / sub / f"{stem}{suffix}.tif")
+    samples = load_manual_samples(tmp_path / "sem", tmp_path / "masks", tmp_path / "classes")
+    assert len(samples) == 2
+    image, binary, keep = samples[0]
+    assert image.shape == binary.shape == keep.shape == (704, 1024)  # cropped to the class masks' rows
+    assert keep.sum() > 0 and np.all(keep <= binary)
+    cfg = _cfg(tile_size_px=96, batch_size=4, learning_rate=3e-3)
+    torch.manual_seed(0)
+    net = make_classifier(cfg)
+    held_out = sample_batch(samples, 96, 8, np.random.default_rng(123))
+    before = _fixed_loss(net, held_out)
+    net, losses = train_classifier(samples, cfg, steps=25, seed=1, net=net)
+    after = _fixed_loss(net, held_out)
+    assert after < before, (before, after)
+
+
+# ------------------------------------------------------------------ data loading and the stage
+
+
+def test_load_pair_samples(tmp_path):
+    image = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    binary = np.zeros((40, 40), np.uint8)
+    binary[5:15, 5:15] = 1
+    binary[20:30, 20:30] = 1
+    whole = np.zeros_like(binary)
+    whole[5:15, 5:15] = 1
+    whole[0, 0] = 1  # outside a particle: must be dropped
+    np.savez(tmp_path / "pair_0000.npz", image=image, instances=binary.astype(np.int32), binary=binary, whole=whole)
+    (s_image, s_binary, s_keep), = load_pair_samples(tmp_path)
+    assert s_keep.sum() == 100 and s_keep[0, 0] == 0
+    np.savez(tmp_path / "pair_0001.npz", image=image, binary=binary)
+    with pytest.raises(Exception, match="whole"):
+        load_pair_samples(tmp_path)
+    with pytest.raises(Exception, match="no pair"):
+        load_pair_samples(tmp_path / "nothing")
+
+
+def test_classify_images_network_and_rules():
+    labels = np.zeros((48, 48), np.int32)
+    labels[4:14, 4:14] = 1
+    labels[20:30, 20:30] = 2
+    labels[40:48, 0:8] = 3  # touches the border
+    image = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
+    cfg = _cfg(method="network")
+    net = make_classifier(cfg).eval()
+    d = classify_images([("x", labels, image, None)], cfg, net=net)
+    assert d["label"].tolist() == [1, 2, 3]
+    assert d["score"].between(0, 1).all()
+    assert "touches_border" in d.loc[2, "reason"]
+    with pytest.raises(Exception, match="no classifier"):
+        classify_images([("x", labels, image, None)], cfg, net=None)
+
+
+def test_run_stage_trains_scores_and_writes(tmp_path):
+    from nanoseg import nets
+    from nanoseg.classify import run_stage
+    from nanoseg.io import write_tiff
+    from nanoseg.pipeline import STAGES, StageContext
+
+    run = tmp_path / "run"
+    for i, (image, binary, keep) in enumerate(_synthetic_samples(2)):
+        (run / "pairs").mkdir(parents=True, exist_ok=True)
+        np.savez(run / "pairs" / f"pair_{i:04d}.npz", image=image, binary=binary, whole=keep, instances=binary)
+    image, binary, _ = _synthetic_samples(1, seed=5)[0]
+    from skimage.measure import label
+
+    write_tiff(tmp_path / "images" / "m1.tif", (image * 255).astype(np.uint8), pixel_size_nm=3.0)
+    write_tiff(run / "segment" / "labels" / "m1.tif", label(binary, connectivity=1).astype(np.uint16))
+    cfg = build_config({"data": {"images": str(tmp_path / "images"), "info_bar_rows": 0},
+                        "classify": {"base_width": 4, "depth": 2, "tile_size_px": 48, "batch_size": 2, "steps": 3}},
+                       profile="demo")
+    stage = next(s for s in STAGES if s.name == "classify")
+    (run / "classify").mkdir()
+    run_stage(StageContext(config=cfg, run_dir=run, stage=stage))
+    decisions = pd.read_csv(run / "classify" / "decisions.csv", keep_default_na=False)
+    assert list(decisions.columns) == ["image", "label", "score", "kept", "reason"]
+    assert len(decisions) == int(label(binary, connectivity=1).max())
+    assert set(decisions["image"]) == {"m1"}
+    net, meta = nets.load(run / "classify" / "model.pt")
+    assert meta["steps"] == 3 and net.init_kwargs["in_channels"] == 2
+    assert not (run / "classify" / "checkpoint.pt").exists()

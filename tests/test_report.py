@@ -1,0 +1,111 @@
+"""The HTML report renders: parse it and check its images, tables and statements."""
+
+from __future__ import annotations
+
+import base64
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+
+from nanoseg.measure import join_decisions, measure_images, write_results
+from nanoseg.report import html_table, render_report
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.tables = 0
+        self.rows_per_table: list[int] = []
+        self.text: list[str] = []
+        self._stack: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        elif tag == "table":
+            self.tables += 1
+            self.rows_per_table.append(0)
+        elif tag == "tr" and self.rows_per_table:
+            self.rows_per_table[-1] += 1
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(text: str) -> _Collector:
+    parser = _Collector()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+def _results(tmp_path, pixel_size_nm=5.0, n_images=2):
+    rng = np.random.default_rng(0)
+    items, images, labels = [], {}, {}
+    for k in range(n_images):
+        lab = np.zeros((96, 128), np.int32)
+        for i in range(12):
+            r, c = 8 + 26 * (i // 4), 8 + 30 * (i % 4)
+            h, w = rng.integers(6, 18, size=2)
+            lab[r:r + h, c:c + w] = i + 1
+        img = np.where(lab > 0, 0.7, 0.1).astype(np.float32)
+        items.append((f"img{k}", lab, img, pixel_size_nm))
+        images[f"img{k}"], labels[f"img{k}"] = img, lab
+    particles = measure_images(items)
+    decisions = particles[["image", "label"]].copy()
+    decisions["score"] = np.linspace(0, 1, len(decisions))
+    decisions["kept"] = decisions["score"] > 0.3
+    decisions["reason"] = np.where(decisions["kept"], "", "score_below_threshold")
+    particles = join_decisions(particles, decisions)
+    summary = write_results(particles, tmp_path, micrographs=images, labels=labels,
+                            pixel_size_source="vendor TIFF metadata", size_prior={"masks.size_prior": "outlines"},
+                            compare=("manual.csv", particles.assign(min_feret_nm=particles["min_feret_nm"] * 1.1)),
+                            report_rows=10)
+    return summary, particles
+
+
+def test_report_has_images_tables_and_statements(tmp_path):
+    summary, particles = _results(tmp_path)
+    html_text = (tmp_path / "report.html").read_text()
+    parsed = _parse(html_text)
+    # 4 histograms + the comparison plot + 2 overlays, all embedded
+    assert len(parsed.images) == 7
+    assert all(src.startswith("data:image/") for src in parsed.images)
+    payload = parsed.images[0].split(",", 1)[1]
+    assert base64.b64decode(payload)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert parsed.images[-1].startswith("data:image/jpeg")  # overlays as JPEG
+    # overview, summary, discard reasons, comparison, particles
+    assert parsed.tables == 5
+    assert parsed.rows_per_table[-1] == 1 + 10  # header + report_rows particles
+    assert parsed.rows_per_table[1] == 1 + 4  # header + ecd, min_feret, max_feret, area
+    text = " ".join(parsed.text)
+    assert summary["ec_definition"]["statement"] in text
+    assert "5 nm" in text and "vendor TIFF metadata" in text
+    assert "masks.size_prior = outlines" in text
+    assert "Kolmogorov-Smirnov" in text
+    assert "src=" not in html_text.replace("src='data:", "")  # nothing refers to outside files
+
+
+def test_report_without_pixel_size_says_so(tmp_path):
+    from nanoseg.measure import measure_images
+
+    lab = np.zeros((40, 40), np.int32)
+    lab[5:15, 5:15] = 1
+    lab[20:30, 20:28] = 2
+    particles = join_decisions(measure_images([("x", lab, None, None)]), None)
+    summary = write_results(particles, tmp_path, pixel_size_source="unknown")
+    assert summary["descriptors"]["min_feret"]["column"] == "min_feret_px"
+    text = " ".join(_parse((tmp_path / "report.html").read_text()).text)
+    assert "pixel size is unknown" in text
+    assert "unknown (sizes in px)" in text
+
+
+def test_report_escapes_text():
+    table = html_table(["name"], [["<script>alert(1)</script>"]])
+    assert "<script>" not in table and "&lt;script&gt;" in table
+    html_text = render_report({"n_images": 0, "ec_definition": {"statement": "a < b"}}, pd.DataFrame({"image": []}))
+    assert "a &lt; b" in html_text
+    assert _parse(html_text).tables >= 2
