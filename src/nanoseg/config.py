@@ -93,7 +93,10 @@ class MasksConfig(_Section):
     scale_cut_sd: float = Field(3.0, gt=0, description="Scale factors beyond this many sd are redrawn.")
     perlin_cell_px: float = Field(160.0, gt=0, description="Feature size of the Perlin placement density in px.")
     perlin_octaves: int = Field(2, ge=1, le=8, description="Octaves of the Perlin noise.")
-    clustering: float = Field(3.0, ge=0, description="Exponent on the noise density: 0 places uniformly, larger clusters more.")
+    clustering: float = Field(20.0, ge=0, description="Exponent on the noise density: 0 places uniformly, larger clusters more.")
+    min_visible_px: int = Field(
+        20, ge=1, description="Visible particle parts smaller than this many px (mostly hidden under others) are removed."
+    )
 
 
 class TranslateConfig(_Section):
@@ -115,7 +118,10 @@ class TranslateConfig(_Section):
     generator_skip: bool = Field(False, description="Add the input to the generators' output (input-output skip).")
     asymmetric_loss: bool = Field(False, description="BCE for the cycle towards masks and L1 towards images.")
     n_pairs: int = Field(200, ge=1, description="Training pairs (fake micrograph + mask) to generate.")
-    pair_format: Literal["npz", "tiff"] = Field("npz", description="Format of the written training pairs.")
+    pair_format: Literal["npz", "tiff"] = Field(
+        "npz", description="Training pairs are always written as pair_XXXX.npz (read by the later stages); 'tiff' also writes "
+        "pairs/tiff/pair_XXXX_<key>.tif for other tools."
+    )
     artifact_threshold: Literal["li", "otsu", "mean", "median"] = Field("li", description="Automatic threshold the artifact filter compares instance means with.")
     checkpoint_every: int = Field(500, ge=1, description="Save a checkpoint and sample grid every this many steps.")
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
@@ -142,6 +148,22 @@ class SegmentConfig(_Section):
     threshold: float | Literal["auto"] = Field(0.5, description="Probability threshold, or 'auto' to sweep 0.0-1.0 on the validation pairs.")
     min_distance_px: int = Field(9, ge=1, description="Minimum distance between watershed markers in px.")
     min_size_px: int = Field(10, ge=0, description="Instances smaller than this many px are removed.")
+    band_giveback: Literal["expand", "watershed"] = Field(
+        "expand",
+        description="Three-class target: how boundary-band pixels go back to particles: 'expand' grows each interior "
+        "by at most boundary_width_px (keeps sizes unbiased), 'watershed' floods the whole predicted foreground.",
+    )
+    marker_threshold: float = Field(0.4, gt=0, lt=1, description="Three-class target: interior probability above which pixels seed watershed markers.")
+    marker_h: float = Field(
+        0.2, ge=0, lt=1, description="Three-class target: interior-probability maxima at least this high split a marker region (0: no split)."
+    )
+    smoothing_sigma_px: float = Field(1.0, ge=0, description="Binary target: Gaussian sigma on the distance transform before peak finding.")
+    class_balance: bool = Field(True, description="Weight the loss by inverse class frequency of the training targets.")
+    dice_weight: float = Field(0.0, ge=0, description="Weight of an added soft-Dice loss term (0 disables).")
+    inference_tile_px: int = Field(
+        1024, ge=64, description="Images with a side larger than this are segmented in overlapping, smoothly blended tiles."
+    )
+    tile_overlap_px: int = Field(64, ge=0, description="Overlap of neighbouring inference tiles in px.")
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
 
 
@@ -160,6 +182,13 @@ class ClassifyConfig(_Section):
     max_area_px: int | None = Field(None, ge=1, description="Rule: discard particles larger than this many px.")
     min_solidity: float = Field(0.0, ge=0, le=1, description="Rule: discard particles with lower solidity (area / convex area).")
     exclude_border: bool = Field(True, description="Rule: discard particles touching the image border or the info bar.")
+    min_mean_intensity: float | None = Field(
+        None, ge=0, le=1, description="Rule: discard particles whose mean intensity (0-1, particles bright) is lower."
+    )
+    balance_classes: bool = Field(
+        True, description="Give kept and discarded particle pixels equal total weight in the training loss."
+    )
+    checkpoint_every: int = Field(100, ge=1, description="Save a training checkpoint every this many steps.")
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
 
 
@@ -169,6 +198,8 @@ class MeasureConfig(_Section):
     histogram_bins: int = Field(30, ge=2, description="Bins of the size histograms.")
     fit_lognormal: bool = Field(True, description="Fit a log-normal to each size histogram.")
     report: bool = Field(True, description="Write the self-contained HTML report.")
+    report_rows: int = Field(50, ge=0, description="Particles listed in the report's table (all are in particles.csv).")
+    report_overlays: int = Field(12, ge=0, description="Overlay images embedded in the report (all are in overlays/).")
 
 
 class Config(_Section):
@@ -214,7 +245,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "translate": {"method": "render", "steps": 300, "n_pairs": 48, "tile_size_px": 128},
         "segment": {"architecture": "unet", "steps": 300, "tile_size_px": 192, "val_every": 100,
                     "lr_decay_every": 200},
-        "classify": {"steps": 150, "tile_size_px": 192},
+        "classify": {"steps": 80, "tile_size_px": 128, "base_width": 4, "checkpoint_every": 40},
     },
     "paper": {
         "shapes": {"steps": 20000, "generator_width": 64, "critic_width": 64, "latent_dim": 128,
@@ -224,7 +255,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
                       "steps": 100000, "n_pairs": 1000, "pool_size": 50, "checkpoint_every": 5000},
         "segment": {"base_width": 32, "depth": 4, "steps": 20000, "batch_size": 8, "lr_decay_every": 5000,
                     "val_every": 1000},
-        "classify": {"base_width": 32, "depth": 4, "steps": 5000, "batch_size": 8},
+        "classify": {"base_width": 32, "depth": 4, "steps": 5000, "batch_size": 8, "checkpoint_every": 500},
     },
 }
 
@@ -344,3 +375,19 @@ def config_reference() -> str:
 
     walk(Config, default, "")
     return "\n".join(lines)
+
+
+_REF_START, _REF_END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+
+def embed_reference(readme: str | Path) -> Path:
+    """Replace the text between the config-reference markers of ``readme`` with :func:`config_reference`."""
+    from nanoseg.atomic import write_text
+
+    readme = Path(readme)
+    text = readme.read_text()
+    if _REF_START not in text or _REF_END not in text:
+        raise NanosegError(f"{readme}: no '{_REF_START}' ... '{_REF_END}' markers to write the reference between")
+    head, rest = text.split(_REF_START, 1)
+    _, tail = rest.split(_REF_END, 1)
+    return write_text(readme, f"{head}{_REF_START}\n{config_reference()}\n{_REF_END}{tail}")

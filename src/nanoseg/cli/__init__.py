@@ -142,11 +142,22 @@ def config_check(path: Path = typer.Argument(..., help="YAML config file.")) -> 
 
 
 @config_app.command("docs")
-def config_docs() -> None:
-    """Print the reference of every config key (Markdown)."""
-    from nanoseg.config import config_reference
+def config_docs(
+    readme: Optional[Path] = typer.Option(None, "--readme", help="Write the reference into this README "
+                                          "between its config-reference markers instead of printing it."),
+) -> None:
+    """Print the reference of every config key (Markdown).
 
-    typer.echo(config_reference())
+    Example:
+
+      nanoseg config docs --readme README.md
+    """
+    from nanoseg.config import config_reference, embed_reference
+
+    if readme is None:
+        typer.echo(config_reference())
+    else:
+        embed_reference(readme)
 
 
 def _register_stage_commands() -> None:
