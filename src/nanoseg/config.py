@@ -64,9 +64,9 @@ class ShapesConfig(_Section):
     source: Literal["wgan", "polygon"] = Field("wgan", description="Shape source: a WGAN-GP trained on the outlines, or random polygons.")
     outline_size_px: int = Field(64, ge=16, le=256, description="Side of the square outline images in px.")
     latent_dim: int = Field(64, ge=2, description="Length of the generator's noise vector.")
-    generator_width: int = Field(32, ge=4, description="Channels of the generator's last feature map (doubles per upsampling).")
-    critic_width: int = Field(32, ge=4, description="Channels of the critic's first feature map (doubles per downsampling).")
-    steps: int = Field(1500, ge=1, description="Generator steps.")
+    generator_width: int = Field(16, ge=4, description="Channels of the generator's last feature map (doubles per upsampling).")
+    critic_width: int = Field(16, ge=4, description="Channels of the critic's first feature map (doubles per downsampling).")
+    steps: int = Field(1000, ge=1, description="Generator steps (200-300 already match the outlines' median area and solidity within 25 %).")
     critic_steps: int = Field(5, ge=1, description="Critic steps per generator step.")
     gp_weight: float = Field(10.0, ge=0, description="Weight of the gradient penalty.")
     learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate (betas 0.5, 0.9).")
@@ -84,9 +84,11 @@ class MasksConfig(_Section):
         None, description="Range of particle counts per tile; default: estimated from the micrographs."
     )
     size_prior: Literal["outlines", "images", "expected"] = Field(
-        "outlines",
+        "images",
         description="Where the particle size in px comes from: the outlines as drawn, the micrographs "
-        "(automatic threshold), or data.expected_size_nm with the pixel size.",
+        "(automatic threshold; falls back to the outlines when there are no images), or "
+        "data.expected_size_nm with the pixel size. 'images' matched the TiO2 manual masks best "
+        "(median ECD +5 % vs +19 % for 'outlines', which are drawn large).",
     )
     scale_distribution: Literal["normal", "lognormal"] = Field("normal", description="Distribution of the per-particle scale factor.")
     scale_sd: float = Field(0.1, ge=0, description="Standard deviation of the scale factor (of its log for 'lognormal').")
@@ -94,6 +96,10 @@ class MasksConfig(_Section):
     perlin_cell_px: float = Field(160.0, gt=0, description="Feature size of the Perlin placement density in px.")
     perlin_octaves: int = Field(2, ge=1, le=8, description="Octaves of the Perlin noise.")
     clustering: float = Field(20.0, ge=0, description="Exponent on the noise density: 0 places uniformly, larger clusters more.")
+    max_overlap: float = Field(
+        0.15, ge=0, le=1, description="Largest fraction of a particle's area that may cover earlier particles; "
+        "a particle overlapping more is moved to another position drawn from the density (up to 20 tries)."
+    )
     min_visible_px: int = Field(
         20, ge=1, description="Visible particle parts smaller than this many px (mostly hidden under others) are removed."
     )
@@ -130,7 +136,11 @@ class TranslateConfig(_Section):
 class SegmentConfig(_Section):
     """Stage 5: train the segmentation network and split its output into particles."""
 
-    architecture: Literal["multiresunet", "unet"] = Field("multiresunet", description="Segmentation network.")
+    architecture: Literal["multiresunet", "unet"] = Field(
+        "unet",
+        description="Segmentation network. MultiResUNet (the paper's) is the 'paper' default; on a CPU a UNet "
+        "trains 2-4x faster per step and reached a higher particle F1 in the same time.",
+    )
     base_width: int = Field(16, ge=2, description="Channels of the first level (doubling per level).")
     depth: int = Field(4, ge=1, le=6, description="Number of downsampling levels.")
     target: Literal["three_class", "binary"] = Field(
@@ -253,7 +263,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "masks": {"n_masks": 1000},
         "translate": {"tile_size_px": 256, "generator_width": 64, "discriminator_width": 64, "n_res_blocks": 9,
                       "steps": 100000, "n_pairs": 1000, "pool_size": 50, "checkpoint_every": 5000},
-        "segment": {"base_width": 32, "depth": 4, "steps": 20000, "batch_size": 8, "lr_decay_every": 5000,
+        "segment": {"architecture": "multiresunet", "base_width": 32, "depth": 4, "steps": 20000, "batch_size": 8, "lr_decay_every": 5000,
                     "val_every": 1000},
         "classify": {"base_width": 32, "depth": 4, "steps": 5000, "batch_size": 8, "checkpoint_every": 500},
     },

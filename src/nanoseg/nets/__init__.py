@@ -84,7 +84,7 @@ def load(path: str | Path, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
 
     path = Path(path)
     if not path.is_file():
-        raise NanosegError(f"{path}: model file not found (train one first, e.g. `nanoseg segment train`)")
+        raise NanosegError(f"{path}: model file not found (check the path, or train the model first)")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
