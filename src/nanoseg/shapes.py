@@ -1,0 +1,709 @@
+"""Stage 1: single-particle shapes, learned from a few outlines with a WGAN-GP or drawn as polygons.
+
+The user gives ~40 rough outlines of single particles (a folder of small binary images, a mask
+image with a few painted particles, or an ImageJ ROI set). A WGAN with gradient penalty
+(Gulrajani et al., 2017) learns their distribution; its samples, cleaned into one filled
+particle each, form the shape library the mask assembly (stage 2) draws from.
+
+Outputs of :func:`run_stage` in the stage folder: ``library.npz`` (key ``shapes``, bool
+``(N, S, S)``), ``generator.pt``, ``losses.csv``/``losses.png``, ``outlines.png``,
+``samples.png`` and ``stats.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import measure
+from skimage.morphology import disk
+
+from nanoseg.atomic import atomic_path, write_json
+from nanoseg.errors import NanosegError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from nanoseg.config import ShapesConfig
+    from nanoseg.pipeline import StageContext
+
+logger = logging.getLogger("nanoseg.shapes")
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif")
+ROI_SUFFIXES = (".roi", ".zip")
+CHECKPOINT = "checkpoint.pt"
+CONTACT_SHEET = "contact_sheet"
+MIN_SHAPE_PX = 8  # smaller blobs are noise, not particles
+
+
+# --------------------------------------------------------------------------------------------
+# Outline input
+# --------------------------------------------------------------------------------------------
+
+def _read_gray(path: Path) -> np.ndarray:
+    """Read an image as a 2-D array of raw values (palette indices stay indices)."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            image = tifffile.imread(path)
+        else:
+            import imageio.v3 as iio
+
+            image = iio.imread(path)
+    except Exception as exc:  # the readers raise many types for broken files
+        raise NanosegError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    image = np.asarray(image)
+    image = np.squeeze(image)
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = image[..., :3].max(axis=-1)  # coloured outlines: any bright channel counts
+    if image.ndim != 2:
+        raise NanosegError(f"{path}: expected a 2-D image, got shape {image.shape}")
+    return image
+
+
+def binarize_outline(image: np.ndarray) -> np.ndarray:
+    """Binary foreground of a drawn outline/mask image: white on black, or inverted when drawn black on white.
+
+    Two-level images split between their levels; anything else at Otsu's threshold.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    levels = np.unique(image)
+    if levels.size <= 1:
+        return np.zeros(image.shape, bool)
+    if levels.size == 2:
+        binary = image > levels[0]
+    else:
+        from skimage.filters import threshold_otsu
+
+        binary = image > threshold_otsu(image)
+    border = np.concatenate([binary[0], binary[-1], binary[:, 0], binary[:, -1]])
+    if border.mean() > 0.5:  # drawn black on white
+        binary = ~binary
+    return binary
+
+
+def center_shape(mask: np.ndarray, size: int, margin_px: int = 1) -> np.ndarray:
+    """Crop a single particle to its bounding box and centre it in a ``size`` x ``size`` square.
+
+    Particles larger than the square (less ``margin_px`` on each side) are scaled down, keeping
+    their aspect ratio; smaller ones are padded, never enlarged, so their size in px is kept.
+
+    Parameters
+    ----------
+    mask : (H, W) bool array
+        One particle (other pixels background).
+    size : int
+        Side of the output square in px.
+    margin_px : int
+        Background pixels kept on every side so that the shape does not touch the border.
+
+    Returns
+    -------
+    (size, size) bool array
+    """
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return np.zeros((size, size), bool)
+    crop = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    room = size - 2 * margin_px
+    if max(crop.shape) > room:
+        from skimage.transform import resize
+
+        factor = room / max(crop.shape)
+        new_shape = tuple(max(1, round(s * factor)) for s in crop.shape)
+        crop = resize(crop.astype(np.float32), new_shape, order=1, anti_aliasing=True) >= 0.5
+    out = np.zeros((size, size), bool)
+    top, left = (size - crop.shape[0]) // 2, (size - crop.shape[1]) // 2
+    out[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
+    return out
+
+
+def _particles_in_mask(binary: np.ndarray, path: Path, size: int) -> list[np.ndarray]:
+    """Cut a mask with painted particles into single centred particles (border and tiny blobs dropped)."""
+    labels = measure.label(binary, connectivity=1)
+    out = []
+    for region in measure.regionprops(labels):
+        r0, c0, r1, c1 = region.bbox
+        if region.area < MIN_SHAPE_PX or r0 == 0 or c0 == 0 or r1 == binary.shape[0] or c1 == binary.shape[1]:
+            continue
+        filled = ndi.binary_fill_holes(region.image)
+        out.append(center_shape(filled, size))
+    if not out:
+        raise NanosegError(f"{path}: no whole particle found (paint particles white on black, not touching the border)")
+    return out
+
+
+def _read_outline_image(path: Path, size: int) -> np.ndarray:
+    """One small outline image -> one centred, filled particle (the largest blob)."""
+    binary = binarize_outline(_read_gray(path))
+    labels = measure.label(binary, connectivity=1)
+    if labels.max() == 0:
+        raise NanosegError(f"{path}: empty outline (no white pixels); draw the particle white on black")
+    largest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    if largest.sum() < MIN_SHAPE_PX:
+        raise NanosegError(f"{path}: outline smaller than {MIN_SHAPE_PX} px; draw the whole particle")
+    return center_shape(ndi.binary_fill_holes(largest), size)
+
+
+def _read_rois(path: Path, size: int) -> list[np.ndarray]:
+    """ImageJ/Fiji ROI (.roi) or ROI set (.zip) -> rasterised, centred particles."""
+    import roifile
+    from skimage.draw import polygon
+
+    try:
+        rois = roifile.roiread(path)
+    except Exception as exc:
+        raise NanosegError(f"{path}: not a readable ImageJ ROI file ({type(exc).__name__}: {exc})") from None
+    rois = rois if isinstance(rois, list) else [rois]
+    out = []
+    for roi in rois:
+        coords = np.asarray(roi.coordinates(), dtype=np.float64)
+        if coords.ndim != 2 or len(coords) < 3:
+            continue  # points and lines have no area
+        coords -= coords.min(axis=0) - 1  # (x, y), one pixel of margin
+        shape = (int(np.ceil(coords[:, 1].max())) + 2, int(np.ceil(coords[:, 0].max())) + 2)
+        mask = np.zeros(shape, bool)
+        rr, cc = polygon(coords[:, 1], coords[:, 0], shape)
+        mask[rr, cc] = True
+        if mask.sum() >= MIN_SHAPE_PX:
+            out.append(center_shape(mask, size))
+    if not out:
+        raise NanosegError(f"{path}: no polygon ROI with an area found (use polygon, freehand, oval or rectangle ROIs)")
+    return out
+
+
+def load_outlines(path: str | Path, size: int = 64) -> np.ndarray:
+    """Load single-particle outlines in any of the supported forms.
+
+    Parameters
+    ----------
+    path : path
+        A folder of small binary images (one particle each, white on black), a single mask image
+        with several painted particles, or an ImageJ/Fiji ROI file (``.roi``) or set (``.zip``).
+        A folder may also hold ROI files; files named ``contact_sheet*`` are skipped.
+    size : int
+        Side of the square outputs in px. Particles are centred and padded, or scaled down if
+        they do not fit.
+
+    Returns
+    -------
+    (N, size, size) bool array
+        Filled single particles.
+
+    Raises
+    ------
+    NanosegError
+        If the path does not exist, holds no usable outline, or a file is unreadable or empty.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise NanosegError(f"{path}: outlines not found (give a folder of outline images, a mask image or an ImageJ ROI set)")
+    shapes: list[np.ndarray] = []
+    if path.is_dir():
+        # The contact sheet that `nanoseg shapes import` writes beside the outlines is no outline.
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", CONTACT_SHEET))
+                       and p.suffix.lower() in IMAGE_SUFFIXES + ROI_SUFFIXES)
+        if not files:
+            raise NanosegError(f"{path}: no outline images ({', '.join(IMAGE_SUFFIXES)}) or ROI files found")
+        for file in files:
+            if file.suffix.lower() in ROI_SUFFIXES:
+                shapes += _read_rois(file, size)
+            else:
+                shapes.append(_read_outline_image(file, size))
+    elif path.suffix.lower() in ROI_SUFFIXES:
+        shapes = _read_rois(path, size)
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        shapes = _particles_in_mask(binarize_outline(_read_gray(path)), path, size)
+    else:
+        raise NanosegError(f"{path}: unsupported outline file type (use a folder of images, an image, .roi or .zip)")
+    return np.stack(shapes)
+
+
+def write_outline_folder(shapes: np.ndarray, folder: str | Path) -> list[Path]:
+    """Write shapes as ``outline_000.png`` ... (0/255) plus ``contact_sheet.png`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, shape in enumerate(shapes):
+        paths.append(_write_png(folder / f"outline_{i:03d}.png", shape.astype(np.uint8) * 255))
+    _write_png(folder / f"{CONTACT_SHEET}.png", contact_sheet(shapes))
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Shape statistics, pictures
+# --------------------------------------------------------------------------------------------
+
+def shape_properties(shapes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Area in px and solidity (area / convex hull area) of every shape of an ``(N, S, S)`` stack."""
+    areas = np.zeros(len(shapes))
+    solidity = np.zeros(len(shapes))
+    for i, shape in enumerate(shapes):
+        props = measure.regionprops(shape.astype(np.uint8))
+        if props:
+            areas[i], solidity[i] = props[0].area, props[0].solidity
+    return areas, solidity
+
+
+def shape_summary(shapes: np.ndarray) -> dict[str, float]:
+    """Median area (px), median solidity and median equivalent circular diameter (px) of a stack."""
+    areas, solidity = shape_properties(shapes)
+    return {
+        "median_area_px": float(np.median(areas)),
+        "median_solidity": float(np.median(solidity)),
+        "median_ecd_px": float(np.sqrt(4 * np.median(areas) / np.pi)),
+    }
+
+
+def contact_sheet(images: np.ndarray, n_cols: int | None = None, max_images: int = 100) -> np.ndarray:
+    """Tile up to ``max_images`` masks/images into one uint8 picture with gray 1-px separators."""
+    images = np.asarray(images)[:max_images].astype(np.float32)
+    if images.size and images.max() > 1:
+        images = images / 255.0
+    n = len(images)
+    n_cols = n_cols or int(np.ceil(np.sqrt(max(n, 1))))
+    n_rows = int(np.ceil(max(n, 1) / n_cols))
+    h, w = images.shape[1:3] if n else (8, 8)
+    sheet = np.full((n_rows * (h + 1) + 1, n_cols * (w + 1) + 1), 0.5, np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, n_cols)
+        sheet[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = image
+    return (sheet * 255).round().astype(np.uint8)
+
+
+def _write_png(path: Path, array: np.ndarray) -> Path:
+    import imageio.v3 as iio
+
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, np.ascontiguousarray(array), extension=".png")
+    return Path(path)
+
+
+def _plot_losses(rows: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, [r["wasserstein"] for r in rows], label="Wasserstein estimate (critic)")
+    ax.plot(steps, [r["gradient_penalty"] for r in rows], label="gradient penalty")
+    ax.plot(steps, [r["generator_loss"] for r in rows], label="generator loss", alpha=0.7)
+    ax.set_xlabel("generator step")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# WGAN-GP
+# --------------------------------------------------------------------------------------------
+
+def gradient_penalty(critic: Any, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP penalty: mean of ``(||grad critic(x_hat)|| - 1)^2`` at random interpolates.
+
+    ``x_hat = eps * real + (1 - eps) * fake`` with one ``eps ~ U[0, 1]`` per sample
+    (Gulrajani et al., 2017, Algorithm 1). The graph is kept so the penalty can be minimised.
+
+    Parameters
+    ----------
+    critic : callable
+        Maps a batch ``(N, ...)`` to scores ``(N,)`` or ``(N, 1)``.
+    real, fake : torch.Tensor
+        Batches of the same shape.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar penalty (not yet multiplied by its weight).
+    """
+    import torch
+
+    eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    norms = grad.flatten(1).norm(2, dim=1)
+    return ((norms - 1) ** 2).mean()
+
+
+def dihedral_augment(shapes: np.ndarray) -> np.ndarray:
+    """All 8 flips/90-degree rotations of every shape: ``(N, S, S)`` -> ``(8 N, S, S)``."""
+    out = []
+    for k in range(4):
+        rotated = np.rot90(shapes, k, axes=(1, 2))
+        out += [rotated, rotated[:, :, ::-1]]
+    return np.ascontiguousarray(np.concatenate(out))
+
+
+def _training_signature(cfg: ShapesConfig, n_outlines: int) -> dict[str, Any]:
+    keys = ("outline_size_px", "latent_dim", "generator_width", "critic_width", "critic_steps", "gp_weight",
+            "learning_rate", "batch_size")
+    return {**{k: getattr(cfg, k) for k in keys}, "n_outlines": n_outlines}
+
+
+def train_wgan(
+    outlines: np.ndarray,
+    cfg: ShapesConfig,
+    out_dir: str | Path | None = None,
+    device: Any = "cpu",
+    seed: int = 0,
+) -> tuple[Any, list[dict[str, float]]]:
+    """Train a WGAN-GP generator on binary outlines.
+
+    Each generator step follows ``cfg.critic_steps`` critic steps on batches of outlines
+    augmented by flips and 90-degree rotations. With ``out_dir``, a checkpoint is written every
+    ``cfg.checkpoint_every`` steps (and at the end) together with ``losses.csv``/``losses.png``,
+    and training resumes from ``out_dir/checkpoint.pt`` when it was made with the same settings.
+
+    Parameters
+    ----------
+    outlines : (N, S, S) bool array
+        Training shapes, ``S == cfg.outline_size_px``.
+    cfg : ShapesConfig
+        Sizes, steps and optimiser settings.
+    out_dir : path, optional
+        Where checkpoints and the loss log go.
+    device : torch.device or str
+    seed : int
+        Seed of the training's random draws.
+
+    Returns
+    -------
+    generator : nn.Module
+        In eval mode, on ``device``; made with :func:`nanoseg.nets.create` (savable with ``nets.save``).
+    losses : list of dict
+        One row per generator step: step, critic_loss, wasserstein, gradient_penalty, generator_loss.
+    """
+    import torch
+
+    from nanoseg import nets
+    from nanoseg.runtime import progress
+
+    size = cfg.outline_size_px
+    if outlines.ndim != 3 or outlines.shape[1:] != (size, size):
+        raise NanosegError(f"shapes.outline_size_px: outlines are {outlines.shape[1:]}, config says {size}")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    kwargs = {"size": size, "latent_dim": cfg.latent_dim}
+    gen = nets.create("wgan_generator", width=cfg.generator_width, **kwargs).to(device)
+    critic = nets.create("wgan_critic", width=cfg.critic_width, **kwargs).to(device)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.learning_rate, betas=(0.5, 0.9))
+    opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.learning_rate, betas=(0.5, 0.9))
+    data = torch.from_numpy(dihedral_augment(outlines.astype(bool))).float().mul(2).sub(1).unsqueeze(1).to(device)
+    signature = _training_signature(cfg, len(outlines))
+
+    step, losses = 0, []
+    ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
+    if ckpt_path is not None and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state.get("signature") == signature:
+            gen.load_state_dict(state["generator"])
+            critic.load_state_dict(state["critic"])
+            opt_g.load_state_dict(state["opt_g"])
+            opt_c.load_state_dict(state["opt_c"])
+            torch.set_rng_state(state["rng"])
+            step, losses = state["step"], state["losses"]
+            logger.info("shapes: resuming WGAN-GP training at step %d/%d", step, cfg.steps)
+        else:
+            logger.info("shapes: checkpoint in %s was made with other settings; starting afresh", out_dir)
+
+    def save_checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        state = {"signature": signature, "generator": gen.state_dict(), "critic": critic.state_dict(),
+                 "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(), "rng": torch.get_rng_state(),
+                 "step": step, "losses": losses}
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(state, tmp)
+        write_loss_log(losses, Path(out_dir))
+
+    batch = min(cfg.batch_size, len(data))
+    gen.train()
+    critic.train()
+    bar = progress(total=cfg.steps, desc="WGAN-GP", initial=step)
+    while step < cfg.steps:
+        for _ in range(cfg.critic_steps):
+            real = data[torch.randint(len(data), (batch,), device=device)]
+            with torch.no_grad():
+                fake = gen(torch.randn(batch, cfg.latent_dim, device=device))
+            wasserstein = critic(real).mean() - critic(fake).mean()
+            penalty = gradient_penalty(critic, real, fake)
+            critic_loss = -wasserstein + cfg.gp_weight * penalty
+            opt_c.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            opt_c.step()
+        for p in critic.parameters():
+            p.requires_grad_(False)
+        gen_loss = -critic(gen(torch.randn(batch, cfg.latent_dim, device=device))).mean()
+        opt_g.zero_grad(set_to_none=True)
+        gen_loss.backward()
+        opt_g.step()
+        for p in critic.parameters():
+            p.requires_grad_(True)
+        step += 1
+        losses.append({"step": step, "critic_loss": critic_loss.item(), "wasserstein": wasserstein.item(),
+                       "gradient_penalty": penalty.item(), "generator_loss": gen_loss.item()})
+        bar.update(1)
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            save_checkpoint()
+    bar.close()
+    save_checkpoint()
+    gen.eval()
+    return gen, losses
+
+
+def write_loss_log(losses: list[dict[str, float]], out_dir: Path) -> None:
+    """``losses.csv`` and ``losses.png`` (running means, so the trend is visible) in ``out_dir``."""
+    import pandas as pd
+
+    if not losses:
+        return
+    frame = pd.DataFrame(losses)
+    with atomic_path(out_dir / "losses.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    window = max(1, len(frame) // 50)
+    smooth = frame.rolling(window, min_periods=1).mean()
+    smooth["step"] = frame["step"]
+    _plot_losses(smooth.to_dict("records"), out_dir / "losses.png")
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling and clean-up
+# --------------------------------------------------------------------------------------------
+
+def clean_shapes(raw: np.ndarray, threshold: float = 0.0, min_area_px: int = MIN_SHAPE_PX,
+                 smooth_radius_px: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Turn generated images into single filled particles.
+
+    Binarise at ``threshold``, open with a disk of ``smooth_radius_px`` (removes the speckle and
+    ragged edges of a briefly trained generator), keep the largest 4-connected component, fill
+    its holes, and mark samples that are (nearly) empty or touch the border as dropped.
+
+    Parameters
+    ----------
+    raw : (N, S, S) float array
+        Generator output (in [-1, 1] for the WGAN generator, hence threshold 0).
+    threshold : float
+    min_area_px : int
+        Samples with a smaller largest component count as empty.
+    smooth_radius_px : int
+        Radius of the opening; 0 disables it.
+
+    Returns
+    -------
+    shapes : (M, S, S) bool array
+        The kept shapes.
+    kept : (N,) bool array
+        Which samples were kept (``N - kept.sum()`` were dropped).
+    """
+    raw = np.asarray(raw)
+    shapes = np.zeros(raw.shape, bool)
+    kept = np.zeros(len(raw), bool)
+    footprint = disk(smooth_radius_px) if smooth_radius_px > 0 else None
+    for i, image in enumerate(raw):
+        binary = image > threshold
+        if footprint is not None:
+            binary = ndi.binary_opening(binary, structure=footprint)
+        labels = measure.label(binary, connectivity=1)
+        if labels.max() == 0:
+            continue
+        largest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+        filled = ndi.binary_fill_holes(largest)
+        touches = filled[0].any() or filled[-1].any() or filled[:, 0].any() or filled[:, -1].any()
+        if filled.sum() >= min_area_px and not touches:
+            shapes[i], kept[i] = filled, True
+    return shapes[kept], kept
+
+
+def sample_shapes(generator: Any, n: int, device: Any = "cpu", seed: int = 0, batch_size: int = 256,
+                  min_area_px: int = MIN_SHAPE_PX) -> tuple[np.ndarray, int]:
+    """Draw ``n`` clean shapes from a trained generator.
+
+    Drawing continues until ``n`` samples survive :func:`clean_shapes` (at most 20 n draws);
+    samples smaller than ``min_area_px`` count as empty.
+
+    Returns
+    -------
+    shapes : (n, S, S) bool array
+    n_dropped : int
+        Samples discarded as empty or touching the border.
+    """
+    import torch
+
+    gen_rng = torch.Generator(device="cpu").manual_seed(seed)
+    kept_parts: list[np.ndarray] = []
+    n_kept = n_dropped = 0
+    generator.eval()
+    with torch.no_grad():
+        while n_kept < n:
+            if n_kept + n_dropped > 20 * n:
+                raise NanosegError("shapes: the generator gives almost only empty or border-touching shapes; "
+                                   "train longer (shapes.steps) or use shapes.source=polygon")
+            z = torch.randn(batch_size, generator.latent_dim, generator=gen_rng).to(device)
+            raw = generator(z).squeeze(1).float().cpu().numpy()
+            shapes, kept = clean_shapes(raw, min_area_px=min_area_px)
+            kept_parts.append(shapes)
+            n_kept += len(shapes)
+            n_dropped += int((~kept).sum())
+    shapes = np.concatenate(kept_parts)[:n]
+    return shapes, n_dropped
+
+
+def random_polygons(
+    n: int,
+    size: int,
+    rng: np.random.Generator,
+    mean_area_px: float | None = None,
+    n_vertices: tuple[int, int] = (5, 12),
+    vertex_noise: float = 0.25,
+    elongation_sd: float = 0.15,
+) -> np.ndarray:
+    """Random star-shaped polygons with noisy vertices, centred in ``size`` x ``size`` squares.
+
+    Each polygon has a random number of vertices at sorted random angles; their radii vary by
+    ``vertex_noise`` (relative sd) around a common radius, and the whole polygon is stretched
+    along a random axis by a log-normal factor (sd ``elongation_sd``).
+
+    Parameters
+    ----------
+    n : int
+        Number of polygons.
+    size : int
+        Side of each square in px.
+    rng : numpy.random.Generator
+    mean_area_px : float, optional
+        Area of every polygon in px (before rasterisation; the mask assembly varies the size);
+        default: a disc of diameter ``size / 2.5``.
+    n_vertices : (int, int)
+        Inclusive range of the vertex count.
+    vertex_noise : float
+        Relative sd of the vertex radii.
+    elongation_sd : float
+        Sd of the log aspect ratio.
+
+    Returns
+    -------
+    (n, size, size) bool array
+    """
+    from skimage.draw import polygon
+
+    if mean_area_px is None:
+        mean_area_px = np.pi * (size / 5) ** 2
+    radius = np.sqrt(mean_area_px / np.pi)
+    out = np.zeros((n, size, size), bool)
+    centre = (size - 1) / 2
+    limit = size / 2 - 1.5  # keep a background margin
+    for i in range(n):
+        k = int(rng.integers(n_vertices[0], n_vertices[1] + 1))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, k))
+        radii = radius * np.clip(1 + vertex_noise * rng.standard_normal(k), 0.3, None)
+        stretch = np.exp(elongation_sd * rng.standard_normal())
+        axis = rng.uniform(0, np.pi)
+        x, y = radii * np.cos(angles - axis), radii * np.sin(angles - axis)
+        x, y = x * stretch, y / stretch
+        x, y = x * np.cos(axis) - y * np.sin(axis), x * np.sin(axis) + y * np.cos(axis)
+        # Shoelace area: random vertices cover less than the circle of their radius.
+        area = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+        x, y = x * np.sqrt(mean_area_px / area), y * np.sqrt(mean_area_px / area)
+        reach = np.abs(np.concatenate([x, y])).max()
+        if reach > limit:
+            x, y = x * limit / reach, y * limit / reach
+        rr, cc = polygon(centre + y, centre + x, (size, size))
+        out[i, rr, cc] = True
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Stage
+# --------------------------------------------------------------------------------------------
+
+def build_library(
+    cfg: ShapesConfig,
+    out_dir: str | Path,
+    outlines: np.ndarray | None,
+    device: Any = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Make the shape library and every stage-1 output in ``out_dir`` (used by the stage and the CLI).
+
+    Parameters
+    ----------
+    cfg : ShapesConfig
+    out_dir : path
+        Output folder; a ``checkpoint.pt`` there from an interrupted run is resumed.
+    outlines : (N, S, S) bool array or None
+        The user's outlines. Required for ``cfg.source == 'wgan'``; for ``'polygon'`` they only
+        set the typical size.
+    device : torch.device or str
+    seed : int
+
+    Returns
+    -------
+    dict
+        The statistics also written to ``stats.json``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = cfg.outline_size_px
+    stats: dict[str, Any] = {"source": cfg.source, "outline_size_px": size}
+    outline_summary = shape_summary(outlines) if outlines is not None and len(outlines) else None
+    if outlines is not None:
+        _write_png(out_dir / "outlines.png", contact_sheet(outlines))
+    if cfg.source == "wgan":
+        if outlines is None or len(outlines) < 2:
+            raise NanosegError("data.outlines: the WGAN needs at least 2 outlines (or set shapes.source=polygon)")
+        from nanoseg import nets
+
+        generator, losses = train_wgan(outlines, cfg, out_dir, device=device, seed=seed)
+        nets.save(generator, out_dir / "generator.pt", meta={"threshold": 0.0, "steps": cfg.steps,
+                                                             "n_outlines": int(len(outlines))})
+        # Specks far below any outline's size are failed samples, not small particles.
+        min_area = max(MIN_SHAPE_PX, int(0.1 * outline_summary["median_area_px"]))
+        shapes, n_dropped = sample_shapes(generator, cfg.n_samples, device=device, seed=seed + 1, min_area_px=min_area)
+        stats["steps"] = cfg.steps
+        stats["final_wasserstein"] = float(np.mean([r["wasserstein"] for r in losses[-20:]]))
+    else:
+        rng = np.random.default_rng(seed)
+        area = outline_summary["median_area_px"] if outline_summary else None
+        shapes, n_dropped = random_polygons(cfg.n_samples, size, rng, mean_area_px=area), 0
+    with atomic_path(out_dir / "library.npz") as tmp:
+        np.savez_compressed(tmp, shapes=shapes)
+    _write_png(out_dir / "samples.png", contact_sheet(shapes))
+    sample_summary = shape_summary(shapes)
+    stats.update({
+        "n_outlines": int(len(outlines)) if outlines is not None else 0,
+        "n_shapes": int(len(shapes)),
+        "n_dropped": int(n_dropped),
+        "dropped_fraction": float(n_dropped / (n_dropped + len(shapes))),
+        "outline_median_area_px": outline_summary["median_area_px"] if outline_summary else None,
+        "outline_median_solidity": outline_summary["median_solidity"] if outline_summary else None,
+        "outline_median_ecd_px": outline_summary["median_ecd_px"] if outline_summary else None,
+        "shape_median_area_px": sample_summary["median_area_px"],
+        "shape_median_solidity": sample_summary["median_solidity"],
+        "shape_median_ecd_px": sample_summary["median_ecd_px"],
+    })
+    write_json(out_dir / "stats.json", stats)
+    logger.info("shapes: %d shapes (median area %.0f px, solidity %.2f), %d samples dropped",
+                len(shapes), sample_summary["median_area_px"], sample_summary["median_solidity"], n_dropped)
+    return stats
+
+
+def run_stage(ctx: StageContext) -> None:
+    """Pipeline stage 1: outlines -> ``shapes/library.npz`` (see the module docstring for all outputs)."""
+    cfg = ctx.config.shapes
+    outlines_path = ctx.config.data.outlines
+    outlines = None
+    if outlines_path is not None:
+        outlines = load_outlines(outlines_path, cfg.outline_size_px)
+    elif cfg.source == "wgan":
+        raise NanosegError("data.outlines: not set; give a folder of outlines, or set shapes.source=polygon")
+    build_library(cfg, ctx.out_dir, outlines, device=ctx.device, seed=ctx.config.seed)
