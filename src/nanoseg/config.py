@@ -138,8 +138,8 @@ class SegmentConfig(_Section):
 
     architecture: Literal["multiresunet", "unet"] = Field(
         "unet",
-        description="Segmentation network. MultiResUNet (the paper's) is the 'paper' default; on a CPU a UNet "
-        "trains 2-4x faster per step and reached a higher particle F1 in the same time.",
+        description="Segmentation network. MultiResUNet (the paper's) is the 'paper' default; on a CPU the UNet "
+        "trains about 2x faster per step (benchmarks/results/segment.json), so 'demo' and 'quick' use it.",
     )
     base_width: int = Field(16, ge=2, description="Channels of the first level (doubling per level).")
     depth: int = Field(4, ge=1, le=6, description="Number of downsampling levels.")
@@ -147,11 +147,11 @@ class SegmentConfig(_Section):
         "three_class", description="Predict particle/boundary/background (separates touching particles) or a plain binary mask."
     )
     boundary_width_px: int = Field(3, ge=1, description="Width of the boundary band of the three-class target in px.")
-    tile_size_px: int = Field(256, ge=32, description="Side of the square training tiles in px.")
+    tile_size_px: int = Field(192, ge=32, description="Side of the square training tiles in px.")
     batch_size: int = Field(4, ge=1, description="Tiles per training step.")
-    steps: int = Field(2000, ge=1, description="Training steps.")
+    steps: int = Field(1500, ge=1, description="Training steps.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    lr_decay_every: int = Field(1000, ge=1, description="Step-decay period of the learning rate.")
+    lr_decay_every: int = Field(600, ge=1, description="Step-decay period of the learning rate.")
     lr_decay_factor: float = Field(0.5, gt=0, le=1, description="Learning-rate factor applied every lr_decay_every steps.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of pairs held out for validation.")
     val_every: int = Field(250, ge=1, description="Validate (loss, IoU) and checkpoint every this many steps.")
@@ -253,7 +253,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "shapes": {"steps": 300, "generator_width": 16, "critic_width": 16, "n_samples": 500, "batch_size": 32},
         "masks": {"n_masks": 24, "tile_size_px": (384, 512)},
         "translate": {"method": "render", "steps": 300, "n_pairs": 48, "tile_size_px": 128},
-        "segment": {"architecture": "unet", "steps": 300, "tile_size_px": 192, "val_every": 100,
+        "segment": {"architecture": "unet", "base_width": 8, "steps": 300, "tile_size_px": 192, "val_every": 100,
                     "lr_decay_every": 200},
         "classify": {"steps": 80, "tile_size_px": 128, "base_width": 4, "checkpoint_every": 40},
     },
@@ -263,7 +263,8 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "masks": {"n_masks": 1000},
         "translate": {"tile_size_px": 256, "generator_width": 64, "discriminator_width": 64, "n_res_blocks": 9,
                       "steps": 100000, "n_pairs": 1000, "pool_size": 50, "checkpoint_every": 5000},
-        "segment": {"architecture": "multiresunet", "base_width": 32, "depth": 4, "steps": 20000, "batch_size": 8, "lr_decay_every": 5000,
+        "segment": {"architecture": "multiresunet", "base_width": 32, "depth": 4, "steps": 20000, "batch_size": 8,
+                    "tile_size_px": 256, "lr_decay_every": 5000,
                     "val_every": 1000},
         "classify": {"base_width": 32, "depth": 4, "steps": 5000, "batch_size": 8, "checkpoint_every": 500},
     },

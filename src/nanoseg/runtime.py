@@ -56,10 +56,16 @@ def select_device(preference: str = "auto") -> Any:
 
 
 def configure_torch(num_threads: int | None = None) -> None:
-    """Use every core for intra-op work, and one inter-op thread (the CPU is small)."""
+    """Set torch's intra-op threads: ``num_threads``, else ``OMP_NUM_THREADS``, else every core.
+
+    On a machine shared with other jobs one thread can be much faster than all of them;
+    ``OMP_NUM_THREADS=1`` or ``num_threads: 1`` in the config says so.
+    """
     import torch
 
-    threads = num_threads or os.cpu_count() or 1
+    env_threads = os.environ.get("OMP_NUM_THREADS", "")
+    threads = num_threads or (int(env_threads) if env_threads.isdigit() and int(env_threads) > 0 else None)
+    threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)

@@ -1,0 +1,141 @@
+"""``nanoseg segment``: train the segmentation network, segment micrographs, export to ONNX.
+
+Nothing heavy is imported at module level so that ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nanoseg.cli import common
+from nanoseg.errors import NanosegError
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _prepare(cfg):  # noqa: ANN001, ANN202 - Config in, torch.device out
+    from nanoseg.runtime import configure_torch, seed_everything, select_device
+
+    configure_torch(cfg.num_threads)
+    seed_everything(cfg.seed)
+    return select_device(cfg.device)
+
+
+@app.command()
+def train(
+    pairs: Path = typer.Argument(..., help="Folder of pair_*.npz files, or of sem/ (or images/) + masks/ subfolders."),
+    out: Path = typer.Option(Path("segment"), "--out", "-o", help="Output folder (reused to resume training)."),
+    invert: bool = typer.Option(False, "--invert", help="Invert the images (dark particles, e.g. TEM/TSEM)."),
+    config: Optional[Path] = common.ConfigOpt,
+    profile: Optional[str] = common.ProfileOpt,
+    sets: Optional[list[str]] = common.SetOpt,
+    seed: Optional[int] = common.SeedOpt,
+    device: Optional[str] = common.DeviceOpt,
+    pixel_size: Optional[str] = common.PixelSizeOpt,
+) -> None:
+    """Train the segmentation network on image/mask pairs.
+
+    Writes OUT/model.pt (weights, config, target kind, training pixel size, threshold),
+    best.pt, checkpoint.pt, history.json and training.png. Run the same command again to resume.
+    The pixel size stored in the model is --pixel-size, else data.pixel_size_nm.
+
+    Example:
+
+      nanoseg segment train runs/tio2/pairs --out seg-model
+
+      nanoseg segment train ../shared/data/bam-tio2 --out seg-manual --pixel-size 7.34nm --set segment.steps=3000
+    """
+    cfg = common.resolve_config(config, profile, sets, seed, device, pixel_size)
+    dev = _prepare(cfg)
+    from nanoseg.runtime import seed_everything
+    from nanoseg.segment import load_pairs
+    from nanoseg.segment import train as train_net
+
+    loaded = load_pairs(pairs, invert=invert, info_bar_rows=cfg.data.info_bar_rows)
+    typer.echo(f"{len(loaded)} training pairs from {pairs}")
+    model = train_net(loaded, cfg.segment, out, device=dev, rng=seed_everything(cfg.seed),
+                      pixel_size_nm=cfg.data.pixel_size_nm)
+    typer.echo(f"model: {model}")
+
+
+@app.command()
+def predict(
+    images: list[Path] = typer.Argument(..., help="Micrographs and/or folders of micrographs."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model written by `nanoseg segment train` (model.pt)."),
+    out: Path = typer.Option(Path("segmented"), "--out", "-o", help="Output folder."),
+    config: Optional[Path] = common.ConfigOpt,
+    profile: Optional[str] = common.ProfileOpt,
+    sets: Optional[list[str]] = common.SetOpt,
+    device: Optional[str] = common.DeviceOpt,
+    pixel_size: Optional[str] = common.PixelSizeOpt,
+) -> None:
+    """Segment micrographs of any size into particle instances.
+
+    Writes OUT/labels/<stem>.tif (uint16/uint32 instance labels), OUT/binary/<stem>.tif (0/255,
+    touching particles separated by 1-px lines) and OUT/overlays/<stem>.png. Post-processing
+    settings come from the model; override them with --set (e.g. --set segment.min_size_px=20).
+
+    Example:
+
+      nanoseg segment predict ../shared/data/bam-tio2/sem --model seg-model/model.pt --out seg
+
+      nanoseg segment predict a.tif b.tif --model model.pt --set segment.threshold=0.4
+    """
+    if not model.is_file():
+        raise NanosegError(f"{model}: model file not found (train one with `nanoseg segment train`)")
+    paths: list[Path] = []
+    from nanoseg.io import list_images
+
+    for item in images:
+        if item.is_dir():
+            paths.extend(list_images(item))
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise NanosegError(f"{item}: no such micrograph or folder")
+    from nanoseg import nets
+    from nanoseg.config import _deep_merge, parse_assignment
+
+    _, meta = nets.load(model)
+    # The model's own settings first, then the user's --set on top of them.
+    segment_values = dict(meta.get("config", {}))
+    for text in sets or []:
+        segment_values = _deep_merge(segment_values, parse_assignment(text).get("segment", {}))
+    cfg = common.resolve_config(config, profile, sets, None, device, pixel_size, extra={"segment": segment_values})
+    dev = _prepare(cfg)
+    import numpy as np
+
+    from nanoseg.io import read_micrograph
+    from nanoseg.segment import segment_micrographs
+
+    micrographs = []
+    for path in paths:
+        mg = read_micrograph(path, pixel_size_nm=cfg.data.pixel_size_nm, info_bar_rows=cfg.data.info_bar_rows)
+        if cfg.data.dark_particles:
+            mg.image = (1.0 - mg.image).astype(np.float32)
+        micrographs.append(mg)
+    summary = segment_micrographs(model, micrographs, out, cfg.segment, device=dev)
+    for row in summary:
+        typer.echo(f"{row['image']}: {row['particles']} particles ({row['seconds']:.1f} s)")
+    typer.echo(f"results: {out}")
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Model written by `nanoseg segment train` (model.pt)."),
+    onnx: Path = typer.Option(..., "--onnx", help="Output ONNX file."),
+) -> None:
+    """Export a segmentation model to ONNX (input 'image' N x 1 x H x W, any H and W; output 'probabilities').
+
+    Example:
+
+      nanoseg segment export seg-model/model.pt --onnx seg-model/model.onnx
+    """
+    from nanoseg.segment import export_onnx
+
+    if not model.is_file():
+        raise NanosegError(f"{model}: model file not found (train one with `nanoseg segment train`)")
+    typer.echo(f"onnx: {export_onnx(model, onnx)}")

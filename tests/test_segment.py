@@ -1,0 +1,247 @@
+"""Segmentation stage: targets, post-processing, training on manual pairs, inference, ONNX export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from skimage.draw import disk
+
+from nanoseg import nets
+from nanoseg.config import build_config
+from nanoseg.segment import (
+    BACKGROUND,
+    BOUNDARY,
+    INTERIOR,
+    Pair,
+    export_onnx,
+    instances_from_probabilities,
+    load_pairs,
+    make_target,
+    match_instances,
+    predict_probabilities,
+    segment_image,
+    train,
+)
+
+
+def _two_touching_squares() -> np.ndarray:
+    labels = np.zeros((20, 30), np.int32)
+    labels[4:16, 3:14] = 1
+    labels[4:16, 14:26] = 2  # shares an edge with label 1
+    return labels
+
+
+def test_make_target_three_class_separates_touching_particles():
+    labels = _two_touching_squares()
+    target = make_target(labels, "three_class", boundary_width_px=2)
+    assert target.dtype == np.uint8
+    assert set(np.unique(target)) == {BACKGROUND, INTERIOR, BOUNDARY}
+    assert np.all(target[labels == 0] == BACKGROUND)
+    # The band is 2 px wide on both sides of the shared edge, so the interiors are apart.
+    assert np.all(target[4:16, 12:16] == BOUNDARY)
+    assert np.all(target[6:14, 5:12] == INTERIOR)
+    from skimage.measure import label
+
+    assert label(target == INTERIOR, connectivity=1).max() == 2
+
+
+def test_make_target_gap_line_is_boundary_and_small_particles_keep_a_core():
+    labels = np.zeros((30, 30), np.int32)
+    labels[5:15, 5:12] = 1
+    labels[5:15, 13:20] = 2  # 1-px background line at column 12
+    rr, cc = disk((24, 24), 2.5)
+    labels[rr, cc] = 3  # small: a 5-px band would swallow it
+    target = make_target(labels, "three_class", boundary_width_px=5)
+    assert np.all(target[6:14, 12] == BOUNDARY)
+    assert np.any(target[labels == 3] == INTERIOR)
+
+
+def test_make_target_binary_cuts_touching_particles():
+    from skimage.measure import label
+
+    target = make_target(_two_touching_squares(), "binary")
+    assert set(np.unique(target)) == {0, 1}
+    assert label(target, connectivity=1).max() == 2
+
+
+def _two_overlapping_discs(shape=(64, 96)) -> tuple[np.ndarray, np.ndarray]:
+    """Instances of two overlapping discs (second drawn over the first) and of one disc."""
+    two = np.zeros(shape, np.int32)
+    two[disk((32, 30), 16, shape=shape)] = 1
+    two[disk((32, 58), 16, shape=shape)] = 2
+    one = np.zeros(shape, np.int32)
+    one[disk((32, 40), 18, shape=shape)] = 1
+    return two, one
+
+
+def _perfect_probs(instances: np.ndarray, kind: str, width: int) -> np.ndarray:
+    target = make_target(instances, kind, width)
+    if kind == "binary":
+        return (instances > 0).astype(np.float32)[None]  # the overlap is not cut: the watershed must split
+    return np.stack([target == c for c in (BACKGROUND, INTERIOR, BOUNDARY)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["three_class", "binary"])
+@pytest.mark.parametrize("giveback", ["expand", "watershed"])
+def test_watershed_splits_two_overlapping_discs_and_keeps_one(kind, giveback):
+    cfg = build_config({"segment": {"target": kind, "band_giveback": giveback, "boundary_width_px": 3,
+                                    "min_distance_px": 7}}).segment
+    two, one = _two_overlapping_discs()
+    labels_two = instances_from_probabilities(_perfect_probs(two, kind, 3), kind, cfg)
+    labels_one = instances_from_probabilities(_perfect_probs(one, kind, 3), kind, cfg)
+    assert labels_two.dtype in (np.uint16, np.uint32)
+    assert labels_two.max() == 2
+    assert labels_one.max() == 1
+    # The split follows the true particles.
+    assert match_instances(labels_two, two)["tp"] == 2
+    assert match_instances(labels_one, one)["tp"] == 1
+
+
+def test_expand_giveback_recovers_true_sizes():
+    cfg = build_config({"segment": {"target": "three_class", "band_giveback": "expand", "boundary_width_px": 3}}).segment
+    two, _ = _two_overlapping_discs()
+    labels = instances_from_probabilities(_perfect_probs(two, "three_class", 3), "three_class", cfg)
+    true_area = np.bincount(two.ravel())[1:]
+    pred_area = np.bincount(labels.ravel().astype(np.int64))[1:]
+    assert np.allclose(np.sort(pred_area), np.sort(true_area), rtol=0.1)
+
+
+def test_small_fragments_removed():
+    cfg = build_config({"segment": {"target": "binary", "min_size_px": 20}}).segment
+    probs = np.zeros((1, 40, 40), np.float32)
+    probs[0, 5:25, 5:25] = 1.0
+    probs[0, 33:36, 33:36] = 1.0  # 9 px speck
+    labels = instances_from_probabilities(probs, "binary", cfg)
+    assert labels.max() == 1
+    assert labels[35, 35] == 0
+
+
+def test_match_instances_counts():
+    true = np.zeros((10, 10), int)
+    true[1:4, 1:4] = 1
+    true[6:9, 6:9] = 2
+    pred = np.zeros_like(true)
+    pred[1:4, 1:4] = 5
+    pred[0, 9] = 7
+    m = match_instances(pred, true)
+    assert (m["tp"], m["fp"], m["fn"]) == (1, 1, 1)
+
+
+def test_tiled_inference_matches_whole_image():
+    torch.manual_seed(0)
+    net = nets.create("unet", in_channels=1, out_channels=3, base_width=4, depth=2).eval()
+    image = np.random.default_rng(0).random((70, 90)).astype(np.float32)
+    whole = predict_probabilities(net, image, "three_class", bf16=False, tile_px=1024)
+    tiled = predict_probabilities(net, image, "three_class", bf16=False, tile_px=48, overlap_px=16)
+    assert tiled.shape == whole.shape == (3, 70, 90)
+    np.testing.assert_allclose(tiled.sum(axis=0), 1.0, atol=1e-5)
+    # Convolutions see less context at tile edges; the blend keeps the difference small.
+    assert np.abs(tiled - whole).mean() < 0.05
+
+
+@pytest.fixture(scope="module")
+def manual_pairs(shared_data) -> list[Pair]:
+    return load_pairs(shared_data)
+
+
+def _manual_pairs(pairs: list[Pair], n: int, size: int = 192) -> list[Pair]:
+    pairs = pairs[:n]
+    # Crops keep the test fast; particle sizes stay those of the real data.
+    return [Pair(p.image[:size, :size].copy(), p.instances[:size, :size].copy(), p.name) for p in pairs]
+
+
+def test_load_pairs_crops_info_bar(manual_pairs):
+    pairs = manual_pairs
+    assert len(pairs) >= 3
+    p = pairs[0]
+    assert p.image.shape == p.instances.shape
+    assert p.image.shape[0] < 768  # the 56-row info bar is gone from image and mask
+    assert p.instances.max() > 50
+
+
+@pytest.mark.parametrize("kind", ["three_class", "binary"])
+def test_training_steps_lower_the_loss(manual_pairs, tmp_path, kind):
+    torch.manual_seed(0)
+    pairs = _manual_pairs(manual_pairs, 4)
+    cfg = build_config({"segment": {"architecture": "unet", "base_width": 4, "depth": 2, "target": kind,
+                                    "tile_size_px": 96, "batch_size": 2, "val_every": 10, "val_fraction": 0.25,
+                                    "learning_rate": 3e-3, "bf16": False}}).segment
+    model = train(pairs, cfg, tmp_path, steps=30, rng=np.random.default_rng(0), pixel_size_nm=7.34)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert (tmp_path / "training.png").is_file()
+    net, meta = nets.load(model)
+    assert meta["target"] == kind and meta["pixel_size_nm"] == 7.34
+    assert meta["config"]["architecture"] == "unet"
+    labels, probs = segment_image(net, meta, pairs[0].image, cfg, pixel_size_nm=7.34)
+    assert labels.shape == pairs[0].image.shape
+
+
+def test_training_resumes_from_checkpoint(tmp_path):
+    rng = np.random.default_rng(0)
+    inst = np.zeros((64, 64), np.int32)
+    inst[disk((20, 20), 8)] = 1
+    inst[disk((40, 44), 10)] = 2
+    image = (inst > 0).astype(np.float32) * 0.6 + 0.2
+    pairs = [Pair(image + rng.normal(0, 0.05, image.shape).astype(np.float32), inst, f"p{i}") for i in range(3)]
+    cfg = build_config({"segment": {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 48,
+                                    "batch_size": 2, "val_every": 4, "bf16": False, "threshold": "auto"}}).segment
+    train(pairs, cfg, tmp_path, steps=4, rng=np.random.default_rng(1))
+    model = train(pairs, cfg, tmp_path, steps=8, rng=np.random.default_rng(1))
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["step"] for h in history] == [4, 8]
+    _, meta = nets.load(model)
+    assert 0.05 <= meta["threshold"] <= 0.95  # chosen on the validation pair
+
+
+@pytest.mark.parametrize("kind", ["three_class", "binary"])
+def test_onnx_export_matches_torch(tmp_path, kind):
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    n_out = 3 if kind == "three_class" else 1
+    net = nets.create("multiresunet", in_channels=1, out_channels=n_out, base_width=4, depth=2).eval()
+    model = nets.save(net, tmp_path / "m.pt", meta={"target": kind})
+    onnx_path = export_onnx(model, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 1, 37, 53), (2, 1, 64, 40)]:
+        x = torch.rand(shape)
+        with torch.no_grad():
+            logits = net(x)
+            ref = torch.softmax(logits, 1) if kind == "three_class" else torch.sigmoid(logits)
+        out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert out.shape == tuple(ref.shape)
+        np.testing.assert_allclose(out, ref.numpy(), atol=1e-4)
+
+
+def test_load_pairs_reads_npz_and_image_mask_folders(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    inst = np.zeros((48, 64), np.uint16)
+    inst[5:20, 5:20] = 1
+    inst[5:20, 21:40] = 2
+    image = rng.random(inst.shape).astype(np.float32)
+    np.savez(tmp_path / "pair_0000.npz", image=image, instances=inst, binary=(inst > 0).astype(np.uint8))
+    (pair,) = load_pairs(tmp_path)
+    assert pair.instances.max() == 2 and pair.image.dtype == np.float32
+
+    folder = tmp_path / "manual"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    tifffile.imwrite(folder / "images" / "x.tif", (image * 255).astype(np.uint8))
+    tifffile.imwrite(folder / "masks" / "x_m.tif", ((inst > 0) * 255).astype(np.uint8))
+    (pair,) = load_pairs(folder, info_bar_rows=0)
+    assert pair.name == "x"
+    assert pair.instances.max() == 2  # 4-connected components of the 0/255 mask
+    assert pair.image.shape == inst.shape
+
+
+def test_load_pairs_empty_folder_is_a_user_error(tmp_path):
+    from nanoseg.errors import NanosegError
+
+    with pytest.raises(NanosegError, match="no training pairs"):
+        load_pairs(tmp_path)
