@@ -220,6 +220,21 @@ def test_classify_images_network_and_rules():
         classify_images([("x", labels, image, None)], cfg, net=None)
 
 
+def test_intensity_rule_drops_faint_blobs_on_background():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:22, 10:22] = 1  # a real, bright particle
+    labels[40:52, 40:52] = 2  # background texture the net mistook for a particle
+    image = rng.normal(0.15, 0.03, labels.shape).astype(np.float32)
+    image[labels == 1] = 0.8
+    image[labels == 2] += 0.05
+    d = classify_images([("x", labels, image, None)], _cfg(method="rules", intensity_threshold="li"))
+    assert d["kept"].tolist() == [True, False]
+    assert d.loc[1, "reason"] == "intensity_below_li"
+    off = classify_images([("x", labels, image, None)], _cfg(method="rules", intensity_threshold="none"))
+    assert off["kept"].all()
+
+
 def test_run_stage_trains_scores_and_writes(tmp_path):
     from nanoseg import nets
     from nanoseg.classify import run_stage

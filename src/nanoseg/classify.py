@@ -49,8 +49,9 @@ def rule_reasons(particles: pd.DataFrame, cfg: Any) -> pd.Series:
         Columns ``area_px``, ``solidity``, ``touches_border``, ``mean_intensity`` (as from
         :func:`nanoseg.measure.measure_particles` with ``exclude_border=False``).
     cfg : ClassifyConfig
-        Uses ``min_area_px``, ``max_area_px``, ``min_solidity``, ``exclude_border`` and
-        ``min_mean_intensity``.
+        Uses ``min_area_px``, ``max_area_px``, ``min_solidity``, ``exclude_border``,
+        ``min_mean_intensity`` and ``intensity_threshold`` (compared with the column
+        ``image_threshold``, the automatic threshold of each particle's micrograph, when present).
 
     Returns
     -------
@@ -67,6 +68,9 @@ def rule_reasons(particles: pd.DataFrame, cfg: Any) -> pd.Series:
         checks.append(("area_above_max", area > cfg.max_area_px))
     if cfg.min_solidity > 0:
         checks.append(("solidity_below_min", particles["solidity"].to_numpy(dtype=float) < cfg.min_solidity))
+    if cfg.intensity_threshold != "none" and "image_threshold" in particles:
+        below = particles["mean_intensity"].to_numpy(dtype=float) <= particles["image_threshold"].to_numpy(dtype=float)
+        checks.append((f"intensity_below_{cfg.intensity_threshold}", below))
     if cfg.min_mean_intensity is not None:
         intensity = particles["mean_intensity"].to_numpy(dtype=float)
         # NaN (no image) passes: the rule cannot be evaluated
@@ -383,6 +387,12 @@ def classify_images(
     from nanoseg.runtime import progress
 
     particles = measure_images(items)
+    if cfg.intensity_threshold != "none":
+        from nanoseg.translate import artifact_threshold
+
+        thresholds = {name: artifact_threshold(image, cfg.intensity_threshold)
+                      for name, _, image, _ in items if image is not None}
+        particles["image_threshold"] = particles["image"].map(thresholds).astype(float)
     scores = None
     if cfg.method == "network":
         if net is None:

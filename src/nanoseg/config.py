@@ -192,6 +192,12 @@ class ClassifyConfig(_Section):
     max_area_px: int | None = Field(None, ge=1, description="Rule: discard particles larger than this many px.")
     min_solidity: float = Field(0.0, ge=0, le=1, description="Rule: discard particles with lower solidity (area / convex area).")
     exclude_border: bool = Field(True, description="Rule: discard particles touching the image border or the info bar.")
+    intensity_threshold: Literal["none", "li", "otsu", "mean", "median"] = Field(
+        "li",
+        description="Rule: discard particles whose mean intensity is below this automatic threshold of their "
+        "micrograph (the stage-4 artifact filter applied to the predictions; removes background texture "
+        "mistaken for particles). 'none' disables.",
+    )
     min_mean_intensity: float | None = Field(
         None, ge=0, le=1, description="Rule: discard particles whose mean intensity (0-1, particles bright) is lower."
     )
