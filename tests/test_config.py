@@ -113,3 +113,10 @@ def test_reference_lists_every_section():
     ref = config_reference()
     for key in ("`segment.steps`", "`masks.perlin_cell_px`", "`data.pixel_size_nm`", "`classify.score_threshold`"):
         assert key in ref
+
+
+def test_readme_config_reference_is_current():
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    assert config_reference() in readme.read_text(), "run `nanoseg config docs --readme README.md`"
