@@ -10,6 +10,9 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bam-tio2"
 
 os.environ.setdefault("NANOSEG_NO_PROGRESS", "1")
+# Test tensors are tiny: one torch thread avoids thread start-up and oversubscription costs
+# (subprocesses started by tests inherit it). Speed is measured in benchmarks/, not here.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
