@@ -12,27 +12,40 @@ spreads the validation images over the whole acquisition series. The paper's own
 images are among the ten images held back from this project, so its numbers are not directly
 comparable with ours (different images).
 
-Baselines (each a function returning a :class:`BaselineRun` with predictions for the
-validation images -- probability maps (float in [0, 1]) or label images -- and, optionally, the
-particles kept by the keep/discard step):
+Baselines (each a function ``(config, work_dir) -> BaselineRun`` with predictions for the
+validation images -- probability maps (float in [0, 1]) or label images -- and the particles
+kept by the keep/discard step). Every network is trained with the settings of ``--profile``
+(``quick`` by default; ``--smoke`` divides every step count by 50 and draws random polygons
+instead of WGAN shapes, to check the script end to end in minutes -- its numbers mean nothing):
 
 - ``manual_masks``: the manual masks themselves -- a check of the scoring path (scores perfectly).
-- ``a_cyclegan_direct``: the CycleGAN's image-to-mask generator used directly as segmenter.
-- ``b_simulated_workflow``: the full workflow, trained on simulated data only.
-- ``c_tsem_unet``: a UNet trained on masks made automatically from the registered TSEM images.
+- ``a_cyclegan_direct``: the CycleGAN's image-to-mask generator (trained by the workflow's
+  ``translate`` stage, on fake masks and the 24 training images) used directly as segmenter.
+- ``b_simulated_workflow``: the full workflow (:func:`nanoseg.pipeline.run_pipeline`: shapes from
+  the outlines, fake masks, CycleGAN, pairs, segmentation network, keep/discard classifier),
+  trained on simulated data only; ``data.images`` = the 24 training images. (a) and (b) share
+  the stages up to ``translate`` (one run folder; the pipeline skips finished stages).
+- ``c_tsem_unet``: a UNet trained on masks made automatically from the registered TSEM images of
+  the 24 training images (:func:`nanoseg.baselines.make_tsem_training_set`).
 - ``d_manual_unet``: a UNet trained on the manual masks of the 24 training images.
 
-(a)-(d) are wired in separately; until then they report "not run".
+Predictions are the particle probability (1 - background probability of the three-class
+target), scored by both protocols. The kept particles are the segment stage's own instances
+(its watershed) after the keep/discard step: the workflow's trained classifier for (b), the
+classifier's rules (border contact etc.) for (a), (c) and (d), which have no classifier.
 
     python benchmarks/bam_tio2.py [--baselines manual_masks,a_cyclegan_direct] [--profile quick]
+    python benchmarks/bam_tio2.py --smoke      # minutes; writes results/bam_tio2_smoke.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import platform
 import resource
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from nanoseg.atomic import write_json, write_text
+from nanoseg.config import Config
 from nanoseg.errors import NanosegError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +90,10 @@ PIXEL_SIZE_NM = 7.34375
 #: available while this script was written. Enter them from the paper (with the page/table
 #: reference) -- they are the only hand-typed numbers allowed in the report.
 PAPER_TABLE1: dict[str, dict[str, float]] = {}
+
+#: ``--smoke`` divides every training step count (and the numbers of fake masks, pairs and
+#: sampled shapes) by this.
+SMOKE_FACTOR = 50
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +193,143 @@ def pixel_size_nm() -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def baseline_manual_masks(profile: str, work_dir: Path) -> BaselineRun:
+def smoke_overrides(config: Config) -> dict[str, Any]:
+    """Settings that shrink every step count of ``config`` ~50x (``--smoke``)."""
+
+    def fewer(n: int, minimum: int = 1) -> int:
+        return max(minimum, round(n / SMOKE_FACTOR))
+
+    shape_steps, gan_steps = fewer(config.shapes.steps, 5), fewer(config.translate.steps, 10)
+    seg_steps, cls_steps = fewer(config.segment.steps, 10), fewer(config.classify.steps, 5)
+    # One checkpoint / validation at the end: they cost more than a few training steps. A
+    # WGAN-GP after 1/50 of its steps draws mostly empty shapes (the shapes stage refuses
+    # them), so the smoke run takes random polygons for the shapes.
+    return {
+        "shapes": {"source": "polygon", "steps": shape_steps, "checkpoint_every": shape_steps,
+                   "n_samples": fewer(config.shapes.n_samples, 64)},
+        "masks": {"n_masks": fewer(config.masks.n_masks, 4)},
+        "translate": {"steps": gan_steps, "checkpoint_every": gan_steps, "n_pairs": fewer(config.translate.n_pairs, 8)},
+        "segment": {"steps": seg_steps, "val_every": seg_steps, "lr_decay_every": fewer(config.segment.lr_decay_every)},
+        "classify": {"steps": cls_steps, "checkpoint_every": cls_steps},
+    }
+
+
+def benchmark_config(profile: str, smoke: bool = False, values: dict[str, Any] | None = None) -> Config:
+    """The profile's config, shrunk for ``--smoke``, with ``values`` on top."""
+    from nanoseg.config import _deep_merge, build_config
+
+    overrides = smoke_overrides(build_config(profile=profile)) if smoke else {}
+    return build_config(_deep_merge(overrides, values or {}), profile=profile, source="benchmarks/bam_tio2.py")
+
+
+def _device(config: Config) -> Any:
+    from nanoseg.runtime import configure_torch, select_device
+
+    configure_torch(config.num_threads)
+    return select_device(config.device)
+
+
+def validation_micrographs() -> dict[str, Any]:
+    """The validation SEM images (info bar cropped, particles bright), by id."""
+    from nanoseg.io import read_micrograph
+
+    return {i: read_micrograph(DATA / "sem" / f"{i}.tif") for i in VALIDATION_IDS}
+
+
+def link_training_folder(folder: Path, masks: bool) -> Path:
+    """``folder/images/<id>.tif`` (and ``folder/masks/<id>_m.tif``) linked to the 24 training files."""
+    from nanoseg.baselines import link_file
+
+    for i in TRAIN_IDS:
+        link_file(DATA / "sem" / f"{i}.tif", folder / "images" / f"{i}.tif")
+        if masks:
+            link_file(DATA / "masks" / f"{i}_m.tif", folder / "masks" / f"{i}_m.tif")
+    return folder
+
+
+def particle_probability(probs: np.ndarray, target: str) -> np.ndarray:
+    """Particle probability from the segmentation net's class probabilities (C, H, W)."""
+    from nanoseg.segment import BACKGROUND
+
+    return np.asarray(probs[0] if target == "binary" else 1.0 - probs[BACKGROUND], np.float32)
+
+
+def keep_discard(labels: dict[str, np.ndarray], micrographs: dict[str, Any], classify_cfg: Any, net: Any = None,
+                 device: Any = "cpu") -> dict[str, np.ndarray]:
+    """Label images holding only the particles the keep/discard step keeps (network or rules)."""
+    from nanoseg.classify import classify_images
+
+    items = [(i, labels[i], micrographs[i].image, micrographs[i].pixel_size_nm) for i in labels]
+    decisions = classify_images(items, classify_cfg, net=net, device=device)
+    kept = {}
+    for i, lab in labels.items():
+        rows = decisions[(decisions["image"] == i) & decisions["kept"].astype(bool)]
+        kept[i] = np.where(np.isin(lab, rows["label"].to_numpy()), lab, 0)
+    return kept
+
+
+def _rules_only(config: Config) -> Any:
+    cfg = config.classify.model_copy(deep=True)
+    cfg.method = "rules"
+    return cfg
+
+
+def _unet(config: Config) -> Config:
+    config = config.model_copy(deep=True)
+    config.segment.architecture = "unet"
+    return config
+
+
+def train_and_predict(pairs_dir: Path, config: Config, work_dir: Path, run: BaselineRun) -> None:
+    """Train the segmentation net on a folder of pairs, segment the validation images (rules keep/discard)."""
+    from nanoseg import nets, segment
+    from nanoseg.runtime import seed_everything
+
+    device = _device(config)
+    with stage(run.stages, "load pairs"):
+        pairs = segment.load_pairs(pairs_dir)
+    with stage(run.stages, f"train {config.segment.architecture} ({config.segment.steps} steps)"):
+        model = segment.train(pairs, config.segment, work_dir / "model", device=device,
+                              rng=seed_everything(config.seed), pixel_size_nm=pixel_size_nm())
+    with stage(run.stages, "segment validation images"):
+        net, meta = nets.load(model, device)
+        micrographs = validation_micrographs()
+        labels = {}
+        for i, mg in micrographs.items():
+            labels[i], probs = segment.segment_image(net, meta, mg.image, config.segment,
+                                                     pixel_size_nm=mg.pixel_size_nm, device=device)
+            run.predictions[i] = particle_probability(probs, meta["target"])
+    with stage(run.stages, "keep/discard (rules)"):
+        run.kept = keep_discard(labels, micrographs, _rules_only(config))
+    run.notes = (f"{config.segment.architecture}, {config.segment.target} target, {config.segment.steps} steps, "
+                 f"{len(pairs)} pairs, profile {config.profile}, {device}")
+
+
+def simulated_run(config: Config, work_dir: Path, to_stage: str | None, run: BaselineRun) -> Path:
+    """The workflow on the 24 training images and the outlines (shared by (a) and (b)).
+
+    Stage times are read from the run's completion markers, so a stage finished by an
+    earlier baseline (or an earlier, interrupted call) reports its own time.
+    """
+    from nanoseg.pipeline import STAGE_NAMES, run_pipeline
+
+    run_dir = work_dir.parent / "simulated_run"
+    images = link_training_folder(work_dir.parent / "simulated_data", masks=False) / "images"
+    config = config.model_copy(deep=True)
+    config.data.images = images
+    config.data.outlines = DATA / "outlines"
+    run_pipeline(config, run_dir, to_stage=to_stage, device=_device(config))
+    for name in STAGE_NAMES:
+        marker = run_dir / name / ".done.json"
+        if marker.is_file():
+            run.stages[f"workflow: {name}"] = {"wall_s": json.loads(marker.read_text())["seconds"],
+                                               "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if name == to_stage:
+            break
+    return run_dir
+
+
+def baseline_manual_masks(config: Config, work_dir: Path) -> BaselineRun:
     """The manual masks as predictions: checks that the scoring path scores them perfectly."""
     run = BaselineRun(predictions={}, notes="manual masks scored against themselves (sanity check)")
     with stage(run.stages, "load"):
@@ -184,27 +338,80 @@ def baseline_manual_masks(profile: str, work_dir: Path) -> BaselineRun:
     return run
 
 
-def baseline_a_cyclegan_direct(profile: str, work_dir: Path) -> BaselineRun:
+def baseline_a_cyclegan_direct(config: Config, work_dir: Path) -> BaselineRun:
     """(a) The CycleGAN's image-to-mask generator used directly on the SEM images."""
-    raise NotImplementedError("baseline (a) is wired in by the lead")
+    from nanoseg import nets
+    from nanoseg.metrics import paper_watershed
+    from nanoseg.translate import IMAGE_TO_MASK, gan_segment
+
+    config = config.model_copy(deep=True)
+    config.translate.method = "cyclegan"
+    run = BaselineRun(predictions={})
+    run_dir = simulated_run(config, work_dir, "translate", run)
+    device = _device(config)
+    with stage(run.stages, "segment validation images"):
+        generator, _ = nets.load(run_dir / "translate" / IMAGE_TO_MASK, device)
+        micrographs = validation_micrographs()
+        labels = {}
+        for i, mg in micrographs.items():
+            run.predictions[i] = gan_segment(mg.image, generator, device, bf16=config.translate.bf16)
+            labels[i] = paper_watershed(run.predictions[i] > 0.5, exclude_border=False, keep_unmarked=True)
+    with stage(run.stages, "keep/discard (rules)"):
+        run.kept = keep_discard(labels, micrographs, _rules_only(config))
+    run.notes = (f"CycleGAN image->mask generator, {config.translate.steps} steps, profile {config.profile}, "
+                 f"{device}; kept: threshold 0.5 + watershed + rules")
+    return run
 
 
-def baseline_b_simulated_workflow(profile: str, work_dir: Path) -> BaselineRun:
+def baseline_b_simulated_workflow(config: Config, work_dir: Path) -> BaselineRun:
     """(b) The full workflow (shapes -> masks -> translate -> segment -> classify), simulated data only."""
-    raise NotImplementedError("baseline (b) is wired in by the lead")
+    from nanoseg import nets, segment
+
+    run = BaselineRun(predictions={})
+    run_dir = simulated_run(config, work_dir, None, run)
+    device = _device(config)
+    with stage(run.stages, "segment validation images"):
+        net, meta = nets.load(run_dir / "segment" / "model.pt", device)
+        micrographs = validation_micrographs()
+        labels = {}
+        for i, mg in micrographs.items():
+            labels[i], probs = segment.segment_image(net, meta, mg.image, config.segment,
+                                                     pixel_size_nm=mg.pixel_size_nm, device=device)
+            run.predictions[i] = particle_probability(probs, meta["target"])
+    with stage(run.stages, f"keep/discard ({config.classify.method})"):
+        classifier = None
+        if config.classify.method == "network":
+            classifier, _ = nets.load(run_dir / "classify" / "model.pt", device)
+        run.kept = keep_discard(labels, micrographs, config.classify, net=classifier, device=device)
+    run.notes = (f"{config.segment.architecture} {config.segment.steps} steps on {config.translate.n_pairs} "
+                 f"simulated pairs ({config.translate.method}), classifier {config.classify.method}, "
+                 f"profile {config.profile}, {device}")
+    return run
 
 
-def baseline_c_tsem_unet(profile: str, work_dir: Path) -> BaselineRun:
+def baseline_c_tsem_unet(config: Config, work_dir: Path) -> BaselineRun:
     """(c) A UNet trained on masks made from the TSEM images (threshold + watershed, registered)."""
-    raise NotImplementedError("baseline (c) is wired in by the lead")
+    from nanoseg.baselines import make_tsem_training_set
+
+    run = BaselineRun(predictions={})
+    with stage(run.stages, "TSEM masks (register, threshold, watershed)"):
+        records = make_tsem_training_set(DATA, TRAIN_IDS, work_dir / "pairs")
+    train_and_predict(work_dir / "pairs", _unet(config), work_dir, run)
+    iou = np.mean([r.iou_aligned for r in records])
+    iou0 = np.mean([r.iou_unaligned for r in records])
+    run.notes += f"; TSEM masks vs manual masks (training images): IoU {iou0:.3f} unaligned -> {iou:.3f} aligned"
+    return run
 
 
-def baseline_d_manual_unet(profile: str, work_dir: Path) -> BaselineRun:
+def baseline_d_manual_unet(config: Config, work_dir: Path) -> BaselineRun:
     """(d) A UNet trained on the manual masks of TRAIN_IDS."""
-    raise NotImplementedError("baseline (d) is wired in by the lead")
+    run = BaselineRun(predictions={})
+    pairs_dir = link_training_folder(work_dir / "pairs", masks=True)
+    train_and_predict(pairs_dir, _unet(config), work_dir, run)
+    return run
 
 
-BASELINES: dict[str, Callable[[str, Path], BaselineRun]] = {
+BASELINES: dict[str, Callable[[Config, Path], BaselineRun]] = {
     "manual_masks": baseline_manual_masks,
     "a_cyclegan_direct": baseline_a_cyclegan_direct,
     "b_simulated_workflow": baseline_b_simulated_workflow,
@@ -244,8 +451,10 @@ def score_run(run: BaselineRun) -> dict[str, Any]:
                          "scoring_s": round(time.perf_counter() - t0, 1)}
     kept = run.kept or {i: instances[i][0] for i in VALIDATION_IDS}
     pairs = {i: (np.asarray(kept[i]), manual_kept_labels(i)) for i in VALIDATION_IDS}
-    sizes = compare_sizes(pairs, pixel_size_nm())
-    out["sizes"] = sizes.to_dict(orient="records")
+    try:
+        out["sizes"] = compare_sizes(pairs, pixel_size_nm()).to_dict(orient="records")
+    except NanosegError as exc:  # e.g. the keep/discard step kept no particle
+        out["sizes"], out["sizes_error"] = [], str(exc)
     out["n_kept_pred"] = int(sum(len(np.unique(p)) - 1 for p, _ in pairs.values()))
     out["n_kept_manual"] = int(sum(len(np.unique(g)) - 1 for _, g in pairs.values()))
     return out
@@ -282,7 +491,10 @@ def render_report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> s
     parts = [
         "# BAM TiO2 benchmark",
         "",
-        f"Generated by `benchmarks/bam_tio2.py` on {meta['date']} ({meta['machine']}), profile `{meta['profile']}`.",
+        f"Generated by `benchmarks/bam_tio2.py` on {meta['date']} ({meta['machine']}), profile `{meta['profile']}`"
+        + (f", total wall time {meta['total_wall_s'] / 60:.1f} min." if "total_wall_s" in meta else "."),
+        *([f"**SMOKE RUN** (`--smoke`): every step count divided by {SMOKE_FACTOR}, random polygons instead of WGAN "
+           "shapes; it checks that the script runs end to end, its numbers mean nothing.", ""] if meta.get("smoke") else []),
         f"Validation images ({len(VALIDATION_IDS)}): {', '.join(VALIDATION_IDS)}; training images: {len(TRAIN_IDS)} "
         "(every 5th of the 30 sorted shared ids is a validation image).",
         "Protocols: see the docstring of `nanoseg.metrics` (`paper` = as Rühle et al. 2021 scored, "
@@ -292,6 +504,8 @@ def render_report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> s
     ]
     done = {k: v for k, v in results.items() if "error" not in v}
     not_run = {k: v["error"] for k, v in results.items() if "error" in v}
+    if done:
+        parts += ["## Baselines", ""] + [f"- `{k}`: {v.get('notes') or '-'}" for k, v in done.items()] + [""]
     for protocol, columns in (("paper", _PAPER_COLUMNS), ("strict", _STRICT_COLUMNS)):
         parts += [f"## Segmentation, `{protocol}` protocol (mean over the validation images)", ""]
         rows = [[name] + [res[protocol]["mean"].get(c) for c in columns] for name, res in done.items()]
@@ -306,6 +520,8 @@ def render_report(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> s
                          rec["ks_p_value"]])
     parts += [_table(rows, ["baseline", "descriptor", "n", "n manual", "mean", "mean manual", "rel. error mean",
                             "rel. error sd", "rel. error median", "KS D", "KS p"]) if rows else "_no baseline run_", ""]
+    parts += [f"- `{name}`: {res['sizes_error']}" for name, res in done.items() if res.get("sizes_error")]
+    parts += [""] if any(res.get("sizes_error") for res in done.values()) else []
     parts += ["## Resources", ""]
     rows = []
     for name, res in done.items():
@@ -333,10 +549,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baselines", default=",".join(BASELINES), help="Comma-separated baselines to run.")
     parser.add_argument("--profile", default="quick", choices=("demo", "quick", "paper"))
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "benchmarks" / "work" / "bam_tio2",
-                        help="Where baselines keep their runs (not committed).")
-    parser.add_argument("--out", type=Path, default=RESULTS / "bam_tio2.md")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"Divide every step count by {SMOKE_FACTOR} (polygon shapes): checks the script end to end "
+                        "in minutes "
+                        "(meaningless numbers; written to results/bam_tio2_smoke.md).")
+    parser.add_argument("--resume", action="store_true",
+                        help="Keep what earlier calls left in --work-dir (finished stages, training checkpoints); "
+                        "their stage times are then those of the earlier calls.")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="Where baselines keep their runs (not committed); default benchmarks/work/bam_tio2[_smoke].")
+    parser.add_argument("--out", type=Path, default=None, help="Report; default results/bam_tio2[_smoke].md.")
     args = parser.parse_args(argv)
+    suffix = "_smoke" if args.smoke else ""
+    work_dir = args.work_dir or ROOT / "benchmarks" / "work" / f"bam_tio2{suffix}"
+    out = args.out or RESULTS / f"bam_tio2{suffix}.md"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not (DATA / "masks").is_dir():
         raise SystemExit(f"error: {DATA} not found; the benchmark needs the shared TiO2 data")
@@ -344,13 +570,21 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise SystemExit(f"error: unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    if not args.resume and work_dir.exists():
+        shutil.rmtree(work_dir)  # every baseline trains from scratch: honest stage times
+    config = benchmark_config(args.profile, smoke=args.smoke)
+    t_start = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         logger.info("baseline %s", name)
         try:
-            run = BASELINES[name](args.profile, args.work_dir / name)
+            run = BASELINES[name](config, work_dir / name)
         except NotImplementedError as exc:
             results[name] = {"error": f"not run ({exc})"}
+            continue
+        except Exception as exc:  # one broken baseline must not cost the others' hours
+            logger.exception("baseline %s failed", name)
+            results[name] = {"error": f"failed: {type(exc).__name__}: {exc}"}
             continue
         scored = score_run(run)
         scored["stages"] = run.stages
@@ -359,11 +593,19 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("%s: paper instance IoU %.4f, strict F1 %.4f", name, scored["paper"]["mean"]["instance_iou"],
                     scored["strict"]["mean"]["f1"])
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "profile": args.profile,
-            "machine": f"{platform.machine()}, {platform.python_version()}, {_cpu_count()} CPU cores"}
+            "smoke": args.smoke, "total_wall_s": round(time.perf_counter() - t_start, 1),
+            "machine": f"{platform.machine()}, {platform.python_version()}, {_cpu_count()} CPU cores, {_device_name()}"}
     report = render_report(results, meta)
-    write_text(args.out, report + "\n")
-    write_json(args.out.with_suffix(".json"), _finite({"meta": meta, "results": results}))
+    write_text(out, report + "\n")
+    write_json(out.with_suffix(".json"), _finite({"meta": meta, "config": config.model_dump(mode="json"),
+                                                   "results": results}))
     print(report)
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
 
 
 def _cpu_count() -> int:

@@ -20,6 +20,7 @@ GROUPS = (
     ("nanoseg.cli.classify", "classify", "Stage 6: keep/discard classifier."),
     ("nanoseg.cli.measure", "measure", None),
     ("nanoseg.cli.evaluate", "evaluate", None),
+    ("nanoseg.cli.baseline", "baseline", "Baselines the paper compares: TSEM-derived training masks (baseline c)."),
 )
 
 
