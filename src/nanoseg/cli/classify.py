@@ -16,14 +16,6 @@ from nanoseg.errors import NanosegError
 app = typer.Typer(no_args_is_help=True)
 
 
-def _prepare(cfg):  # noqa: ANN001, ANN202 - Config in, torch.device out
-    from nanoseg.runtime import configure_torch, seed_everything, select_device
-
-    configure_torch(cfg.num_threads)
-    seed_everything(cfg.seed)
-    return select_device(cfg.device)
-
-
 @app.command()
 def train(
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Folder of pair_*.npz training pairs (self-supervised: "
@@ -61,7 +53,7 @@ def train(
         images, masks, classes = images or img_dir, masks or manual / "masks", classes or manual / "classes"
     if pairs is None and None in (images, masks, classes):
         raise NanosegError("classify train: give --pairs DIR, --manual DIR, or all of --images, --masks and --classes")
-    dev = _prepare(cfg)
+    dev = common.prepare_torch(cfg)
     from nanoseg import nets
     from nanoseg.classify import load_manual_samples, load_pair_samples, train_classifier
 
@@ -107,7 +99,7 @@ def predict(
       nanoseg classify predict img.tif --labels labels/ --set classify.min_area_px=30 --out decisions.csv
     """
     cfg = common.resolve_config(config, profile, sets, None, device, pixel_size)
-    dev = _prepare(cfg)
+    dev = common.prepare_torch(cfg)
     from nanoseg.classify import classify_images, write_decisions
     from nanoseg.io import list_images, read_labels, read_micrograph
 

@@ -64,3 +64,12 @@ def resolve_config(
     if extra:
         overrides = _deep_merge(overrides, extra)
     return load_config(config_path, profile=profile, overrides=overrides)
+
+
+def prepare_torch(cfg: Config) -> Any:
+    """Threads, seed and device for a single-stage command; returns the ``torch.device``."""
+    from nanoseg.runtime import configure_torch, seed_everything, select_device
+
+    configure_torch(cfg.num_threads)
+    seed_everything(cfg.seed)
+    return select_device(cfg.device)

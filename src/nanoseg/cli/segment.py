@@ -16,14 +16,6 @@ from nanoseg.errors import NanosegError
 app = typer.Typer(no_args_is_help=True)
 
 
-def _prepare(cfg):  # noqa: ANN001, ANN202 - Config in, torch.device out
-    from nanoseg.runtime import configure_torch, seed_everything, select_device
-
-    configure_torch(cfg.num_threads)
-    seed_everything(cfg.seed)
-    return select_device(cfg.device)
-
-
 @app.command()
 def train(
     pairs: Path = typer.Argument(..., help="Folder of pair_*.npz files, or of sem/ (or images/) + masks/ subfolders."),
@@ -49,7 +41,7 @@ def train(
       nanoseg segment train ../shared/data/bam-tio2 --out seg-manual --pixel-size 7.34nm --set segment.steps=3000
     """
     cfg = common.resolve_config(config, profile, sets, seed, device, pixel_size)
-    dev = _prepare(cfg)
+    dev = common.prepare_torch(cfg)
     from nanoseg.runtime import seed_everything
     from nanoseg.segment import load_pairs
     from nanoseg.segment import train as train_net
@@ -105,7 +97,7 @@ def predict(
     for text in sets or []:
         segment_values = _deep_merge(segment_values, parse_assignment(text).get("segment", {}))
     cfg = common.resolve_config(config, profile, sets, None, device, pixel_size, extra={"segment": segment_values})
-    dev = _prepare(cfg)
+    dev = common.prepare_torch(cfg)
     import numpy as np
 
     from nanoseg.io import read_micrograph

@@ -16,14 +16,6 @@ from nanoseg.errors import NanosegError
 app = typer.Typer(no_args_is_help=True)
 
 
-def _prepare(cfg):  # noqa: ANN001, ANN202 - Config in, torch.device out
-    from nanoseg.runtime import configure_torch, seed_everything, select_device
-
-    configure_torch(cfg.num_threads)
-    seed_everything(cfg.seed)
-    return select_device(cfg.device)
-
-
 @app.command()
 def train(
     masks: Path = typer.Argument(..., help="Folder of fake masks (mask_*.tif, from `nanoseg masks` or RUN/masks)."),
@@ -50,7 +42,7 @@ def train(
     if not masks.is_dir():
         raise NanosegError(f"{masks}: masks folder not found")
     cfg = common.resolve_config(config, profile, sets, seed, device, pixel_size, extra={"data": {"images": str(images)}})
-    dev = _prepare(cfg)
+    dev = common.prepare_torch(cfg)
     from nanoseg.translate import train_translator
 
     train_translator(cfg, masks, out, dev)
@@ -91,7 +83,7 @@ def generate(
     # Use whichever translator the folder holds; the config decides only when it holds both.
     if has_gan != has_renderer:
         cfg.translate.method = "cyclegan" if has_gan else "render"
-    dev = _prepare(cfg)
+    dev = common.prepare_torch(cfg)
     from nanoseg.translate import make_pairs
 
     summary = make_pairs(cfg, masks, model, out, dev, n_pairs=n)
@@ -125,7 +117,7 @@ def segment(
     if not images.exists():
         raise NanosegError(f"{images}: no such micrograph or folder")
     cfg = common.resolve_config(config, profile, sets, None, device, pixel_size)
-    dev = _prepare(cfg)
+    dev = common.prepare_torch(cfg)
     import numpy as np
 
     from nanoseg import nets
