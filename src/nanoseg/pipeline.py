@@ -154,6 +154,29 @@ def _prepare_stage_dir(stage_dir: Path, stage_hash: str, force: bool) -> bool:
     return resuming
 
 
+def check_inputs(config: Config) -> None:
+    """Fail fast, before any training, on inputs the later stages could not use.
+
+    Reads every micrograph once (tens of ms each) so that a corrupt file, a missing pixel
+    size warning or an image smaller than a training tile shows up at the start of a run,
+    not after the first stages have trained for minutes.
+    """
+    from nanoseg.io import load_micrographs
+
+    if config.data.outlines is not None and not Path(config.data.outlines).exists():
+        raise NanosegError(f"{config.data.outlines}: outlines not found (set data.outlines to a folder of "
+                           "outline images, a painted mask or an ImageJ ROI set)")
+    if config.data.outlines is None and config.shapes.source == "wgan":
+        raise NanosegError("data.outlines: not set; the WGAN needs outlines (or set shapes.source: polygon)")
+    micrographs = load_micrographs(config.data)
+    if config.translate.method == "cyclegan":
+        tile = config.translate.tile_size_px
+        for mg in micrographs:
+            if min(mg.image.shape) < tile:
+                raise NanosegError(f"{mg.path}: {mg.image.shape[1]}x{mg.image.shape[0]} px (without info bar) is smaller "
+                                   f"than translate.tile_size_px={tile}; lower it or use larger images")
+
+
 def run_pipeline(
     config: Config,
     run_dir: str | Path,
@@ -162,6 +185,7 @@ def run_pipeline(
     to_stage: str | None = None,
     force: bool = False,
     device: Any = None,
+    check: bool = True,
 ) -> dict[str, str]:
     """Run the workflow into ``run_dir``, skipping stages that are finished and up to date.
 
@@ -179,6 +203,8 @@ def run_pipeline(
         Redo every stage from scratch (no resume from checkpoints).
     device : torch.device or str, optional
         Device for the networks; default from ``config.device``.
+    check : bool
+        Validate the inputs first (:func:`check_inputs`).
 
     Returns
     -------
@@ -189,6 +215,8 @@ def run_pipeline(
     for name in (from_stage, to_stage):
         if name is not None and name not in STAGE_NAMES:
             raise NanosegError(f"unknown stage '{name}' (stages: {', '.join(STAGE_NAMES)})")
+    if check:
+        check_inputs(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", config.to_yaml())
 
