@@ -419,7 +419,8 @@ def write_decisions(decisions: pd.DataFrame, path: str | Path) -> Path:
 def run_stage(ctx: Any) -> None:
     """Pipeline stage 6: train on the pairs (network), score the segmented particles, apply rules."""
     from nanoseg import nets
-    from nanoseg.io import load_micrographs, read_labels
+    from nanoseg.io import load_micrographs
+    from nanoseg.measure import label_items
 
     cfg = ctx.config.classify
     net = None
@@ -436,13 +437,8 @@ def run_stage(ctx: Any) -> None:
                         "final_loss": float(np.mean(tail)), "score_threshold": cfg.score_threshold})
         ckpt.unlink(missing_ok=True)
         ctx.log.info("classify: trained %d steps on %d pairs, final loss %.4f", len(losses), len(samples), np.mean(tail))
-    labels_dir = ctx.stage_dir("segment") / "labels"
-    items = []
-    for mg in load_micrographs(ctx.config.data):
-        path = labels_dir / f"{mg.path.stem}.tif"
-        if not path.is_file():
-            raise NanosegError(f"{path}: segment labels missing for {mg.path} (rerun with --from segment)")
-        items.append((mg.path.stem, read_labels(path), mg.image, mg.pixel_size_nm))
+    items = label_items(load_micrographs(ctx.config.data), ctx.stage_dir("segment") / "labels",
+                        fix="rerun with --from segment")
     decisions = classify_images(items, cfg, net=net, device=ctx.device)
     write_decisions(decisions, ctx.out_dir / "decisions.csv")
     ctx.log.info("classify: kept %d of %d particles", int(decisions["kept"].sum()), len(decisions))

@@ -513,6 +513,39 @@ def overlay_kept(image: np.ndarray, labels: np.ndarray, kept_labels: Sequence[in
 # --------------------------------------------------------------------------------------------
 
 
+def label_items(micrographs: Sequence[Any], labels_dir: str | Path, fix: str) -> list[tuple[str, np.ndarray, np.ndarray, float | None]]:
+    """Pair each micrograph with its label image ``<stem>.tif`` (or .tiff/.png) in ``labels_dir``.
+
+    Parameters
+    ----------
+    micrographs : sequence of Micrograph
+    labels_dir : path
+    fix : str
+        What the error message tells the user to do about a missing or mismatched label image.
+
+    Returns
+    -------
+    list of (stem, labels, micrograph image, pixel size in nm or None)
+        The items :func:`measure_images` and :func:`nanoseg.classify.classify_images` take.
+    """
+    from nanoseg.io import read_labels
+
+    labels_dir = Path(labels_dir)
+    items = []
+    for mg in micrographs:
+        stem = Path(mg.path).stem
+        path = next((labels_dir / f"{stem}{suffix}" for suffix in (".tif", ".tiff", ".png")
+                     if (labels_dir / f"{stem}{suffix}").is_file()), None)
+        if path is None:
+            raise NanosegError(f"{labels_dir / (stem + '.tif')}: no label image for micrograph {mg.path} ({fix})")
+        lab = read_labels(path)
+        if lab.shape != mg.image.shape:
+            raise NanosegError(f"{path}: labels shape {lab.shape} differs from the cropped micrograph {mg.path} "
+                               f"{mg.image.shape} ({fix})")
+        items.append((stem, lab, mg.image, mg.pixel_size_nm))
+    return items
+
+
 def measure_images(
     items: Sequence[tuple[str, np.ndarray, np.ndarray | None, float | None]],
 ) -> pd.DataFrame:
@@ -724,24 +757,14 @@ def pixel_size_source(micrographs: Sequence[Any]) -> str:
 
 def run_stage(ctx: Any) -> None:
     """Pipeline stage 7: measure the segment labels, join classify decisions, write the results."""
-    from nanoseg.io import load_micrographs, read_labels
+    from nanoseg.io import load_micrographs
 
     cfg = ctx.config
     labels_dir = ctx.stage_dir("segment") / "labels"
     micrographs = load_micrographs(cfg.data)
-    items, images, label_images = [], {}, {}
-    for mg in micrographs:
-        stem = Path(mg.path).stem
-        path = labels_dir / f"{stem}.tif"
-        if not path.is_file():
-            raise NanosegError(f"{path}: segment labels missing for micrograph {mg.path} (rerun with --from segment)")
-        lab = read_labels(path)
-        if lab.shape != mg.image.shape:
-            raise NanosegError(f"{path}: labels shape {lab.shape} differs from micrograph {mg.path} {mg.image.shape} "
-                               "(rerun with --from segment)")
-        items.append((stem, lab, mg.image, mg.pixel_size_nm))
-        images[stem] = mg.image
-        label_images[stem] = lab
+    items = label_items(micrographs, labels_dir, fix="rerun with --from segment")
+    images = {stem: image for stem, _, image, _ in items}
+    label_images = {stem: lab for stem, lab, _, _ in items}
     particles = measure_images(items)
     decisions = _load_decisions(ctx.stage_dir("classify") / "decisions.csv")
     if decisions is None:
@@ -811,7 +834,7 @@ def measure_files(
         The summary written to ``summary.json``.
     """
     from nanoseg.classify import classify_images, write_decisions
-    from nanoseg.io import list_images, read_labels, read_micrograph
+    from nanoseg.io import list_images, read_micrograph
 
     out_dir = Path(out_dir)
     paths = [p for item in images for p in list_images(item)]
@@ -833,19 +856,9 @@ def measure_files(
         segment_micrographs(model, micrographs, labels_dir, config.segment, device=device)
         labels_dir = labels_dir / "labels"
     labels_dir = Path(labels_dir)
-    items, images_by_name, labels_by_name = [], {}, {}
-    for mg in micrographs:
-        stem = Path(mg.path).stem
-        path = next((labels_dir / f"{stem}{s}" for s in (".tif", ".tiff", ".png") if (labels_dir / f"{stem}{s}").is_file()), None)
-        if path is None:
-            raise NanosegError(f"{labels_dir}: no label image {stem}.tif for micrograph {mg.path}")
-        lab = read_labels(path)
-        if lab.shape != mg.image.shape:
-            raise NanosegError(f"{path}: labels shape {lab.shape} differs from the cropped micrograph {mg.image.shape} "
-                               "(check data.info_bar_rows)")
-        items.append((stem, lab, mg.image, mg.pixel_size_nm))
-        images_by_name[stem] = mg.image
-        labels_by_name[stem] = lab
+    items = label_items(micrographs, labels_dir, fix="check data.info_bar_rows")
+    images_by_name = {stem: image for stem, _, image, _ in items}
+    labels_by_name = {stem: lab for stem, lab, _, _ in items}
     cls_cfg = config.classify
     net = None
     if classifier is not None:
