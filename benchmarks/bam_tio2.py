@@ -280,17 +280,13 @@ def _unet(config: Config) -> Config:
     return config
 
 
-def train_and_predict(pairs_dir: Path, config: Config, work_dir: Path, run: BaselineRun) -> None:
-    """Train the segmentation net on a folder of pairs, segment the validation images (rules keep/discard)."""
-    from nanoseg import nets, segment
-    from nanoseg.runtime import seed_everything
+def segment_validation(model: Path, config: Config, device: Any, run: BaselineRun) -> tuple[dict, dict]:
+    """Segment the validation images with a trained model; fills ``run.predictions``.
 
-    device = _device(config)
-    with stage(run.stages, "load pairs"):
-        pairs = segment.load_pairs(pairs_dir)
-    with stage(run.stages, f"train {config.segment.architecture} ({config.segment.steps} steps)"):
-        model = segment.train(pairs, config.segment, work_dir / "model", device=device,
-                              rng=seed_everything(config.seed), pixel_size_nm=pixel_size_nm())
+    Returns the validation micrographs and their instance labels, both keyed by image id.
+    """
+    from nanoseg import nets, segment
+
     with stage(run.stages, "segment validation images"):
         net, meta = nets.load(model, device)
         micrographs = validation_micrographs()
@@ -299,6 +295,21 @@ def train_and_predict(pairs_dir: Path, config: Config, work_dir: Path, run: Base
             labels[i], probs = segment.segment_image(net, meta, mg.image, config.segment,
                                                      pixel_size_nm=mg.pixel_size_nm, device=device)
             run.predictions[i] = particle_probability(probs, meta["target"])
+    return micrographs, labels
+
+
+def train_and_predict(pairs_dir: Path, config: Config, work_dir: Path, run: BaselineRun) -> None:
+    """Train the segmentation net on a folder of pairs, segment the validation images (rules keep/discard)."""
+    from nanoseg import segment
+    from nanoseg.runtime import seed_everything
+
+    device = _device(config)
+    with stage(run.stages, "load pairs"):
+        pairs = segment.load_pairs(pairs_dir)
+    with stage(run.stages, f"train {config.segment.architecture} ({config.segment.steps} steps)"):
+        model = segment.train(pairs, config.segment, work_dir / "model", device=device,
+                              rng=seed_everything(config.seed), pixel_size_nm=pixel_size_nm())
+    micrographs, labels = segment_validation(model, config, device, run)
     with stage(run.stages, "keep/discard (rules)"):
         run.kept = keep_discard(labels, micrographs, _rules_only(config))
     run.notes = (f"{config.segment.architecture}, {config.segment.target} target, {config.segment.steps} steps, "
@@ -365,19 +376,12 @@ def baseline_a_cyclegan_direct(config: Config, work_dir: Path) -> BaselineRun:
 
 def baseline_b_simulated_workflow(config: Config, work_dir: Path) -> BaselineRun:
     """(b) The full workflow (shapes -> masks -> translate -> segment -> classify), simulated data only."""
-    from nanoseg import nets, segment
+    from nanoseg import nets
 
     run = BaselineRun(predictions={})
     run_dir = simulated_run(config, work_dir, None, run)
     device = _device(config)
-    with stage(run.stages, "segment validation images"):
-        net, meta = nets.load(run_dir / "segment" / "model.pt", device)
-        micrographs = validation_micrographs()
-        labels = {}
-        for i, mg in micrographs.items():
-            labels[i], probs = segment.segment_image(net, meta, mg.image, config.segment,
-                                                     pixel_size_nm=mg.pixel_size_nm, device=device)
-            run.predictions[i] = particle_probability(probs, meta["target"])
+    micrographs, labels = segment_validation(run_dir / "segment" / "model.pt", config, device, run)
     with stage(run.stages, f"keep/discard ({config.classify.method})"):
         classifier = None
         if config.classify.method == "network":
