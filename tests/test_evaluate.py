@@ -125,6 +125,28 @@ def test_strict_counts_a_missed_particle(tmp_path):
     assert row["f1"] == pytest.approx(0.8)
 
 
+def test_strict_scores_labels_with_the_probability_map_for_the_roc():
+    from skimage.measure import label
+
+    gt = ground_truth()
+    labels = label(gt > 0, connectivity=1)
+    prob = np.where(gt > 0, 0.9, 0.05)
+    prob[40:43, 2:5] = 0.95  # a background blob: a false particle if the map were thresholded
+    df = E.evaluate_predictions({"x": labels}, {"x": gt > 0}, "strict", score_maps={"x": prob})
+    row = df.iloc[0]
+    assert row["kind"] == "labels" and row["n_pred"] == 3
+    assert row["precision"] == 1.0 and row["f1"] == 1.0 and row["image_iou"] == 1.0
+    n_background = int(np.count_nonzero(gt == 0))
+    # best cut between 0.05 and 0.9: every particle pixel, and the 9 blob pixels, above it
+    assert row["youden"] == pytest.approx(1 - 9 / n_background)
+    without = E.evaluate_predictions({"x": labels}, {"x": gt > 0}, "strict").iloc[0]
+    assert without["youden"] == 1.0
+    thresholded = E.evaluate_predictions({"x": prob}, {"x": gt > 0}, "strict").iloc[0]
+    assert thresholded["precision"] == pytest.approx(3 / 4)
+    with pytest.raises(NanosegError, match="no probability map"):
+        E.evaluate_predictions({"x": labels}, {"x": gt > 0}, "strict", score_maps={})
+
+
 def test_size_comparison_writes_histograms(tmp_path):
     gt = ground_truth()
     instances: dict = {}

@@ -315,6 +315,7 @@ def evaluate_predictions(
     thresholds: Sequence[float] = M.PAPER_THRESHOLDS,
     min_area_px: int = 9,
     watershed_binary: bool = False,
+    score_maps: Mapping[str, np.ndarray] | None = None,
     instances_out: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> pd.DataFrame:
     """Score predictions against ground truths already in memory.
@@ -338,6 +339,11 @@ def evaluate_predictions(
     watershed_binary : bool
         Split binary masks with the watershed too (default: label them 4-connected; see
         :func:`prediction_instances`). Probability maps are always split.
+    score_maps : mapping of name -> (H, W) float array, optional
+        ``strict``: the probability maps behind label-image or mask predictions, for the
+        ROC-based Youden index (a label image alone has a single operating point). This is
+        how a segmenter with its own instance post-processing is scored: its labels for every
+        instance and pixel metric, its probabilities for the ROC. Ignored by ``paper``.
     instances_out : dict, optional
         Filled with name -> (predicted instances, ground-truth instances) as scored (``paper``:
         at the instance-IoU threshold).
@@ -363,8 +369,13 @@ def evaluate_predictions(
         df, chosen = _evaluate_paper(predictions, ground_truths, names, kinds, thresholds, min_area_px,
                                      watershed_binary, instances_out)
     else:
+        if score_maps is not None:
+            for name in names:
+                if name not in score_maps:
+                    raise NanosegError(f"no probability map (score_maps) for prediction {name}")
+                M._check_same_shape(score_maps[name], ground_truths[name], f"probability map {name}")
         df, chosen = _evaluate_strict(predictions, ground_truths, names, kinds, threshold, watershed_binary,
-                                      instances_out)
+                                      score_maps, instances_out)
     df.attrs["protocol"] = protocol
     df.attrs["threshold"] = chosen
     return df
@@ -465,8 +476,8 @@ def _evaluate_paper(predictions, ground_truths, names, kinds, thresholds, min_ar
     return df, chosen["instance_iou"]
 
 
-def _evaluate_strict(predictions, ground_truths, names, kinds, threshold, watershed_binary,
-                                      instances_out):
+def _evaluate_strict(predictions, ground_truths, names, kinds, threshold, watershed_binary, score_maps,
+                     instances_out):
     from nanoseg.runtime import progress
 
     records = []
@@ -493,7 +504,8 @@ def _evaluate_strict(predictions, ground_truths, names, kinds, threshold, waters
             "ap50_95": float(np.mean([M.detection_scores(None, None, t, iou=iou)["ap"] for t in M.AP_IOU_THRESHOLDS])),
             "sq": det["sq"], "rq": det["rq"], "pq": det["pq"],
         }
-        rec["youden"], rec["youden_threshold"] = M.youden_index(_score_map(pred, kind), gt_raw)
+        roc_map = np.asarray(score_maps[name], float) if score_maps is not None else _score_map(pred, kind)
+        rec["youden"], rec["youden_threshold"] = M.youden_index(roc_map, gt_raw)
         rec.update(_isbi_scores(binary, M.labels_to_binary(gt4), gt4, M.thin_borders(gt4)))
         records.append(rec)
     return pd.DataFrame(records), float(threshold)
