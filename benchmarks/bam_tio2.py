@@ -256,13 +256,6 @@ def link_training_folder(folder: Path, masks: bool) -> Path:
     return folder
 
 
-def particle_probability(probs: np.ndarray, target: str) -> np.ndarray:
-    """Particle probability from the segmentation net's class probabilities (C, H, W)."""
-    from nanoseg.segment import BACKGROUND
-
-    return np.asarray(probs[0] if target == "binary" else 1.0 - probs[BACKGROUND], np.float32)
-
-
 def keep_discard(labels: dict[str, np.ndarray], micrographs: dict[str, Any], classify_cfg: Any, net: Any = None,
                  device: Any = "cpu") -> dict[str, np.ndarray]:
     """Label images holding only the particles the keep/discard step keeps (network or rules)."""
@@ -303,7 +296,7 @@ def segment_validation(model: Path, config: Config, device: Any, run: BaselineRu
         for i, mg in micrographs.items():
             labels[i], probs = segment.segment_image(net, meta, mg.image, config.segment,
                                                      pixel_size_nm=mg.pixel_size_nm, device=device)
-            run.predictions[i] = particle_probability(probs, meta["target"])
+            run.predictions[i] = segment.particle_probability(probs, meta["target"])
     run.labels = labels
     return micrographs, labels
 

@@ -175,6 +175,30 @@ def test_cli_writes_csv_and_json(tmp_path):
     assert bad.returncode == 2 and "error:" in bad.stderr and "nope" in bad.stderr
 
 
+def test_cli_scores_labels_with_probability_maps(tmp_path):
+    from skimage.measure import label
+
+    gt = ground_truth()
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "probs").mkdir()
+    tifffile.imwrite(tmp_path / "gt" / "x_m.tif", gt)
+    tifffile.imwrite(tmp_path / "labels" / "x.tif", label(gt > 0, connectivity=1).astype(np.uint16))
+    prob = np.where(gt > 0, 0.9, 0.05).astype(np.float32)
+    prob[40:43, 2:5] = 0.95
+    tifffile.imwrite(tmp_path / "probs" / "x.tif", prob)
+    code = "from nanoseg.cli import main; main()"
+    args = [sys.executable, "-c", code, "evaluate", str(tmp_path / "labels"), str(tmp_path / "gt"),
+            "--protocol", "strict", "--out", str(tmp_path / "e.csv")]
+    res = subprocess.run([*args, "--scores", str(tmp_path / "probs")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    row = pd.read_csv(tmp_path / "e.csv").iloc[0]
+    assert row["f1"] == 1.0 and row["youden"] == pytest.approx(1 - 9 / np.count_nonzero(gt == 0))
+    (tmp_path / "probs" / "x.tif").unlink()
+    res = subprocess.run([*args, "--scores", str(tmp_path / "probs")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "no probability map for x" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_manual_masks_score_perfectly_against_themselves(shared_data):
     path = sorted((shared_data / "masks").glob("*_m.tif"))[0]
     gt = E.read_ground_truth(path)

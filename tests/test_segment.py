@@ -23,6 +23,7 @@ from nanoseg.segment import (
     match_instances,
     predict_probabilities,
     segment_image,
+    segment_micrographs,
     train,
 )
 
@@ -180,21 +181,57 @@ def test_training_steps_lower_the_loss(manual_pairs, tmp_path, kind):
     assert labels.shape == pairs[0].image.shape
 
 
-def test_training_resumes_from_checkpoint(tmp_path):
+def _noisy_disc_pairs() -> tuple[list[Pair], np.ndarray, np.ndarray]:
+    """Three noisy copies of a two-disc image: (pairs, instances, clean image)."""
     rng = np.random.default_rng(0)
     inst = np.zeros((64, 64), np.int32)
     inst[disk((20, 20), 8)] = 1
     inst[disk((40, 44), 10)] = 2
     image = (inst > 0).astype(np.float32) * 0.6 + 0.2
     pairs = [Pair(image + rng.normal(0, 0.05, image.shape).astype(np.float32), inst, f"p{i}") for i in range(3)]
-    cfg = build_config({"segment": {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 48,
-                                    "batch_size": 2, "val_every": 4, "bf16": False, "threshold": "auto"}}).segment
+    return pairs, inst, image
+
+
+def _tiny_config(**values):
+    return build_config({"segment": {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 48,
+                                     "batch_size": 2, "val_every": 4, "bf16": False, **values}}).segment
+
+
+def test_training_resumes_from_checkpoint(tmp_path):
+    pairs, _, _ = _noisy_disc_pairs()
+    cfg = _tiny_config(threshold="auto")
     train(pairs, cfg, tmp_path, steps=4, rng=np.random.default_rng(1))
     model = train(pairs, cfg, tmp_path, steps=8, rng=np.random.default_rng(1))
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["step"] for h in history] == [4, 8]
     _, meta = nets.load(model)
     assert 0.05 <= meta["threshold"] <= 0.95  # chosen on the validation pair
+
+
+def test_segment_micrographs_writes_probabilities_that_evaluate_reads(tmp_path):
+    import tifffile
+
+    from nanoseg.evaluate import evaluate_folder
+    from nanoseg.io import Micrograph
+    from nanoseg.metrics import youden_index
+
+    pairs, inst, image = _noisy_disc_pairs()
+    cfg = _tiny_config()
+    model = train(pairs, cfg, tmp_path / "model", steps=4, rng=np.random.default_rng(1))
+    mg = Micrograph(image=pairs[0].image, pixel_size_nm=2.0, info_bar_rows=0, path=tmp_path / "x.tif",
+                    full_shape=image.shape)
+    segment_micrographs(model, [mg], tmp_path / "seg", probabilities=True)
+    prob = tifffile.imread(tmp_path / "seg" / "probabilities" / "x.tif")
+    labels = tifffile.imread(tmp_path / "seg" / "labels" / "x.tif")
+    assert prob.dtype == np.float32 and prob.shape == labels.shape == image.shape
+    assert 0.0 <= prob.min() < prob.max() <= 1.0
+    (tmp_path / "gt").mkdir()
+    tifffile.imwrite(tmp_path / "gt" / "x_m.tif", (inst > 0).astype(np.uint8) * 255)
+    df = evaluate_folder(tmp_path / "seg" / "labels", tmp_path / "gt", "strict",
+                         scores_dir=tmp_path / "seg" / "probabilities")
+    row = df.iloc[0]
+    assert row["n_pred"] == labels.max()  # the labels themselves are scored, not a re-thresholded map
+    assert row["youden"] == pytest.approx(youden_index(prob.astype(float), inst > 0)[0])
 
 
 @pytest.mark.parametrize("kind", ["three_class", "binary"])

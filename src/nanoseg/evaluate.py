@@ -169,6 +169,20 @@ def _normal_stem(name: str, endings: Sequence[str]) -> str:
     return name
 
 
+def _listing(folder: Path, endings: Sequence[str], what: str) -> dict[str, Path]:
+    """Stem (one ending removed) -> file, for the image files of a folder."""
+    if not folder.is_dir():
+        raise NanosegError(f"{folder}: no such {what} folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in PREDICTION_SUFFIXES and not path.name.startswith("."):
+            stem = _normal_stem(path.stem, endings)
+            if stem in found:
+                raise NanosegError(f"{path}: pairs with the same name as {found[stem].name}; keep one file per image")
+            found[stem] = path
+    return found
+
+
 def pair_files(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path, Path]]:
     """Pair prediction and ground-truth files by name.
 
@@ -186,22 +200,8 @@ def pair_files(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path
         If a folder is missing, or no file pairs up.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
-        if not folder.is_dir():
-            raise NanosegError(f"{folder}: no such {what} folder")
-
-    def listing(folder: Path, endings: Sequence[str]) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and path.suffix.lower() in PREDICTION_SUFFIXES and not path.name.startswith("."):
-                stem = _normal_stem(path.stem, endings)
-                if stem in found:
-                    raise NanosegError(f"{path}: pairs with the same name as {found[stem].name}; keep one file per image")
-                found[stem] = path
-        return found
-
-    preds = listing(pred_dir, _PRED_ENDINGS)
-    gts = listing(gt_dir, _GT_ENDINGS)
+    preds = _listing(pred_dir, _PRED_ENDINGS, "prediction")
+    gts = _listing(gt_dir, _GT_ENDINGS, "ground-truth")
     stems = sorted(set(preds) & set(gts))
     if not stems:
         raise NanosegError(
@@ -530,6 +530,26 @@ def load_pairs(pred_dir: str | Path, gt_dir: str | Path, kind: str = "auto"
     return predictions, ground_truths
 
 
+def load_score_maps(scores_dir: str | Path, predictions: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Read the probability map behind each prediction (paired by name, as :func:`pair_files`).
+
+    ``nanoseg segment predict --probabilities`` writes them to ``probabilities/`` beside
+    ``labels/``; the ``strict`` protocol scores the labels and takes Youden's ROC from these.
+    """
+    scores_dir = Path(scores_dir)
+    files = _listing(scores_dir, _PRED_ENDINGS, "probability-map")
+    maps: dict[str, np.ndarray] = {}
+    for stem, pred in predictions.items():
+        if stem not in files:
+            raise NanosegError(f"{scores_dir}: no probability map for {stem}; write one per prediction "
+                               "(nanoseg segment predict --probabilities) or leave out --scores")
+        maps[stem], _ = read_prediction(files[stem], "probability")
+        if maps[stem].shape != np.shape(pred):
+            raise NanosegError(f"{files[stem]}: shape {maps[stem].shape} differs from its prediction's "
+                               f"{np.shape(pred)}; give the map written with that prediction")
+    return maps
+
+
 def evaluate_folder(
     pred_dir: str | Path,
     gt_dir: str | Path,
@@ -539,6 +559,7 @@ def evaluate_folder(
     min_area_px: int = 9,
     watershed_binary: bool = False,
     kind: str = "auto",
+    scores_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Score every prediction in ``pred_dir`` against its ground truth in ``gt_dir``.
 
@@ -558,6 +579,9 @@ def evaluate_folder(
         Split binary masks with the paper's watershed too (probability maps always are).
     kind : {'auto', 'probability', 'binary', 'labels'}
         What the prediction files hold (see :func:`read_prediction`).
+    scores_dir : path, optional
+        ``strict``: probability maps behind label-image predictions, for Youden's ROC (see
+        :func:`load_score_maps`).
 
     Returns
     -------
@@ -570,8 +594,9 @@ def evaluate_folder(
     >>> df[["image", "image_iou", "instance_iou"]]  # doctest: +SKIP
     """
     predictions, ground_truths = load_pairs(pred_dir, gt_dir, kind)
+    score_maps = load_score_maps(scores_dir, predictions) if scores_dir is not None else None
     return evaluate_predictions(predictions, ground_truths, protocol, threshold=threshold, min_area_px=min_area_px,
-                                watershed_binary=watershed_binary)
+                                watershed_binary=watershed_binary, score_maps=score_maps)
 
 
 def summary_row(df: pd.DataFrame) -> dict[str, Any]:

@@ -9,8 +9,8 @@ Public functions
 ----------------
 - :func:`make_target`, :func:`load_pairs`: training data.
 - :func:`train`: training with validation, best checkpoint, resume and a loss/IoU plot.
-- :func:`predict_probabilities`, :func:`instances_from_probabilities`, :func:`segment_image`,
-  :func:`segment_micrographs`: inference on whole images of any size.
+- :func:`predict_probabilities`, :func:`particle_probability`, :func:`instances_from_probabilities`,
+  :func:`segment_image`, :func:`segment_micrographs`: inference on whole images of any size.
 - :func:`match_instances`: F1 at an IoU threshold (used for the 'auto' threshold).
 - :func:`export_onnx`, :func:`run_stage`.
 """
@@ -484,6 +484,15 @@ def choose_threshold(net: Any, meta: dict[str, Any], pairs: list[Pair], config: 
 # --------------------------------------------------------------------------- inference
 
 
+def particle_probability(probs: np.ndarray, target: TargetKind) -> np.ndarray:
+    """Probability that a pixel belongs to any particle, from :func:`predict_probabilities`.
+
+    For the three-class target this is one minus the background probability (interior and
+    boundary band both belong to particles): the map the paper's metrics threshold.
+    """
+    return np.asarray(probs[0] if target == "binary" else 1.0 - probs[BACKGROUND], np.float32)
+
+
 def _probabilities(logits: Any, kind: TargetKind) -> Any:
     import torch
 
@@ -737,6 +746,7 @@ def segment_micrographs(
     config: SegmentConfig | None = None,
     *,
     device: Any = "cpu",
+    probabilities: bool = False,
 ) -> list[dict[str, Any]]:
     """Segment micrographs and write ``labels/``, ``binary/`` and ``overlays/`` into ``out_dir``.
 
@@ -748,6 +758,10 @@ def segment_micrographs(
     out_dir : path-like
     config : SegmentConfig, optional
         Post-processing settings; default: the config stored in the model.
+    probabilities : bool
+        Also write ``probabilities/<stem>.tif``: the particle probability
+        (:func:`particle_probability`, float32), what ``nanoseg evaluate`` needs for the
+        paper protocol and for Youden's index.
 
     Returns
     -------
@@ -764,8 +778,11 @@ def segment_micrographs(
     summary = []
     for mg in progress(micrographs, total=len(micrographs), desc="segment"):
         t0 = time.perf_counter()
-        labels, _ = segment_image(net, meta, mg.image, config, pixel_size_nm=mg.pixel_size_nm, device=device)
+        labels, probs = segment_image(net, meta, mg.image, config, pixel_size_nm=mg.pixel_size_nm, device=device)
         stem = Path(mg.path).stem
+        if probabilities:
+            io.write_tiff(out_dir / "probabilities" / f"{stem}.tif", particle_probability(probs, meta["target"]),
+                          pixel_size_nm=mg.pixel_size_nm)
         io.write_tiff(out_dir / "labels" / f"{stem}.tif", labels, pixel_size_nm=mg.pixel_size_nm)
         io.write_tiff(out_dir / "binary" / f"{stem}.tif", separated_binary(labels), pixel_size_nm=mg.pixel_size_nm)
         io.write_png(out_dir / "overlays" / f"{stem}.png", overlay(mg.image, labels))

@@ -30,6 +30,8 @@ def command(
                              "labels (auto: float/8-bit gray = probability, two values = mask, 16/32-bit = labels)."),
     watershed_binary: bool = typer.Option(False, "--watershed-binary", help="Split binary masks with the "
                                           "paper's watershed too (default: label them 4-connected)."),
+    scores: Optional[Path] = typer.Option(None, "--scores", help="strict: folder of probability maps behind label "
+                                          "predictions (segment predict --probabilities), for Youden's index."),
     sizes: bool = typer.Option(False, "--sizes", help="Also compare the size distributions (KS test, histograms)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV table to write (a .json beside it); "
                                        "default: evaluation_<protocol>.csv here."),
@@ -46,12 +48,15 @@ def command(
       nanoseg evaluate runs/tio2/segment/binary ../shared/data/bam-tio2/masks
 
       nanoseg evaluate probs/ masks/ --protocol strict --sizes --pixel-size 7.34nm --out eval/strict.csv
+
+      nanoseg evaluate seg/labels masks/ --protocol strict --scores seg/probabilities
     """
     import math
 
     from nanoseg.atomic import atomic_path, write_json
     from nanoseg.errors import NanosegError
-    from nanoseg.evaluate import PROTOCOLS, compare_sizes, evaluate_predictions, load_pairs, summary_row
+    from nanoseg.evaluate import (PROTOCOLS, compare_sizes, evaluate_predictions, load_pairs, load_score_maps,
+                                  summary_row)
 
     if protocol not in PROTOCOLS:
         raise NanosegError(f"--protocol {protocol!r}: choose 'paper' or 'strict'")
@@ -60,10 +65,14 @@ def command(
     if out.suffix.lower() != ".csv":
         raise NanosegError(f"--out {out}: give a .csv file name (the .json is written beside it)")
 
+    if scores is not None and protocol != "strict":
+        raise NanosegError("--scores: only the strict protocol uses probability maps beside label images; "
+                           "for the paper protocol pass the probability maps as PRED_DIR")
     predictions, ground_truths = load_pairs(pred_dir, gt_dir, kind)
+    score_maps = load_score_maps(scores, predictions) if scores is not None else None
     instances: dict = {}
     df = evaluate_predictions(predictions, ground_truths, protocol, threshold=threshold,
-                              watershed_binary=watershed_binary, instances_out=instances)
+                              watershed_binary=watershed_binary, score_maps=score_maps, instances_out=instances)
     mean = summary_row(df)
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)

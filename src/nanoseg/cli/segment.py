@@ -63,6 +63,8 @@ def predict(
     sets: Optional[list[str]] = common.SetOpt,
     device: Optional[str] = common.DeviceOpt,
     pixel_size: Optional[str] = common.PixelSizeOpt,
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write OUT/probabilities/<stem>.tif, "
+                                       "the particle probability (float32) that `nanoseg evaluate` scores."),
 ) -> None:
     """Segment micrographs of any size into particle instances.
 
@@ -109,7 +111,7 @@ def predict(
         if cfg.data.dark_particles:
             mg.image = (1.0 - mg.image).astype(np.float32)
         micrographs.append(mg)
-    summary = segment_micrographs(model, micrographs, out, cfg.segment, device=dev)
+    summary = segment_micrographs(model, micrographs, out, cfg.segment, device=dev, probabilities=probabilities)
     for row in summary:
         typer.echo(f"{row['image']}: {row['particles']} particles ({row['seconds']:.1f} s)")
     typer.echo(f"results: {out}")
