@@ -63,6 +63,11 @@ unless the watershed is asked for; label images are used as they are. Both proto
 5. Youden's index from the full ROC curve of the raw probability map (threshold-free).
 6. The ISBI 2012 metrics at that single threshold; the warping error counts every topological
    error pixel (and the split/merger-only fraction is reported beside it).
+7. A segmenter with its own instance post-processing (such as this project's three-class
+   watershed) is scored on its label images as they are -- every instance and pixel metric --
+   with its probability map passed beside them only for Youden's ROC
+   (``evaluate_predictions(..., score_maps=...)``, ``nanoseg evaluate --scores``). Re-splitting
+   its probabilities with the paper's watershed would score a post-processing it does not use.
 
 Known differences from the authors' tools: particles are pixel-exact connected components, not
 filled OpenCV polygons; the diagonal-contact rule is applied to all 2x2 blocks at once (their
