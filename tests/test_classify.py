@@ -44,7 +44,8 @@ def _particles():
 
 
 def test_each_rule_records_its_reason():
-    cfg = _cfg(method="rules", min_area_px=10, max_area_px=1000, min_solidity=0.8, min_mean_intensity=0.3)
+    cfg = _cfg(method="rules", min_area_px=10, max_area_px=1000, min_solidity=0.8, min_mean_intensity=0.3,
+               min_ecd_fraction=0)
     d = apply_rules(_particles(), cfg)
     assert list(d.columns) == ["image", "label", "score", "kept", "reason"]
     assert d["reason"].tolist() == ["", "area_below_min", "area_above_max", "solidity_below_min", "touches_border",
@@ -52,15 +53,24 @@ def test_each_rule_records_its_reason():
     assert d["kept"].tolist() == [True, False, False, False, False, False]
 
 
+def test_fragment_rule_compares_with_the_median_particle():
+    # median area 100 px: ECD below half the median ECD means area below 25 px
+    d = apply_rules(_particles(), _cfg(method="rules", exclude_border=False, min_ecd_fraction=0.5))
+    assert d["reason"].tolist() == ["", "fragment", "", "", "", ""]
+    d = apply_rules(_particles(), _cfg(method="rules", exclude_border=False, min_ecd_fraction=0.2))
+    assert d["kept"].all()  # 5 px is above 0.2**2 * 100 = 4 px
+
+
 def test_rules_off_and_method_none_keep_everything():
-    assert apply_rules(_particles(), _cfg(method="rules", exclude_border=False))["kept"].all()
+    assert apply_rules(_particles(), _cfg(method="rules", exclude_border=False, min_ecd_fraction=0))["kept"].all()
     assert apply_rules(_particles(), _cfg(method="none", min_area_px=1000))["kept"].all()
 
 
 def test_scores_and_rules_combine():
     cfg = _cfg(method="network", score_threshold=0.5)
     d = apply_rules(_particles(), cfg, scores=np.array([0.9, 0.4, 0.6, 0.6, 0.2, 0.6]))
-    assert d["reason"].tolist()[:2] == ["", "score_below_threshold"]
+    # the 5 px particle is also a fragment by default (ECD below half the median's)
+    assert d["reason"].tolist()[:2] == ["", "fragment;score_below_threshold"]
     assert d["reason"][4] == "touches_border;score_below_threshold"
     assert d["kept"].tolist() == [True, False, True, True, False, True]
 

@@ -2,8 +2,8 @@
 
 Two complementary methods:
 
-- **Rules** (:func:`apply_rules`): area range, solidity, contact with the image border or
-  info bar, mean intensity. Every rule a particle fails is recorded as a reason.
+- **Rules** (:func:`apply_rules`): area range, fragments far smaller than the population's
+  median, solidity, contact with the image border or info bar, mean intensity. Every rule a particle fails is recorded as a reason.
 - **Network**: a MultiResUNet with two input channels (micrograph, binary mask) predicts per
   pixel whether the particle under it should be kept; a particle's score is the mean over its
   pixels, and it is kept when the score is above ``classify.score_threshold``. Trained either
@@ -49,8 +49,9 @@ def rule_reasons(particles: pd.DataFrame, cfg: Any) -> pd.Series:
         Columns ``area_px``, ``solidity``, ``touches_border``, ``mean_intensity`` (as from
         :func:`nanoseg.measure.measure_particles` with ``exclude_border=False``).
     cfg : ClassifyConfig
-        Uses ``min_area_px``, ``max_area_px``, ``min_solidity``, ``exclude_border``,
-        ``min_mean_intensity`` and ``intensity_threshold`` (compared with the column
+        Uses ``min_area_px``, ``max_area_px``, ``min_ecd_fraction`` (against the median ECD of
+        all rows), ``min_solidity``, ``exclude_border``, ``min_mean_intensity`` and
+        ``intensity_threshold`` (compared with the column
         ``image_threshold``, the automatic threshold of each particle's micrograph, when present).
 
     Returns
@@ -66,6 +67,9 @@ def rule_reasons(particles: pd.DataFrame, cfg: Any) -> pd.Series:
         checks.append(("area_below_min", area < cfg.min_area_px))
     if cfg.max_area_px is not None:
         checks.append(("area_above_max", area > cfg.max_area_px))
+    if cfg.min_ecd_fraction > 0 and len(area):
+        # ECD scales with sqrt(area): compare areas with the squared fraction of the median area
+        checks.append(("fragment", area < cfg.min_ecd_fraction**2 * np.median(area)))
     if cfg.min_solidity > 0:
         checks.append(("solidity_below_min", particles["solidity"].to_numpy(dtype=float) < cfg.min_solidity))
     if cfg.intensity_threshold != "none" and "image_threshold" in particles:

@@ -191,6 +191,11 @@ class ClassifyConfig(_Section):
     min_area_px: int = Field(0, ge=0, description="Rule: discard particles smaller than this many px.")
     max_area_px: int | None = Field(None, ge=1, description="Rule: discard particles larger than this many px.")
     min_solidity: float = Field(0.0, ge=0, le=1, description="Rule: discard particles with lower solidity (area / convex area).")
+    min_ecd_fraction: float = Field(
+        0.5, ge=0, lt=1,
+        description="Rule: discard fragments whose ECD is below this fraction of the median ECD of all particles "
+        "classified together (every image of the run); 0 turns it off.",
+    )
     exclude_border: bool = Field(True, description="Rule: discard particles touching the image border or the info bar.")
     intensity_threshold: Literal["none", "li", "otsu", "mean", "median"] = Field(
         "li",
