@@ -50,14 +50,15 @@ def main() -> None:
               for i, mg in micrographs.items()}
     manual_areas = np.concatenate([np.bincount(M.label_binary(B.manual_mask(i) > 0, 1).ravel())[1:]
                                    for i in B.TRAIN_IDS])
-    kept_areas = np.concatenate([np.bincount(B.manual_kept_labels(i).ravel())[1:] for i in B.TRAIN_IDS])
+    manual_kept = {i: B.manual_kept_labels(i) for i in B.TRAIN_IDS}
+    kept_areas = np.concatenate([np.bincount(manual_kept[i].ravel())[1:] for i in B.TRAIN_IDS])
     median_area = np.median(manual_areas[manual_areas > 0])
     kept_areas = kept_areas[kept_areas > 0]
     rows = []
     for fraction in SWEEP:
         cfg = config.classify.model_copy(update={"min_ecd_fraction": fraction})
         kept = B.keep_discard(labels, micrographs, cfg, net=classifier)
-        pairs = {i: (kept[i], B.manual_kept_labels(i)) for i in B.TRAIN_IDS}
+        pairs = {i: (kept[i], manual_kept[i]) for i in B.TRAIN_IDS}
         ecd = compare_sizes(pairs, B.pixel_size_nm()).set_index("descriptor").loc["ecd_nm"]
         rows.append({"min_ecd_fraction": fraction, "n_kept": int(ecd.n_pred), "n_manual": int(ecd.n_gt),
                      "mean_rel_error": float(ecd.mean_rel_error), "median_rel_error": float(ecd.median_rel_error),
