@@ -3,7 +3,8 @@
 Two complementary methods:
 
 - **Rules** (:func:`apply_rules`): area range, fragments far smaller than the population's
-  median, solidity, contact with the image border or info bar, mean intensity. Every rule a particle fails is recorded as a reason.
+  median, solidity, contact with the image border or info bar, mean intensity. Every rule a
+  particle fails is recorded as a reason.
 - **Network**: a MultiResUNet with two input channels (micrograph, binary mask) predicts per
   pixel whether the particle under it should be kept; a particle's score is the mean over its
   pixels, and it is kept when the score is above ``classify.score_threshold``. Trained either

@@ -69,8 +69,9 @@ def predict(
     """Segment micrographs of any size into particle instances.
 
     Writes OUT/labels/<stem>.tif (uint16/uint32 instance labels), OUT/binary/<stem>.tif (0/255,
-    touching particles separated by 1-px lines) and OUT/overlays/<stem>.png. Post-processing
-    settings come from the model; override them with --set (e.g. --set segment.min_size_px=20).
+    touching particles separated by 1-px lines), OUT/overlays/<stem>.png and, with --probabilities,
+    OUT/probabilities/<stem>.tif. Post-processing settings come from the model; override them
+    with --set (e.g. --set segment.min_size_px=20).
 
     Example:
 
