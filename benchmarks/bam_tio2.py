@@ -48,7 +48,6 @@ import argparse
 import json
 import logging
 import platform
-import resource
 import shutil
 import sys
 import time
@@ -63,6 +62,7 @@ import numpy as np
 from nanoseg.atomic import write_json, write_text
 from nanoseg.config import Config
 from nanoseg.errors import NanosegError
+from nanoseg.runtime import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "bam-tio2"
@@ -132,12 +132,6 @@ class BaselineRun:
     kept: dict[str, np.ndarray] | None = None
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     notes: str = ""
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far in MiB (Linux reports KiB)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
 @contextmanager

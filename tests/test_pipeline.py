@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,6 +98,8 @@ def test_killed_process_resumes_without_redoing_finished_stages(tmp_path):
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, check=True)
     assert calls(tmp_path) == ["first", "second", "second", "third"]
     assert (tmp_path / "translate" / "result.txt").read_text() == "third seed=0"
+    marker = json.loads((tmp_path / "translate" / pipeline.DONE_MARKER).read_text())
+    assert marker["seconds"] >= 0 and marker["peak_rss_mb"] > 10  # a Python process with numpy
 
 
 def _data(tmp_path, image):

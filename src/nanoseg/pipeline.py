@@ -220,7 +220,7 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", config.to_yaml())
 
-    from nanoseg.runtime import configure_torch, seed_everything, select_device
+    from nanoseg.runtime import configure_torch, peak_rss_mb, seed_everything, select_device
 
     configure_torch(config.num_threads)
     if device is None:
@@ -246,6 +246,7 @@ def run_pipeline(
             _load_target(stage.target)(ctx)
             seconds = time.perf_counter() - t0
             write_json(stage_dir / DONE_MARKER, {"hash": hashes[stage.name], "seconds": round(seconds, 2),
+                                                 "peak_rss_mb": round(peak_rss_mb(), 1),
                                                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
             logger.info("%-9s done in %.1f s -> %s", stage.name, seconds, stage_dir)
             outcome[stage.name] = "ran"

@@ -38,6 +38,15 @@ def setup_logging(level: str | int = "INFO") -> None:
     root.propagate = False
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (a running maximum, never lower later)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
 def select_device(preference: str = "auto") -> Any:
     """Return a ``torch.device``: CUDA when available (``'auto'``), else the CPU.
 
@@ -86,15 +95,46 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def bf16_supported(device: Any) -> bool:
+    """True when bfloat16 runs natively: any CUDA device with bf16, or a CPU with AVX512-BF16/AMX.
+
+    On other CPUs (AVX2 laptops) torch emulates bfloat16, and a UNet training step takes several
+    times longer than in float32.
+    """
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if kind == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
 def autocast(device: Any, enabled: bool) -> Any:
-    """bfloat16 autocast on the given device when ``enabled``; a no-op context otherwise."""
+    """bfloat16 autocast on the given device when ``enabled`` and the hardware runs bf16 natively.
+
+    A no-op context otherwise: emulated bf16 is slower than float32, not faster
+    (:func:`bf16_supported`); the first call that falls back says so once in the log.
+    """
     import contextlib
 
     import torch
 
     if not enabled:
         return contextlib.nullcontext()
+    if not bf16_supported(device):
+        if not _BF16_FALLBACK_LOGGED:
+            _BF16_FALLBACK_LOGGED.append(True)
+            logger.info("bf16 requested but %s has no native bfloat16; running in float32 (faster here)", device)
+        return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+_BF16_FALLBACK_LOGGED: list[bool] = []
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", **kwargs: Any) -> Iterator[T]:
