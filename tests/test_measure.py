@@ -383,8 +383,12 @@ def test_measure_files_segments_with_a_model(tmp_path):
     model = train([Pair(img, inst, "a"), Pair(img, inst, "b")], seg, tmp_path / "seg", rng=np.random.default_rng(0))
     write_tiff(tmp_path / "images" / "x.tif", (img * 255).astype(np.uint8), pixel_size_nm=2.0)
     cfg = build_config({"data": {"info_bar_rows": 0}}, profile="demo")
-    summary = measure_files([tmp_path / "images"], tmp_path / "out", cfg, model=model)
+    summary = measure_files([tmp_path / "images"], tmp_path / "out", cfg, model=model, probabilities=True)
     assert (tmp_path / "out" / "segment" / "labels" / "x.tif").is_file()
+    import tifffile
+
+    prob = tifffile.imread(tmp_path / "out" / "segment" / "probabilities" / "x.tif")
+    assert prob.shape == (64, 64) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
     assert summary["n_particles"] == len(pd.read_csv(tmp_path / "out" / "particles.csv"))
     assert summary["classify_method"] == "rules"  # no classifier given
     with pytest.raises(Exception, match="--model"):

@@ -57,3 +57,21 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def embed_section(path: str | Path, name: str, content: str) -> Path:
+    """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in a text file.
+
+    Generated parts of a hand-written document (the README's config reference and benchmark
+    tables) live between such markers, so a script can rewrite them in place.
+    """
+    from nanoseg.errors import NanosegError
+
+    path = Path(path)
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise NanosegError(f"{path}: no '{start}' ... '{end}' markers to write between")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return write_text(path, f"{head}{start}\n{content}\n{end}{tail}")

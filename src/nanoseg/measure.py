@@ -806,6 +806,7 @@ def measure_files(
     classifier: str | Path | None = None,
     compare_csv: str | Path | None = None,
     device: Any = "cpu",
+    probabilities: bool = False,
 ) -> dict[str, Any]:
     """Segment (or read labels of), classify and measure micrographs; write all results.
 
@@ -827,6 +828,8 @@ def measure_files(
     compare_csv : path, optional
         Another ``particles.csv`` to compare the kept min Feret distribution with (KS test).
     device : torch.device or str
+    probabilities : bool
+        When segmenting, also write ``segment/probabilities/<stem>.tif`` (particle probability).
 
     Returns
     -------
@@ -853,7 +856,7 @@ def measure_files(
         from nanoseg.segment import segment_micrographs
 
         labels_dir = out_dir / "segment"
-        segment_micrographs(model, micrographs, labels_dir, config.segment, device=device)
+        segment_micrographs(model, micrographs, labels_dir, config.segment, device=device, probabilities=probabilities)
         labels_dir = labels_dir / "labels"
     labels_dir = Path(labels_dir)
     items = label_items(micrographs, labels_dir, fix="check data.info_bar_rows")

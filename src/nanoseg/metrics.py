@@ -1043,8 +1043,8 @@ def remove_diagonal_contacts(binary: np.ndarray) -> np.ndarray:
 def size_distribution_agreement(pred: pd.DataFrame, gt: pd.DataFrame, descriptors: Sequence[str] | None = None) -> pd.DataFrame:
     """Compare the size distributions of predicted and ground-truth particles.
 
-    For each descriptor: number of particles, mean, standard deviation (ddof 1) and median of
-    both samples, the relative error of the prediction's mean, sd and median
+    For each descriptor: number of particles, mean, standard deviation (ddof 1), median, D10
+    and D90 (10th and 90th percentiles) of both samples, the relative error of each of these
     ``(pred - gt) / gt``, and the two-sample Kolmogorov-Smirnov statistic D (largest distance
     between the empirical CDFs, :func:`scipy.stats.ks_2samp`) with its p-value.
 
@@ -1077,7 +1077,9 @@ def size_distribution_agreement(pred: pd.DataFrame, gt: pd.DataFrame, descriptor
         g = gt[col].to_numpy(dtype=float)
         p, g = p[np.isfinite(p)], g[np.isfinite(g)]
         row: dict[str, Any] = {"descriptor": col, "n_pred": p.size, "n_gt": g.size}
-        for name, fn in (("mean", np.mean), ("sd", lambda x: np.std(x, ddof=1) if x.size > 1 else np.nan), ("median", np.median)):
+        for name, fn in (("mean", np.mean), ("sd", lambda x: np.std(x, ddof=1) if x.size > 1 else np.nan),
+                         ("median", np.median), ("d10", lambda x: np.percentile(x, 10)),
+                         ("d90", lambda x: np.percentile(x, 90))):
             vp = float(fn(p)) if p.size else np.nan
             vg = float(fn(g)) if g.size else np.nan
             row[f"{name}_pred"], row[f"{name}_gt"] = vp, vg

@@ -21,6 +21,8 @@ def command(
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="Keep/discard network (e.g. "
                                               "RUN/classify/model.pt); without it the rules alone decide."),
     out: Path = typer.Option(Path("measured"), "--out", "-o", help="Output folder."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write OUT/segment/probabilities/<stem>.tif "
+                                       "(particle probability, for `nanoseg evaluate --scores` and the paper protocol)."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="Another particles.csv (e.g. from manual masks) "
                                            "to compare with: overlaid histograms and a two-sample KS test."),
     config: Optional[Path] = common.ConfigOpt,
@@ -48,7 +50,8 @@ def command(
 
     configure_torch(cfg.num_threads)
     summary = measure_files(images, out, cfg, model=model, labels_dir=labels, classifier=classifier,
-                            compare_csv=compare, device=select_device(cfg.device))
+                            compare_csv=compare, device=select_device(cfg.device),
+                            probabilities=probabilities)
     typer.echo(f"kept {summary['n_kept']} of {summary['n_particles']} particles in {summary['n_images']} images")
     typer.echo(summary["ec_definition"]["statement"])
     if "comparison" in summary:

@@ -1,0 +1,102 @@
+"""benchmarks/workflow.py: the scoring helpers on hand-made particles, and the smoke run end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import workflow  # noqa: E402
+
+
+def _disc(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def _labels(shape, discs):
+    out = np.zeros(shape, np.int32)
+    for k, (centre, radius) in enumerate(discs, start=1):
+        out[_disc(shape, centre, radius)] = k
+    return out
+
+
+SHAPE = (120, 160)
+EXPERT = _labels(SHAPE, [((30, 30), 10), ((30, 90), 12), ((80, 60), 9), ((85, 120), 11)])
+
+
+def test_keep_precision_recall_counts_matches_and_kept_flags():
+    expert_kept = np.where(np.isin(EXPERT, [1, 2, 3]), EXPERT, 0)  # the expert keeps 3 of 4
+    # Ours: particle 1 found and kept; 2 found, discarded; 3 missed; 4 found and kept (expert
+    # discarded it); plus one false particle, kept. Label numbers differ from the expert's.
+    ours = _labels(SHAPE, [((30, 30), 10), ((30, 91), 12), ((85, 120), 11), ((100, 20), 6)]) * 3
+    kept = np.where(np.isin(ours, [3, 9, 12]), ours, 0)
+    res = workflow.keep_precision_recall({"a": ours}, {"a": kept}, {"a": EXPERT}, {"a": expert_kept})
+    assert res["n_kept"] == 3 and res["n_expert_kept"] == 3
+    assert res["precision"] == pytest.approx(1 / 3)  # only particle 1 is kept by both
+    assert res["recall"] == pytest.approx(1 / 3)
+    # Among matched particles (1, 2, 4): ours keeps 1 and 4, the expert 1 and 2.
+    assert res["precision_matched"] == pytest.approx(1 / 2)
+    assert res["recall_matched"] == pytest.approx(1 / 2)
+
+
+def test_size_table_is_exact_for_identical_particles_and_sees_a_bias():
+    same = workflow.size_table({"a": EXPERT}, {"a": EXPERT}, 2.0)
+    assert [r["descriptor"] for r in same] == list(workflow.SIZE_DESCRIPTORS)
+    for rec in same:
+        assert rec["n_pred"] == rec["n_gt"] == 4 and rec["count_rel_error"] == 0
+        for stat in ("mean", "median", "d10", "d90"):
+            assert rec[f"{stat}_rel_error"] == pytest.approx(0.0, abs=1e-12)
+    grown = _labels(SHAPE, [((30, 30), 12), ((30, 90), 14), ((80, 60), 11), ((85, 120), 13)])
+    rec = {r["descriptor"]: r for r in workflow.size_table({"a": grown}, {"a": EXPERT}, 2.0)}["ecd_nm"]
+    assert rec["mean_rel_error"] == pytest.approx(np.mean([24, 28, 22, 26]) / np.mean([20, 24, 18, 22]) - 1, abs=0.03)
+    assert rec["mean_pred"] > rec["mean_gt"]
+
+
+def test_score_images_perfect_prediction():
+    truth = {"a": (EXPERT > 0, EXPERT)}
+    prob = (EXPERT > 0).astype(np.float32)
+    scored = workflow.score_images({"a": EXPERT}, {"a": prob}, {"a": EXPERT}, truth, 1.0)
+    assert scored["strict"]["mean"]["f1"] == 1.0
+    assert scored["paper"]["mean"]["image_iou"] == pytest.approx(1.0)
+    assert scored["keep"]["precision"] == scored["keep"]["recall"] == 1.0
+    head = workflow.headline(scored)
+    assert head["strict_f1"] == 1.0 and head["count_rel_error"] == 0
+
+
+def test_aggregate_mean_and_sample_sd_over_seeds():
+    stat = workflow.mean_sd([0.5, 0.7, None, float("nan")])
+    assert stat["mean"] == pytest.approx(0.6) and stat["sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert stat["n"] == 2
+    assert workflow.mean_sd([0.4])["sd"] is None
+    assert workflow.mean_sd([])["mean"] is None
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end(shared_data, tmp_path):
+    """Two seeds of the demo profile at smoke size on two images, through the real CLI."""
+    out = tmp_path / "results" / "workflow_demo_smoke.md"
+    results = workflow.main(["--profile", "demo", "--smoke", "--seeds", "0,1", "--images", "2", "--folds", "2",
+                             "--work-dir", str(tmp_path / "work"), "--out", str(out)])
+    assert set(results["seeds"]) == {0, 1}
+    for seed in (0, 1):
+        scored = results["seeds"][seed]
+        assert {"strict", "paper", "sizes", "keep", "synthetic", "stages"} <= set(scored)
+        assert 0.0 <= scored["strict"]["mean"]["image_iou"] <= 1.0
+        assert scored["stages"]["run: segment"]["wall_s"] > 0
+        assert scored["stages"]["nanoseg measure (whole process)"]["peak_rss_mb"] > 50
+        # The run folder is what `nanoseg run` wrote, with the profile's settings and this seed.
+        config = (tmp_path / "work" / f"seed{seed}" / "run" / "config.yaml").read_text()
+        assert f"seed: {seed}" in config and "profile: demo" in config
+    assert results["aggregate"]["strict_image_iou"]["n"] == 2
+    assert results["supervised"]["strict"]["mean"]["image_iou"] >= 0.0
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["meta"]["seeds"] == [0, 1] and saved["meta"]["smoke"] is True
+    report = out.read_text()
+    assert "SMOKE RUN" in report and "mean +- sd over seeds" in report and "seed 1" in report
+    assert len(results["overlays"]) == 1 and Path(results["overlays"][0]).is_file()  # only 1908248 is among 2
