@@ -175,6 +175,26 @@ def test_count_calibrated_to_foreground_fraction(shapes):
     assert np.mean(fractions) == pytest.approx(0.10, rel=0.25)
 
 
+def test_count_levels_follow_each_images_coverage(tmp_path, shapes):
+    """One level per real image: the fakes reproduce the spread of coverage, not only its median."""
+    from nanoseg.masks import calibrate_particle_count, count_levels_for
+
+    cfg = MasksConfig(tile_size_px=(200, 240), clustering=10, perlin_cell_px=80)
+    fractions = [0.04, 0.08, 0.08, 0.24]
+    n_median = calibrate_particle_count(shapes, cfg, 0.08, 1.0, np.random.default_rng(0))
+    levels = count_levels_for(shapes, cfg, fractions, 0.08, n_median, 1.0, np.random.default_rng(1))
+    assert levels[1] == levels[2] == n_median and levels[0] < n_median < levels[3]
+    reached = [np.mean([assemble_mask(shapes, cfg.tile_size_px, n, np.random.default_rng(s), cfg).binary.mean()
+                        for s in range(20, 24)]) for n in (levels[0], levels[3])]
+    assert reached[0] == pytest.approx(0.04, rel=0.3) and reached[1] == pytest.approx(0.24, rel=0.25)
+    # Tiles drawn from the levels span the range; the whole-range draw stays within +-15 % of them.
+    cfg = MasksConfig(n_masks=12, tile_size_px=(200, 240), clustering=10, perlin_cell_px=80)
+    simulate_masks(shapes, cfg, tmp_path, (1, 1), np.random.default_rng(0), count_levels=levels)
+    tiles = pd.read_csv(tmp_path / "tiles.csv")
+    assert tiles["n_drawn"].between(0.85 * min(levels) - 1, 1.15 * max(levels) + 1).all()
+    assert tiles["foreground_fraction"].max() > 2.5 * tiles["foreground_fraction"].min()
+
+
 def test_density_estimate_on_shared_micrographs(shared_data):
     import tifffile
 
@@ -187,6 +207,8 @@ def test_density_estimate_on_shared_micrographs(shared_data):
     fg_manual = np.median([m["foreground_fraction"] for m in manual])
     assert estimate["foreground_fraction"] == pytest.approx(fg_manual, rel=0.35)
     assert 15 < estimate["typical_ecd_px"] < 40  # whole particles: ~29 px ECD
+    assert len(estimate["foreground_fractions"]) == 3
+    assert np.median(estimate["foreground_fractions"]) == pytest.approx(estimate["foreground_fraction"], abs=1e-5)
 
 
 def test_simulate_command_from_outline_folder(tmp_path):

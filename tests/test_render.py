@@ -102,3 +102,54 @@ def test_fit_tells_bright_from_dark_levels(scene):
     dim = fit_render_params([render_sem(scene, RenderParams(particle_level=0.35), rng=1)], [scene > 0])
     bright = fit_render_params([render_sem(scene, RenderParams(particle_level=0.6), rng=1)], [scene > 0])
     assert bright.particle_level > dim.particle_level + 0.15
+
+
+def _textured_scene(seed=0):
+    """A 'micrograph': textured substrate at ~0.2 with bright discs (0.8) in its left half."""
+    rng = np.random.default_rng(seed)
+    image = 0.2 + 0.02 * ndi.gaussian_filter(rng.standard_normal((200, 300)), 2)
+    for centre in ((50, 40), (120, 60), (160, 30)):
+        image[_disk(image.shape, centre, 12)] = 0.8
+    return image.astype(np.float32)
+
+
+def test_substrate_bank_takes_patches_away_from_particles_only():
+    from nanoseg.render import SubstrateBank
+
+    bank = SubstrateBank.from_images([_textured_scene()], patch_px=48, margin_px=8, seed=1)
+    patches = bank.patches[0]
+    assert patches.shape[1:] == (48, 48) and 1 <= len(patches) <= 64
+    assert patches.max() < 0.4 and abs(float(patches.mean()) - 0.2) < 0.02
+    # An image with particles everywhere has no free patch.
+    dense = np.full((100, 100), 0.2, np.float32)
+    for r in range(10, 100, 25):
+        for c in range(10, 100, 25):
+            dense[_disk(dense.shape, (r, c), 8)] = 0.8
+    assert SubstrateBank.from_images([dense], patch_px=48) is None
+
+
+def test_substrate_compose_size_values_and_determinism(tmp_path):
+    from nanoseg.render import SubstrateBank
+
+    bank = SubstrateBank.from_images([_textured_scene(), _textured_scene(1) + 0.1], patch_px=48, seed=1)
+    a = bank.compose((130, 170), np.random.default_rng(5))
+    b = bank.compose((130, 170), np.random.default_rng(5))
+    assert a.shape == (130, 170) and np.array_equal(a, b)
+    # One micrograph per composition: its grey level, not a mix of both.
+    levels = {round(float(bank.compose((64, 64), np.random.default_rng(s)).mean()), 1) for s in range(12)}
+    assert levels == {0.2, 0.3}
+    bank.save(tmp_path / "bank.npz")
+    again = SubstrateBank.load(tmp_path / "bank.npz")
+    assert np.array_equal(again.compose((130, 170), np.random.default_rng(5)), a)
+
+
+def test_render_with_real_substrate_keeps_it_away_from_particles(scene):
+    rng = np.random.default_rng(0)
+    substrate = (0.15 + 0.03 * rng.standard_normal(scene.shape)).astype(np.float32)
+    image = render_sem(scene, RenderParams(halo_depth=0.0), rng=1, substrate=substrate)
+    far = ndi.distance_transform_edt(scene == 0) > 8
+    np.testing.assert_allclose(image[far], np.clip(substrate[far], 0, 1), atol=1e-6)  # no extra blur or noise
+    inside = ndi.binary_erosion(scene > 0, iterations=3)
+    assert image[inside].mean() > image[far].mean() + 0.15
+    with pytest.raises(ValueError, match="substrate shape"):
+        render_sem(scene, RenderParams(), rng=1, substrate=substrate[:10])

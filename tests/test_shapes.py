@@ -256,3 +256,30 @@ def _sample(generator):
     from nanoseg.shapes import sample_shapes
 
     return sample_shapes(generator, 300, seed=0)
+
+
+def test_choose_smoothing_matches_the_outlines_roughness():
+    """A generator that draws ragged discs: the chosen smoothing makes them as smooth as the outlines."""
+    import torch
+
+    from nanoseg.shapes import choose_smoothing, outline_roughness, sample_shapes
+
+    yy, xx = np.mgrid[:48, :48]
+    disc = ((yy - 23.5) ** 2 + (xx - 23.5) ** 2 <= 12**2).astype(np.float32)
+
+    class Ragged(torch.nn.Module):
+        latent_dim = 4
+
+        def forward(self, z):
+            # Per-sample pixel noise strong enough to fray the edge when thresholded at 0.
+            gen = torch.Generator().manual_seed(int(z.abs().sum() * 1000) % 2**31)
+            noise = torch.randn(z.shape[0], 1, 48, 48, generator=gen)
+            return torch.from_numpy(2 * disc - 1)[None, None] + 0.9 * noise
+
+    outlines = np.stack([disc > 0] * 4)
+    sigma, trials = choose_smoothing(Ragged(), outlines, n=32, min_area_px=50)
+    assert sigma > 0 and len(trials) > 2
+    raw = np.median(outline_roughness(sample_shapes(Ragged(), 32, min_area_px=50)[0]))
+    smooth = np.median(outline_roughness(sample_shapes(Ragged(), 32, min_area_px=50, smooth_sigma_px=sigma)[0]))
+    target = np.median(outline_roughness(outlines))
+    assert abs(smooth - target) < abs(raw - target) and smooth < raw

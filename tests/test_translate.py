@@ -296,8 +296,8 @@ def run_config(run: Path, **translate_values):
 
 def test_cyclegan_stages_end_to_end_with_resume(tmp_path, monkeypatch):
     run = make_run(tmp_path)
-    cfg = run_config(run, steps=6, checkpoint_every=3, n_pairs=5, batch_size=2, pool_size=2, disc_noise_sd=0.05,
-                     generator_skip=True)
+    cfg = run_config(run, method="cyclegan", steps=6, checkpoint_every=3, n_pairs=5, batch_size=2, pool_size=2,
+                     disc_noise_sd=0.05, generator_skip=True)
     # Interrupt the first attempt after step 4 (a checkpoint exists at step 3) ...
     real_step = CycleGAN.train_step
     calls = []
@@ -385,7 +385,7 @@ def test_cli_generate_and_segment(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["translate", "generate", str(run / "masks"), "--model", str(tmp_path / "nothing")])
     assert isinstance(res.exception, NanosegError) and "translate train" in str(res.exception)
-    cfg = run_config(run, steps=2, checkpoint_every=5)
+    cfg = run_config(run, method="cyclegan", steps=2, checkpoint_every=5)
     translate.train_translator(cfg, run / "masks", run / "translate")
     res = runner.invoke(app, ["translate", "generate", str(run / "masks"), "--model", str(run / "translate"),
                               "--out", str(tmp_path / "pairs"), "--n", "3", "--set", "translate.tile_size_px=32"])

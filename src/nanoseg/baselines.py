@@ -11,10 +11,9 @@ a UNet on masks made from the TSEM images, which takes three steps:
    tapered with a Hann window; :func:`skimage.registration.phase_cross_correlation` finds the
    translation to 0.1 px. A log-polar step (:func:`estimate_rotation_scale`) checks for a
    rotation or scale difference and corrects it when that makes the outlines agree better.
-   On the 30 shared TiO2 pairs there is none (estimates within 0.1 deg and 0.6 %, i.e. noise);
-   the translations are 1-20 px. The mean IoU of the TSEM particle mask with the manual mask
-   rises from 0.668 unaligned to 0.848 aligned (min 0.750), and the residual shift between the
-   two, by phase correlation, is 0.35 px on average (max 0.67 px).
+   On the shared TiO2 pairs the rotation and scale estimates stay at noise level: only the
+   translation matters. ``registration.csv`` records the IoU of the TSEM particle mask with the
+   manual mask before and after alignment; ``benchmarks/bam_tio2.py`` reports their means.
 2. :func:`tsem_to_labels`: automatic threshold (Otsu or Li) of the aligned TSEM image, holes
    filled, small specks removed, and touching particles split by the distance-transform
    watershed of :func:`nanoseg.metrics.paper_watershed` (one-pixel separation lines, particles
@@ -27,7 +26,7 @@ a UNet on masks made from the TSEM images, which takes three steps:
 
 Limits of such masks, which is what the baseline shows: in transmission, touching and
 overlapping particles merge into one dark blob, so the watershed separates only part of them
-(on the TiO2 training images about 54 particles per image against about 140 drawn by hand);
+(far fewer particles per image than drawn by hand);
 a strip of up to the shift's width along the border has no TSEM data and counts as background.
 
 References
@@ -76,8 +75,7 @@ def estimate_rotation_scale(moving: np.ndarray, reference: np.ndarray, band_px: 
 
     The magnitudes of the Fourier transforms do not depend on translation; in log-polar
     coordinates a rotation becomes a shift along the angle axis and a scale change a shift
-    along the log-radius axis, both found by phase correlation. Precision on the TiO2 images:
-    about 0.1 deg and 0.3 %.
+    along the log-radius axis, both found by phase correlation.
 
     Parameters
     ----------
@@ -236,9 +234,8 @@ def tsem_to_labels(aligned_tsem: np.ndarray, *, method: Literal["otsu", "li"] = 
         Gaussian smoothing before thresholding, in px.
     min_distance_px : int
         Minimum distance between watershed markers in px. 5 rather than the paper's 9 for its
-        evaluation: in transmission, touching particles merge into one dark blob, and on three
-        TiO2 images the instance F1 (IoU 0.5) of the TSEM labels against the manual ones is
-        0.45 with 5 px, 0.43 with 9 px (they find about 200 of 432 particles either way).
+        evaluation: in transmission, touching particles merge into one dark blob, and closer
+        markers split more of them.
     min_size_px : int
         Particles smaller than this many px are removed.
 

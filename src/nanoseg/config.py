@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -66,13 +66,18 @@ class ShapesConfig(_Section):
     latent_dim: int = Field(64, ge=2, description="Length of the generator's noise vector.")
     generator_width: int = Field(16, ge=4, description="Channels of the generator's last feature map (doubles per upsampling).")
     critic_width: int = Field(16, ge=4, description="Channels of the critic's first feature map (doubles per downsampling).")
-    steps: int = Field(1000, ge=1, description="Generator steps (200-300 already match the outlines' median area and solidity within 25 %).")
+    steps: int = Field(400, ge=1, description="Generator steps. Samples are smoothed to the outlines' roughness "
+                       "(smooth_sigma_px), so the ragged outlines of a short training do not reach the masks.")
     critic_steps: int = Field(5, ge=1, description="Critic steps per generator step.")
     gp_weight: float = Field(10.0, ge=0, description="Weight of the gradient penalty.")
     learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate (betas 0.5, 0.9).")
     batch_size: int = Field(32, ge=2, description="Outlines per batch (augmented by flips and 90-degree rotations).")
     n_samples: int = Field(2000, ge=1, description="Shapes sampled into the shape library used for mask assembly.")
     checkpoint_every: int = Field(250, ge=1, description="Save a checkpoint every this many generator steps.")
+    smooth_sigma_px: Annotated[float, Field(ge=0, allow_inf_nan=False)] | Literal["auto"] = Field(
+        "auto", description="Gaussian sd (px, outline scale) applied to each generated shape before thresholding "
+        "(sub-pixel smooth outlines); 'auto' picks the value whose samples are as smooth as the outlines "
+        "(perimeter over equal-area circle perimeter), 0 disables it.")
 
 
 class MasksConfig(_Section):
@@ -81,14 +86,15 @@ class MasksConfig(_Section):
     n_masks: int = Field(200, ge=1, description="Number of fake masks (tiles) to write.")
     tile_size_px: tuple[int, int] = Field((704, 1024), description="Height and width of a fake mask in px.")
     particles_per_tile: tuple[int, int] | None = Field(
-        None, description="Range of particle counts per tile; default: estimated from the micrographs."
+        None, description="Range of particle counts per tile; default: estimated from the micrographs, one level "
+        "per micrograph so that the fakes span the images' range of coverage."
     )
     size_prior: Literal["outlines", "images", "expected"] = Field(
         "images",
         description="Where the particle size in px comes from: the outlines as drawn, the micrographs "
         "(automatic threshold; falls back to the outlines when there are no images), or "
-        "data.expected_size_nm with the pixel size. 'images' matched the TiO2 manual masks best "
-        "(median ECD +5 % vs +19 % for 'outlines', which are drawn large).",
+        "data.expected_size_nm with the pixel size. Hand-drawn outlines run large, so 'outlines' biases the sizes "
+        "upwards; the masks stage's stats.json and every report name the prior used.",
     )
     scale_distribution: Literal["normal", "lognormal"] = Field("normal", description="Distribution of the per-particle scale factor.")
     scale_sd: float = Field(0.1, ge=0, description="Standard deviation of the scale factor (of its log for 'lognormal').")
@@ -108,7 +114,12 @@ class MasksConfig(_Section):
 class TranslateConfig(_Section):
     """Stages 3-4: translate fake masks into fake micrographs, filter artifacts, write training pairs."""
 
-    method: Literal["cyclegan", "render"] = Field("cyclegan", description="CycleGAN, or the physics-inspired SEM renderer that needs no training.")
+    method: Literal["cyclegan", "render"] = Field(
+        "render", description="The physics-inspired SEM renderer (no training; real substrate from the micrographs), "
+        "or a CycleGAN trained masks -> micrographs (the paper's path, the 'paper' default).")
+    substrate: Literal["real", "synthetic"] = Field(
+        "real", description="Renderer: quilt the substrate from the micrographs' own particle-free areas (real), "
+        "or draw smooth synthetic noise.")
     tile_size_px: int = Field(128, ge=32, description="Side of the square training tiles in px.")
     generator_width: int = Field(16, ge=4, description="ngf: channels of the generators' first layer.")
     discriminator_width: int = Field(32, ge=4, description="ndf: channels of the discriminators' first layer.")
@@ -149,9 +160,9 @@ class SegmentConfig(_Section):
     boundary_width_px: int = Field(3, ge=1, description="Width of the boundary band of the three-class target in px.")
     tile_size_px: int = Field(192, ge=32, description="Side of the square training tiles in px.")
     batch_size: int = Field(4, ge=1, description="Tiles per training step.")
-    steps: int = Field(1500, ge=1, description="Training steps.")
+    steps: int = Field(1000, ge=1, description="Training steps.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    lr_decay_every: int = Field(600, ge=1, description="Step-decay period of the learning rate.")
+    lr_decay_every: int = Field(400, ge=1, description="Step-decay period of the learning rate.")
     lr_decay_factor: float = Field(0.5, gt=0, le=1, description="Learning-rate factor applied every lr_decay_every steps.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of pairs held out for validation.")
     val_every: int = Field(250, ge=1, description="Validate (loss, IoU) and checkpoint every this many steps.")
@@ -272,7 +283,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "shapes": {"steps": 20000, "generator_width": 64, "critic_width": 64, "latent_dim": 128,
                    "n_samples": 20000, "batch_size": 64, "checkpoint_every": 1000},
         "masks": {"n_masks": 1000},
-        "translate": {"tile_size_px": 256, "generator_width": 64, "discriminator_width": 64, "n_res_blocks": 9,
+        "translate": {"method": "cyclegan", "tile_size_px": 256, "generator_width": 64, "discriminator_width": 64, "n_res_blocks": 9,
                       "steps": 100000, "n_pairs": 1000, "pool_size": 50, "checkpoint_every": 5000},
         "segment": {"architecture": "multiresunet", "base_width": 32, "depth": 4, "steps": 20000, "batch_size": 8,
                     "tile_size_px": 256, "lr_decay_every": 5000,
@@ -399,17 +410,8 @@ def config_reference() -> str:
     return "\n".join(lines)
 
 
-_REF_START, _REF_END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
-
-
 def embed_reference(readme: str | Path) -> Path:
     """Replace the text between the config-reference markers of ``readme`` with :func:`config_reference`."""
-    from nanoseg.atomic import write_text
+    from nanoseg.atomic import embed_section
 
-    readme = Path(readme)
-    text = readme.read_text()
-    if _REF_START not in text or _REF_END not in text:
-        raise NanosegError(f"{readme}: no '{_REF_START}' ... '{_REF_END}' markers to write the reference between")
-    head, rest = text.split(_REF_START, 1)
-    _, tail = rest.split(_REF_END, 1)
-    return write_text(readme, f"{head}{_REF_START}\n{config_reference()}\n{_REF_END}{tail}")
+    return embed_section(readme, "config-reference", config_reference())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -362,8 +363,8 @@ def estimate_particle_density(images: list[np.ndarray], min_solidity: float = 0.
     Returns
     -------
     dict
-        ``foreground_fraction`` (median over images), ``typical_ecd_px``, ``n_isolated`` (compact
-        blobs the size came from) and ``size_method``.
+        ``foreground_fraction`` (median over images), ``foreground_fractions`` (per image),
+        ``typical_ecd_px``, ``n_isolated`` (compact blobs the size came from) and ``size_method``.
     """
     from skimage import filters
     from skimage.feature import peak_local_max
@@ -390,7 +391,8 @@ def estimate_particle_density(images: list[np.ndarray], min_solidity: float = 0.
     else:
         raise NanosegError("data.images: no particles found by an automatic threshold; set masks.size_prior "
                            "and masks.particles_per_tile explicitly")
-    return {"foreground_fraction": float(np.median(fractions)), "typical_ecd_px": typical,
+    return {"foreground_fraction": float(np.median(fractions)), "foreground_fractions": [round(f, 5) for f in fractions],
+            "typical_ecd_px": typical,
             "n_isolated": len(ecds), "size_method": method, "threshold": "li (foreground), otsu (size)"}
 
 
@@ -456,8 +458,13 @@ def simulate_masks(
     count_range: tuple[int, int],
     rng: np.random.Generator,
     size_factor: float = 1.0,
+    count_levels: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Write ``cfg.n_masks`` tiles (``mask_0000.tif``, ``instances_0000.tif``), ``particles.csv``, ``tiles.csv`` and ``contact_sheet.png``.
+
+    Each tile draws its particle count uniformly from ``count_range``, or, with
+    ``count_levels``, picks one level (e.g. one per real micrograph, see :func:`plan_masks`)
+    and varies it by up to +-15 %, so the fakes span the real images' range of coverage.
 
     ``tiles.csv`` lists per tile the particles drawn, the labels written (hidden particles
     vanish; split ones count once per visible piece) and the foreground fraction.
@@ -483,7 +490,11 @@ def simulate_masks(
         mask_path, inst_path = out_dir / f"mask_{i:04d}.tif", out_dir / f"instances_{i:04d}.tif"
         part_path = out_dir / f".particles_{i:04d}.csv"
         tile_rng = np.random.default_rng(tile_seeds[i])
-        n_drawn = int(tile_rng.integers(count_range[0], count_range[1] + 1))
+        if count_levels:
+            level = count_levels[int(tile_rng.integers(len(count_levels)))]
+            n_drawn = max(1, int(round(level * tile_rng.uniform(0.85, 1.15))))
+        else:
+            n_drawn = int(tile_rng.integers(count_range[0], count_range[1] + 1))
         if mask_path.is_file() and inst_path.is_file() and part_path.is_file():
             table = pd.read_csv(part_path)
             binary = tifffile.imread(mask_path) > 0
@@ -565,11 +576,35 @@ def real_image_statistics(config: Config) -> tuple[dict[str, Any] | None, float 
     return estimate, pixel_size
 
 
-def plan_masks(shapes: np.ndarray, shape_stats: dict[str, Any], config: Config, rng: np.random.Generator) -> dict[str, Any]:
-    """Decide the size factor and the particle-count range for the fake masks.
+def count_levels_for(shapes: np.ndarray, cfg: MasksConfig, fractions: Sequence[float], median_fraction: float,
+                     median_count: int, size_factor: float, rng: np.random.Generator) -> list[int]:
+    """Particle counts per tile that reproduce each real image's foreground fraction.
 
-    Returns a dict with ``size_factor``, ``count_range``, ``real`` (image estimate or None),
-    ``size_prior`` and the target foreground fraction.
+    Real micrographs of one sample differ widely in coverage (``stats.json`` of the masks stage
+    lists each image's foreground fraction), and a segmenter trained only on tiles of the median
+    coverage has never seen a dense agglomerate.
+    The count for the densest image is calibrated like the median one; overlap grows with
+    density, so counts in between are interpolated piecewise linearly through
+    (0, 0), (median, its count) and (densest, its count).
+    """
+    fractions = np.asarray(fractions, float)
+    top = float(fractions.max())
+    knots_f, knots_n = [0.0, median_fraction], [0.0, float(median_count)]
+    if top > median_fraction * 1.05:
+        knots_f.append(top)
+        knots_n.append(float(calibrate_particle_count(shapes, cfg, top, size_factor, rng)))
+    counts = np.interp(fractions, knots_f, knots_n,
+                       right=knots_n[-1] * top / max(knots_f[-1], 1e-9))
+    return [max(1, int(round(c))) for c in counts]
+
+
+def plan_masks(shapes: np.ndarray, shape_stats: dict[str, Any], config: Config, rng: np.random.Generator) -> dict[str, Any]:
+    """Decide the size factor and the particle counts for the fake masks.
+
+    Returns a dict with ``size_factor``, ``count_range``, ``count_levels`` (one particle count
+    per real micrograph, matching its foreground fraction; None when the counts come from the
+    config or no images are given), ``real`` (image estimate or None), ``size_prior`` and the
+    target foreground fraction.
     """
     from nanoseg.shapes import shape_summary
 
@@ -590,6 +625,7 @@ def plan_masks(shapes: np.ndarray, shape_stats: dict[str, Any], config: Config, 
         prior = "outlines"
     factor = size_factor_for(prior, library_ecd, real["typical_ecd_px"] if real else None, expected_ecd)
     target_fraction = real["foreground_fraction"] if real else DEFAULT_FOREGROUND_FRACTION
+    count_levels = None
     if cfg.particles_per_tile is not None:
         count_range = tuple(cfg.particles_per_tile)
         source = "config"
@@ -597,7 +633,11 @@ def plan_masks(shapes: np.ndarray, shape_stats: dict[str, Any], config: Config, 
         n = calibrate_particle_count(shapes, cfg, target_fraction, factor, rng)
         count_range = (max(1, int(round(0.85 * n))), max(1, int(round(1.15 * n))))
         source = "micrographs" if real else "default foreground fraction"
-    return {"size_prior": prior, "size_prior_configured": cfg.size_prior, "size_factor": factor, "library_median_ecd_px": library_ecd,
+        if real and len(real["foreground_fractions"]) > 1:
+            count_levels = count_levels_for(shapes, cfg, real["foreground_fractions"], target_fraction, n, factor, rng)
+            count_range = (max(1, int(round(0.85 * min(count_levels)))), max(1, int(round(1.15 * max(count_levels)))))
+            source = "micrographs (one level per image)"
+    return {"count_levels": count_levels,"size_prior": prior, "size_prior_configured": cfg.size_prior, "size_factor": factor, "library_median_ecd_px": library_ecd,
             "resulting_median_ecd_px": library_ecd * factor, "expected_ecd_px": expected_ecd,
             "target_foreground_fraction": target_fraction, "count_range": count_range,
             "count_source": source, "real": real, "outline_median_area_px": shape_stats.get("outline_median_area_px")}
@@ -610,7 +650,8 @@ def run_stage(ctx: StageContext) -> None:
     shapes, shape_stats = _load_library(ctx.stage_dir("shapes"))
     rng = seed_everything(ctx.config.seed)
     plan = plan_masks(shapes, shape_stats, ctx.config, rng)
-    particles = simulate_masks(shapes, ctx.config.masks, ctx.out_dir, plan["count_range"], rng, plan["size_factor"])
+    particles = simulate_masks(shapes, ctx.config.masks, ctx.out_dir, plan["count_range"], rng, plan["size_factor"],
+                               plan["count_levels"])
     write_json(ctx.out_dir / "stats.json", summarize(ctx.out_dir, particles, plan, ctx.config.masks))
 
 

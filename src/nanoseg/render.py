@@ -90,6 +90,7 @@ def render_sem(
     params: RenderParams | None = None,
     rng: np.random.Generator | int | None = None,
     light_angle_rad: float | None = None,
+    substrate: np.ndarray | None = None,
 ) -> np.ndarray:
     """Render an SE micrograph of the particles in an instance label image.
 
@@ -105,6 +106,10 @@ def render_sem(
     light_angle_rad : float, optional
         Direction the detector sees the sample from (0 = from the top of the image); default:
         from the top with a random tilt of up to 45 degrees.
+    substrate : ndarray of float, shape (H, W), optional
+        A real substrate (e.g. from :meth:`SubstrateBank.compose`) used instead of the smooth
+        synthetic one. It already holds the instrument's blur and noise, so those are applied
+        to the particles only; the halo still darkens it beside particles.
 
     Returns
     -------
@@ -124,7 +129,12 @@ def render_sem(
     dist_out = ndi.distance_transform_edt(~foreground) if foreground.any() else np.full(shape, np.inf)
 
     # Substrate with texture and halo.
-    image = params.background_level + params.background_texture * _smooth_noise(shape, params.texture_scale_px, rng)
+    if substrate is not None:
+        if substrate.shape != shape:
+            raise ValueError(f"render_sem: substrate shape {substrate.shape} differs from the labels' {shape}")
+        image = np.asarray(substrate, np.float64).copy()
+    else:
+        image = params.background_level + params.background_texture * _smooth_noise(shape, params.texture_scale_px, rng)
     if params.halo_width_px > 0:
         image = image - params.halo_depth * np.exp(-(dist_out - 1.0) / params.halo_width_px) * ~foreground
 
@@ -144,13 +154,109 @@ def render_sem(
             particle = params.background_level + (particle - params.background_level) * (1.0 - shadow)
         image = np.where(foreground, particle, image)
 
+    # With a real substrate, blur and noise go on the particles (and the pixels blur mixes
+    # with them) only: the substrate has its own.
+    weight = 1.0
+    if substrate is not None:
+        weight = ndi.gaussian_filter(foreground.astype(np.float64), max(params.blur_sigma_px, 0.5) * 2, mode="reflect")
+        weight = np.clip(weight * 2.0, 0.0, 1.0)
     if params.blur_sigma_px > 0:
-        image = ndi.gaussian_filter(image, params.blur_sigma_px, mode="reflect")
+        blurred = ndi.gaussian_filter(image, params.blur_sigma_px, mode="reflect")
+        image = blurred if substrate is None else weight * blurred + (1.0 - weight) * image
     if params.noise_sd > 0:
         noise = _correlated_noise(shape, params.noise_corr_px, rng)
         scale = np.sqrt(np.clip(image, 1e-4, None) / max(params.background_level, 1e-3))
-        image = image + params.noise_sd * scale * noise
+        image = image + params.noise_sd * scale * noise * weight
     return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+class SubstrateBank:
+    """Patches of real, particle-free substrate, stitched into new backgrounds of any size.
+
+    A real SE micrograph's substrate is not smooth noise: it carries its own grain, contamination
+    and small particle-like blobs, which a segmenter must learn to ignore. The bank keeps square
+    patches of the micrographs that lie away from every particle (outside a dilated automatic
+    threshold) and :meth:`compose` quilts a new background from patches of one micrograph (so
+    the grey level stays that image's), with narrow linear seams.
+
+    Parameters
+    ----------
+    patches : list of (N_i, P, P) float32 arrays
+        Per micrograph, its substrate patches.
+    """
+
+    def __init__(self, patches: list[np.ndarray]) -> None:
+        self.patches = [np.asarray(p, np.float32) for p in patches if len(p)]
+        if not self.patches:
+            raise ValueError("SubstrateBank needs at least one patch")
+        self.patch_px = int(self.patches[0].shape[-1])
+
+    @classmethod
+    def from_images(cls, images: list[np.ndarray], patch_px: int = 96, margin_px: int = 8,
+                    max_per_image: int = 64, seed: int = 0) -> "SubstrateBank | None":
+        """Collect up to ``max_per_image`` patches per micrograph (particles bright, [0, 1]).
+
+        A patch qualifies when no pixel of it lies within ``margin_px`` of the Li-threshold
+        foreground (halo and blur included). Returns None when no micrograph has such a patch.
+        """
+        from skimage.filters import threshold_li
+
+        rng = np.random.default_rng(seed)
+        out = []
+        for image in images:
+            image = np.asarray(image, np.float32)
+            if min(image.shape) < patch_px:
+                continue
+            smooth = ndi.gaussian_filter(image, 1.0)
+            foreground = ndi.binary_dilation(smooth > threshold_li(smooth), iterations=margin_px)
+            # Foreground pixels in each patch-sized window, via an integral image.
+            integral = np.pad(foreground.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+            p = patch_px
+            counts = integral[p:, p:] - integral[:-p, p:] - integral[p:, :-p] + integral[:-p, :-p]
+            free = np.argwhere(counts == 0)
+            if not len(free):
+                continue
+            picks = free[rng.choice(len(free), size=min(max_per_image, len(free)), replace=False)]
+            out.append(np.stack([image[r:r + p, c:c + p] for r, c in picks]))
+        return cls(out) if out else None
+
+    def compose(self, shape: tuple[int, int], rng: np.random.Generator, overlap_px: int = 16) -> np.ndarray:
+        """A substrate of ``shape`` quilted from random patches of one randomly chosen micrograph."""
+        bank = self.patches[int(rng.integers(len(self.patches)))]
+        p = self.patch_px
+        overlap = min(overlap_px, p // 2)
+        step = p - overlap
+        ramp = np.ones(p, np.float32)
+        if overlap:
+            ramp[:overlap] = np.linspace(0.0, 1.0, overlap + 2, dtype=np.float32)[1:-1]
+            ramp[-overlap:] = ramp[:overlap][::-1]
+        window = np.outer(ramp, ramp)
+        n_rows, n_cols = -(-(shape[0] - overlap) // step), -(-(shape[1] - overlap) // step)
+        height, width = n_rows * step + overlap, n_cols * step + overlap
+        total = np.zeros((height, width), np.float32)
+        weight = np.zeros((height, width), np.float32)
+        for r in range(n_rows):
+            for c in range(n_cols):
+                patch = bank[int(rng.integers(len(bank)))]
+                patch = np.rot90(patch, int(rng.integers(4)))
+                if rng.integers(2):
+                    patch = patch[:, ::-1]
+                total[r * step:r * step + p, c * step:c * step + p] += window * patch
+                weight[r * step:r * step + p, c * step:c * step + p] += window
+        return (total / np.maximum(weight, 1e-6))[: shape[0], : shape[1]]
+
+    def save(self, path) -> None:
+        """Write the patches to an ``.npz`` file (atomically)."""
+        from nanoseg.atomic import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **{f"image_{i:03d}": p for i, p in enumerate(self.patches)})
+
+    @classmethod
+    def load(cls, path) -> "SubstrateBank":
+        """Read a bank written by :meth:`save`."""
+        with np.load(path) as data:
+            return cls([data[k] for k in sorted(data.files)])
 
 
 def fit_render_params(

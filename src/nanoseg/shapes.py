@@ -249,14 +249,60 @@ def shape_properties(shapes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return areas, solidity
 
 
+def outline_roughness(shapes: np.ndarray) -> np.ndarray:
+    """Perimeter over the perimeter of the equal-area circle, per shape (1 for a disc, larger when ragged).
+
+    The perimeter is scikit-image's Crofton estimate, which does not inflate staircase edges of
+    smooth shapes the way a pixel-edge count does.
+    """
+    out = np.full(len(shapes), np.nan)
+    for i, shape in enumerate(shapes):
+        props = measure.regionprops(shape.astype(np.uint8))
+        if props and props[0].area > 0:
+            out[i] = props[0].perimeter_crofton / (np.pi * np.sqrt(4 * props[0].area / np.pi))
+    return out
+
+
 def shape_summary(shapes: np.ndarray) -> dict[str, float]:
-    """Median area (px), median solidity and median equivalent circular diameter (px) of a stack."""
+    """Median area (px), solidity, equivalent circular diameter (px) and outline roughness of a stack."""
     areas, solidity = shape_properties(shapes)
     return {
         "median_area_px": float(np.median(areas)),
         "median_solidity": float(np.median(solidity)),
         "median_ecd_px": float(np.sqrt(4 * np.median(areas) / np.pi)),
+        "median_roughness": float(np.nanmedian(outline_roughness(shapes))),
     }
+
+
+#: Gaussian sds (px, at the outline scale) tried by :func:`choose_smoothing`.
+SMOOTHING_CANDIDATES_PX = (0.0, 0.75, 1.5, 2.25, 3.0, 4.0)
+
+
+def choose_smoothing(generator: Any, outlines: np.ndarray, device: Any = "cpu", seed: int = 0,
+                     min_area_px: int = MIN_SHAPE_PX, n: int = 256) -> tuple[float, list[dict[str, float]]]:
+    """The smoothing whose samples' outline roughness matches the user's outlines best.
+
+    A briefly trained WGAN draws ragged, spiky outlines, while real particles (and the outlines
+    the user drew) are smooth. Rather than fix a smoothing width, this draws the same ``n``
+    samples with each of :data:`SMOOTHING_CANDIDATES_PX` and keeps the one whose median
+    roughness (:func:`outline_roughness`) is closest to the outlines'. Ties go to less smoothing.
+
+    Returns
+    -------
+    sigma_px : float
+    trials : list of dict
+        Per candidate: ``sigma_px``, ``median_roughness``, ``median_solidity``, ``median_area_px``.
+    """
+    target = float(np.nanmedian(outline_roughness(outlines)))
+    trials = []
+    for sigma in SMOOTHING_CANDIDATES_PX:
+        shapes, _ = sample_shapes(generator, n, device=device, seed=seed, batch_size=n, min_area_px=min_area_px,
+                                  smooth_sigma_px=sigma)
+        summary = shape_summary(shapes)
+        trials.append({"sigma_px": sigma, **{k: summary[k] for k in ("median_roughness", "median_solidity",
+                                                                      "median_area_px")}})
+    best = min(trials, key=lambda t: (round(abs(t["median_roughness"] - target), 3), t["sigma_px"]))
+    return float(best["sigma_px"]), trials
 
 
 def contact_sheet(images: np.ndarray, n_cols: int | None = None, max_images: int = 100) -> np.ndarray:
@@ -481,12 +527,14 @@ def write_loss_log(losses: list[dict[str, float]], out_dir: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 def clean_shapes(raw: np.ndarray, threshold: float = 0.0, min_area_px: int = MIN_SHAPE_PX,
-                 smooth_radius_px: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                 smooth_radius_px: int = 1, smooth_sigma_px: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Turn generated images into single filled particles.
 
-    Binarise at ``threshold``, open with a disk of ``smooth_radius_px`` (removes the speckle and
-    ragged edges of a briefly trained generator), keep the largest 4-connected component, fill
-    its holes, and mark samples that are (nearly) empty or touch the border as dropped.
+    Smooth the generator's continuous output with a Gaussian of ``smooth_sigma_px`` (so the
+    outline is traced at sub-pixel precision: a jagged staircase and thin spikes go, the
+    particle's size stays), binarise at ``threshold``, open with a disk of
+    ``smooth_radius_px`` (removes speckle), keep the largest 4-connected component, fill its
+    holes, and mark samples that are (nearly) empty or touch the border as dropped.
 
     Parameters
     ----------
@@ -497,6 +545,8 @@ def clean_shapes(raw: np.ndarray, threshold: float = 0.0, min_area_px: int = MIN
         Samples with a smaller largest component count as empty.
     smooth_radius_px : int
         Radius of the opening; 0 disables it.
+    smooth_sigma_px : float
+        Sd of the Gaussian applied before thresholding; 0 disables it.
 
     Returns
     -------
@@ -510,6 +560,8 @@ def clean_shapes(raw: np.ndarray, threshold: float = 0.0, min_area_px: int = MIN
     kept = np.zeros(len(raw), bool)
     footprint = disk(smooth_radius_px) if smooth_radius_px > 0 else None
     for i, image in enumerate(raw):
+        if smooth_sigma_px > 0:
+            image = ndi.gaussian_filter(np.asarray(image, np.float32), smooth_sigma_px, mode="nearest")
         binary = image > threshold
         if footprint is not None:
             binary = ndi.binary_opening(binary, structure=footprint)
@@ -525,11 +577,11 @@ def clean_shapes(raw: np.ndarray, threshold: float = 0.0, min_area_px: int = MIN
 
 
 def sample_shapes(generator: Any, n: int, device: Any = "cpu", seed: int = 0, batch_size: int = 256,
-                  min_area_px: int = MIN_SHAPE_PX) -> tuple[np.ndarray, int]:
+                  min_area_px: int = MIN_SHAPE_PX, smooth_sigma_px: float = 0.0) -> tuple[np.ndarray, int]:
     """Draw ``n`` clean shapes from a trained generator.
 
-    Drawing continues until ``n`` samples survive :func:`clean_shapes` (at most 20 n draws);
-    samples smaller than ``min_area_px`` count as empty.
+    Drawing continues until ``n`` samples survive :func:`clean_shapes` (at most 20 n draws,
+    each smoothed with ``smooth_sigma_px``); samples smaller than ``min_area_px`` count as empty.
 
     Returns
     -------
@@ -550,7 +602,7 @@ def sample_shapes(generator: Any, n: int, device: Any = "cpu", seed: int = 0, ba
                                    "train longer (shapes.steps) or use shapes.source=polygon")
             z = torch.randn(batch_size, generator.latent_dim, generator=gen_rng).to(device)
             raw = generator(z).squeeze(1).float().cpu().numpy()
-            shapes, kept = clean_shapes(raw, min_area_px=min_area_px)
+            shapes, kept = clean_shapes(raw, min_area_px=min_area_px, smooth_sigma_px=smooth_sigma_px)
             kept_parts.append(shapes)
             n_kept += len(shapes)
             n_dropped += int((~kept).sum())
@@ -668,7 +720,13 @@ def build_library(
                                                              "n_outlines": int(len(outlines))})
         # Specks far below any outline's size are failed samples, not small particles.
         min_area = max(MIN_SHAPE_PX, int(0.1 * outline_summary["median_area_px"]))
-        shapes, n_dropped = sample_shapes(generator, cfg.n_samples, device=device, seed=seed + 1, min_area_px=min_area)
+        sigma = cfg.smooth_sigma_px
+        if sigma == "auto":
+            sigma, stats["smoothing_trials"] = choose_smoothing(generator, outlines, device=device, seed=seed + 2,
+                                                                min_area_px=min_area)
+        shapes, n_dropped = sample_shapes(generator, cfg.n_samples, device=device, seed=seed + 1, min_area_px=min_area,
+                                          smooth_sigma_px=float(sigma))
+        stats["smooth_sigma_px"] = float(sigma)
         stats["steps"] = cfg.steps
         stats["final_wasserstein"] = float(np.mean([r["wasserstein"] for r in losses[-20:]]))
     else:
@@ -687,13 +745,17 @@ def build_library(
         "outline_median_area_px": outline_summary["median_area_px"] if outline_summary else None,
         "outline_median_solidity": outline_summary["median_solidity"] if outline_summary else None,
         "outline_median_ecd_px": outline_summary["median_ecd_px"] if outline_summary else None,
+        "outline_median_roughness": outline_summary["median_roughness"] if outline_summary else None,
         "shape_median_area_px": sample_summary["median_area_px"],
         "shape_median_solidity": sample_summary["median_solidity"],
         "shape_median_ecd_px": sample_summary["median_ecd_px"],
+        "shape_median_roughness": sample_summary["median_roughness"],
     })
     write_json(out_dir / "stats.json", stats)
-    logger.info("shapes: %d shapes (median area %.0f px, solidity %.2f), %d samples dropped",
-                len(shapes), sample_summary["median_area_px"], sample_summary["median_solidity"], n_dropped)
+    logger.info("shapes: %d shapes (median area %.0f px, solidity %.2f, roughness %.3f; outlines %s), "
+                "%d samples dropped", len(shapes), sample_summary["median_area_px"], sample_summary["median_solidity"],
+                sample_summary["median_roughness"],
+                f"{outline_summary['median_roughness']:.3f}" if outline_summary else "-", n_dropped)
     return stats
 
 

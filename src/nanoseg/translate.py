@@ -39,6 +39,7 @@ CHECKPOINT = "checkpoint.pt"
 MASK_TO_IMAGE = "mask_to_image.pt"
 IMAGE_TO_MASK = "image_to_mask.pt"
 RENDERER = "renderer.json"
+SUBSTRATE = "substrate.npz"
 MAX_TRAIN_MASKS = 64  # fake-mask tiles held in memory for CycleGAN training crops
 THRESHOLD_METHODS = ("li", "otsu", "mean", "median")
 _LOSS_KEYS = ("loss_g", "adv_a2b", "adv_b2a", "cycle_a", "cycle_b", "idt_a", "idt_b", "loss_d_a", "loss_d_b")
@@ -694,16 +695,24 @@ class GanTranslator:
 
 
 class RenderTranslator:
-    """Mask -> micrograph with the physics-inspired SEM renderer (:mod:`nanoseg.render`)."""
+    """Mask -> micrograph with the physics-inspired SEM renderer (:mod:`nanoseg.render`).
 
-    def __init__(self, params: Any) -> None:
+    With a :class:`nanoseg.render.SubstrateBank`, each image gets a real substrate quilted from
+    the micrographs' own particle-free areas instead of the synthetic one.
+    """
+
+    def __init__(self, params: Any, substrate: Any = None) -> None:
         self.params = params
+        self.substrate = substrate
 
     def __call__(self, instances: Sequence[np.ndarray], rngs: Sequence[np.random.Generator]) -> list[np.ndarray]:
         from nanoseg.render import render_sem
 
-        return [np.clip(np.asarray(render_sem(inst, self.params, rng), dtype=np.float32), 0, 1)
-                for inst, rng in zip(instances, rngs)]
+        out = []
+        for inst, rng in zip(instances, rngs):
+            substrate = self.substrate.compose(inst.shape, rng) if self.substrate is not None else None
+            out.append(np.clip(np.asarray(render_sem(inst, self.params, rng, substrate=substrate), np.float32), 0, 1))
+        return out
 
 
 def _apply_generator(generator: Any, arrays: Sequence[np.ndarray], device: Any, bf16: bool, batch_size: int) -> list[np.ndarray]:
@@ -738,9 +747,12 @@ def load_translator(translate_dir: str | Path, cfg: Any, device: Any = "cpu") ->
         path = translate_dir / RENDERER
         if not path.is_file():
             raise NanosegError(f"{path}: renderer parameters not found (run the translate stage first)")
-        from nanoseg.render import RenderParams
+        from nanoseg.render import RenderParams, SubstrateBank
 
-        return RenderTranslator(_params_from_json(RenderParams, json.loads(path.read_text())))
+        # The translate stage writes the patches only when the real substrate was asked for and found.
+        bank_path = translate_dir / SUBSTRATE
+        substrate = SubstrateBank.load(bank_path) if bank_path.is_file() else None
+        return RenderTranslator(_params_from_json(RenderParams, json.loads(path.read_text())), substrate)
     from nanoseg import nets
 
     generator, _ = nets.load(translate_dir / MASK_TO_IMAGE, device)
@@ -1036,15 +1048,30 @@ def _median_pixel_size(micrographs: Sequence[Any]) -> float | None:
     return float(np.median(sizes)) if sizes else None
 
 
-def fit_renderer(images: Sequence[np.ndarray], fake_masks: Sequence[FakeMask], out_dir: str | Path, seed: int = 0) -> Any:
-    """Fit the SEM renderer to real micrographs; write ``renderer.json`` and ``renderer_sample.png``."""
+def fit_renderer(images: Sequence[np.ndarray], fake_masks: Sequence[FakeMask], out_dir: str | Path, seed: int = 0,
+                 substrate: str = "real") -> Any:
+    """Fit the SEM renderer to real micrographs; write ``renderer.json`` and ``renderer_sample.png``.
+
+    With ``substrate='real'`` the micrographs' particle-free patches go to ``substrate.npz``
+    (the synthetic substrate is used, with a warning, when no micrograph has any).
+    """
     from nanoseg.io import write_png
-    from nanoseg.render import fit_render_params
+    from nanoseg.render import SubstrateBank, fit_render_params
 
     out_dir = Path(out_dir)
     params = fit_render_params(list(images), seed=seed)
     write_json(out_dir / RENDERER, _params_to_json(params))
-    translator = RenderTranslator(params)
+    bank = None
+    if substrate == "real":
+        bank = SubstrateBank.from_images(list(images), seed=seed)
+        if bank is None:
+            logger.warning("translate: no particle-free patch in any micrograph; the renderer draws a synthetic "
+                           "substrate instead (set translate.substrate=synthetic to silence this)")
+        else:
+            logger.info("translate: %d substrate patches from %d micrographs", sum(len(p) for p in bank.patches),
+                        len(bank.patches))
+            bank.save(out_dir / SUBSTRATE)
+    translator = RenderTranslator(params, bank)
     samples = [fm.instances for fm in fake_masks[:2]]
     rendered = translator(samples, [np.random.default_rng([seed, i]) for i in range(len(samples))])
     rows = [np.concatenate([(inst > 0).astype(np.float32), img], axis=1) for inst, img in zip(samples, rendered)]
@@ -1085,7 +1112,7 @@ def train_translator(config: Any, masks_dir: str | Path, out_dir: str | Path, de
     fake_masks = load_fake_masks(masks_dir)
     images = [m.image for m in micrographs]
     if cfg.method == "render":
-        fit_renderer(images, fake_masks, out_dir, seed=config.seed)
+        fit_renderer(images, fake_masks, out_dir, seed=config.seed, substrate=cfg.substrate)
         return
     meta = {"pixel_size_nm": _median_pixel_size(micrographs), "dark_particles_inverted": config.data.dark_particles}
     # A random subset of the tiles gives enough variety for random crops and bounds the memory.

@@ -59,7 +59,8 @@ def simulate(
         stats = {"outline_median_area_px": shape_summary(library)["median_area_px"]}
     rng = seed_everything(cfg.seed)
     plan = plan_masks(library, stats, cfg, rng)
-    particles = simulate_masks(library, cfg.masks, out, plan["count_range"], rng, plan["size_factor"])
+    particles = simulate_masks(library, cfg.masks, out, plan["count_range"], rng, plan["size_factor"],
+                               plan["count_levels"])
     summary = summarize(out, particles, plan, cfg.masks)
     write_json(out / "stats.json", summary)
     fake = summary["fake"]
