@@ -202,7 +202,7 @@ def keep_precision_recall(labels: dict[str, np.ndarray], kept: dict[str, np.ndar
     from nanoseg.metrics import iou_matrix, match_instances
 
     tp = n_kept = n_expert = 0
-    m_tp = m_kept = m_expert = 0
+    m_kept = m_expert = 0
     for i in expert:
         gt, forward_gt, _ = relabel_sequential(np.asarray(expert[i]))
         gt_kept = np.zeros(int(gt.max()) + 1, bool)
@@ -218,10 +218,10 @@ def keep_precision_recall(labels: dict[str, np.ndarray], kept: dict[str, np.ndar
         tp += int((pk & gk).sum())
         m_kept += int(pk.sum())
         m_expert += int(gk.sum())
-    m_tp = tp
     ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
     return {"precision": ratio(tp, n_kept), "recall": ratio(tp, n_expert),
-            "precision_matched": ratio(m_tp, m_kept), "recall_matched": ratio(m_tp, m_expert),
+            # Kept-by-both particles are matched by definition, so tp serves both views.
+            "precision_matched": ratio(tp, m_kept), "recall_matched": ratio(tp, m_expert),
             "n_kept": n_kept, "n_expert_kept": n_expert}
 
 
