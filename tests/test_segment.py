@@ -11,6 +11,7 @@ from skimage.draw import disk
 
 from nanoseg import nets
 from nanoseg.config import build_config
+from nanoseg.metrics import detection_scores
 from nanoseg.segment import (
     BACKGROUND,
     BOUNDARY,
@@ -20,7 +21,6 @@ from nanoseg.segment import (
     instances_from_probabilities,
     load_pairs,
     make_target,
-    match_instances,
     predict_probabilities,
     segment_image,
     segment_micrographs,
@@ -97,8 +97,8 @@ def test_watershed_splits_two_overlapping_discs_and_keeps_one(kind, giveback):
     assert labels_two.max() == 2
     assert labels_one.max() == 1
     # The split follows the true particles.
-    assert match_instances(labels_two, two)["tp"] == 2
-    assert match_instances(labels_one, one)["tp"] == 1
+    assert detection_scores(labels_two, two)["tp"] == 2
+    assert detection_scores(labels_one, one)["tp"] == 1
 
 
 def test_expand_giveback_recovers_true_sizes():
@@ -118,17 +118,6 @@ def test_small_fragments_removed():
     labels = instances_from_probabilities(probs, "binary", cfg)
     assert labels.max() == 1
     assert labels[35, 35] == 0
-
-
-def test_match_instances_counts():
-    true = np.zeros((10, 10), int)
-    true[1:4, 1:4] = 1
-    true[6:9, 6:9] = 2
-    pred = np.zeros_like(true)
-    pred[1:4, 1:4] = 5
-    pred[0, 9] = 7
-    m = match_instances(pred, true)
-    assert (m["tp"], m["fp"], m["fn"]) == (1, 1, 1)
 
 
 def test_tiled_inference_matches_whole_image():

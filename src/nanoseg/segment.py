@@ -11,7 +11,6 @@ Public functions
 - :func:`train`: training with validation, best checkpoint, resume and a loss/IoU plot.
 - :func:`predict_probabilities`, :func:`particle_probability`, :func:`instances_from_probabilities`,
   :func:`segment_image`, :func:`segment_micrographs`: inference on whole images of any size.
-- :func:`match_instances`: F1 at an IoU threshold (used for the 'auto' threshold).
 - :func:`export_onnx`, :func:`run_stage`.
 """
 
@@ -467,13 +466,15 @@ def _validate(net: Any, pairs: list[Pair], targets: list[np.ndarray], weights: A
 
 def choose_threshold(net: Any, meta: dict[str, Any], pairs: list[Pair], config: SegmentConfig, device: Any = "cpu") -> float:
     """Foreground threshold in 0.05-0.95 maximising the instance F1 at IoU 0.5 on ``pairs``."""
+    from nanoseg.metrics import detection_scores
+
     probs = [predict_probabilities(net, p.image, meta["target"], device=device, bf16=config.bf16) for p in pairs]
     best_t, best_f1 = 0.5, -1.0
     for t in np.round(np.arange(0.05, 0.96, 0.05), 2):
         tp = fp = fn = 0
         for pr, pair in zip(probs, pairs):
             labels = instances_from_probabilities(pr, meta["target"], config, threshold=float(t))
-            m = match_instances(labels, pair.instances)
+            m = detection_scores(labels, pair.instances, 0.5)
             tp, fp, fn = tp + m["tp"], fp + m["fp"], fn + m["fn"]
         f1 = 2 * tp / max(2 * tp + fp + fn, 1)
         if f1 > best_f1:
@@ -793,31 +794,6 @@ def segment_micrographs(
 
 
 # --------------------------------------------------------------------------- evaluation
-
-
-def match_instances(pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
-    """Match predicted and true instances one-to-one at IoU > ``iou_threshold`` (>= 0.5 makes matches unique).
-
-    Returns
-    -------
-    dict
-        ``tp``, ``fp``, ``fn``, ``f1`` and ``matches`` (list of (pred label, true label)).
-    """
-    pred = np.asarray(pred).astype(np.int64).ravel()
-    true = np.asarray(true).astype(np.int64).ravel()
-    n_pred, n_true = int(pred.max(initial=0)), int(true.max(initial=0))
-    area_p = np.bincount(pred, minlength=n_pred + 1)
-    area_t = np.bincount(true, minlength=n_true + 1)
-    both = (pred > 0) & (true > 0)
-    pairs, inter = np.unique(pred[both] * (n_true + 1) + true[both], return_counts=True)
-    p, t = pairs // (n_true + 1), pairs % (n_true + 1)
-    iou = inter / (area_p[p] + area_t[t] - inter)
-    ok = iou > iou_threshold
-    tp = int(ok.sum())
-    n_p = int(np.count_nonzero(area_p[1:]))
-    n_t = int(np.count_nonzero(area_t[1:]))
-    f1 = 2 * tp / max(n_p + n_t, 1)
-    return {"tp": tp, "fp": n_p - tp, "fn": n_t - tp, "f1": f1, "matches": list(zip(p[ok].tolist(), t[ok].tolist()))}
 
 
 # --------------------------------------------------------------------------- export
