@@ -120,3 +120,10 @@ def test_readme_config_reference_is_current():
 
     readme = Path(__file__).resolve().parents[1] / "README.md"
     assert config_reference() in readme.read_text(), "run `nanoseg config docs --readme README.md`"
+
+
+@pytest.mark.parametrize("value", [1.7, -0.1, float("nan")])
+def test_segment_threshold_is_a_probability(value):
+    with pytest.raises(NanosegError, match="segment.threshold"):
+        build_config({"segment": {"threshold": value}})
+    assert build_config({"segment": {"threshold": "auto"}}).segment.threshold == "auto"

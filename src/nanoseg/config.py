@@ -166,7 +166,8 @@ class SegmentConfig(_Section):
     lr_decay_factor: float = Field(0.5, gt=0, le=1, description="Learning-rate factor applied every lr_decay_every steps.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of pairs held out for validation.")
     val_every: int = Field(250, ge=1, description="Validate (loss, IoU) and checkpoint every this many steps.")
-    threshold: float | Literal["auto"] = Field(0.5, description="Probability threshold, or 'auto' to sweep 0.0-1.0 on the validation pairs.")
+    threshold: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal["auto"] = Field(
+        0.5, description="Probability threshold (0-1), or 'auto' to sweep 0.05-0.95 on the validation pairs.")
     min_distance_px: int = Field(9, ge=1, description="Minimum distance between watershed markers in px.")
     min_size_px: int = Field(10, ge=0, description="Instances smaller than this many px are removed.")
     band_giveback: Literal["expand", "watershed"] = Field(
