@@ -22,6 +22,7 @@ def _work(ctx, name: str) -> None:
     if os.environ.get("TOY_FAIL_AT") == name:
         raise RuntimeError(f"toy failure in {name}")
     write_text(ctx.out_dir / "result.txt", f"{name} seed={ctx.config.seed}")
+    write_text(ctx.out_dir / "sub" / "nested.txt", name)
 
 
 def first(ctx):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nanoseg import pipeline
+from nanoseg.atomic import atomic_path, is_temp_file
 from nanoseg.config import build_config
 from nanoseg.errors import NanosegError
 from nanoseg.pipeline import Stage
@@ -100,6 +103,140 @@ def test_killed_process_resumes_without_redoing_finished_stages(tmp_path):
     assert (tmp_path / "translate" / "result.txt").read_text() == "third seed=0"
     marker = json.loads((tmp_path / "translate" / pipeline.DONE_MARKER).read_text())
     assert marker["seconds"] >= 0 and marker["peak_rss_mb"] > 10  # a Python process with numpy
+
+
+@pytest.fixture
+def pipeline_log(caplog, monkeypatch):
+    # setup_logging (run by CLI tests) stops "nanoseg" from propagating to caplog's handler.
+    monkeypatch.setattr(logging.getLogger("nanoseg"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="nanoseg.pipeline")
+    return caplog
+
+
+def _finished_toy_run(run_dir: Path):
+    cfg = build_config(profile="demo")
+    assert set(pipeline.run_pipeline(cfg, run_dir, check=False).values()) == {"ran"}
+    return cfg
+
+
+def test_marker_records_every_output_of_the_stage(tmp_path, toy_stages):
+    _finished_toy_run(tmp_path)
+    marker = json.loads((tmp_path / "masks" / pipeline.DONE_MARKER).read_text())
+    assert [o["path"] for o in marker["outputs"]] == ["partial.txt", "result.txt", "sub/nested.txt"]
+    for out in marker["outputs"]:
+        data = (tmp_path / "masks" / out["path"]).read_bytes()
+        assert out["size_bytes"] == len(data)
+        assert out["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("stage, output, rerun", [
+    ("shapes", "result.txt", ["first", "second", "third"]),
+    ("masks", "sub/nested.txt", ["second", "third"]),
+    ("translate", "result.txt", ["third"]),
+])
+def test_deleted_output_reruns_the_stage_and_those_after_it(tmp_path, toy_stages, pipeline_log,
+                                                           stage, output, rerun):
+    cfg = _finished_toy_run(tmp_path)
+    expected = (tmp_path / stage / output).read_text()
+    (tmp_path / stage / output).unlink()
+    for name in pipeline.STAGE_NAMES:  # not an output: shows whether a folder was started afresh
+        (tmp_path / name / "stale.txt").write_text("from the first run")
+
+    outcome = pipeline.run_pipeline(cfg, tmp_path, check=False)
+
+    ran = [name for name, what in outcome.items() if what == "ran"]
+    assert ran == list(pipeline.STAGE_NAMES[pipeline.STAGE_NAMES.index(stage):])
+    assert calls(tmp_path) == ["first", "second", "third"] + rerun
+    assert (tmp_path / stage / output).read_text() == expected
+    assert [name for name in pipeline.STAGE_NAMES if (tmp_path / name / "stale.txt").exists()] == \
+        [name for name in pipeline.STAGE_NAMES if name not in ran]
+    assert f"{stage}: output {output} is missing; rerunning the stage" in pipeline_log.messages
+    assert set(pipeline.run_pipeline(cfg, tmp_path, check=False).values()) == {"skipped"}
+
+
+@pytest.mark.parametrize("garbled, why", [
+    ("SECOND seed=0", "changed since it was written (same size, other content)"),
+    ("second seed=00", "changed since it was written (13 -> 14 bytes)"),
+])
+def test_changed_output_reruns_the_stage(tmp_path, toy_stages, pipeline_log, garbled, why):
+    cfg = _finished_toy_run(tmp_path)
+    result = tmp_path / "masks" / "result.txt"
+    assert result.read_text() == "second seed=0"
+    result.write_text(garbled)
+
+    outcome = pipeline.run_pipeline(cfg, tmp_path, check=False)
+
+    assert outcome == {"shapes": "skipped", "masks": "ran", "translate": "ran"}
+    assert result.read_text() == "second seed=0"
+    assert f"masks: output result.txt {why}; rerunning the stage" in pipeline_log.messages
+
+
+def test_stage_rerun_makes_later_stages_rerun_in_a_later_call(tmp_path, toy_stages, pipeline_log):
+    """The later stages' hashes do not change, so only their removed markers make them run."""
+    cfg = _finished_toy_run(tmp_path)
+    (tmp_path / "shapes" / "result.txt").write_text("edited by hand")
+
+    assert pipeline.run_pipeline(cfg, tmp_path, to_stage="shapes", check=False) == {"shapes": "ran"}
+    assert not (tmp_path / "masks" / pipeline.DONE_MARKER).exists()
+    assert any("shapes" in m and "masks, translate will run again" in m for m in pipeline_log.messages)
+
+    outcome = pipeline.run_pipeline(cfg, tmp_path, check=False)
+
+    assert outcome == {"shapes": "skipped", "masks": "ran", "translate": "ran"}
+    assert calls(tmp_path) == ["first", "second", "third", "first", "second", "third"]
+
+
+def test_marker_without_outputs_list_is_honoured(tmp_path, toy_stages):
+    """Markers written before outputs were recorded: such runs stay finished, as they were."""
+    cfg = _finished_toy_run(tmp_path)
+    for name in pipeline.STAGE_NAMES:
+        marker = tmp_path / name / pipeline.DONE_MARKER
+        record = json.loads(marker.read_text())
+        del record["outputs"]
+        marker.write_text(json.dumps(record))
+
+    assert set(pipeline.run_pipeline(cfg, tmp_path, check=False).values()) == {"skipped"}
+    assert calls(tmp_path) == ["first", "second", "third"]
+
+
+def test_unreadable_marker_reruns_the_stage(tmp_path, toy_stages, pipeline_log):
+    cfg = _finished_toy_run(tmp_path)
+    (tmp_path / "translate" / pipeline.DONE_MARKER).write_text('{"hash": ')
+
+    assert pipeline.run_pipeline(cfg, tmp_path, check=False)["translate"] == "ran"
+    assert f"translate: its {pipeline.DONE_MARKER} is unreadable; rerunning the stage" in pipeline_log.messages
+
+
+def test_resumed_stage_loses_leftover_temp_files_and_nothing_else(tmp_path, toy_stages, pipeline_log, monkeypatch):
+    cfg = build_config(profile="demo")
+    monkeypatch.setenv("TOY_FAIL_AT", "second")
+    with pytest.raises(RuntimeError):
+        pipeline.run_pipeline(cfg, tmp_path, check=False)
+    masks = tmp_path / "masks"
+    # Temporary files named by the atomic writer itself, left as a kill mid-write leaves them.
+    # The suspended writers are kept referenced: closing them would delete their files.
+    writers = [atomic_path(masks / "result.txt"), atomic_path(masks / "sub" / "labels.tif"),
+               atomic_path(masks / "README")]
+    leftovers = [w.__enter__() for w in writers]
+    for tmp in leftovers:
+        tmp.write_text("half written")
+    assert all(tmp.name.startswith(".") and is_temp_file(tmp) for tmp in leftovers)
+    decoys = ["notes.tmp", ".hidden", "result.tmp.txt", ".result.tmp.txt", ".result.abc.tmp.txt",
+              "sub/.labels.ABCDEFGH.tmp.tif"]
+    for name in decoys:
+        (masks / name).write_text("not the writer's")
+    assert not any(is_temp_file(masks / name) for name in decoys)
+
+    monkeypatch.delenv("TOY_FAIL_AT")
+    outcome = pipeline.run_pipeline(cfg, tmp_path, check=False)
+
+    assert outcome == {"shapes": "skipped", "masks": "ran", "translate": "ran"}
+    assert [tmp for tmp in leftovers if tmp.exists()] == []
+    assert [name for name in decoys if not (masks / name).exists()] == []
+    assert (masks / "partial.txt").exists()  # resumed, not emptied
+    assert any("removed 3 temporary file(s)" in m for m in pipeline_log.messages)
+    recorded = [o["path"] for o in json.loads((masks / pipeline.DONE_MARKER).read_text())["outputs"]]
+    assert not any(is_temp_file(p) for p in recorded) and "notes.tmp" in recorded
 
 
 def _data(tmp_path, image):

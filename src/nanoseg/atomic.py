@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep this naming in step with _TEMP_NAME, which is how a rerun finds what a kill left behind.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -36,6 +38,41 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# The names atomic_path creates: ".<stem>." + mkstemp's 8 random characters (lower-case letters,
+# digits, "_") + ".tmp<suffix>". Narrow on purpose: anything else in a folder is not ours to delete.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?")
+
+
+def is_temp_file(path: str | Path) -> bool:
+    """True when ``path`` is named like a temporary file of :func:`atomic_path`."""
+    return _TEMP_NAME.fullmatch(Path(path).name) is not None
+
+
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` and below it.
+
+    Only a killed process leaves them (any other exit removes them), so call this only where no
+    writer can be at work, such as a stage folder before the stage starts.
+
+    Parameters
+    ----------
+    folder : path
+        Folder to clean; a missing folder is fine.
+
+    Returns
+    -------
+    list of Path
+        The files deleted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    leftovers = sorted(p for p in folder.rglob("*") if p.is_file() and is_temp_file(p))
+    for p in leftovers:
+        p.unlink(missing_ok=True)
+    return leftovers
 
 
 def write_text(path: str | Path, text: str) -> Path:

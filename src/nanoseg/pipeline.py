@@ -3,15 +3,19 @@
 ``RUN/config.yaml`` holds the resolved config; each stage writes into ``RUN/<stage>/`` and
 finishes by writing ``RUN/<stage>/.done.json`` (atomically) with a hash of everything that
 produced it: the config sections it reads, the input files it reads and the hash of the stage
-before it. A stage counts as finished only when that marker exists and its hash matches, so a
-process killed at any moment leaves at worst an unfinished stage, which the next run redoes
-(training stages resume from their last checkpoint when the hash is unchanged).
+before it, and with the size and SHA-256 of every file the stage wrote. A stage counts as
+finished only when that marker exists, its hash matches and its files are still those it wrote,
+so a process killed at any moment leaves at worst an unfinished stage, which the next run redoes
+(training stages resume from their last checkpoint when the hash is unchanged), and a deleted or
+edited output is made again rather than reported. Whenever a stage runs, the markers of the
+stages after it are removed first: they were made from the files it is about to replace.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import logging
 import shutil
 import time
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoseg.atomic import write_json, write_text
+from nanoseg.atomic import is_temp_file, remove_temp_files, write_json, write_text
 from nanoseg.config import Config
 from nanoseg.errors import NanosegError
 
@@ -28,6 +32,7 @@ logger = logging.getLogger("nanoseg.pipeline")
 
 DONE_MARKER = ".done.json"
 STARTED_MARKER = ".started.json"
+_HASH_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -115,17 +120,111 @@ def stage_hashes(config: Config) -> dict[str, str]:
     return out
 
 
-def is_done(run_dir: Path, stage: str, stage_hash: str) -> bool:
-    """True when ``stage`` finished with exactly this hash."""
-    marker = run_dir / stage / DONE_MARKER
-    if not marker.is_file():
-        return False
-    import json
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        # In chunks: model checkpoints and pair archives can be far larger than is worth reading at once.
+        while chunk := fh.read(_HASH_CHUNK_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
 
+
+def stage_outputs(stage_dir: Path) -> list[dict[str, Any]]:
+    """Every file a stage wrote into its folder, as recorded in its ``.done.json``.
+
+    Parameters
+    ----------
+    stage_dir : Path
+        The stage's folder.
+
+    Returns
+    -------
+    list of dict
+        ``{"path": relative POSIX path, "size_bytes": int, "sha256": hex}``, sorted by path; the
+        pipeline's own markers and atomic-write temporary files are left out.
+    """
+    outputs = []
+    for p in sorted(stage_dir.rglob("*")):
+        rel = p.relative_to(stage_dir).as_posix()
+        if not p.is_file() or rel in (DONE_MARKER, STARTED_MARKER) or is_temp_file(p):
+            continue
+        outputs.append({"path": rel, "size_bytes": p.stat().st_size, "sha256": _sha256(p)})
+    return outputs
+
+
+def _changed_output(stage_dir: Path, outputs: list[dict[str, Any]]) -> str | None:
+    """Why the recorded outputs no longer hold (missing, other size, other bytes), or None."""
+    problems = []
+    for out in outputs:
+        path = stage_dir / out["path"]
+        if not path.is_file():
+            problems.append(f"output {out['path']} is missing")
+        elif path.stat().st_size != out["size_bytes"]:
+            problems.append(f"output {out['path']} changed since it was written "
+                            f"({out['size_bytes']} -> {path.stat().st_size} bytes)")
+    if not problems:
+        # Sizes first, across all files: a missing or truncated file is found without hashing gigabytes.
+        for out in outputs:
+            try:
+                same = _sha256(stage_dir / out["path"]) == out["sha256"]
+            except OSError:
+                problems.append(f"output {out['path']} cannot be read")
+                continue
+            if not same:
+                problems.append(f"output {out['path']} changed since it was written (same size, other content)")
+    if not problems:
+        return None
+    return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+
+
+def stage_state(run_dir: Path, stage: str, stage_hash: str) -> tuple[str, str]:
+    """Whether ``stage`` finished with exactly this hash and still has the files it wrote.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder.
+    stage : str
+        Stage name.
+    stage_hash : str
+        The stage's current hash (:func:`stage_hashes`).
+
+    Returns
+    -------
+    state : str
+        ``'done'``; ``'unfinished'`` (no marker: never run, or interrupted); ``'outdated'`` (made
+        with another config or other inputs); ``'damaged'`` (an output is missing or changed, or
+        the marker is unreadable).
+    why : str
+        One phrase for the log; empty when done or unfinished.
+    """
+    stage_dir = run_dir / stage
+    marker = stage_dir / DONE_MARKER
+    if not marker.is_file():
+        return "unfinished", ""
+    unreadable = f"its {DONE_MARKER} is unreadable"
     try:
-        return json.loads(marker.read_text()).get("hash") == stage_hash
-    except (ValueError, OSError):
-        return False
+        record = json.loads(marker.read_text())
+        recorded_hash, outputs = record.get("hash"), record.get("outputs")
+    except (ValueError, OSError, AttributeError):
+        return "damaged", unreadable
+    if recorded_hash != stage_hash:
+        return "outdated", "config or inputs changed since it finished"
+    if outputs is None:
+        # Markers written before outputs were recorded have no list. They are accepted as they
+        # were then: rerunning every stage of existing runs (hours of training) on upgrade would
+        # cost more than the check they never had.
+        return "done", ""
+    try:
+        why = _changed_output(stage_dir, outputs)
+    except (KeyError, TypeError):  # a hand-edited list
+        return "damaged", unreadable
+    return ("damaged", why) if why else ("done", "")
+
+
+def is_done(run_dir: Path, stage: str, stage_hash: str) -> bool:
+    """True when ``stage`` finished with exactly this hash and its outputs are unchanged."""
+    return stage_state(run_dir, stage, stage_hash)[0] == "done"
 
 
 def _load_target(target: str) -> Callable[[StageContext], Any]:
@@ -134,24 +233,47 @@ def _load_target(target: str) -> Callable[[StageContext], Any]:
 
 
 def _prepare_stage_dir(stage_dir: Path, stage_hash: str, force: bool) -> bool:
-    """Empty the folder unless it holds an interrupted attempt with the same hash; True if resuming."""
+    """Empty the folder unless it holds an interrupted attempt with the same hash; True if resuming.
+
+    A kept folder loses the temporary files of writes the interruption cut short (nothing
+    else): they are hidden, and would otherwise pile up with every killed attempt.
+    """
     started = stage_dir / STARTED_MARKER
     resuming = False
     if stage_dir.exists():
-        import json
-
         try:
             same = json.loads(started.read_text()).get("hash") == stage_hash
-        except (ValueError, OSError):
+        except (ValueError, OSError, AttributeError):
             same = False
-        if same and not force:
+        # A finished attempt is never resumed: its marker failing means its files are not to be trusted.
+        if same and not force and not (stage_dir / DONE_MARKER).exists():
             resuming = True
+            removed = remove_temp_files(stage_dir)
+            if removed:
+                logger.info("%-9s removed %d temporary file(s) left by an interrupted write",
+                            stage_dir.name, len(removed))
         else:
             shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / DONE_MARKER).unlink(missing_ok=True)
     write_json(started, {"hash": stage_hash, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     return resuming
+
+
+def _invalidate_later_stages(run_dir: Path, stage: str) -> None:
+    """Remove the markers of every stage after ``stage``, which is about to replace their inputs.
+
+    This, not the stage hashes (which see config and input files only), is what makes the later
+    stages run again, and run afresh, also in a later call (after ``to_stage`` or a kill).
+    """
+    later = STAGE_NAMES[STAGE_NAMES.index(stage) + 1:]
+    invalidated = [name for name in later if (run_dir / name / DONE_MARKER).exists()]
+    for name in later:
+        # STARTED first: a kill in between must not leave a finished folder that looks resumable.
+        (run_dir / name / STARTED_MARKER).unlink(missing_ok=True)
+        (run_dir / name / DONE_MARKER).unlink(missing_ok=True)
+    if invalidated:
+        logger.info("%-9s reruns, so %s will run again", stage, ", ".join(invalidated))
 
 
 def check_inputs(config: Config) -> None:
@@ -188,6 +310,9 @@ def run_pipeline(
     check: bool = True,
 ) -> dict[str, str]:
     """Run the workflow into ``run_dir``, skipping stages that are finished and up to date.
+
+    A finished stage whose outputs were deleted or changed since is run again from scratch, and
+    so is every stage after it (the log says which file); so is a stage after any stage that runs.
 
     Parameters
     ----------
@@ -227,18 +352,19 @@ def run_pipeline(
         device = select_device(config.device)
     hashes = stage_hashes(config)
     outcome: dict[str, str] = {}
-    redo = force
     for stage in STAGES:
-        if stage.name == from_stage:
-            redo = True
         stage_dir = run_dir / stage.name
-        if not redo and is_done(run_dir, stage.name, hashes[stage.name]):
+        redo = force or stage.name == from_stage
+        state, why = ("redo", "") if redo else stage_state(run_dir, stage.name, hashes[stage.name])
+        if state == "done":
             logger.info("%-9s up to date, skipped (%s)", stage.name, stage_dir)
             outcome[stage.name] = "skipped"
         else:
-            # Whatever runs now invalidates every later stage, even with an unchanged config.
-            redo = True
-            resuming = _prepare_stage_dir(stage_dir, hashes[stage.name], force or stage.name == from_stage)
+            if state in ("outdated", "damaged"):
+                logger.log(logging.WARNING if state == "damaged" else logging.INFO,
+                           "%s: %s; rerunning the stage", stage.name, why)
+            resuming = _prepare_stage_dir(stage_dir, hashes[stage.name], redo)
+            _invalidate_later_stages(run_dir, stage.name)
             logger.info("%-9s %s%s", stage.name, stage.summary, " (resuming)" if resuming else "")
             seed_everything(config.seed)
             ctx = StageContext(config=config, run_dir=run_dir, stage=stage, device=device)
@@ -247,7 +373,8 @@ def run_pipeline(
             seconds = time.perf_counter() - t0
             write_json(stage_dir / DONE_MARKER, {"hash": hashes[stage.name], "seconds": round(seconds, 2),
                                                  "peak_rss_mb": round(peak_rss_mb(), 1),
-                                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+                                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                 "outputs": stage_outputs(stage_dir)})
             logger.info("%-9s done in %.1f s -> %s", stage.name, seconds, stage_dir)
             outcome[stage.name] = "ran"
         if stage.name == to_stage:
