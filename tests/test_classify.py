@@ -61,15 +61,84 @@ def test_fragment_rule_compares_with_the_median_particle():
     assert d["kept"].all()  # 5 px is above 0.2**2 * 100 = 4 px
 
 
+def _disk_population(n, median_diameter_px, gsd, seed, image="a"):
+    """Label image of ``n`` separate disks with log-normal diameters, none touching the border."""
+    from skimage.draw import disk
+
+    diameters = np.random.default_rng(seed).lognormal(np.log(median_diameter_px), np.log(gsd), n).clip(2.5, None)
+    cell = int(np.ceil(diameters.max())) + 4
+    cols = int(np.ceil(np.sqrt(n)))
+    labels = np.zeros((cell * int(np.ceil(n / cols)) + 4, cell * cols + 4), np.int32)
+    for i, d in enumerate(diameters):
+        centre = (2 + cell * (i // cols) + cell / 2, 2 + cell * (i % cols) + cell / 2)
+        labels[disk(centre, d / 2, shape=labels.shape)] = i + 1
+    micrograph = np.where(labels > 0, 0.8, 0.1).astype(np.float32)
+    return (image, labels, micrograph, None)
+
+
+def test_default_rules_keep_the_small_particles_of_a_broad_population():
+    item = _disk_population(150, 24, 1.8, seed=0)
+    cfg = build_config().classify.model_copy(update={"method": "rules"})
+    d = classify_images([item], cfg)
+    assert len(d) == 150
+    assert d["kept"].all(), d.loc[~d["kept"], "reason"].value_counts()
+    # the population is broad enough that the old default (0.5) would have dropped real particles
+    old = classify_images([item], cfg.model_copy(update={"min_ecd_fraction": 0.5}))
+    assert (old["reason"] == "fragment").sum() >= 10
+
+
+def test_fragment_rule_decides_per_image():
+    small = _disk_population(40, 14, 1.8, seed=1, image="small")
+    large = _disk_population(60, 50, 1.1, seed=2, image="large")
+    cfg = _cfg(method="rules", min_ecd_fraction=0.5)
+    alone = classify_images([small], cfg)
+    together = classify_images([small, large], cfg)
+    together_small = together[together["image"] == "small"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone, together_small)
+    assert (alone["reason"] == "fragment").any()  # the rule does act within the image
+    # with a median over both images most of the small image's particles would be fragments
+    pooled_median = np.median(np.concatenate([np.bincount(it[1].ravel())[1:] for it in (small, large)]))
+    would_drop = np.bincount(small[1].ravel())[1:] < 0.25 * pooled_median
+    assert would_drop.sum() > (alone["reason"] == "fragment").sum() + 10
+
+
+def test_counting_rule_states_what_ran():
+    from nanoseg.classify import counting_rule
+
+    rule = counting_rule(_cfg(method="network", min_solidity=0.8, intensity_threshold="li"), classifier_model="c.pt")
+    names = [r["name"] for r in rule["rules"]]
+    assert names == ["touches_border", "solidity_below_min", "intensity_below_li", "score_below_threshold"]
+    assert rule["rules"][1]["threshold"] == 0.8 and "solidity" in rule["rules"][1]["discards"]
+    assert rule["classifier"] == {"ran": True, "model": "c.pt", "score_threshold": 0.5}
+    assert rule["edge_particles_excluded"] and rule["partly_covered_excluded"]
+    rules_only = counting_rule(_cfg(method="rules", exclude_border=False, min_ecd_fraction=0.3), with_micrographs=False)
+    assert [r["name"] for r in rules_only["rules"]] == ["fragment"]
+    assert not rules_only["edge_particles_excluded"] and not rules_only["partly_covered_excluded"]
+    assert rules_only["classifier"]["ran"] is False
+    assert counting_rule(_cfg(method="none"))["rules"] == []
+
+
+def test_counting_rule_names_every_reason_the_rules_give():
+    from nanoseg.classify import counting_rule
+
+    cfg = _cfg(method="network", min_area_px=10, max_area_px=1000, min_solidity=0.8, min_mean_intensity=0.3,
+               min_ecd_fraction=0.5, intensity_threshold="li")
+    particles = _particles().assign(image_threshold=0.5)
+    d = apply_rules(particles, cfg, scores=np.array([0.9, 0.4, 0.6, 0.6, 0.2, 0.6]))
+    given = {r for reasons in d["reason"] for r in reasons.split(";") if r}
+    stated = {r["name"] for r in counting_rule(cfg)["rules"]}
+    assert given <= stated and len(given) >= 6
+
+
 def test_rules_off_and_method_none_keep_everything():
     assert apply_rules(_particles(), _cfg(method="rules", exclude_border=False, min_ecd_fraction=0))["kept"].all()
     assert apply_rules(_particles(), _cfg(method="none", min_area_px=1000))["kept"].all()
 
 
 def test_scores_and_rules_combine():
-    cfg = _cfg(method="network", score_threshold=0.5)
+    cfg = _cfg(method="network", score_threshold=0.5, min_ecd_fraction=0.5)
     d = apply_rules(_particles(), cfg, scores=np.array([0.9, 0.4, 0.6, 0.6, 0.2, 0.6]))
-    # the 5 px particle is also a fragment by default (ECD below half the median's)
+    # the 5 px particle is also a fragment (ECD below half the median's)
     assert d["reason"].tolist()[:2] == ["", "fragment;score_below_threshold"]
     assert d["reason"][4] == "touches_border;score_below_threshold"
     assert d["kept"].tolist() == [True, False, True, True, False, True]

@@ -59,3 +59,38 @@ def test_config_check_names_the_file(tmp_path):
     path.write_text("measure:\n  histogram_bins: one\n")
     res = nanoseg("config", "check", str(path))
     assert res.returncode == 2 and str(path) in res.stderr and "measure.histogram_bins" in res.stderr
+
+
+def test_predict_and_measure_segment_alike_with_the_models_settings(tmp_path):
+    """`segment predict` and `measure --model` both post-process with the settings saved in the model."""
+    import numpy as np
+    import tifffile
+    from skimage.draw import disk
+    from typer.testing import CliRunner
+
+    from nanoseg.cli import app
+    from nanoseg.io import write_tiff
+    from nanoseg.segment import Pair, train
+
+    rng = np.random.default_rng(0)
+    inst = np.zeros((64, 64), np.int32)
+    inst[disk((20, 20), 8)] = 1  # 197 px
+    inst[disk((40, 44), 10)] = 2  # 317 px
+    image = (inst > 0).astype(np.float32) * 0.6 + 0.2
+    pairs = [Pair(image + rng.normal(0, 0.05, image.shape).astype(np.float32), inst, f"p{i}") for i in range(3)]
+    # A size floor between the two discs: the profile's floor would keep both.
+    cfg = build_config({"segment": {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 48,
+                                    "batch_size": 2, "val_every": 10, "bf16": False, "min_size_px": 250}}).segment
+    model = train(pairs, cfg, tmp_path / "model", steps=40, rng=np.random.default_rng(1), pixel_size_nm=2.0)
+    (tmp_path / "images").mkdir()
+    write_tiff(tmp_path / "images" / "x.tif", np.round(pairs[0].image * 255).astype(np.uint8), pixel_size_nm=2.0)
+    runner = CliRunner()
+    common = ["--model", str(model), "--set", "data.info_bar_rows=0"]
+    res = runner.invoke(app, ["segment", "predict", str(tmp_path / "images"), "--out", str(tmp_path / "p"), *common])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["measure", str(tmp_path / "images"), "--out", str(tmp_path / "m"), *common])
+    assert res.exit_code == 0, res.output
+    predicted = tifffile.imread(tmp_path / "p" / "labels" / "x.tif")
+    measured = tifffile.imread(tmp_path / "m" / "segment" / "labels" / "x.tif")
+    assert predicted.max() == 1  # the model's floor dropped the small disc
+    np.testing.assert_array_equal(predicted, measured)

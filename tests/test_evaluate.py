@@ -212,3 +212,44 @@ def test_manual_masks_score_perfectly_against_themselves(shared_data):
         assert row[col] == pytest.approx(1.0), col
     for col in ("pixel_error", "warping_error", "rand_error", "rand_error_thinned", "info_error_thinned"):
         assert row[col] == pytest.approx(0.0, abs=1e-12), col
+
+
+def _antialiased(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (0/255) with grey edge pixels, as an anti-aliased export writes it."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    particles = mask > 0
+    edge = binary_dilation(particles) & ~binary_erosion(particles)
+    grey = mask.copy()
+    grey[edge] = np.random.default_rng(0).integers(20, 236, int(edge.sum()))
+    return grey
+
+
+def test_antialiased_ground_truth_is_refused_not_read_as_labels(tmp_path):
+    pred_dir, gt_dir = write_folder(tmp_path)
+    with_bar = np.vstack([_antialiased(ground_truth()), np.full((INFO_BAR_ROWS, SHAPE[1]), 255, np.uint8)])
+    tifffile.imwrite(gt_dir / "a_m.tif", with_bar)
+    with pytest.raises(NanosegError, match=r"a_m\.tif.*anti-aliased binary mask.*threshold it at 128.*--labels"):
+        E.evaluate_folder(pred_dir, gt_dir, "strict")
+    # read as asked instead: a mask thresholded at 128 scores the binary prediction perfectly
+    assert E.read_ground_truth(gt_dir / "a_m.tif", "mask").dtype == bool
+
+
+def test_cli_reads_8bit_label_ground_truth_only_with_labels(tmp_path):
+    from skimage.measure import label
+
+    gt = ground_truth()
+    for folder in ("gt", "pred"):
+        (tmp_path / folder).mkdir()
+    tifffile.imwrite(tmp_path / "gt" / "x_m.tif", label(gt > 0, connectivity=1).astype(np.uint8) * 40)
+    tifffile.imwrite(tmp_path / "pred" / "x.tif", gt)
+    code = "from nanoseg.cli import main; main()"
+    args = [sys.executable, "-c", code, "evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"),
+            "--protocol", "strict", "--out", str(tmp_path / "e.csv")]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "x_m.tif" in lines[0] and "--labels" in lines[0], res.stderr
+    res = subprocess.run([*args, "--labels"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    row = pd.read_csv(tmp_path / "e.csv").iloc[0]
+    assert row["n_gt"] == 3 and row["f1"] == 1.0

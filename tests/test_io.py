@@ -13,9 +13,12 @@ from PIL import Image
 from nanoseg.config import DataConfig
 from nanoseg.errors import NanosegError
 from nanoseg.io import (
+    bright_fraction,
     detect_info_bar,
     list_images,
     load_micrographs,
+    looks_antialiased,
+    read_annotation,
     read_labels,
     read_mask,
     read_micrograph,
@@ -347,3 +350,201 @@ def test_hitachi_and_jeol_sidecar_files(tmp_path):
     (tmp_path / "jeol.txt").write_text("$CM_FORMAT JEOL/SEM\n$CM_FULL_SIZE 128 96\n$$SM_MICRON_BAR 80\n$$SM_MICRON_MARKER 1um\n")
     mg = read_micrograph(tmp_path / "jeol.tif", info_bar_rows=0)
     assert mg.pixel_size_nm == pytest.approx(12.5) and mg.pixel_size_source == "jeol-txt"
+
+
+# --------------------------------------------------------------------------- one scale per series
+
+
+def _counts(top: int, shape=(64, 64), seed=0) -> np.ndarray:
+    """16-bit detector counts whose maximum is exactly ``top``; pixel (0, 0) holds 1000."""
+    data = np.random.default_rng(seed).integers(100, top, shape).astype(np.uint16)
+    data[0, 0], data[-1, -1] = 1000, top
+    return data
+
+
+def _series(tmp_path, *tops: int, **tiff_kwargs) -> Path:
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for i, top in enumerate(tops):
+        tifffile.imwrite(folder / f"img{i}.tif", _counts(top, seed=i), **tiff_kwargs)
+    return folder
+
+
+def test_series_shares_one_bit_depth(tmp_path, caplog):
+    # 3000 fits 12 bits, 5000 needs 13: read one by one they were scaled by 4095 and 16383
+    folder = _series(tmp_path, 3000, 5000)
+    with caplog.at_level(logging.INFO, logger="nanoseg.io"):
+        mgs = load_micrographs(DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0))
+    assert mgs[0].image[0, 0] == mgs[1].image[0, 0] == pytest.approx(1000 / 16383)
+    assert [m.bit_depth for m in mgs] == [14, 14]
+    scale_logs = [r.getMessage() for r in caplog.records if "intensity scale" in r.getMessage()]
+    assert len(scale_logs) == 1 and "14-bit" in scale_logs[0]
+    # an image read alone keeps its own scale
+    alone = read_micrograph(folder / "img0.tif", info_bar_rows=0, pixel_size_nm=1.0)
+    assert alone.bit_depth == 12 and alone.image[0, 0] == pytest.approx(1000 / 4095)
+    fixed = read_micrograph(folder / "img0.tif", info_bar_rows=0, bit_depth=16)
+    assert fixed.bit_depth == 16 and fixed.image[0, 0] == pytest.approx(1000 / 65535)
+
+
+def test_series_explicit_bit_depth(tmp_path):
+    folder = _series(tmp_path, 3000, 5000)
+    mgs = load_micrographs(DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0, bit_depth=16))
+    assert mgs[0].image[0, 0] == mgs[1].image[0, 0] == pytest.approx(1000 / 65535)
+    with pytest.raises(NanosegError, match=r"img1\.tif.*5000.*data\.bit_depth.*at least 13"):
+        load_micrographs(DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0, bit_depth=12))
+
+
+@pytest.mark.parametrize("tiff_kwargs", [
+    {"extratags": [(281, "H", 1, 4095, True)]},  # TIFF MaxSampleValue below the container's
+    {"ome": True, "metadata": {"SignificantBits": 12}},
+])
+def test_bit_depth_stated_in_the_file_wins(tmp_path, tiff_kwargs):
+    folder = _series(tmp_path, 700, 900, **tiff_kwargs)  # the values alone would say 10 bits
+    mgs = load_micrographs(DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0))
+    assert [m.bit_depth for m in mgs] == [12, 12]
+    assert mgs[0].image[0, 0] == pytest.approx(1000 / 4095)
+
+
+def test_bit_depth_stated_too_small_is_not_believed(tmp_path, io_log):
+    folder = _series(tmp_path, 3000, 5000, extratags=[(281, "H", 1, 4095, True)])
+    mgs = load_micrographs(DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0))
+    assert [m.bit_depth for m in mgs] == [14, 14]
+    assert any("img1.tif" in r.getMessage() and "12-bit" in r.getMessage() for r in io_log.records)
+
+
+def test_float_series_shares_one_range(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    base = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    tifffile.imwrite(folder / "a.tif", base * 100)
+    tifffile.imwrite(folder / "b.tif", base * 200)
+    a, b = load_micrographs(DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0))
+    lo, hi = float(base.min()) * 100, float(base.max()) * 200
+    np.testing.assert_allclose(a.image, (base * 100 - lo) / (hi - lo), atol=1e-5)
+    assert a.bit_depth is None and b.image.max() == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- annotations
+
+
+def _disc_mask(antialiased: bool, shape=(64, 64)) -> np.ndarray:
+    """Two discs on black, 0/255, with grey edges when ``antialiased`` (drawn 4x and averaged)."""
+    from skimage.draw import disk
+    from skimage.transform import downscale_local_mean
+
+    big = np.zeros((shape[0] * 4, shape[1] * 4))
+    for centre in ((80, 80), (160, 170)):
+        big[disk(centre, 50, shape=big.shape)] = 255
+    if not antialiased:
+        return big[::4, ::4].astype(np.uint8)
+    return np.round(downscale_local_mean(big, (4, 4))).astype(np.uint8)
+
+
+def test_read_annotation_binary_and_labels(tmp_path):
+    mask = _disc_mask(False)
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    np.testing.assert_array_equal(read_annotation(tmp_path / "m.tif"), mask > 0)
+    Image.fromarray((mask > 0).astype(np.uint8)).save(tmp_path / "m01.png")
+    assert read_annotation(tmp_path / "m01.png").dtype == bool
+    labels = np.zeros((40, 40), np.uint16)
+    labels[:10, :10], labels[20:30, 20:30], labels[32:, :5] = 1, 2, 300
+    tifffile.imwrite(tmp_path / "l.tif", labels)
+    out = read_annotation(tmp_path / "l.tif")
+    assert out.dtype.kind == "i"
+    np.testing.assert_array_equal(out, labels)
+    forced = read_annotation(tmp_path / "m.tif", kind="labels")
+    assert forced.dtype.kind == "i" and set(np.unique(forced)) == {0, 255}
+
+
+def test_read_annotation_refuses_antialiased_masks(tmp_path):
+    mask = _disc_mask(True)
+    assert np.unique(mask).size > 10 and looks_antialiased(mask)
+    tifffile.imwrite(tmp_path / "aa_m.tif", mask)
+    with pytest.raises(NanosegError) as info:
+        read_annotation(tmp_path / "aa_m.tif")
+    message = str(info.value)
+    assert "aa_m.tif" in message and "anti-aliased" in message and "128" in message and "--labels" in message
+    assert "\n" not in message
+    np.testing.assert_array_equal(read_annotation(tmp_path / "aa_m.tif", kind="mask"), mask >= 128)
+    # a 0/255 mask saved as JPEG is refused the same way
+    Image.fromarray(_disc_mask(False)).save(tmp_path / "j_m.jpg", quality=75)
+    with pytest.raises(NanosegError, match="j_m.jpg.*anti-aliased"):
+        read_annotation(tmp_path / "j_m.jpg")
+
+
+def test_read_annotation_8bit_labels_only_when_asked(tmp_path):
+    labels = np.zeros((40, 40), np.uint8)
+    for i in range(12):
+        labels[(i // 4) * 10: (i // 4) * 10 + 8, (i % 4) * 10: (i % 4) * 10 + 8] = i + 1
+    assert not looks_antialiased(labels)
+    tifffile.imwrite(tmp_path / "l8.tif", labels)
+    with pytest.raises(NanosegError, match="l8.tif.*--labels"):
+        read_annotation(tmp_path / "l8.tif")
+    np.testing.assert_array_equal(read_annotation(tmp_path / "l8.tif", kind="labels"), labels)
+    tifffile.imwrite(tmp_path / "p.tif", np.linspace(0, 1, 1600, dtype=np.float32).reshape(40, 40))
+    with pytest.raises(NanosegError, match="p.tif.*fractional"):
+        read_annotation(tmp_path / "p.tif")
+    with pytest.raises(NanosegError, match="kind"):
+        read_annotation(tmp_path / "p.tif", kind="binary")
+
+
+# --------------------------------------------------------------------------- degenerate input
+
+
+def _particles(dark: bool, shape=(96, 128)) -> np.ndarray:
+    """Noisy uint8 image with a few discs, bright on dark or dark on bright."""
+    from skimage.draw import disk
+
+    image = _noise(shape).astype(float) * 0.3 + 40
+    for centre in ((25, 30), (60, 90), (70, 30)):
+        image[disk(centre, 10, shape=shape)] += 150
+    image = np.clip(image, 0, 255)
+    return (255 - image if dark else image).astype(np.uint8)
+
+
+def test_nan_pixels_are_replaced_with_a_warning(tmp_path, io_log):
+    data = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    data[3:5, 3:5] = np.nan
+    data[10, 10] = np.inf
+    tifffile.imwrite(tmp_path / "nan.tif", data)
+    image = read_micrograph(tmp_path / "nan.tif", info_bar_rows=0).image
+    assert np.isfinite(image).all()
+    warnings = [r.getMessage() for r in io_log.records if r.levelno == logging.WARNING]
+    assert any("nan.tif" in w and "5 of 4096 pixels" in w and "NaN" in w for w in warnings)
+
+
+@pytest.mark.parametrize("dtype, value", [(np.uint8, 0), (np.uint16, 1234), (np.float32, 0.5)])
+def test_blank_image_warns(tmp_path, io_log, dtype, value):
+    tifffile.imwrite(tmp_path / "blank.tif", np.full((64, 64), value, dtype))
+    read_micrograph(tmp_path / "blank.tif", info_bar_rows=0, pixel_size_nm=1.0)
+    warnings = [r.getMessage() for r in io_log.records if r.levelno == logging.WARNING]
+    assert any("blank.tif" in w and f"blank (all pixels {value:g})" in w and "no particles" in w
+               for w in warnings), warnings
+
+
+def test_dark_particles_hint(tmp_path, io_log):
+    assert bright_fraction(_particles(dark=True) / 255.0) > 0.5 > bright_fraction(_particles(dark=False) / 255.0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    tifffile.imwrite(folder / "bright.tif", _particles(dark=False))
+    tifffile.imwrite(folder / "dark.tif", _particles(dark=True))
+    load_micrographs(DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0))
+    hints = sorted({r.getMessage() for r in io_log.records if "dark_particles" in r.getMessage()})
+    assert len(hints) == 1 and "1 of 2 micrographs (dark.tif)" in hints[0]
+    assert "set data.dark_particles: true (or --set data.dark_particles=true)" in hints[0]
+    io_log.clear()
+    (folder / "bright.tif").unlink()
+    load_micrographs(DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0, dark_particles=True))
+    assert not [r for r in io_log.records if "dark_particles" in r.getMessage()]
+
+
+def test_info_command_shows_bit_depth(tmp_path):
+    from typer.testing import CliRunner
+
+    from nanoseg.cli import app
+
+    tifffile.imwrite(tmp_path / "d12.tif", _counts(3000))
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "d12.tif"), "--info-bar-rows", "0"])
+    assert result.exit_code == 0, result.output
+    assert "bits" in result.output.splitlines()[0]
+    assert "uint16   12" in result.output

@@ -11,6 +11,7 @@ import pytest
 from skimage.draw import disk, polygon
 
 from nanoseg.measure import (
+    bootstrap_ci,
     compare_distributions,
     ec_definition_check,
     feret_diameters,
@@ -18,7 +19,10 @@ from nanoseg.measure import (
     join_decisions,
     measure_images,
     measure_particles,
+    median_window,
     pixel_corner_points,
+    pooled_statistics,
+    resample_counts,
     size_summary,
     write_results,
 )
@@ -196,6 +200,88 @@ def test_size_summary_statistics():
     assert s["d10"] == pytest.approx(10.9) and s["d90"] == pytest.approx(90.1)
 
 
+# ------------------------------------------------------------------ confidence intervals
+
+
+def test_pooled_statistics_equal_the_statistics_of_explicit_resamples():
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        n_units = int(rng.integers(1, 7))
+        units = rng.permutation(np.repeat(np.arange(n_units), rng.integers(1, 6, n_units)))
+        values = rng.normal(size=units.size).round(1)  # ties on purpose
+        counts = resample_counts(rng, n_units, 30)
+        assert (counts.sum(axis=1) == n_units).all()
+        # no window, a sensible one, and windows too narrow to hold any median (the slow path)
+        for window in (None, median_window(np.sort(values)), (0, 0), (values.size - 1, values.size)):
+            medians, means = pooled_statistics(values, units, counts, window)
+            for r in range(len(counts)):
+                pool = np.concatenate([np.repeat(values[units == u], counts[r, u]) for u in range(n_units)])
+                assert medians[r] == pytest.approx(np.median(pool)) and means[r] == pytest.approx(pool.mean())
+
+
+def _clustered_sample(rng, n_images, per_image, median=50.0, gsd=1.5, image_sd=0.15):
+    """Log-normal particle sizes whose median shifts from image to image (log-normal too):
+    the population median stays ``median``."""
+    shift = rng.normal(0.0, image_sd, n_images)
+    images = np.repeat(np.arange(n_images), per_image)
+    sizes = median * np.exp(shift[images] + rng.normal(0.0, np.log(gsd), images.size))
+    return sizes, images
+
+
+def test_bootstrap_over_images_covers_the_true_median():
+    rng = np.random.default_rng(0)
+    sizes, images = _clustered_sample(rng, 20, 60)
+    ci = bootstrap_ci(sizes, images, seed=1)
+    assert ci["median_ci95"][0] < 50.0 < ci["median_ci95"][1]
+    assert ci["mean_ci95"][0] < sizes.mean() < ci["mean_ci95"][1]
+    assert "over images" in ci["ci_method"] and ci["ci_notes"] == []
+    # over repeated samples the interval over images covers the true median about 95 % of the
+    # time; pretending the particles were independent covers it far less often
+    hits_images = hits_particles = 0
+    for k in range(40):
+        sizes, images = _clustered_sample(rng, 20, 60)
+        lo, hi = bootstrap_ci(sizes, images, n_resamples=500, seed=k)["median_ci95"]
+        hits_images += lo < 50.0 < hi
+        lo, hi = bootstrap_ci(sizes, None, n_resamples=500, seed=k)["median_ci95"]
+        hits_particles += lo < 50.0 < hi
+    assert hits_images >= 34, hits_images
+    assert hits_particles <= 30, hits_particles
+
+
+def test_bootstrap_interval_narrows_with_more_images_and_repeats_with_the_seed():
+    rng = np.random.default_rng(3)
+    few = bootstrap_ci(*_clustered_sample(rng, 5, 60), seed=0)["median_ci95"]
+    many = bootstrap_ci(*_clustered_sample(rng, 40, 60), seed=0)["median_ci95"]
+    assert many[1] - many[0] < 0.6 * (few[1] - few[0])
+    sizes, images = _clustered_sample(rng, 10, 30)
+    assert bootstrap_ci(sizes, images, seed=7) == bootstrap_ci(sizes, images, seed=7)
+    assert bootstrap_ci(sizes, images, seed=7)["median_ci95"] != bootstrap_ci(sizes, images, seed=8)["median_ci95"]
+
+
+def test_bootstrap_notes_one_image_and_few_particles():
+    rng = np.random.default_rng(4)
+    one = bootstrap_ci(rng.lognormal(3.0, 0.4, 30), np.zeros(30))
+    assert "over particles" in one["ci_method"]
+    assert any("one image only" in n for n in one["ci_notes"])
+    assert any("fewer than 50" in n for n in one["ci_notes"])
+    assert one["median_ci95"][0] <= one["median_ci95"][1]
+    many = bootstrap_ci(rng.lognormal(3.0, 0.4, 600), np.repeat(np.arange(10), 60))
+    assert many["ci_notes"] == []
+    empty = bootstrap_ci(np.array([np.nan]))
+    assert empty["median_ci95"] is None and empty["mean_ci95"] is None
+
+
+def test_size_summary_intervals_use_the_image_column():
+    rng = np.random.default_rng(6)
+    sizes, images = _clustered_sample(rng, 12, 40)
+    df = pd.DataFrame({"image": images.astype(str), "ecd_nm": sizes, "ecd_px": sizes / 2})
+    entry = size_summary(df, ["ecd"], fit=False, seed=2)["ecd"]
+    assert entry["median_ci95"] == bootstrap_ci(sizes, images.astype(str), seed=2)["median_ci95"]
+    assert entry["median_ci95"][0] < entry["median"] < entry["median_ci95"][1]
+    assert "over images" in entry["ci_method"]
+    assert "median_ci95" not in size_summary(df, ["ecd"], fit=False, ci=False)["ecd"]
+
+
 def test_lognormal_fit_recovers_parameters():
     rng = np.random.default_rng(1)
     values = rng.lognormal(mean=np.log(40.0), sigma=0.3, size=4000)
@@ -245,13 +331,21 @@ def test_write_results_outputs(tmp_path):
                               "reason": ["", "score_below_threshold", "", "touches_border", ""]})
     particles = join_decisions(particles, decisions)
     summary = write_results(particles, tmp_path, micrographs={"toy": img}, labels={"toy": lab},
-                            pixel_size_source="test", size_prior="outlines", bins=5)
+                            pixel_size_source="test", size_prior="outlines", bins=5, warnings=["w1"])
     table = pd.read_csv(tmp_path / "particles.csv")
     assert len(table) == 5 and set(table.loc[~table["kept"], "reason"]) == {"score_below_threshold", "touches_border"}
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["n_kept"] == summary["n_kept"] == 3
     assert on_disk["descriptors"]["min_feret"]["column"] == "min_feret_nm"
     assert on_disk["pixel_size_nm"] == 5.0 and on_disk["size_prior"] == "outlines"
+    assert on_disk["warnings"] == ["w1"]
+    # no counting rule given: recorded as unknown, with the pixel size and its source
+    assert on_disk["counting_rule"]["method"] is None
+    assert on_disk["counting_rule"]["pixel_size_nm"] == 5.0 and on_disk["counting_rule"]["pixel_size_source"] == "test"
+    kept_min_feret = table.loc[table["kept"], "min_feret_nm"]
+    ci = on_disk["descriptors"]["min_feret"]["median_ci95"]
+    assert ci[0] <= kept_min_feret.median() <= ci[1]
+    assert on_disk["ec_definition"]["median_ci95_nm"] == ci and "confidence interval" in on_disk["ec_definition"]["statement"]
     for stem in ("ecd", "min_feret", "max_feret", "area"):
         assert (tmp_path / f"hist_{stem}.png").stat().st_size > 0
         assert (tmp_path / f"hist_{stem}.svg").read_text().lstrip().startswith("<?xml")
@@ -315,6 +409,27 @@ def test_run_stage_measure(tmp_path):
     assert summary["size_prior"] == {"masks.size_prior": "images"}
     assert table.set_index("label").loc[1, "min_feret_nm"] == pytest.approx(10 * 4.0)
     assert (out / "report.html").is_file() and (out / "overlays" / "toy.png").is_file()
+    # the classify stage's decisions came from the classifier (demo profile: method network)
+    rule = summary["counting_rule"]
+    assert rule["method"] == "network" and rule["classifier"]["ran"]
+    assert rule["classifier"]["model"] == str(run / "classify" / "model.pt")
+    assert rule["edge_particles_excluded"] and rule["partly_covered_excluded"]
+    assert rule["pixel_size_nm"] == pytest.approx(4.0) and rule["pixel_size_source"] != "unknown"
+    assert summary["warnings"] == []
+    # one image: the intervals resample particles and say so
+    assert "over particles" in summary["descriptors"]["ecd"]["ci_method"]
+    assert summary["descriptors"]["ecd"]["median_ci95"] is not None
+
+
+def test_run_stage_measure_records_the_size_prior_fallback(tmp_path):
+    from nanoseg.measure import run_stage
+
+    images, run = _write_run(tmp_path)
+    (run / "masks" / "stats.json").write_text(json.dumps({"size_prior": "outlines", "size_prior_configured": "images"}))
+    run_stage(_ctx(run, images, "measure"))
+    summary = json.loads((run / "measure" / "summary.json").read_text())
+    assert len(summary["warnings"]) == 1
+    assert "size_prior=images" in summary["warnings"][0] and "size_prior=outlines" in summary["warnings"][0]
 
 
 def test_run_stage_measure_without_decisions_applies_rules(tmp_path):
@@ -324,7 +439,13 @@ def test_run_stage_measure_without_decisions_applies_rules(tmp_path):
     run_stage(_ctx(run, images, "measure"))
     table = pd.read_csv(run / "measure" / "particles.csv", keep_default_na=False).set_index("label")
     assert table.loc[4, "reason"] == "touches_border" and not table.loc[4, "kept"]
-    assert json.loads((run / "measure" / "summary.json").read_text())["size_prior"] == {"masks.size_prior": "images"}
+    summary = json.loads((run / "measure" / "summary.json").read_text())
+    assert summary["size_prior"] == {"masks.size_prior": "images"}
+    # the configured classifier did not run: the switch to rules is stated, not silent
+    assert summary["classify_method"] == "rules" and summary["counting_rule"]["method"] == "rules"
+    assert not summary["counting_rule"]["classifier"]["ran"]
+    assert not summary["counting_rule"]["partly_covered_excluded"]
+    assert any("decisions.csv" in w and "rules alone" in w for w in summary["warnings"])
 
 
 def test_cli_measure_with_labels_and_compare(tmp_path):
@@ -339,6 +460,11 @@ def test_cli_measure_with_labels_and_compare(tmp_path):
                                 "--set", "data.info_bar_rows=0"])
     assert first.exit_code == 0, first.output
     assert "kept 4 of 5" in first.output  # rules only: the border particle is dropped
+    assert "warning:" in first.output and "--classifier" in first.output
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["counting_rule"]["method"] == "rules" and summary["counting_rule"]["edge_particles_excluded"]
+    assert [r["name"] for r in summary["counting_rule"]["rules"]] == ["touches_border", "intensity_below_li"]
+    assert len(summary["warnings"]) == 1 and "--classifier" in summary["warnings"][0]
     second = runner.invoke(app, ["measure", str(images), "--labels", str(labels), "--out", str(tmp_path / "b"),
                                  "--set", "data.info_bar_rows=0", "--compare", str(tmp_path / "a" / "particles.csv")])
     assert second.exit_code == 0, second.output

@@ -8,8 +8,10 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 
+from nanoseg.classify import counting_rule
+from nanoseg.config import build_config
 from nanoseg.measure import join_decisions, measure_images, write_results
-from nanoseg.report import html_table, render_report
+from nanoseg.report import counting_rule_text, html_table, render_report
 
 
 class _Collector(HTMLParser):
@@ -60,10 +62,11 @@ def _results(tmp_path, pixel_size_nm=5.0, n_images=2):
     decisions["kept"] = decisions["score"] > 0.3
     decisions["reason"] = np.where(decisions["kept"], "", "score_below_threshold")
     particles = join_decisions(particles, decisions)
+    rule = counting_rule(build_config().classify, classifier_model="runs/x/classify/model.pt")
     summary = write_results(particles, tmp_path, micrographs=images, labels=labels,
                             pixel_size_source="vendor TIFF metadata", size_prior={"masks.size_prior": "outlines"},
                             compare=("manual.csv", particles.assign(min_feret_nm=particles["min_feret_nm"] * 1.1)),
-                            report_rows=10)
+                            report_rows=10, counting_rule=rule, warnings=["the <classifier> fell back"])
     return summary, particles
 
 
@@ -87,6 +90,34 @@ def test_report_has_images_tables_and_statements(tmp_path):
     assert "masks.size_prior = outlines" in text
     assert "Kolmogorov-Smirnov" in text
     assert "src=" not in html_text.replace("src='data:", "")  # nothing refers to outside files
+    # the counting rule in words, the warnings (escaped) and the uncertainty of the summary
+    assert counting_rule_text(summary["counting_rule"]) in text
+    assert "excluded by the keep/discard classifier (runs/x/classify/model.pt)" in text
+    assert "the <classifier> fell back" in text and "&lt;classifier&gt;" in html_text
+    assert "median 95 % CI" in text and "bootstrap over images" in text
+    lo, hi = summary["descriptors"]["ecd"]["median_ci95"]
+    assert f"{lo:.4g} \u2013 {hi:.4g}" in text
+    assert "fewer than 50" in text  # 17 kept particles: the caution is shown
+
+
+def test_counting_rule_text_states_each_choice():
+    cfg = build_config().classify
+    where = {"pixel_size_nm": 7.34, "pixel_size_source": "vendor TIFF metadata"}
+    network = counting_rule_text({**counting_rule(cfg, classifier_model="m.pt"), **where})
+    assert "touching the image border or the info bar were excluded" in network
+    assert "Partly covered particles were excluded by the keep/discard classifier (m.pt)" in network
+    assert "keep score was above 0.5" in network
+    assert "'li' threshold" in network and "fragment" not in network
+    assert "pixel size of 7.34 nm, from vendor TIFF metadata" in network
+    rules = counting_rule_text({**counting_rule(cfg.model_copy(update={"method": "rules", "exclude_border": False,
+                                                                      "min_ecd_fraction": 0.4})),
+                                "pixel_size_nm": None, "pixel_size_source": "unknown: no pixel size"})
+    assert "touching the image border were counted" in rules
+    assert "Partly covered particles were not excluded" in rules
+    assert "0.4 times the median ECD of the particles of the same image" in rules
+    assert "rules only" in rules and "sizes are in px" in rules
+    none = counting_rule_text({**counting_rule(cfg.model_copy(update={"method": "none"})), **where})
+    assert "every segmented particle was counted" in none
 
 
 def test_report_without_pixel_size_says_so(tmp_path):

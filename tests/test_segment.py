@@ -271,3 +271,66 @@ def test_load_pairs_empty_folder_is_a_user_error(tmp_path):
 
     with pytest.raises(NanosegError, match="no training pairs"):
         load_pairs(tmp_path)
+
+
+class _MorphologyNet(torch.nn.Module):
+    """A 'network' with a known answer: bright pixels are particles, a band of ``band_px`` px
+    (in its own pixels, like a trained net's receptive field) along their edge is the boundary."""
+
+    def __init__(self, band_px: int = 3):
+        super().__init__()
+        self.band_px = band_px
+
+    def forward(self, x):
+        fg = torch.sigmoid(40 * (x - 0.5))
+        k = 2 * self.band_px + 1
+        interior = -torch.nn.functional.max_pool2d(-fg, k, stride=1, padding=self.band_px)
+        probs = torch.cat([1 - fg, interior, fg - interior], dim=1).clamp_min(1e-6)
+        return torch.log(probs)
+
+
+def _disc_scene(scale: float) -> np.ndarray:
+    """Bright discs (some touching) on a dark ground, drawn at ``scale`` x the model's pixel grid."""
+    rng = np.random.default_rng(3)
+    size = round(160 * scale)
+    image = np.zeros((size, size), np.float32)
+    for cy, cx in [(30, 30), (30, 52), (90, 40), (120, 120), (60, 110), (125, 70), (100, 95)]:
+        r = rng.uniform(9, 13)
+        rr, cc = disk((cy * scale, cx * scale), r * scale, shape=image.shape)
+        image[rr, cc] = 1.0
+    return image
+
+
+def test_post_processing_runs_at_the_model_scale():
+    """The same particles imaged at half, equal and twice the model's pixel density measure alike."""
+    from nanoseg.measure import measure_particles
+
+    cfg = build_config({"segment": {"target": "three_class", "band_giveback": "expand", "boundary_width_px": 3,
+                                    "threshold": 0.5, "bf16": False, "marker_h": 0}}).segment
+    meta = {"target": "three_class", "pixel_size_nm": 2.0}
+    medians = {}
+    for scale in (0.5, 1.0, 2.0):
+        labels, probs = segment_image(_MorphologyNet(2), meta, _disc_scene(scale), cfg, pixel_size_nm=2.0 / scale)
+        assert labels.shape == probs.shape[1:] == (round(160 * scale),) * 2
+        particles = measure_particles(labels)
+        assert len(particles) == 7
+        medians[scale] = float(np.median(np.sqrt(4 * particles["area_px"] / np.pi))) * 2.0 / scale
+    assert medians[0.5] == pytest.approx(medians[1.0], rel=0.02)
+    assert medians[2.0] == pytest.approx(medians[1.0], rel=0.02)
+
+
+def test_checkpoint_of_other_data_is_not_resumed(tmp_path, caplog):
+    pairs, inst, image = _noisy_disc_pairs()
+    cfg = _tiny_config()
+    train(pairs, cfg, tmp_path, steps=4, rng=np.random.default_rng(1))
+    other = [Pair(1.0 - p.image, p.instances, p.name) for p in pairs]
+    with caplog.at_level("WARNING", logger="nanoseg"):
+        train(other, cfg, tmp_path, steps=8, rng=np.random.default_rng(1))
+    assert "trained on other pairs or settings; starting fresh" in caplog.text
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["step"] for h in history] == [4, 8]  # a fresh run: validations at 4 and 8 of its own
+    assert history[0]["seconds"] <= history[1]["seconds"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="nanoseg"):
+        train(other, cfg, tmp_path, steps=12, rng=np.random.default_rng(1))
+    assert "resuming segmentation training at step 8/12" in caplog.text

@@ -2,9 +2,10 @@
 
 Two complementary methods:
 
-- **Rules** (:func:`apply_rules`): area range, fragments far smaller than the population's
-  median, solidity, contact with the image border or info bar, mean intensity. Every rule a
-  particle fails is recorded as a reason.
+- **Rules** (:func:`apply_rules`): area range, fragments far smaller than the median particle
+  of their image (off by default), solidity, contact with the image border or info bar, mean
+  intensity. Every rule a particle fails is recorded as a reason; :func:`counting_rule`
+  states which rules ran, for the report.
 - **Network**: a MultiResUNet with two input channels (micrograph, binary mask) predicts per
   pixel whether the particle under it should be kept; a particle's score is the mean over its
   pixels, and it is kept when the score is above ``classify.score_threshold``. Trained either
@@ -41,6 +42,53 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # --------------------------------------------------------------------------------------------
 
 
+def rule_checks(particles: pd.DataFrame, cfg: Any) -> list[tuple[str, float | None, np.ndarray]]:
+    """The rule-based filters that ``cfg`` switches on, each with its threshold and failures.
+
+    This is the one place that decides which rules run, so that the decisions
+    (:func:`rule_reasons`) and the report's counting rule (:func:`describe_rules`) cannot
+    disagree.
+
+    Parameters
+    ----------
+    particles : pandas.DataFrame
+        Columns ``area_px``, ``solidity``, ``touches_border``, ``mean_intensity``, optionally
+        ``image`` and ``image_threshold`` (see :func:`rule_reasons`).
+    cfg : ClassifyConfig
+
+    Returns
+    -------
+    list of (name, threshold, failed)
+        ``failed`` is a bool array over the rows; ``threshold`` is None for rules without one.
+    """
+    checks: list[tuple[str, float | None, np.ndarray]] = []
+    if cfg.exclude_border:
+        checks.append(("touches_border", None, particles["touches_border"].to_numpy(dtype=bool)))
+    area = particles["area_px"].to_numpy(dtype=float)
+    if cfg.min_area_px:
+        checks.append(("area_below_min", float(cfg.min_area_px), area < cfg.min_area_px))
+    if cfg.max_area_px is not None:
+        checks.append(("area_above_max", float(cfg.max_area_px), area > cfg.max_area_px))
+    if cfg.min_ecd_fraction > 0:
+        # Per image, never over the batch: one image's decisions must not depend on which
+        # other images were classified with it. ECD scales with sqrt(area), so compare areas
+        # with the squared fraction of the image's median area.
+        image = particles["image"].astype(str).to_numpy() if "image" in particles else np.zeros(len(area), dtype=int)
+        median_area = pd.Series(area).groupby(image).transform("median").to_numpy(dtype=float)
+        checks.append(("fragment", float(cfg.min_ecd_fraction), area < cfg.min_ecd_fraction**2 * median_area))
+    if cfg.min_solidity > 0:
+        checks.append(("solidity_below_min", float(cfg.min_solidity),
+                       particles["solidity"].to_numpy(dtype=float) < cfg.min_solidity))
+    if cfg.intensity_threshold != "none" and "image_threshold" in particles:
+        below = particles["mean_intensity"].to_numpy(dtype=float) <= particles["image_threshold"].to_numpy(dtype=float)
+        checks.append((f"intensity_below_{cfg.intensity_threshold}", None, below))
+    if cfg.min_mean_intensity is not None:
+        intensity = particles["mean_intensity"].to_numpy(dtype=float)
+        # NaN (no image) passes: the rule cannot be evaluated
+        checks.append(("intensity_below_min", float(cfg.min_mean_intensity), intensity < cfg.min_mean_intensity))
+    return checks
+
+
 def rule_reasons(particles: pd.DataFrame, cfg: Any) -> pd.Series:
     """Why each particle fails the rule-based filters ('' when it passes them all).
 
@@ -48,11 +96,12 @@ def rule_reasons(particles: pd.DataFrame, cfg: Any) -> pd.Series:
     ----------
     particles : pandas.DataFrame
         Columns ``area_px``, ``solidity``, ``touches_border``, ``mean_intensity`` (as from
-        :func:`nanoseg.measure.measure_particles` with ``exclude_border=False``).
+        :func:`nanoseg.measure.measure_particles` with ``exclude_border=False``), and
+        ``image`` when the rows come from several micrographs.
     cfg : ClassifyConfig
         Uses ``min_area_px``, ``max_area_px``, ``min_ecd_fraction`` (against the median ECD of
-        all rows), ``min_solidity``, ``exclude_border``, ``min_mean_intensity`` and
-        ``intensity_threshold`` (compared with the column
+        the rows of the same ``image``), ``min_solidity``, ``exclude_border``,
+        ``min_mean_intensity`` and ``intensity_threshold`` (compared with the column
         ``image_threshold``, the automatic threshold of each particle's micrograph, when present).
 
     Returns
@@ -60,31 +109,102 @@ def rule_reasons(particles: pd.DataFrame, cfg: Any) -> pd.Series:
     pandas.Series of str
         Failed rules joined by ';', e.g. ``'touches_border;area_below_min'``.
     """
-    checks: list[tuple[str, np.ndarray]] = []
-    if cfg.exclude_border:
-        checks.append(("touches_border", particles["touches_border"].to_numpy(dtype=bool)))
-    area = particles["area_px"].to_numpy(dtype=float)
-    if cfg.min_area_px:
-        checks.append(("area_below_min", area < cfg.min_area_px))
-    if cfg.max_area_px is not None:
-        checks.append(("area_above_max", area > cfg.max_area_px))
-    if cfg.min_ecd_fraction > 0 and len(area):
-        # ECD scales with sqrt(area): compare areas with the squared fraction of the median area
-        checks.append(("fragment", area < cfg.min_ecd_fraction**2 * np.median(area)))
-    if cfg.min_solidity > 0:
-        checks.append(("solidity_below_min", particles["solidity"].to_numpy(dtype=float) < cfg.min_solidity))
-    if cfg.intensity_threshold != "none" and "image_threshold" in particles:
-        below = particles["mean_intensity"].to_numpy(dtype=float) <= particles["image_threshold"].to_numpy(dtype=float)
-        checks.append((f"intensity_below_{cfg.intensity_threshold}", below))
-    if cfg.min_mean_intensity is not None:
-        intensity = particles["mean_intensity"].to_numpy(dtype=float)
-        # NaN (no image) passes: the rule cannot be evaluated
-        checks.append(("intensity_below_min", intensity < cfg.min_mean_intensity))
     reasons = [[] for _ in range(len(particles))]
-    for name, failed in checks:
+    for name, _, failed in rule_checks(particles, cfg):
         for i in np.flatnonzero(failed):
             reasons[i].append(name)
     return pd.Series([";".join(r) for r in reasons], index=particles.index, dtype=object)
+
+
+#: What each rule discards, in words; ``{t}`` is its threshold.
+_RULE_PHRASES = {
+    "touches_border": "touching the image border or the info bar (their size is unknown)",
+    "area_below_min": "smaller than {t:g} px",
+    "area_above_max": "larger than {t:g} px",
+    "fragment": "with an ECD below {t:g} times the median ECD of the particles of the same image (taken for fragments)",
+    "solidity_below_min": "with a solidity (area / convex area) below {t:g}",
+    "intensity_below_min": "with a mean intensity (0-1) below {t:g}",
+    "score_below_threshold": "with a classifier keep score at or below {t:g} (judged partly covered, cut or "
+                             "otherwise not whole)",
+}
+
+
+def _rule_phrase(name: str, threshold: float | None) -> str:
+    """Plain-English description of the particles a rule discards."""
+    if name in _RULE_PHRASES:
+        return _RULE_PHRASES[name].format(t=threshold)
+    method = name.removeprefix("intensity_below_")
+    return f"with a mean intensity at or below the automatic '{method}' threshold of their micrograph (background texture)"
+
+
+def describe_rules(cfg: Any, *, with_micrographs: bool = True, classifier_ran: bool = False) -> list[dict[str, Any]]:
+    """The keep/discard rules that ``cfg`` applies, for ``summary.json`` and the report.
+
+    Parameters
+    ----------
+    cfg : ClassifyConfig
+    with_micrographs : bool
+        Whether the micrographs were available (the automatic intensity rule needs them).
+    classifier_ran : bool
+        Whether classifier scores entered the decisions (adds ``score_below_threshold``).
+
+    Returns
+    -------
+    list of dict
+        ``name`` (the reason recorded for a discarded particle), ``threshold`` (None when the
+        rule has none) and ``discards`` (a phrase: which particles it discards); empty for
+        ``method='none'``.
+    """
+    if cfg.method == "none":
+        return []
+    columns = {"image": [], "area_px": [], "solidity": [], "touches_border": [], "mean_intensity": []}
+    if with_micrographs:
+        columns["image_threshold"] = []
+    checks = [(name, threshold) for name, threshold, _ in rule_checks(pd.DataFrame(columns), cfg)]
+    if classifier_ran:
+        checks.append(("score_below_threshold", float(cfg.score_threshold)))
+    return [{"name": name, "threshold": threshold, "discards": _rule_phrase(name, threshold)}
+            for name, threshold in checks]
+
+
+def counting_rule(
+    cfg: Any,
+    *,
+    classifier_model: str | Path | None = None,
+    with_micrographs: bool = True,
+) -> dict[str, Any]:
+    """Which particles were counted: the rules and the classifier that decided, as data.
+
+    Parameters
+    ----------
+    cfg : ClassifyConfig
+        The configuration the decisions were made with, its ``method`` being what actually ran
+        (``'network'`` only when classifier scores entered the decisions).
+    classifier_model : path, optional
+        The classifier's model file (stated in the report).
+    with_micrographs : bool
+        Whether the micrographs were available to the rules.
+
+    Returns
+    -------
+    dict
+        ``method``, ``rules`` (see :func:`describe_rules`), ``classifier`` (``ran``, ``model``,
+        ``score_threshold``), ``edge_particles_excluded``, ``partly_covered_excluded`` and
+        ``partly_covered_excluded_by`` (what detects them, or None).
+    """
+    classifier_ran = cfg.method == "network"
+    rules = describe_rules(cfg, with_micrographs=with_micrographs, classifier_ran=classifier_ran)
+    names = {rule["name"] for rule in rules}
+    return {
+        "method": cfg.method,
+        "rules": rules,
+        "classifier": {"ran": classifier_ran, "model": str(classifier_model) if classifier_model else None,
+                       "score_threshold": float(cfg.score_threshold) if classifier_ran else None},
+        "edge_particles_excluded": "touches_border" in names,
+        # no rule sees occlusion; only the classifier was trained to recognise partly covered particles
+        "partly_covered_excluded": classifier_ran,
+        "partly_covered_excluded_by": "classifier" if classifier_ran else None,
+    }
 
 
 def apply_rules(particles: pd.DataFrame, cfg: Any, scores: np.ndarray | None = None) -> pd.DataFrame:
@@ -373,8 +493,11 @@ def classify_images(
     *,
     net: Any = None,
     device: Any = "cpu",
+    particles: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Keep/discard decisions for every particle of several label images.
+
+    Every decision depends on its own image only, never on the other items.
 
     Parameters
     ----------
@@ -382,6 +505,9 @@ def classify_images(
     cfg : ClassifyConfig
     net : nn.Module, optional
         Keep/discard network; required for ``method='network'``.
+    device : torch.device or str
+    particles : pandas.DataFrame, optional
+        :func:`nanoseg.measure.measure_images` of ``items``, when the caller has it already.
 
     Returns
     -------
@@ -391,7 +517,7 @@ def classify_images(
     from nanoseg.measure import measure_images
     from nanoseg.runtime import progress
 
-    particles = measure_images(items)
+    particles = measure_images(items) if particles is None else particles.copy()
     if cfg.intensity_threshold != "none":
         from nanoseg.translate import artifact_threshold
 

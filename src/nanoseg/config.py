@@ -47,6 +47,10 @@ class DataConfig(_Section):
     info_bar_rows: int | Literal["auto"] = Field(
         "auto", description="Rows of instrument info bar at the bottom: 'auto' detects it, 0 means none."
     )
+    bit_depth: Annotated[int, Field(ge=8, le=32)] | Literal["auto"] = Field(
+        "auto", description="Bits of the detector data in 16/32-bit images, the same scale for every image of a run; "
+        "'auto': as the files state, else the smallest of 8, 10, 12, 14, 16, 32 bits holding the series' largest value."
+    )
     dark_particles: bool = Field(
         False, description="Particles darker than the background (TEM/TSEM bright-field images)."
     )
@@ -204,9 +208,10 @@ class ClassifyConfig(_Section):
     max_area_px: int | None = Field(None, ge=1, description="Rule: discard particles larger than this many px.")
     min_solidity: float = Field(0.0, ge=0, le=1, description="Rule: discard particles with lower solidity (area / convex area).")
     min_ecd_fraction: float = Field(
-        0.5, ge=0, lt=1,
-        description="Rule: discard fragments whose ECD is below this fraction of the median ECD of all particles "
-        "classified together (every image of the run); 0 turns it off.",
+        0.0, ge=0, lt=1,
+        description="Rule: discard fragments whose ECD is below this fraction of the median ECD of the particles "
+        "of the same image; 0 (default) turns it off, since it also drops real small particles of broad size "
+        "distributions.",
     )
     exclude_border: bool = Field(True, description="Rule: discard particles touching the image border or the info bar.")
     intensity_threshold: Literal["none", "li", "otsu", "mean", "median"] = Field(
@@ -294,11 +299,11 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -349,7 +354,7 @@ def build_config(values: dict[str, Any] | None = None, profile: str | None = Non
     if name not in PROFILES:
         raise NanosegError(f"{source}: unknown profile '{name}' (choose one of {', '.join(PROFILES)})")
     _reject_nonfinite(values)
-    merged = _deep_merge(_PROFILE_OVERRIDES[name], values)
+    merged = deep_merge(_PROFILE_OVERRIDES[name], values)
     merged["profile"] = name
     try:
         return Config.model_validate(merged)
@@ -374,7 +379,7 @@ def load_config(path: str | Path | None = None, profile: str | None = None, over
             raise NanosegError(f"{path}: a config file must be a mapping of sections to settings")
         values = loaded
     if overrides:
-        values = _deep_merge(values, overrides)
+        values = deep_merge(values, overrides)
     return build_config(values, profile=profile, source=source)
 
 

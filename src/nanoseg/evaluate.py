@@ -17,9 +17,11 @@ Prediction files may be
 ``kind=`` (``--kind`` on the command line) overrides the guess, e.g. for 8-bit label images.
 
 Ground truth is a binary mask whose touching particles are separated by one-pixel lines (as the
-manual masks of the TiO2 dataset, ``<id>_m.tif``) or a label image. A ground-truth mask that is
-taller than the prediction -- it still holds the microscope's info-bar rows the prediction was
-cropped of -- is cropped to the prediction's height.
+manual masks of the TiO2 dataset, ``<id>_m.tif``) or a 16/32-bit label image, told apart by
+:func:`nanoseg.io.read_annotation`; an 8-bit file with more than two grey values (an
+anti-aliased mask, or 8-bit labels) is refused unless ``gt_kind="labels"`` (``--labels``) says
+what it is. A ground-truth mask that is taller than the prediction -- it still holds the
+microscope's info-bar rows the prediction was cropped of -- is cropped to the prediction's height.
 """
 
 from __future__ import annotations
@@ -145,21 +147,23 @@ def read_prediction(path: str | Path, kind: str = "auto") -> tuple[np.ndarray, s
     return raw.astype(np.int64), kind
 
 
-def read_ground_truth(path: str | Path) -> np.ndarray:
+def read_ground_truth(path: str | Path, kind: str = "auto") -> np.ndarray:
     """Read a ground-truth mask (returned as bool) or label image (int).
+
+    Parameters
+    ----------
+    path : path
+    kind : {'auto', 'mask', 'labels'}
+        See :func:`nanoseg.io.read_annotation`.
 
     Raises
     ------
     NanosegError
-        For unreadable files or negative / fractional values.
+        For unreadable files, an ambiguous 8-bit image (auto), negative / fractional values.
     """
-    from nanoseg.io import read_labels
+    from nanoseg.io import read_annotation
 
-    raw = read_labels(path)
-    values = np.unique(raw)
-    if values.size <= 2:
-        return raw != 0
-    return raw
+    return read_annotation(path, kind)  # type: ignore[arg-type]
 
 
 def _normal_stem(name: str, endings: Sequence[str]) -> str:
@@ -516,15 +520,15 @@ def _evaluate_strict(predictions, ground_truths, names, kinds, threshold, waters
 # --------------------------------------------------------------------------------------------
 
 
-def load_pairs(pred_dir: str | Path, gt_dir: str | Path, kind: str = "auto"
+def load_pairs(pred_dir: str | Path, gt_dir: str | Path, kind: str = "auto", gt_kind: str = "auto"
                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Read and align every prediction / ground-truth pair of two folders (see :func:`pair_files`;
-    ``kind`` as in :func:`read_prediction`)."""
+    ``kind`` as in :func:`read_prediction`, ``gt_kind`` as in :func:`read_ground_truth`)."""
     predictions: dict[str, np.ndarray] = {}
     ground_truths: dict[str, np.ndarray] = {}
     for stem, pred_path, gt_path in pair_files(pred_dir, gt_dir):
         pred, _ = read_prediction(pred_path, kind)
-        gt = read_ground_truth(gt_path)
+        gt = read_ground_truth(gt_path, gt_kind)
         predictions[stem] = pred
         ground_truths[stem] = align_ground_truth(gt, pred.shape, str(gt_path), str(pred_path))
     return predictions, ground_truths
@@ -560,6 +564,7 @@ def evaluate_folder(
     watershed_binary: bool = False,
     kind: str = "auto",
     scores_dir: str | Path | None = None,
+    gt_kind: str = "auto",
 ) -> pd.DataFrame:
     """Score every prediction in ``pred_dir`` against its ground truth in ``gt_dir``.
 
@@ -582,6 +587,8 @@ def evaluate_folder(
     scores_dir : path, optional
         ``strict``: probability maps behind label-image predictions, for Youden's ROC (see
         :func:`load_score_maps`).
+    gt_kind : {'auto', 'mask', 'labels'}
+        What the ground-truth files hold (see :func:`read_ground_truth`).
 
     Returns
     -------
@@ -593,7 +600,7 @@ def evaluate_folder(
     >>> df = evaluate_folder("runs/tio2/segment/binary", "../shared/data/bam-tio2/masks")  # doctest: +SKIP
     >>> df[["image", "image_iou", "instance_iou"]]  # doctest: +SKIP
     """
-    predictions, ground_truths = load_pairs(pred_dir, gt_dir, kind)
+    predictions, ground_truths = load_pairs(pred_dir, gt_dir, kind, gt_kind)
     score_maps = load_score_maps(scores_dir, predictions) if scores_dir is not None else None
     return evaluate_predictions(predictions, ground_truths, protocol, threshold=threshold, min_area_px=min_area_px,
                                 watershed_binary=watershed_binary, score_maps=score_maps)

@@ -24,7 +24,7 @@ import logging
 import re
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +54,10 @@ _UNIT_NM = {
 # sample rows of the TiO2 SEM images reach at most 0.33, their bar rows at least 0.81.
 _BAR_ROW_MODE_FRACTION = 0.6
 _BAR_ROW_WEAK_FRACTION = 0.4
+# Bit depths detectors digitise to; wide unsigned images are scaled by the smallest that fits.
+_DETECTOR_BITS = (8, 10, 12, 14, 16, 32, 64)
+#: An image whose [0, 1] intensities vary less than this (standard deviation) is blank.
+BLANK_STD = 1e-6
 
 
 @dataclass
@@ -75,6 +79,9 @@ class Micrograph:
     pixel_size_source : str
         Where the pixel size came from: 'override', 'rsciio', 'ome', 'imagej', 'tiff',
         'hitachi-txt', 'jeol-txt', or 'none'.
+    bit_depth : int or None
+        Integer images: the stored values were divided by ``2**bit_depth - 1`` (signed ones
+        shifted by their dtype's minimum first). None for float images.
     """
 
     image: np.ndarray
@@ -83,6 +90,7 @@ class Micrograph:
     path: Path
     full_shape: tuple[int, int]
     pixel_size_source: str = field(default="none")
+    bit_depth: int | None = field(default=None)
 
     @property
     def stem(self) -> str:
@@ -120,13 +128,11 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_micrographs(data_config: Any) -> list[Micrograph]:
-    """Read every micrograph of ``data_config.images`` with the data section's settings.
+    """Read every micrograph of ``data_config.images`` as one series (see :func:`read_micrographs`).
 
     Parameters
     ----------
     data_config : nanoseg.config.DataConfig
-        Uses ``images``, ``pixel_size_nm``, ``info_bar_rows`` and ``dark_particles`` (images are
-        inverted so that particles are always bright).
 
     Returns
     -------
@@ -134,15 +140,58 @@ def load_micrographs(data_config: Any) -> list[Micrograph]:
     """
     if data_config.images is None:
         raise NanosegError("data.images: not set (point it to a folder of micrographs)")
+    return read_micrographs(list_images(data_config.images), data_config)
+
+
+def read_micrographs(paths: Sequence[str | Path], data_config: Any) -> list[Micrograph]:
+    """Read micrographs as one series: one intensity scale for all, particles bright.
+
+    Every image of a run is scaled by the same bit depth (``data.bit_depth``; 'auto': the depth
+    the files state, else the smallest of 8, 10, 12, 14, 16 or 32 bits that holds the largest
+    value of the whole series), so one detector count is one input value in every image. Float
+    images outside [0, 1] are scaled by the series' range likewise. The scale is logged once.
+
+    Warns (logging) about images that look like their particles are dark on a bright
+    background while ``data.dark_particles`` is false (or bright while it is true), and about
+    differing pixel sizes; :func:`read_micrograph`'s warnings (NaN pixels, blank images) too.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Micrograph files, e.g. from :func:`list_images`.
+    data_config : nanoseg.config.DataConfig
+        Uses ``pixel_size_nm``, ``info_bar_rows``, ``bit_depth`` and ``dark_particles`` (images
+        are inverted so that particles are always bright).
+
+    Returns
+    -------
+    list of Micrograph
+
+    Raises
+    ------
+    NanosegError
+        As :func:`read_micrograph`; or if an image holds values above an explicit bit depth.
+    """
+    bit_depth = getattr(data_config, "bit_depth", "auto")
+    frames = [_read_frame(Path(p), data_config.pixel_size_nm, data_config.info_bar_rows) for p in paths]
+    raws = [raw for raw, _ in frames]
+    bits, source = _series_bits(raws, [mg.path for _, mg in frames], bit_depth)
+    value_range = _series_float_range(raws)
+    scale = _scale_text(raws, bits, source, value_range)
     micrographs = []
-    for path in list_images(data_config.images):
-        mg = read_micrograph(path, pixel_size_nm=data_config.pixel_size_nm, info_bar_rows=data_config.info_bar_rows)
+    for raw, mg in frames:
+        _finish(mg, raw, bits, value_range)
         if data_config.dark_particles:
             mg.image = (1.0 - mg.image).astype(np.float32)
         micrographs.append(mg)
+    del frames, raws
+    if micrographs:
+        logger.info("intensity scale for %d micrograph(s): %s", len(micrographs), scale)
+    _warn_dark_particles(micrographs, bool(data_config.dark_particles))
     sizes = {m.pixel_size_nm for m in micrographs}
     if len(sizes) > 1:
-        logger.warning("micrographs in %s have different pixel sizes: %s nm", data_config.images,
+        folder = Path(micrographs[0].path).parent
+        logger.warning("micrographs in %s have different pixel sizes: %s nm", folder,
                        ", ".join("none" if s is None else f"{s:g}" for s in sorted(sizes, key=lambda s: s or 0)))
     return micrographs
 
@@ -154,8 +203,12 @@ def read_micrograph(
     path: str | Path,
     pixel_size_nm: float | None = None,
     info_bar_rows: int | Literal["auto"] = "auto",
+    bit_depth: int | Literal["auto"] = "auto",
 ) -> Micrograph:
     """Read a micrograph as float32 in [0, 1], crop its info bar, find its pixel size.
+
+    A micrograph read alone is scaled by its own bit depth; read a run's images with
+    :func:`read_micrographs` to give them all one scale.
 
     Parameters
     ----------
@@ -165,6 +218,10 @@ def read_micrograph(
         Override of the pixel size in nm; default: read from the metadata.
     info_bar_rows : int or 'auto'
         Rows of instrument info bar at the bottom; 'auto' detects it, 0 keeps every row.
+    bit_depth : int or 'auto'
+        Unsigned integer images above 8 bits are divided by ``2**bit_depth - 1``. 'auto': the
+        depth the file states (OME ``SignificantBits``, TIFF ``MaxSampleValue``), else the
+        smallest of 8, 10, 12, 14, 16 or 32 bits that holds the image's largest value.
 
     Returns
     -------
@@ -173,9 +230,17 @@ def read_micrograph(
     Raises
     ------
     NanosegError
-        If the file is unreadable, not a single 2-D image, or too small.
+        If the file is unreadable, not a single 2-D image, too small, or holds values above
+        ``bit_depth``.
     """
-    path = Path(path)
+    raw, mg = _read_frame(Path(path), pixel_size_nm, info_bar_rows)
+    bits, _ = _series_bits([raw], [mg.path], bit_depth)
+    return _finish(mg, raw, bits, None)
+
+
+def _read_frame(path: Path, pixel_size_nm: float | None, info_bar_rows: int | Literal["auto"]
+                ) -> tuple[np.ndarray, Micrograph]:
+    """The stored values without the info bar, and a Micrograph still without its image."""
     raw = _read_raw(path)
     if info_bar_rows == "auto":
         bar = detect_info_bar(raw)
@@ -191,7 +256,6 @@ def read_micrograph(
             f"{path}: only {raw.shape[0] - bar} rows are left above the {bar}-row info bar; "
             "use the full-size micrograph or set data.info_bar_rows to 0"
         )
-    image = to_float01(raw[: raw.shape[0] - bar] if bar else raw)
     if pixel_size_nm is not None:
         size, source = float(pixel_size_nm), "override"
     else:
@@ -201,8 +265,166 @@ def read_micrograph(
                 "%s: no pixel size in the metadata; sizes will be reported in px "
                 "(set data.pixel_size_nm or pass --pixel-size)", path
             )
-    return Micrograph(image=image, pixel_size_nm=size, info_bar_rows=bar, path=path,
-                      full_shape=(int(raw.shape[0]), int(raw.shape[1])), pixel_size_source=source)
+    mg = Micrograph(image=np.empty((0, 0), np.float32), pixel_size_nm=size, info_bar_rows=bar, path=path,
+                    full_shape=(int(raw.shape[0]), int(raw.shape[1])), pixel_size_source=source)
+    return (raw[: raw.shape[0] - bar] if bar else raw), mg
+
+
+def _finish(mg: Micrograph, raw: np.ndarray, bits: int | None,
+            value_range: tuple[float, float] | None) -> Micrograph:
+    """Scale ``raw`` into ``mg.image``, warning about replaced and blank pixels."""
+    if raw.dtype.kind == "f":
+        bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+        if bad:
+            logger.warning("%s: %d of %d pixels are NaN or infinite and were set to the image's lowest value; "
+                           "particles there cannot be found (re-export the image without missing data)",
+                           mg.path, bad, raw.size)
+    mg.image = to_float01(raw, bits if _is_wide_unsigned(raw) else None, value_range)
+    mg.bit_depth = _scale_bits(raw, bits)
+    if float(mg.image.std()) < BLANK_STD:
+        finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
+        value = f"{float(np.median(finite)):g}" if finite.size else "NaN"
+        logger.warning("%s: image is blank (all pixels %s); no particles can be found "
+                       "(check the acquisition or leave the file out)", mg.path, value)
+    return mg
+
+
+def _is_wide_unsigned(raw: np.ndarray) -> bool:
+    return raw.dtype.kind == "u" and raw.dtype.itemsize > 1
+
+
+def _scale_bits(raw: np.ndarray, bits: int | None) -> int | None:
+    """Bit depth the image was scaled by (None for floats)."""
+    if _is_wide_unsigned(raw):
+        return bits
+    if raw.dtype.kind in "ui":
+        return raw.dtype.itemsize * 8
+    return 1 if raw.dtype == np.bool_ else None
+
+
+def bits_for_max(value: float) -> int:
+    """Smallest usual detector bit depth (8, 10, 12, 14, 16, 32 or 64) that holds ``value``."""
+    return next((b for b in _DETECTOR_BITS if value <= 2.0**b - 1), 64)
+
+
+def _series_bits(raws: Sequence[np.ndarray], paths: Sequence[Path], bit_depth: int | Literal["auto"]
+                 ) -> tuple[int | None, str]:
+    """One bit depth for the wide unsigned images of a series, and where it came from."""
+    wide = [(raw, path) for raw, path in zip(raws, paths) if _is_wide_unsigned(raw) and raw.size]
+    if not wide:
+        return None, "none"
+    if bit_depth != "auto":
+        bits = int(bit_depth)
+        for raw, path in wide:
+            top = int(raw.max())
+            if top > 2**bits - 1:
+                raise NanosegError(
+                    f"{path}: values reach {top}, more than {bits}-bit data can hold; "
+                    f"set data.bit_depth to the detector's bit depth (at least {top.bit_length()}) or 'auto'"
+                )
+        return bits, "data.bit_depth"
+    tops = [float(raw.max()) for raw, _ in wide]
+    needed = bits_for_max(max(tops))
+    stated = [s for s in (_stated_bit_depth(path, raw.dtype) for raw, path in wide) if s is not None]
+    if not stated:
+        return needed, "largest value" if len(wide) == 1 else "largest value of the series"
+    if needed > max(stated):
+        logger.warning("%s: the metadata states %d-bit data but values reach %g; scaling by %d bits instead "
+                       "(set data.bit_depth to choose the scale)", wide[int(np.argmax(tops))][1], max(stated),
+                       max(tops), needed)
+        return needed, "largest value (the metadata's bit depth is too small)"
+    return max(stated), "file metadata"
+
+
+def _series_float_range(raws: Sequence[np.ndarray]) -> tuple[float, float] | None:
+    """Common range of a series' float images, when any of them lies outside [0, 1]."""
+    ranges = []
+    for raw in raws:
+        if raw.dtype.kind != "f":
+            continue
+        finite = raw[np.isfinite(raw)]
+        if finite.size:
+            ranges.append((float(finite.min()), float(finite.max())))
+    if not ranges:
+        return None
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    return None if lo >= 0.0 and hi <= 1.0 else (lo, hi)
+
+
+def _scale_text(raws: Sequence[np.ndarray], bits: int | None, source: str,
+                value_range: tuple[float, float] | None) -> str:
+    """How a series' images were scaled to [0, 1], for the log."""
+    parts = []
+    if bits is not None:
+        parts.append(f"{bits}-bit (from the {source}): 16/32-bit values / {2**bits - 1}")
+    if any(raw.dtype == np.uint8 for raw in raws):
+        parts.append("8-bit values / 255")
+    if any(raw.dtype.kind == "i" for raw in raws):
+        parts.append("signed values over their dtype's range")
+    if value_range is not None:
+        parts.append(f"float values from [{value_range[0]:g}, {value_range[1]:g}] (the series' range)")
+    elif any(raw.dtype.kind == "f" for raw in raws):
+        parts.append("float values as stored in [0, 1]")
+    return "; ".join(parts) or "binary images as 0 and 1"
+
+
+def _stated_bit_depth(path: Path, dtype: np.dtype) -> int | None:
+    """Bit depth a TIFF states beyond its container: OME ``SignificantBits`` or ``MaxSampleValue``.
+
+    ``BitsPerSample`` is only the container (12-bit detectors write 16); ``MaxSampleValue`` is
+    believed only below the container's maximum, as writers that set it at all mostly copy it.
+    Vendor tags are not read for it: the Zeiss tags of the TiO2 images, for one, state none.
+    """
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    container = np.dtype(dtype).itemsize * 8
+    try:
+        with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
+            pixels = _ome_pixels_with(tif.ome_metadata, "SignificantBits") if tif.is_ome and tif.ome_metadata else None
+            if pixels is not None and 1 <= int(pixels["SignificantBits"]) < container:
+                return int(pixels["SignificantBits"])
+            tag = tif.pages[0].tags.get("MaxSampleValue")
+            if tag is not None:
+                top = int(np.max(tag.value))
+                if 0 < top < 2**container - 1:
+                    return int(top).bit_length()
+    except Exception as exc:  # metadata parsers choke on odd files; the image may still be fine
+        logger.debug("%s: could not read a bit depth from the metadata: %s", path, exc)
+    return None
+
+
+def _warn_dark_particles(micrographs: Sequence[Micrograph], dark_particles: bool) -> None:
+    """One warning for the images whose particles, as the workflow sees them, look dark."""
+    flagged = [mg.path.name for mg in micrographs
+               if float(mg.image.std()) >= BLANK_STD and bright_fraction(mg.image) > 0.5]
+    if not flagged:
+        return
+    names = ", ".join(flagged[:3]) + (", ..." if len(flagged) > 3 else "")
+    if dark_particles:
+        hint = ("particles look dark on a bright background after inversion; data.dark_particles is probably "
+                "wrong for them (set data.dark_particles: false, or --set data.dark_particles=false)")
+    else:
+        hint = ("particles look dark on a bright background; set data.dark_particles: true "
+                "(or --set data.dark_particles=true)")
+    logger.warning("%d of %d micrographs (%s): %s", len(flagged), len(micrographs), names, hint)
+
+
+def bright_fraction(image: np.ndarray) -> float:
+    """Fraction of an image above its automatic threshold (the smaller of Li's and Otsu's).
+
+    Particles are a minority of a micrograph, so a bright part that covers more than half of
+    the image is the background: the particles are dark. On the TiO2 SEM images it is at most
+    0.26, on their transmission (dark-particle) twins at least 0.74.
+    """
+    from skimage.filters import threshold_li, threshold_otsu
+
+    # every other row and column: the thresholds barely move, at a quarter of the cost
+    sample = np.asarray(image, np.float32)[::2, ::2]
+    if float(sample.max()) <= float(sample.min()):
+        return 0.0
+    return min(float(np.mean(sample > threshold_li(sample))), float(np.mean(sample > threshold_otsu(sample))))
 
 
 def read_pixel_size_nm(path: str | Path) -> float | None:
@@ -247,7 +469,10 @@ def read_labels(path: str | Path) -> np.ndarray:
         If the image is not 2-D or holds negative or non-integer values.
     """
     path = Path(path)
-    raw = _read_raw(path, min_side_px=1)
+    return _as_label_image(_read_raw(path, min_side_px=1), path)
+
+
+def _as_label_image(raw: np.ndarray, path: Path) -> np.ndarray:
     if raw.dtype.kind == "f":
         if not np.all(np.isfinite(raw)) or np.any(raw != np.round(raw)):
             raise NanosegError(f"{path}: label image holds non-integer values; save labels as uint16/uint32")
@@ -259,13 +484,111 @@ def read_labels(path: str | Path) -> np.ndarray:
     return raw.astype(np.int64 if raw.max(initial=0) > np.iinfo(np.int32).max else np.int32)
 
 
-def to_float01(raw: np.ndarray) -> np.ndarray:
+AnnotationKind = Literal["auto", "mask", "labels"]
+ANNOTATION_KINDS: tuple[str, ...] = ("auto", "mask", "labels")
+
+
+def read_annotation(path: str | Path, kind: AnnotationKind = "auto") -> np.ndarray:
+    """Read a ground-truth annotation: a binary mask (bool) or an instance label image (int).
+
+    Parameters
+    ----------
+    path : path-like
+        Image file (TIFF, PNG, BMP, ...).
+    kind : {'auto', 'mask', 'labels'}
+        'auto': two values (or bool) are a binary mask, its higher value the particles;
+        16/32-bit or signed integers (and integer-valued floats) with more values are labels
+        (0 = background). An 8-bit image with more than two values is ambiguous -- an
+        anti-aliased or JPEG-compressed mask, or 8-bit labels -- and raises rather than being
+        misread. 'labels': read as labels whatever the values. 'mask': particles are the
+        higher of two values, pixels of 128 or more in an 8-bit image, 0.5 or more in a
+        float image in [0, 1], anything above 0 otherwise.
+
+    Returns
+    -------
+    ndarray, shape (H, W)
+        bool for a mask, int32 or int64 for labels.
+
+    Raises
+    ------
+    NanosegError
+        One line naming the file and the fix: an ambiguous 8-bit image, fractional or
+        non-finite values, negative labels, or an unreadable file.
+    """
+    path = Path(path)
+    if kind not in ANNOTATION_KINDS:
+        raise NanosegError(f"{path}: annotation kind {kind!r} unknown; choose auto, mask or labels")
+    raw = _read_raw(path, min_side_px=1)
+    if kind == "labels":
+        return _as_label_image(raw, path)
+    if raw.dtype == np.bool_:
+        return raw
+    if raw.dtype.kind == "f" and not np.all(np.isfinite(raw)):
+        raise NanosegError(f"{path}: annotation holds NaN or inf values; re-export it as a 0/255 mask or labels")
+    values = np.unique(raw)
+    if values.size <= 2:
+        return raw > values[0] if values.size == 2 else raw > 0
+    if kind == "mask":
+        if raw.dtype == np.uint8:
+            return raw >= 128
+        if raw.dtype.kind == "f" and values[0] >= 0 and values[-1] <= 1:
+            return raw >= 0.5
+        return raw > 0
+    if looks_antialiased(raw):
+        raise NanosegError(
+            f"{path}: looks like an anti-aliased binary mask ({values.size} grey levels); "
+            "threshold it at 128 or pass --labels if it is a label image"
+        )
+    if raw.dtype.itemsize == 1:
+        raise NanosegError(
+            f"{path}: 8-bit image with {values.size} grey levels is neither a binary mask nor a 16/32-bit label "
+            "image; pass --labels if it is a label image (0 = background), or save the mask with only 0 and 255"
+        )
+    if raw.dtype.kind == "f" and np.any(values != np.round(values)):
+        raise NanosegError(
+            f"{path}: annotation holds fractional values (a probability map?); save a 0/255 mask or integer labels"
+        )
+    return _as_label_image(raw, path)
+
+
+def looks_antialiased(raw: np.ndarray) -> bool:
+    """Whether an image looks like a 0/255 mask with grey edges (anti-aliased or JPEG-compressed).
+
+    Nearly every pixel is near 0 or near 255, and a good part of the non-black pixels near 255
+    (particle interiors). 8-bit label images fail the second test: their values spread over the
+    labels, and few labels lie near 255.
+    """
+    raw = np.asarray(raw)
+    if raw.size == 0 or raw.dtype.kind not in "uif" or not 240 <= float(raw.max()) <= 255:
+        return False
+    low = float(np.mean(raw <= 15))
+    high = float(np.mean(raw >= 240))
+    return low + high >= 0.8 and high >= 0.3 * (1.0 - low)
+
+
+def to_float01(raw: np.ndarray, bit_depth: int | None = None,
+               value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Scale an image to float32 in [0, 1].
 
-    uint8 is divided by 255. Wider integers are divided by ``2**bits - 1`` for the smallest of
-    10, 12, 14, 16, 32 or 64 bits that holds the image's maximum, so that 12-bit detector data in
-    a 16-bit container is not nearly black. Signed integers are shifted by their dtype minimum.
-    Floats already in [0, 1] are kept; others are scaled from their min-max range.
+    Parameters
+    ----------
+    raw : ndarray
+        Stored values.
+    bit_depth : int, optional
+        Unsigned integers wider than 8 bits are divided by ``2**bit_depth - 1``; default: by
+        the smallest of 8, 10, 12, 14, 16, 32 or 64 bits that holds this image's maximum, so
+        that 12-bit detector data in a 16-bit container is not nearly black. Give the series'
+        bit depth to scale every image of a run alike. uint8 is always divided by 255, signed
+        integers are shifted by their dtype minimum and divided by the dtype's range.
+    value_range : (float, float), optional
+        Floats: the (low, high) mapped to 0 and 1, e.g. a series' range; default: floats in
+        [0, 1] are kept, others scaled from their own min-max range. NaN and inf are set to the
+        lowest finite value.
+
+    Raises
+    ------
+    ValueError
+        If an unsigned integer exceeds ``2**bit_depth - 1``.
     """
     if raw.dtype == np.bool_:
         return raw.astype(np.float32)
@@ -277,18 +600,23 @@ def to_float01(raw: np.ndarray) -> np.ndarray:
             info = np.iinfo(raw.dtype)
             return ((data - info.min) / (float(info.max) - info.min)).astype(np.float32)
         top = float(data.max(initial=0))
-        bits = next((b for b in (10, 12, 14, 16, 32, 64) if top <= 2.0**b - 1), 64)
+        bits = bits_for_max(top) if bit_depth is None else int(bit_depth)
+        if top > 2.0**bits - 1:
+            raise ValueError(f"values reach {top:g}, more than {bits}-bit data can hold")
         return (data / (2.0**bits - 1)).astype(np.float32)
     data = raw.astype(np.float64)
     finite = np.isfinite(data)
     if not finite.all():
         data = np.where(finite, data, np.nanmin(np.where(finite, data, np.nan)) if finite.any() else 0.0)
-    lo, hi = float(data.min()), float(data.max())
-    if lo >= 0.0 and hi <= 1.0:
-        return data.astype(np.float32)
-    if hi == lo:
+    if value_range is None:
+        lo, hi = float(data.min()), float(data.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return data.astype(np.float32)
+    else:
+        lo, hi = (float(v) for v in value_range)
+    if hi <= lo:
         return np.zeros(data.shape, np.float32)
-    return ((data - lo) / (hi - lo)).astype(np.float32)
+    return np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def _read_raw(path: Path, min_side_px: int = MIN_SIDE_PX) -> np.ndarray:
@@ -571,14 +899,18 @@ def _pixel_size_sidecar(path: Path) -> tuple[float, str] | None:
 
 
 def _pixel_size_ome(xml_text: str) -> float | None:
-    root = ET.fromstring(xml_text)
-    for element in root.iter():
-        if element.tag.rsplit("}", 1)[-1] == "Pixels" and "PhysicalSizeX" in element.attrib:
-            unit = element.attrib.get("PhysicalSizeXUnit", "µm")  # the OME schema's default
-            factor = _unit_to_nm(unit)
-            if factor is None:
-                return None
-            return float(element.attrib["PhysicalSizeX"]) * factor
+    pixels = _ome_pixels_with(xml_text, "PhysicalSizeX")
+    if pixels is None:
+        return None
+    factor = _unit_to_nm(pixels.get("PhysicalSizeXUnit", "µm"))  # the OME schema's default unit
+    return None if factor is None else float(pixels["PhysicalSizeX"]) * factor
+
+
+def _ome_pixels_with(xml_text: str, attribute: str) -> dict[str, str] | None:
+    """Attributes of the first OME ``Pixels`` element that has ``attribute``."""
+    for element in ET.fromstring(xml_text).iter():
+        if element.tag.rsplit("}", 1)[-1] == "Pixels" and attribute in element.attrib:
+            return dict(element.attrib)
     return None
 
 

@@ -290,31 +290,249 @@ def fit_lognormal(values: np.ndarray) -> dict[str, float] | None:
     return {"shape": float(shape), "scale": float(scale), "geometric_sd": float(np.exp(shape))}
 
 
-def size_summary(df: pd.DataFrame, descriptors: Sequence[str] = MAIN_DESCRIPTORS, fit: bool = True) -> dict[str, Any]:
-    """Number-based statistics of each descriptor.
+#: Resamples of the bootstrap confidence intervals.
+BOOTSTRAP_RESAMPLES = 2000
+#: Below this many particles the median (and its interval) is called unstable in the summary.
+MIN_PARTICLES_STABLE_MEDIAN = 50
+#: Below this many images the interval from resampling images is called coarse in the summary.
+MIN_IMAGES_CLUSTER_BOOTSTRAP = 5
+# Elements of one (resamples x particles) block: bounds the memory of the vectorised bootstrap.
+_BOOTSTRAP_BLOCK = 4_000_000
+_PILOT_RESAMPLES = 64
+
+
+def resample_counts(rng: np.random.Generator, n_units: int, n_resamples: int) -> np.ndarray:
+    """How often each of ``n_units`` units is drawn in each of ``n_resamples`` bootstrap resamples.
+
+    Returns
+    -------
+    (n_resamples, n_units) int64 array
+        Every row sums to ``n_units`` (units drawn with replacement).
+    """
+    # 32-bit indices where they fit: half the memory traffic of the largest arrays here
+    dtype = np.int32 if n_resamples * n_units < 2**31 else np.int64
+    draws = rng.integers(0, n_units, size=(n_resamples, n_units), dtype=dtype)
+    # counted unit-major: the transposed view is what pooled_statistics scans
+    flat = (draws * dtype(n_resamples) + np.arange(n_resamples, dtype=dtype)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_resamples * n_units).reshape(n_units, n_resamples).T
+
+
+def pooled_statistics(
+    values: np.ndarray, units: np.ndarray, counts: np.ndarray, window: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median and mean of pooled resamples, without building them.
+
+    Resample ``r`` is the multiset holding every value of unit ``u`` ``counts[r, u]`` times
+    (a unit is an image, or one particle). Its median is found on the values sorted once:
+    the cumulative count along the sorted values crosses the middle rank(s), as in
+    :func:`numpy.median` (the two middle values averaged for an even total).
+
+    Parameters
+    ----------
+    values : (N,) float array
+    units : (N,) int array
+        Unit index of each value, in ``[0, n_units)``.
+    counts : (R, n_units) int array
+        Draws of each unit per resample; every row must draw at least one value.
+    window : (lo, hi), optional
+        Sorted positions expected to hold every resample's middle values (see
+        :func:`median_window`): only they are scanned, which makes a median cost the window's
+        width instead of N. Rows whose middle values fall outside are redone over all values,
+        so the window changes the speed, never the result. Default: all values.
+
+    Returns
+    -------
+    medians, means : (R,) float arrays
+    """
+    values = np.asarray(values, dtype=float)
+    units = np.asarray(units, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    n_units = counts.shape[1]
+    order = np.argsort(values, kind="stable")
+    sorted_values, sorted_units = values[order], units[order]
+    lo, hi = (0, len(values)) if window is None else (max(0, window[0]), min(len(values), window[1]))
+    # one float matrix product (BLAS) for every sum over units: the counts stay exact in float64
+    per_unit = np.stack([np.bincount(units, weights=values, minlength=n_units),
+                         np.bincount(units, minlength=n_units),
+                         np.bincount(sorted_units[:lo], minlength=n_units)], axis=1).astype(float)
+    value_sum, total, before = (counts.astype(float) @ per_unit).T
+    means = value_sum / total
+    total, before = np.rint(total).astype(np.int64), np.rint(before).astype(np.int64)
+    # 1-based ranks of the lower and upper middle values (the same for an odd total)
+    rank_lo, rank_hi = (total + 1) // 2, total // 2 + 1
+    # (positions x resamples): gathering whole rows and summing down the columns is far
+    # faster in numpy than gathering and summing along rows
+    by_unit = np.ascontiguousarray(counts.T)
+    cum = before[None, :] + np.cumsum(by_unit[sorted_units[lo:hi]], axis=0)
+    inside = (before < rank_lo) & (cum[-1] >= rank_hi) if hi > lo else np.zeros(len(counts), dtype=bool)
+    medians = np.empty(len(counts))
+    medians[inside] = _middle(sorted_values[lo:hi], cum[:, inside], rank_lo[inside], rank_hi[inside])
+    if not inside.all():
+        outside = ~inside
+        cum = np.cumsum(by_unit[:, outside][sorted_units], axis=0)
+        medians[outside] = _middle(sorted_values, cum, rank_lo[outside], rank_hi[outside])
+    return medians, means
+
+
+def _middle(sorted_values: np.ndarray, cum: np.ndarray, rank_lo: np.ndarray, rank_hi: np.ndarray) -> np.ndarray:
+    """Mean of the values at which each column's cumulative count first reaches the two ranks."""
+    lower = np.count_nonzero(cum < rank_lo[None, :], axis=0)
+    upper = np.count_nonzero(cum < rank_hi[None, :], axis=0)
+    return 0.5 * (sorted_values[lower] + sorted_values[upper])
+
+
+def median_window(sorted_values: np.ndarray, pilot_medians: np.ndarray | None = None) -> tuple[int, int]:
+    """Sorted positions ``[lo, hi)`` expected to hold the middle values of every resample.
+
+    Only speed depends on it: :func:`pooled_statistics` redoes the rare resamples whose
+    middle values fall outside over all values.
+
+    Parameters
+    ----------
+    sorted_values : (N,) float array
+    pilot_medians : array, optional
+        Medians of a few pilot resamples; the window then also spans their range widened by
+        that range on each side (about +-7 standard deviations of the bootstrap median for 64
+        pilots), which is what resampling whole images needs.
+
+    Returns
+    -------
+    lo, hi : int
+        At least N/2 +- 4 sqrt(N): when single particles are resampled, the middle rank falls
+        outside with a probability far below 1e-12 (8 binomial standard deviations).
+    """
+    n = len(sorted_values)
+    half = int(4 * np.sqrt(n)) + 8
+    lo, hi = max(0, n // 2 - half), min(n, n // 2 + half + 1)
+    if pilot_medians is not None and len(pilot_medians):
+        spread = float(np.ptp(pilot_medians))
+        lo = min(lo, int(np.searchsorted(sorted_values, np.min(pilot_medians) - spread, side="left")))
+        hi = max(hi, int(np.searchsorted(sorted_values, np.max(pilot_medians) + spread, side="right")))
+    return lo, hi
+
+
+def bootstrap_ci(
+    values: np.ndarray,
+    images: np.ndarray | None = None,
+    *,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Percentile bootstrap 95 % confidence intervals of the median and the mean.
+
+    Particles of one micrograph share its focus, contrast, segmentation errors and local
+    sample preparation, so they are not independent draws: images are resampled with
+    replacement and their particles pooled (cluster bootstrap). With one image there is
+    nothing to resample but particles, which ignores image-to-image variation; the returned
+    notes say so.
+
+    Parameters
+    ----------
+    values : (N,) float array
+        One descriptor of the counted particles; non-finite values are ignored.
+    images : (N,) array, optional
+        Image of each particle; None means all come from one image.
+    n_resamples : int
+        Bootstrap resamples.
+    seed : int
+        Seed of :func:`numpy.random.default_rng`: the same seed gives the same interval.
+
+    Returns
+    -------
+    dict
+        ``median_ci95``, ``mean_ci95`` ([low, high], None without particles), ``ci_method``
+        (a phrase naming what was resampled) and ``ci_notes`` (list of str, warnings about
+        the interval's reliability with the rule that triggered them).
+    """
+    values = np.asarray(values, dtype=float)
+    images = np.zeros(values.size, dtype=int) if images is None else np.asarray(images)
+    finite = np.isfinite(values)
+    values = values[finite]
+    # only images with counted particles are units: an empty image adds nothing to a pool
+    _, units = np.unique(images[finite], return_inverse=True)
+    n_images = int(units.max()) + 1 if values.size else 0
+    notes: list[str] = []
+    if n_images >= 2:
+        method = f"bootstrap over images ({n_resamples} resamples: images drawn with replacement, their particles pooled)"
+        if n_images < MIN_IMAGES_CLUSTER_BOOTSTRAP:
+            notes.append(f"only {n_images} images (fewer than {MIN_IMAGES_CLUSTER_BOOTSTRAP}): an interval from "
+                         "resampling so few images is coarse")
+    else:
+        method = f"bootstrap over particles ({n_resamples} resamples: particles drawn with replacement)"
+        if values.size:
+            notes.append("one image only: particles were resampled instead of images, so the interval ignores "
+                         "image-to-image variation and is likely too narrow")
+            units = np.arange(values.size)
+    if values.size < MIN_PARTICLES_STABLE_MEDIAN:
+        notes.append(f"{values.size} particles (fewer than {MIN_PARTICLES_STABLE_MEDIAN}): the median is not stable "
+                     "and its interval is approximate")
+    out: dict[str, Any] = {"median_ci95": None, "mean_ci95": None, "ci_method": method, "ci_notes": notes}
+    if not values.size:
+        return out
+    n_units = int(units.max()) + 1
+    # sorted once here, so the sort in every block of resamples meets sorted input (linear time)
+    order = np.argsort(values, kind="stable")
+    values, units = values[order], units[order]
+    pilot = None
+    if n_images >= 2:
+        # a pilot on its own stream, so that the window (speed only) leaves the main draws alone
+        pilot_counts = resample_counts(np.random.default_rng([seed, 1]), n_units, _PILOT_RESAMPLES)
+        pilot = pooled_statistics(values, units, pilot_counts)[0]
+    window = median_window(values, pilot)
+    rng = np.random.default_rng(seed)
+    medians, means = np.empty(n_resamples), np.empty(n_resamples)
+    # blocks of resamples keep the (resamples x units) and (resamples x window) arrays to a few tens of MB
+    step = max(1, _BOOTSTRAP_BLOCK // max(n_units, window[1] - window[0]))
+    for start in range(0, n_resamples, step):
+        rows = min(step, n_resamples - start)
+        block = pooled_statistics(values, units, resample_counts(rng, n_units, rows), window)
+        medians[start:start + rows], means[start:start + rows] = block
+    out["median_ci95"] = [float(v) for v in np.percentile(medians, [2.5, 97.5])]
+    out["mean_ci95"] = [float(v) for v in np.percentile(means, [2.5, 97.5])]
+    return out
+
+
+def size_summary(
+    df: pd.DataFrame,
+    descriptors: Sequence[str] = MAIN_DESCRIPTORS,
+    fit: bool = True,
+    *,
+    ci: bool = True,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Number-based statistics of each descriptor, with bootstrap confidence intervals.
 
     Parameters
     ----------
     df : pandas.DataFrame
-        Particles (usually only the kept ones), as from :func:`measure_particles`.
+        Particles (usually only the kept ones), as from :func:`measure_particles`; with an
+        ``image`` column the intervals resample images (see :func:`bootstrap_ci`).
     descriptors : sequence of str
         Descriptor stems (``ecd``, ``min_feret``, ...) or explicit column names.
     fit : bool
         Also fit a log-normal distribution.
+    ci : bool
+        Also compute the 95 % confidence intervals of the median and the mean.
+    n_resamples, seed : int
+        Bootstrap resamples and seed (the same seed gives the same intervals).
 
     Returns
     -------
     dict
         Per descriptor: ``column``, ``unit``, ``count``, ``mean``, ``sd`` (sample, ddof=1),
-        ``median``, ``d10``, ``d50``, ``d90`` and ``lognormal`` (see :func:`fit_lognormal`).
+        ``median``, ``d10``, ``d50``, ``d90``, with ``ci`` ``median_ci95`` and ``mean_ci95``
+        ([low, high] in ``unit``), ``ci_method`` and ``ci_notes``, and with ``fit``
+        ``lognormal`` (see :func:`fit_lognormal`).
     """
+    images = df["image"].astype(str).to_numpy() if "image" in df.columns else None
     out: dict[str, Any] = {}
     for name in descriptors:
         col = name if name in df.columns else descriptor_column(df, name)
         if col not in df.columns:
             raise NanosegError(f"size_summary: no column '{col}' in the particle table")
-        values = df[col].to_numpy(dtype=float)
-        values = values[np.isfinite(values)]
+        all_values = df[col].to_numpy(dtype=float)
+        values = all_values[np.isfinite(all_values)]
         n = int(values.size)
         entry: dict[str, Any] = {"column": col, "unit": _unit(col), "count": n}
         if n:
@@ -329,6 +547,8 @@ def size_summary(df: pd.DataFrame, descriptors: Sequence[str] = MAIN_DESCRIPTORS
             )
         else:
             entry.update(mean=None, sd=None, median=None, d10=None, d50=None, d90=None)
+        if ci:
+            entry.update(bootstrap_ci(all_values, images, n_resamples=n_resamples, seed=seed))
         if fit:
             entry["lognormal"] = fit_lognormal(values)
         out[name] = entry
@@ -342,19 +562,36 @@ def _unit(col: str) -> str:
     return ""
 
 
-def ec_definition_check(df: pd.DataFrame, column: str = "min_feret_nm", limit_nm: float = EC_LIMIT_NM) -> dict[str, Any]:
+def ec_definition_check(
+    df: pd.DataFrame,
+    column: str = "min_feret_nm",
+    limit_nm: float = EC_LIMIT_NM,
+    median_ci95_nm: Sequence[float] | None = None,
+) -> dict[str, Any]:
     """Number-based check against the EC nanomaterial definition (2022/C 229/01).
 
     A material is a nanomaterial when 50 % or more of its particles (by number) have an
     external dimension, here the minimum Feret diameter, below 100 nm, i.e. when the
     number-based median of that dimension is below 100 nm.
 
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The counted particles.
+    column : str
+        The calibrated external dimension.
+    limit_nm : float
+        The size limit.
+    median_ci95_nm : (low, high), optional
+        95 % confidence interval of the median (see :func:`bootstrap_ci`): the statement then
+        says whether the verdict holds over the whole interval.
+
     Returns
     -------
     dict
         ``checked`` (False without calibrated sizes), ``column``, ``count``,
-        ``share_below_limit``, ``median_nm``, ``limit_nm``, ``is_nanomaterial`` and
-        ``statement`` (one sentence for the report).
+        ``share_below_limit``, ``median_nm``, ``limit_nm``, ``is_nanomaterial``,
+        ``median_ci95_nm`` (when given) and ``statement`` (for the report).
     """
     if len(df) and (column not in df.columns or df[column].isna().all()):
         return {
@@ -378,8 +615,19 @@ def ec_definition_check(df: pd.DataFrame, column: str = "min_feret_nm", limit_nm
         f"{'meets' if is_nano else 'does not meet'} the EC definition of a nanomaterial "
         f"(2022/C 229/01, 50 % by number with an external dimension of 1-100 nm)."
     )
-    return {"checked": True, "column": column, "count": int(values.size), "share_below_limit": share,
-            "median_nm": median, "limit_nm": limit_nm, "is_nanomaterial": is_nano, "statement": statement}
+    out = {"checked": True, "column": column, "count": int(values.size), "share_below_limit": share,
+           "median_nm": median, "limit_nm": limit_nm, "is_nanomaterial": is_nano}
+    if median_ci95_nm is not None:
+        low, high = (float(v) for v in median_ci95_nm)
+        out["median_ci95_nm"] = [low, high]
+        interval = f"The 95 % confidence interval of the median, {low:.1f}-{high:.1f} nm,"
+        if high < limit_nm or low >= limit_nm:
+            statement += f" {interval} lies entirely {'below' if high < limit_nm else 'above'} {limit_nm:g} nm."
+        else:
+            statement += (f" {interval} includes {limit_nm:g} nm, so the verdict is uncertain: measure more "
+                          "images before relying on it.")
+    out["statement"] = statement
+    return out
 
 
 def compare_distributions(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
@@ -617,6 +865,29 @@ def _read_size_prior(run_dir: Path | None) -> dict[str, Any]:
     return found
 
 
+def size_prior_fallbacks(size_prior: Any) -> list[str]:
+    """Sentences for every stage whose size prior differs from the configured one.
+
+    Parameters
+    ----------
+    size_prior : any
+        As from :func:`_read_size_prior`: ``{'<stage>.size_prior': used,
+        '<stage>.size_prior_configured': configured, ...}``; anything else has no fallback.
+    """
+    if not isinstance(size_prior, Mapping):
+        return []
+    out = []
+    for key, configured in size_prior.items():
+        if not key.endswith(".size_prior_configured"):
+            continue
+        stage = key.removesuffix(".size_prior_configured")
+        used = size_prior.get(f"{stage}.size_prior")
+        if used is not None and used != configured:
+            out.append(f"the {stage} stage was configured with size_prior={configured} but fell back to "
+                       f"size_prior={used}: the training masks' particle sizes follow {used}")
+    return out
+
+
 def write_results(
     particles: pd.DataFrame,
     out_dir: Path,
@@ -632,6 +903,10 @@ def write_results(
     extra: Mapping[str, Any] | None = None,
     report_rows: int = 50,
     report_overlays: int = 12,
+    counting_rule: Mapping[str, Any] | None = None,
+    warnings: Sequence[str] = (),
+    seed: int = 0,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> dict[str, Any]:
     """Write ``particles.csv``, ``summary.json``, histograms, overlays and ``report.html``.
 
@@ -660,11 +935,21 @@ def write_results(
         More entries for ``summary.json``.
     report_rows, report_overlays : int
         Particles listed and overlays embedded in the report.
+    counting_rule : mapping, optional
+        Which particles were counted (see :func:`nanoseg.classify.counting_rule`); the pixel
+        size and its source are added. Without it the rule is recorded as not stated.
+    warnings : sequence of str
+        Methods that switched silently on the way (e.g. classifier requested but missing);
+        a fallback of the size prior recorded in ``size_prior`` is added here.
+    seed, n_resamples : int
+        Seed and resamples of the bootstrap confidence intervals (see :func:`bootstrap_ci`).
 
     Returns
     -------
     dict
-        The summary written to ``summary.json``.
+        The summary written to ``summary.json``: counts, discard reasons, pixel size,
+        ``counting_rule``, ``warnings``, ``descriptors`` (see :func:`size_summary`) and
+        ``ec_definition``.
     """
     from nanoseg.atomic import atomic_path, write_json
     from nanoseg.io import write_png
@@ -674,20 +959,34 @@ def write_results(
     with atomic_path(out_dir / "particles.csv") as tmp:
         particles.to_csv(tmp, index=False, float_format="%.6g")
     kept = particles[particles["kept"]]
-    summary_desc = size_summary(kept, MAIN_DESCRIPTORS, fit=fit)
+    summary_desc = size_summary(kept, MAIN_DESCRIPTORS, fit=fit, n_resamples=n_resamples, seed=seed)
     reasons = particles.loc[~particles["kept"], "reason"].value_counts().to_dict()
     pixel_sizes = sorted({float(v) for v in particles["pixel_size_nm"].dropna()}) if "pixel_size_nm" in particles else []
+    pixel_size_nm = pixel_sizes[0] if len(pixel_sizes) == 1 else (pixel_sizes or None)
+    rule = dict(counting_rule) if counting_rule is not None else {
+        "method": None, "rules": None, "classifier": None, "edge_particles_excluded": None,
+        "partly_covered_excluded": None, "partly_covered_excluded_by": None}
+    rule.update(pixel_size_nm=pixel_size_nm, pixel_size_source=pixel_size_source)
+    all_warnings = list(warnings)
+    for text in size_prior_fallbacks(size_prior):
+        logger.warning("measure: %s", text)
+        all_warnings.append(text)
+    min_feret = summary_desc["min_feret"]
+    ec = ec_definition_check(kept, "min_feret_nm", median_ci95_nm=min_feret.get("median_ci95")
+                             if min_feret["column"] == "min_feret_nm" else None)
     summary: dict[str, Any] = {
         "n_images": int(particles["image"].nunique()),
         "n_particles": int(len(particles)),
         "n_kept": int(len(kept)),
         "n_discarded": int(len(particles) - len(kept)),
         "discard_reasons": {str(k): int(v) for k, v in reasons.items()},
-        "pixel_size_nm": pixel_sizes[0] if len(pixel_sizes) == 1 else (pixel_sizes or None),
+        "pixel_size_nm": pixel_size_nm,
         "pixel_size_source": pixel_size_source,
         "size_prior": size_prior,
+        "counting_rule": rule,
+        "warnings": all_warnings,
         "descriptors": summary_desc,
-        "ec_definition": ec_definition_check(kept, "min_feret_nm"),
+        "ec_definition": ec,
     }
     figures: dict[str, Path] = {}
     for stem in MAIN_DESCRIPTORS:
@@ -757,6 +1056,7 @@ def pixel_size_source(micrographs: Sequence[Any]) -> str:
 
 def run_stage(ctx: Any) -> None:
     """Pipeline stage 7: measure the segment labels, join classify decisions, write the results."""
+    from nanoseg.classify import classify_images, counting_rule
     from nanoseg.io import load_micrographs
 
     cfg = ctx.config
@@ -766,11 +1066,19 @@ def run_stage(ctx: Any) -> None:
     images = {stem: image for stem, _, image, _ in items}
     label_images = {stem: lab for stem, lab, _, _ in items}
     particles = measure_images(items)
+    cls_cfg = cfg.classify
+    warnings: list[str] = []
+    classifier_model = ctx.stage_dir("classify") / "model.pt" if cls_cfg.method == "network" else None
     decisions = _load_decisions(ctx.stage_dir("classify") / "decisions.csv")
     if decisions is None:
-        from nanoseg.classify import apply_rules
-
-        decisions = apply_rules(particles, cfg.classify)
+        if cls_cfg.method == "network":
+            text = ("no classify/decisions.csv: particles were kept by the rules alone, without the classifier "
+                    "that classify.method=network asks for (rerun with --from classify)")
+            ctx.log.warning("measure: %s", text)
+            warnings.append(text)
+            cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
+            classifier_model = None
+        decisions = classify_images(items, cls_cfg, particles=particles)
     particles = join_decisions(particles, decisions)
     prior = _read_size_prior(Path(ctx.run_dir)) or "unknown"
     summary = write_results(
@@ -778,7 +1086,8 @@ def run_stage(ctx: Any) -> None:
         fit=cfg.measure.fit_lognormal, report=cfg.measure.report,
         pixel_size_source=pixel_size_source(micrographs),
         size_prior=prior, report_rows=cfg.measure.report_rows, report_overlays=cfg.measure.report_overlays,
-        extra={"size_prior_configured": cfg.masks.size_prior, "classify_method": cfg.classify.method},
+        counting_rule=counting_rule(cls_cfg, classifier_model=classifier_model), warnings=warnings, seed=cfg.seed,
+        extra={"size_prior_configured": cfg.masks.size_prior, "classify_method": cls_cfg.method},
     )
     ctx.log.info("measure: %d of %d particles kept in %d images; %s", summary["n_kept"], summary["n_particles"],
                  summary["n_images"], summary["ec_definition"]["statement"])
@@ -836,20 +1145,14 @@ def measure_files(
     dict
         The summary written to ``summary.json``.
     """
-    from nanoseg.classify import classify_images, write_decisions
-    from nanoseg.io import list_images, read_micrograph
+    from nanoseg.classify import classify_images, counting_rule, write_decisions
+    from nanoseg.io import list_images, read_micrographs
 
     out_dir = Path(out_dir)
     paths = [p for item in images for p in list_images(item)]
     if not paths:
         raise NanosegError("measure: no micrographs given")
-    data = config.data
-    micrographs = []
-    for path in paths:
-        mg = read_micrograph(path, pixel_size_nm=data.pixel_size_nm, info_bar_rows=data.info_bar_rows)
-        if data.dark_particles:
-            mg.image = (1.0 - mg.image).astype(np.float32)
-        micrographs.append(mg)
+    micrographs = read_micrographs(paths, config.data)
     if labels_dir is None:
         if model is None:
             raise NanosegError("measure: give --model (a segmentation model) or --labels (a folder of label images)")
@@ -863,6 +1166,7 @@ def measure_files(
     images_by_name = {stem: image for stem, _, image, _ in items}
     labels_by_name = {stem: lab for stem, lab, _, _ in items}
     cls_cfg = config.classify
+    warnings: list[str] = []
     net = None
     if classifier is not None:
         from nanoseg import nets
@@ -870,11 +1174,15 @@ def measure_files(
         net, _ = nets.load(classifier, device)
         cls_cfg = cls_cfg.model_copy(update={"method": "network"})
     elif cls_cfg.method == "network":
-        logger.info("measure: no --classifier given; keeping particles by the rules only")
+        text = ("classify.method is 'network' but no --classifier was given: particles were kept by the rules "
+                "alone, so partly covered particles were not excluded")
+        logger.warning("measure: %s", text)
+        warnings.append(text)
         cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
-    decisions = classify_images(items, cls_cfg, net=net, device=device)
+    particles = measure_images(items)
+    decisions = classify_images(items, cls_cfg, net=net, device=device, particles=particles)
     write_decisions(decisions, out_dir / "decisions.csv")
-    particles = join_decisions(measure_images(items), decisions)
+    particles = join_decisions(particles, decisions)
     compare = None
     if compare_csv is not None:
         compare = (Path(compare_csv).name, read_particles_csv(compare_csv))
@@ -883,6 +1191,7 @@ def measure_files(
         fit=config.measure.fit_lognormal, report=config.measure.report, pixel_size_source=pixel_size_source(micrographs),
         size_prior=_size_prior_of_model(model), compare=compare, report_rows=config.measure.report_rows,
         report_overlays=config.measure.report_overlays, extra={"classify_method": cls_cfg.method},
+        counting_rule=counting_rule(cls_cfg, classifier_model=classifier), warnings=warnings, seed=config.seed,
     )
 
 

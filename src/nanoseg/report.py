@@ -33,6 +33,7 @@ th { background: #f0f0f0; } td.text { text-align: left; }
 .figs img { max-width: 48%; margin: 0.5%; } .overlay img { max-width: 100%; }
 .statement { background: #f6f8fa; border-left: 4px solid #4c72b0; padding: 0.6em 1em; }
 .kept { color: #28a050; font-weight: bold; } .discarded { color: #e63c32; font-weight: bold; }
+.warnings { background: #fff4e5; border-left: 4px solid #e69500; padding: 0.6em 2em; }
 """
 
 
@@ -80,15 +81,83 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_column
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _interval(ci: Sequence[float] | None) -> str | None:
+    return None if not ci else f"{ci[0]:.4g} \u2013 {ci[1]:.4g}"
+
+
 def _summary_table(descriptors: Mapping[str, Any]) -> str:
-    header = ["descriptor", "unit", "count", "mean", "sd", "median", "D10", "D50", "D90",
-              "log-normal median", "log-normal GSD"]
+    header = ["descriptor", "unit", "count", "mean", "mean 95 % CI", "sd", "median", "median 95 % CI", "D10", "D50",
+              "D90", "log-normal median", "log-normal GSD"]
     rows = []
     for name, d in descriptors.items():
         ln = d.get("lognormal") or {}
-        rows.append([name, d.get("unit", ""), d["count"], d["mean"], d["sd"], d["median"], d["d10"], d["d50"], d["d90"],
+        rows.append([name, d.get("unit", ""), d["count"], d["mean"], _interval(d.get("mean_ci95")), d["sd"],
+                     d["median"], _interval(d.get("median_ci95")), d["d10"], d["d50"], d["d90"],
                      ln.get("scale"), ln.get("geometric_sd")])
     return html_table(header, rows, text_columns=(0, 1))
+
+
+def uncertainty_text(descriptors: Mapping[str, Any]) -> str:
+    """One paragraph: how the confidence intervals were computed and when to distrust them."""
+    methods = list(dict.fromkeys(d["ci_method"] for d in descriptors.values() if d.get("ci_method")))
+    if not methods:
+        return ""
+    notes = list(dict.fromkeys(n for d in descriptors.values() for n in d.get("ci_notes") or ()))
+    text = f"95 % confidence intervals: percentile {'; '.join(methods)}."
+    if notes:
+        text += " Caution: " + "; ".join(notes) + "."
+    return text
+
+
+def _pixel_text(pixel_size: Any) -> str:
+    if isinstance(pixel_size, list):
+        return ", ".join(f"{v:g}" for v in pixel_size) + " nm (differs between images)"
+    if pixel_size is None:
+        return "unknown (sizes in px)"
+    return f"{pixel_size:g} nm"
+
+
+def counting_rule_text(rule: Mapping[str, Any]) -> str:
+    """The counting rule in words, from the ``counting_rule`` block of ``summary.json``.
+
+    Says whether particles touching the image border and partly covered particles were
+    excluded, which rules and which classifier decided, and the pixel size with its source.
+    """
+    method = rule.get("method")
+    if method is None:
+        parts = ["Which particles were counted was not recorded with these results."]
+    elif method == "none":
+        parts = ["No keep/discard rule or classifier ran: every segmented particle was counted, including "
+                 "particles touching the image border (their sizes are truncated) and partly covered ones."]
+    else:
+        rules = rule.get("rules") or []
+        classifier = rule.get("classifier") or {}
+        parts = ["Particles touching the image border or the info bar were excluded (their size is unknown)."
+                 if rule.get("edge_particles_excluded") else
+                 "Particles touching the image border were counted (their sizes may be truncated)."]
+        if classifier.get("ran"):
+            model = classifier.get("model") or "model file not recorded"
+            parts.append(f"Partly covered particles were excluded by the keep/discard classifier ({model}): a "
+                         f"particle was counted only when its mean keep score was above "
+                         f"{classifier.get('score_threshold'):g}.")
+        else:
+            parts.append("Partly covered particles were not excluded: no classifier ran, and no rule detects "
+                         "occlusion.")
+        others = [r for r in rules if r["name"] not in ("touches_border", "score_below_threshold")]
+        if others:
+            parts.append("Also discarded were particles " + "; particles ".join(r["discards"] for r in others) + ".")
+        else:
+            parts.append("No other rule discarded particles.")
+        names = ", ".join(r["name"] for r in rules) or "none"
+        parts.append(f"Method: {'classifier and rules' if classifier.get('ran') else 'rules only'} "
+                     f"(rule set: {names}).")
+    pixel_size = rule.get("pixel_size_nm")
+    source = rule.get("pixel_size_source", "unknown")
+    if pixel_size is None:
+        parts.append(f"No pixel size was known ({source}), so sizes are in px.")
+    else:
+        parts.append(f"Sizes were converted with a pixel size of {_pixel_text(pixel_size)}, from {source}.")
+    return " ".join(parts)
 
 
 def _particle_table(particles: pd.DataFrame, max_rows: int) -> str:
@@ -139,13 +208,7 @@ def render_report(
              f"<h1>{esc(title)}</h1>",
              f"<p>Generated {esc(_dt.datetime.now().strftime('%Y-%m-%d %H:%M'))} by nanoseg.</p>"]
 
-    pixel_size = summary.get("pixel_size_nm")
-    if isinstance(pixel_size, list):
-        pixel_text = ", ".join(f"{v:g}" for v in pixel_size) + " nm (differs between images)"
-    elif pixel_size is None:
-        pixel_text = "unknown (sizes in px)"
-    else:
-        pixel_text = f"{pixel_size:g} nm"
+    pixel_text = _pixel_text(summary.get("pixel_size_nm"))
     prior = summary.get("size_prior", "unknown")
     prior_text = ", ".join(f"{k} = {v}" for k, v in prior.items()) if isinstance(prior, Mapping) else str(prior)
     if summary.get("size_prior_configured"):
@@ -162,14 +225,24 @@ def render_report(
     ]
     if summary.get("classify_method"):
         overview.append(["keep/discard method", summary["classify_method"]])
+    warnings = summary.get("warnings") or []
+    if warnings:
+        items = "".join(f"<li>{esc(str(w))}</li>" for w in warnings)
+        parts += ["<h2>Warnings</h2>", f"<ul class='warnings' id='warnings'>{items}</ul>"]
     parts += ["<h2>Overview</h2>", html_table(["item", "value"], overview, text_columns=(0, 1))]
+    rule = summary.get("counting_rule")
+    if rule is not None:
+        parts += ["<h2>Counting rule</h2>", f"<p class='statement' id='counting-rule'>{esc(counting_rule_text(rule))}</p>"]
 
     ec = summary.get("ec_definition") or {}
     parts += ["<h2>EC nanomaterial definition</h2>",
               f"<p class='statement' id='ec-statement'>{esc(ec.get('statement', 'not checked'))}</p>"]
 
-    parts += ["<h2>Size distribution (kept particles, number-based)</h2>",
-              _summary_table(summary.get("descriptors") or {})]
+    descriptors = summary.get("descriptors") or {}
+    parts += ["<h2>Size distribution (kept particles, number-based)</h2>", _summary_table(descriptors)]
+    uncertainty = uncertainty_text(descriptors)
+    if uncertainty:
+        parts.append(f"<p id='uncertainty'>{esc(uncertainty)}</p>")
     if reasons:
         parts += ["<h3>Why particles were discarded</h3>",
                   html_table(["reason", "particles"], sorted(reasons.items(), key=lambda kv: -kv[1]), text_columns=(0,))]

@@ -16,6 +16,8 @@ Public functions
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -196,12 +198,13 @@ def _load_image_mask_pairs(folder: Path, info_bar_rows: int | Literal["auto"]) -
             logger.warning("%s: no mask %s_m.* or %s.* in %s; skipped", path, path.stem, path.stem, mask_dir)
             continue
         micrograph = io.read_micrograph(path, pixel_size_nm=1.0, info_bar_rows=info_bar_rows)
-        raw = io.read_labels(mask_path)
-        if raw.shape != micrograph.full_shape:
-            raise NanosegError(f"{mask_path}: mask shape {raw.shape} differs from image {path} {micrograph.full_shape}")
-        raw = raw[: micrograph.image.shape[0]]
-        # Binary masks (two values) hold instances as 4-connected components.
-        instances = label(raw > 0, connectivity=1) if np.unique(raw).size <= 2 else raw
+        annotation = io.read_annotation(mask_path)
+        if annotation.shape != micrograph.full_shape:
+            raise NanosegError(f"{mask_path}: mask shape {annotation.shape} differs from image {path} "
+                               f"{micrograph.full_shape}")
+        annotation = annotation[: micrograph.image.shape[0]]
+        # Binary masks hold instances as 4-connected components.
+        instances = label(annotation, connectivity=1) if annotation.dtype == bool else annotation
         pairs.append(Pair(image=micrograph.image, instances=instances.astype(np.int32), name=path.stem))
     return pairs
 
@@ -312,6 +315,23 @@ def _plot_history(history: list[dict[str, float]], path: Path) -> None:
 # --------------------------------------------------------------------------- training
 
 
+def training_fingerprint(pairs: list[Pair], config: SegmentConfig, pixel_size_nm: float | None) -> str:
+    """Hash of what a training run learns from: the pairs' pixels and every setting but the step count.
+
+    A checkpoint is resumed only under the same fingerprint, so a folder reused for other data
+    starts fresh instead of silently continuing another model; more ``steps`` still resume.
+    """
+    digest = hashlib.sha256()
+    settings = config.model_dump(mode="json", exclude={"steps"})
+    digest.update(json.dumps([settings, pixel_size_nm], sort_keys=True).encode())
+    for pair in pairs:
+        digest.update(pair.name.encode())
+        for array in (pair.image, pair.instances):
+            digest.update(str((array.shape, array.dtype.str)).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def train(
     pairs: list[Pair],
     config: SegmentConfig,
@@ -384,9 +404,18 @@ def train(
     }
     step, history, best_iou = 0, [], -1.0
     ckpt_path = out_dir / "checkpoint.pt"
+    fingerprint = training_fingerprint(pairs, config, pixel_size_nm)
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state.get("kwargs") == net.init_kwargs and state.get("target") == kind:
+        stored = state.get("fingerprint")
+        if stored is not None and stored != fingerprint:
+            logger.warning("segment: %s was trained on other pairs or settings; starting fresh (it will be "
+                           "overwritten; use another output folder to keep it)", ckpt_path)
+        elif state.get("kwargs") != net.init_kwargs or state.get("target") != kind:
+            logger.warning("segment: %s holds another network; starting fresh", ckpt_path)
+        else:
+            if stored is None:  # written before checkpoints carried a fingerprint
+                logger.warning("segment: %s cannot be checked against the data (old format); resuming it", ckpt_path)
             net.load_state_dict(state["net"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -427,7 +456,7 @@ def train(
                 best_iou = iou
                 nets.save(net, out_dir / "best.pt", meta={**meta, "step": done, "val_iou": iou})
             with atomic_path(ckpt_path) as tmp:
-                torch.save({"kwargs": net.init_kwargs, "target": kind, "net": net.state_dict(),
+                torch.save({"kwargs": net.init_kwargs, "target": kind, "fingerprint": fingerprint, "net": net.state_dict(),
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "step": done, "history": history, "best_iou": best_iou,
                             "rng": rng.bit_generator.state}, tmp)
@@ -691,8 +720,9 @@ def segment_image(
     """Instance labels and probabilities of one image at its own size.
 
     If the image's and the model's training pixel sizes are both known and differ by more than
-    5 %, the image is rescaled to the training pixel size for the network and the probabilities
-    are resized back.
+    5 %, the image is rescaled to the training pixel size for the network, the probabilities are
+    split into particles at that scale (so every ``*_px`` post-processing setting means what it
+    meant in training) and the labels and probabilities are resized back.
 
     Returns
     -------
@@ -712,10 +742,28 @@ def segment_image(
         work = resize(image, shape, order=1, preserve_range=True, anti_aliasing=scale < 1).astype(np.float32)
     probs = predict_probabilities(net, work, kind, device=device, bf16=config.bf16,
                                   tile_px=config.inference_tile_px, overlap_px=config.tile_overlap_px)
-    if scale != 1.0:
-        probs = resize(probs, (probs.shape[0], *image.shape), order=1, preserve_range=True).astype(np.float32)
     threshold = config.threshold if config.threshold != "auto" else float(meta.get("threshold", 0.5))
-    return instances_from_probabilities(probs, kind, config, threshold=threshold), probs
+    labels = instances_from_probabilities(probs, kind, config, threshold=threshold)
+    if scale == 1.0:
+        return labels, probs
+    probs = resize(probs, (probs.shape[0], *image.shape), order=1, preserve_range=True).astype(np.float32)
+    return resize_labels(labels, _foreground(probs, kind, threshold)), probs
+
+
+def resize_labels(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Labels found at another scale, brought onto ``foreground``'s grid.
+
+    Nearest-neighbour resizing alone would give staircase outlines when enlarging; instead each
+    label is carried over by nearest neighbour, then grown over the full-resolution foreground
+    by up to one coarse pixel, so outlines follow the fine probability map.
+    """
+    from skimage.segmentation import expand_labels
+    from skimage.transform import resize
+
+    factor = max(foreground.shape[0] / labels.shape[0], foreground.shape[1] / labels.shape[1])
+    coarse = resize(labels, foreground.shape, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+    grown = expand_labels(coarse, distance=math.ceil(factor) + 1)
+    return _relabel(np.where(foreground, grown, 0), 0)
 
 
 def separated_binary(labels: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ Nothing heavy is imported at module level so that ``--help`` stays instant.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +15,7 @@ from nanoseg.cli import common
 from nanoseg.errors import NanosegError
 
 app = typer.Typer(no_args_is_help=True)
+logger = logging.getLogger("nanoseg.cli.classify")
 
 
 @app.command()
@@ -101,16 +103,14 @@ def predict(
     cfg = common.resolve_config(config, profile, sets, None, device, pixel_size)
     dev = common.prepare_torch(cfg)
     from nanoseg.classify import classify_images, write_decisions
-    from nanoseg.io import list_images, read_labels, read_micrograph
+    from nanoseg.io import list_images, read_labels, read_micrographs
 
     items = []
-    for path in (p for item in images for p in list_images(item)):
-        mg = read_micrograph(path, pixel_size_nm=cfg.data.pixel_size_nm, info_bar_rows=cfg.data.info_bar_rows)
-        image = 1.0 - mg.image if cfg.data.dark_particles else mg.image
-        label_path = labels / f"{path.stem}.tif"
+    for mg in read_micrographs([p for item in images for p in list_images(item)], cfg.data):
+        label_path = labels / f"{Path(mg.path).stem}.tif"
         if not label_path.is_file():
-            raise NanosegError(f"{label_path}: no label image for {path}")
-        items.append((path.stem, read_labels(label_path), image, mg.pixel_size_nm))
+            raise NanosegError(f"{label_path}: no label image for {mg.path}")
+        items.append((Path(mg.path).stem, read_labels(label_path), mg.image, mg.pixel_size_nm))
     net = None
     cls_cfg = cfg.classify
     if classifier is not None:
@@ -119,6 +119,8 @@ def predict(
         net, _ = nets.load(classifier, dev)
         cls_cfg = cls_cfg.model_copy(update={"method": "network"})
     elif cls_cfg.method == "network":
+        logger.warning("classify: classify.method is 'network' but no --classifier was given: particles are kept "
+                       "by the rules alone, so partly covered particles are not excluded")
         cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
     decisions = classify_images(items, cls_cfg, net=net, device=dev)
     write_decisions(decisions, out)

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from nanoseg.config import Config, _deep_merge, load_config, parse_assignment
+from nanoseg.config import Config, deep_merge, load_config, parse_assignment
 from nanoseg.errors import NanosegError
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see `nanoseg config init`).")
@@ -54,16 +54,40 @@ def resolve_config(
     """Merge file, profile, command-line overrides and ``extra`` (highest priority) into a Config."""
     overrides: dict[str, Any] = {}
     for text in sets or []:
-        overrides = _deep_merge(overrides, parse_assignment(text))
+        overrides = deep_merge(overrides, parse_assignment(text))
     if seed is not None:
         overrides["seed"] = seed
     if device is not None:
         overrides["device"] = device
     if pixel_size is not None:
-        overrides = _deep_merge(overrides, {"data": {"pixel_size_nm": parse_length_nm(pixel_size)}})
+        overrides = deep_merge(overrides, {"data": {"pixel_size_nm": parse_length_nm(pixel_size)}})
     if extra:
-        overrides = _deep_merge(overrides, extra)
+        overrides = deep_merge(overrides, extra)
     return load_config(config_path, profile=profile, overrides=overrides)
+
+
+def resolve_model_config(
+    model: Path,
+    config_path: Optional[Path] = None,
+    profile: Optional[str] = None,
+    sets: Optional[list[str]] = None,
+    device: Optional[str] = None,
+    pixel_size: Optional[str] = None,
+) -> Config:
+    """:func:`resolve_config` for commands that segment with a trained model.
+
+    The post-processing a model was trained and validated with (band width, marker settings,
+    the threshold chosen at training) is saved in the model; it overrides the file's and the
+    profile's ``segment`` section, and only ``--set segment.*`` overrides it. ``segment predict``
+    and ``measure`` both go through here, so one model gives one segmentation.
+    """
+    from nanoseg import nets
+
+    _, meta = nets.load(model)
+    segment_values = dict(meta.get("config", {}))
+    for text in sets or []:
+        segment_values = deep_merge(segment_values, parse_assignment(text).get("segment", {}))
+    return resolve_config(config_path, profile, sets, None, device, pixel_size, extra={"segment": segment_values})
 
 
 def prepare_torch(cfg: Config) -> Any:

@@ -21,13 +21,16 @@ _SHOWN = {
 def command(
     pred_dir: Path = typer.Argument(..., help="Predictions: probability maps (float TIFF/.npz), binary masks "
                                     "(0/255) or label images, one per image."),
-    gt_dir: Path = typer.Argument(..., help="Ground truth: binary masks (<stem>.tif or <stem>_m.tif) or label images."),
+    gt_dir: Path = typer.Argument(..., help="Ground truth: binary masks (<stem>.tif or <stem>_m.tif) or 16/32-bit "
+                                  "label images."),
     protocol: str = typer.Option("paper", "--protocol", help="paper (as Rühle et al. 2021 scored) or strict "
                                  "(fixed threshold, missed particles penalised)."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0,
                                     help="Probability threshold of the strict protocol."),
     kind: str = typer.Option("auto", "--kind", help="What the predictions hold: auto, probability, binary or "
                              "labels (auto: float/8-bit gray = probability, two values = mask, 16/32-bit = labels)."),
+    labels: bool = typer.Option(False, "--labels", help="The ground-truth files are label images (0 = background), "
+                                "also 8-bit ones, which are otherwise refused as ambiguous."),
     watershed_binary: bool = typer.Option(False, "--watershed-binary", help="Split binary masks with the "
                                           "paper's watershed too (default: label them 4-connected)."),
     scores: Optional[Path] = typer.Option(None, "--scores", help="strict: folder of probability maps behind label "
@@ -50,6 +53,8 @@ def command(
       nanoseg evaluate probs/ masks/ --protocol strict --sizes --pixel-size 7.34nm --out eval/strict.csv
 
       nanoseg evaluate seg/labels masks/ --protocol strict --scores seg/probabilities
+
+      nanoseg evaluate seg/labels labels8bit/ --labels
     """
     import math
 
@@ -68,7 +73,7 @@ def command(
     if scores is not None and protocol != "strict":
         raise NanosegError("--scores: only the strict protocol uses probability maps beside label images; "
                            "for the paper protocol pass the probability maps as PRED_DIR")
-    predictions, ground_truths = load_pairs(pred_dir, gt_dir, kind)
+    predictions, ground_truths = load_pairs(pred_dir, gt_dir, kind, "labels" if labels else "auto")
     score_maps = load_score_maps(scores, predictions) if scores is not None else None
     instances: dict = {}
     df = evaluate_predictions(predictions, ground_truths, protocol, threshold=threshold,

@@ -1,4 +1,4 @@
-"""``nanoseg info``: what nanoseg reads from micrographs (size, pixel size, info bar)."""
+"""``nanoseg info``: what nanoseg reads from micrographs (size, bit depth, pixel size, info bar)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ def command(
     pixel_size: Optional[str] = common.PixelSizeOpt,
     info_bar_rows: str = typer.Option("auto", "--info-bar-rows", help="Rows of info bar to crop: 'auto' or a number."),
 ) -> None:
-    """Show size, dtype, pixel size (and where it came from) and info-bar rows of micrographs.
+    """Show size, dtype, bit depth, pixel size (and where it came from) and info-bar rows of micrographs.
+
+    The bit depth is the scale of each image read alone ('-' for float images); a run scales
+    all its images by one bit depth (data.bit_depth).
 
     Example:
 
@@ -35,7 +38,8 @@ def command(
         except ValueError:
             raise NanosegError(f"--info-bar-rows {info_bar_rows!r}: expected 'auto' or a whole number") from None
     files = [f for item in images for f in list_images(item)]
-    typer.echo(f"{'image':<28} {'size (WxH)':>11} {'dtype':>8} {'pixel size':>14} {'source':>9} {'info bar':>8}")
+    typer.echo(f"{'image':<28} {'size (WxH)':>11} {'dtype':>8} {'bits':>4} {'pixel size':>14} {'source':>9} "
+               f"{'info bar':>8}")
     failed = 0
     for path in files:
         try:
@@ -53,7 +57,7 @@ def command(
         size_text = f"{size_nm:.5g} nm" if size_nm is not None else "unknown (px)"
         typer.echo(
             f"{path.name:<28} {f'{raw.shape[1]}x{raw.shape[0]}':>11} {str(raw.dtype):>8} "
-            f"{size_text:>14} {source:>9} {mg.info_bar_rows:>8}"
+            f"{'-' if mg.bit_depth is None else mg.bit_depth:>4} {size_text:>14} {source:>9} {mg.info_bar_rows:>8}"
         )
     if failed:
         raise typer.Exit(2)

@@ -35,8 +35,10 @@ def command(
 
     Writes OUT/particles.csv (every particle, kept or not and why; lengths in nm when the pixel
     size is known), OUT/decisions.csv, OUT/summary.json (count, mean, sd, median, D10/D50/D90
-    per descriptor, log-normal fits, EC nanomaterial check), histograms (PNG + SVG), overlays
-    (kept green, discarded red) and OUT/report.html (self-contained).
+    per descriptor with bootstrap 95 % confidence intervals of the median and the mean,
+    log-normal fits, EC nanomaterial check, the counting rule and any method that fell back),
+    histograms (PNG + SVG), overlays (kept green, discarded red) and OUT/report.html
+    (self-contained).
 
     Example:
 
@@ -44,7 +46,10 @@ def command(
 
       nanoseg measure img.tif --labels my-labels/ --pixel-size 7.34nm --compare manual/particles.csv --out compared
     """
-    cfg = common.resolve_config(config, profile, sets, None, device, pixel_size)
+    if model is not None and labels is None:
+        cfg = common.resolve_model_config(model, config, profile, sets, device, pixel_size)
+    else:
+        cfg = common.resolve_config(config, profile, sets, None, device, pixel_size)
     from nanoseg.measure import measure_files
     from nanoseg.runtime import configure_torch, select_device
 
@@ -52,7 +57,14 @@ def command(
     summary = measure_files(images, out, cfg, model=model, labels_dir=labels, classifier=classifier,
                             compare_csv=compare, device=select_device(cfg.device),
                             probabilities=probabilities)
+    for warning in summary.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"kept {summary['n_kept']} of {summary['n_particles']} particles in {summary['n_images']} images")
+    min_feret = summary["descriptors"]["min_feret"]
+    if min_feret.get("median_ci95"):
+        low, high = min_feret["median_ci95"]
+        typer.echo(f"median min Feret diameter {min_feret['median']:.4g} {min_feret['unit']} "
+                   f"(95 % CI {low:.4g}-{high:.4g} {min_feret['unit']})")
     typer.echo(summary["ec_definition"]["statement"])
     if "comparison" in summary:
         ks = summary["comparison"]

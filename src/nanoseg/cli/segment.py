@@ -91,27 +91,12 @@ def predict(
             paths.append(item)
         else:
             raise NanosegError(f"{item}: no such micrograph or folder")
-    from nanoseg import nets
-    from nanoseg.config import _deep_merge, parse_assignment
-
-    _, meta = nets.load(model)
-    # The model's own settings first, then the user's --set on top of them.
-    segment_values = dict(meta.get("config", {}))
-    for text in sets or []:
-        segment_values = _deep_merge(segment_values, parse_assignment(text).get("segment", {}))
-    cfg = common.resolve_config(config, profile, sets, None, device, pixel_size, extra={"segment": segment_values})
+    cfg = common.resolve_model_config(model, config, profile, sets, device, pixel_size)
     dev = common.prepare_torch(cfg)
-    import numpy as np
-
-    from nanoseg.io import read_micrograph
+    from nanoseg.io import read_micrographs
     from nanoseg.segment import segment_micrographs
 
-    micrographs = []
-    for path in paths:
-        mg = read_micrograph(path, pixel_size_nm=cfg.data.pixel_size_nm, info_bar_rows=cfg.data.info_bar_rows)
-        if cfg.data.dark_particles:
-            mg.image = (1.0 - mg.image).astype(np.float32)
-        micrographs.append(mg)
+    micrographs = read_micrographs(paths, cfg.data)
     summary = segment_micrographs(model, micrographs, out, cfg.segment, device=dev, probabilities=probabilities)
     for row in summary:
         typer.echo(f"{row['image']}: {row['particles']} particles ({row['seconds']:.1f} s)")

@@ -121,16 +121,16 @@ def segment(
     import numpy as np
 
     from nanoseg import nets
-    from nanoseg.io import list_images, read_micrograph, write_tiff
+    from nanoseg.io import list_images, read_micrographs, write_tiff
     from nanoseg.runtime import progress
     from nanoseg.translate import gan_segment_instances
 
     generator, _ = nets.load(model, dev)
     paths = list_images(images) if images.is_dir() else [images]
-    for path in progress(paths, total=len(paths), desc="GAN segmentation"):
-        mg = read_micrograph(path, pixel_size_nm=cfg.data.pixel_size_nm, info_bar_rows=cfg.data.info_bar_rows)
-        image = (1.0 - mg.image).astype(np.float32) if cfg.data.dark_particles else mg.image
-        prob, instances, dropped = gan_segment_instances(image, generator, dev, method=cfg.translate.artifact_threshold,
+    micrographs = read_micrographs(paths, cfg.data)
+    for path, mg in progress(zip(paths, micrographs), total=len(paths), desc="GAN segmentation"):
+        prob, instances, dropped = gan_segment_instances(mg.image, generator, dev,
+                                                         method=cfg.translate.artifact_threshold,
                                                          threshold=threshold, bf16=cfg.translate.bf16)
         write_tiff(out / "probability" / f"{path.stem}.tif", prob.astype(np.float32), mg.pixel_size_nm)
         write_tiff(out / "binary" / f"{path.stem}.tif", instances > 0, mg.pixel_size_nm)
