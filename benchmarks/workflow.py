@@ -653,6 +653,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "process then gets cores/jobs torch threads; stage times are those of a shared machine.")
     parser.add_argument("--resume", action="store_true", help="Keep the run folders of an interrupted call: "
                         "`nanoseg run` skips its finished stages (their times are those of the earlier call).")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="Pass `--set KEY=VALUE` to every `nanoseg run` (repeatable): an experiment against the "
+                        "profile's defaults. Give it its own --out and --work-dir; the report shows the command.")
     parser.add_argument("--note", default=None, help="A line on the conditions (e.g. machine load) for the report.")
     parser.add_argument("--render-from", type=Path, default=None, help="Only rewrite the report (and with --readme "
                         "the README section) from an earlier run's JSON; runs nothing.")
@@ -682,7 +685,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.out or RESULTS / f"{name}.md"
     if work_dir.exists() and not args.resume:
         shutil.rmtree(work_dir)  # every seed trains from scratch
-    sets = smoke_sets(args.profile) if args.smoke else []
+    sets = (smoke_sets(args.profile) if args.smoke else []) + list(args.sets)
     data = data_folder(image_ids, work_dir)
     t_start = time.perf_counter()
     load = os.getloadavg()

@@ -153,3 +153,62 @@ def test_render_with_real_substrate_keeps_it_away_from_particles(scene):
     assert image[inside].mean() > image[far].mean() + 0.15
     with pytest.raises(ValueError, match="substrate shape"):
         render_sem(scene, RenderParams(), rng=1, substrate=substrate[:10])
+
+
+def test_separation_lines_are_not_drawn_as_gaps():
+    """A mask's 1-px line between touching particles renders as particle, not as dark substrate."""
+    from nanoseg.masks import separate_touching
+    from nanoseg.render import fill_seams
+
+    shape = (60, 90)
+    labels = np.zeros(shape, np.int32)
+    labels[_disk(shape, (30, 30), 18)] = 1
+    labels[_disk(shape, (30, 58), 18)] = 2  # on top of the first
+    cut = np.where(separate_touching(labels), labels, 0)
+    line = (cut == 0) & (labels > 0)
+    assert line.sum() > 10
+    filled = fill_seams(cut)
+    np.testing.assert_array_equal(filled[line], labels[line])
+    # Elsewhere at most the single notch pixels where the two outlines meet change.
+    assert np.count_nonzero((filled != labels) & ~line) <= 4
+    params = RenderParams(noise_sd=0, particle_texture=0, background_texture=0, shading_gain=0, brightness_sd=0,
+                          halo_depth=0.05, shadow_depth=0)
+    image = render_sem(cut, params, rng=0)
+    substrate = image[labels == 0].mean()
+    particles = image[(labels > 0) & ~line].mean()
+    # On the line: the upper particle's bright rim, far from the substrate level.
+    assert image[line].mean() > particles
+    assert image[line].mean() > substrate + 0.5 * (particles - substrate)
+
+
+def test_vary_params_spreads_the_look_not_the_levels():
+    from nanoseg.render import VARIED_PARAMS, vary_params
+
+    params = RenderParams()
+    assert vary_params(params, 0.0, np.random.default_rng(0)) is params
+    varied = [vary_params(params, 0.5, np.random.default_rng(k)) for k in range(40)]
+    for name in VARIED_PARAMS:
+        ratios = np.array([getattr(v, name) / getattr(params, name) for v in varied])
+        assert ratios.min() >= 0.5 and ratios.max() <= 1.5 and ratios.std() > 0.15
+    assert {v.background_level for v in varied} == {params.background_level}
+    assert {v.particle_level for v in varied} == {params.particle_level}
+    assert {v.shadow_spread for v in varied} == {0.5}
+
+
+def test_shadow_spread_varies_the_crevice_per_particle():
+    shape = (60, 200)
+    labels = np.zeros(shape, np.int32)
+    for k, col in enumerate(range(25, 200, 45)):
+        labels[_disk(shape, (30, col), 14)] = 2 * k + 1
+        labels[_disk(shape, (30, col + 20), 10)] = 2 * k + 2  # each pair: a small particle on a larger one
+    params = RenderParams(noise_sd=0, particle_texture=0, background_texture=0, shading_gain=0, brightness_sd=0,
+                          shadow_depth=0.4)
+    _, dist_front = __import__("nanoseg.render", fromlist=["_instance_distances"])._instance_distances(labels)
+    near = dist_front <= 2
+
+    def crevice_levels(spread):
+        image = render_sem(labels, dataclasses.replace(params, shadow_spread=spread), rng=3)
+        return np.array([image[near & (labels == 2 * k + 1)].mean() for k in range(4)])
+
+    assert np.ptp(crevice_levels(0.0)) < 1e-3
+    assert np.ptp(crevice_levels(1.0)) > 0.02

@@ -124,6 +124,10 @@ class TranslateConfig(_Section):
     substrate: Literal["real", "synthetic"] = Field(
         "real", description="Renderer: quilt the substrate from the micrographs' own particle-free areas (real), "
         "or draw smooth synthetic noise.")
+    render_variation: float = Field(
+        0.5, ge=0, le=1, description="Renderer: per fake image, edge contrast, shading, blur, noise and particle "
+        "brightness spread vary by up to this fraction around the fitted values, and each particle's crevice "
+        "shadow from (1 - this) to 1 times the fitted depth (0: every image looks alike).")
     tile_size_px: int = Field(128, ge=32, description="Side of the square training tiles in px.")
     generator_width: int = Field(16, ge=4, description="ngf: channels of the generators' first layer.")
     discriminator_width: int = Field(32, ge=4, description="ndf: channels of the discriminators' first layer.")

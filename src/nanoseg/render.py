@@ -67,6 +67,10 @@ class RenderParams:
     """Relative darkening of a particle right beside a particle lying on top of it."""
     shadow_width_px: float = 2.5
     """Decay length of that shadow."""
+    shadow_spread: float = 0.0
+    """Per particle, the shadow's depth is ``shadow_depth`` times a uniform draw from
+    [1 - shadow_spread, 1]: how deep the crevice between two touching particles looks depends on
+    how they touch (a point contact or one lying on the other), and varies within one image."""
     blur_sigma_px: float = 0.8
     """Sd of the Gaussian point-spread function."""
     noise_sd: float = 0.013
@@ -123,6 +127,9 @@ def render_sem(
         raise ValueError(f"render_sem needs a 2-D label image, got shape {instances.shape}")
     if instances.dtype.kind not in "uib":
         instances = instances.astype(np.int64)
+    # Masks keep touching particles apart by 1-px background lines; drawn as substrate, those
+    # would be a dark gap that no real agglomerate shows and that a segmenter learns to rely on.
+    instances = fill_seams(instances)
     shape = instances.shape
     foreground = instances > 0
     dist_in, dist_front = _instance_distances(instances)
@@ -150,7 +157,10 @@ def render_sem(
         if params.shading_gain:
             particle = particle + params.shading_gain * _shading(dist_in, rel_depth, rng, light_angle_rad)
         if params.shadow_depth and params.shadow_width_px > 0:
-            shadow = params.shadow_depth * np.exp(-(dist_front - 1.0) / params.shadow_width_px)
+            depth = np.full(n_labels, params.shadow_depth)
+            if params.shadow_spread > 0:
+                depth = depth * rng.uniform(1.0 - min(params.shadow_spread, 1.0), 1.0, n_labels)
+            shadow = depth[instances] * np.exp(-(dist_front - 1.0) / params.shadow_width_px)
             particle = params.background_level + (particle - params.background_level) * (1.0 - shadow)
         image = np.where(foreground, particle, image)
 
@@ -168,6 +178,38 @@ def render_sem(
         scale = np.sqrt(np.clip(image, 1e-4, None) / max(params.background_level, 1e-3))
         image = image + params.noise_sd * scale * noise * weight
     return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+#: Parameters :func:`vary_params` varies: how particles look, not the grey levels fitted to the data.
+VARIED_PARAMS = ("edge_gain", "dome_gain", "shading_gain", "brightness_sd", "particle_texture", "blur_sigma_px",
+                 "noise_sd")
+
+
+def vary_params(params: RenderParams, variation: float, rng: np.random.Generator) -> RenderParams:
+    """A copy of ``params`` for one image, its appearance varied around the fitted values.
+
+    Fitted parameters are medians over the real micrographs; one value for every fake image
+    teaches the segmenter that single look, while real images differ in focus, noise and edge
+    contrast, and touching particles in how deep the crevice between them looks. Each parameter
+    of :data:`VARIED_PARAMS` is multiplied by a uniform draw from [1 - v, 1 + v], and every
+    particle's shadow depth by one from [1 - v, 1] (``shadow_spread``), with v = ``variation``.
+
+    Parameters
+    ----------
+    params : RenderParams
+    variation : float
+        0 returns ``params`` unchanged; 1 lets every varied parameter range from 0 to twice its value.
+    rng : numpy Generator
+
+    Returns
+    -------
+    RenderParams
+    """
+    if variation <= 0:
+        return params
+    factors = rng.uniform(1.0 - variation, 1.0 + variation, len(VARIED_PARAMS))
+    changes = {name: getattr(params, name) * f for name, f in zip(VARIED_PARAMS, factors)}
+    return dataclasses.replace(params, **changes, shadow_spread=min(variation, 1.0))
 
 
 class SubstrateBank:
@@ -435,6 +477,25 @@ def _instance_distances(instances: np.ndarray, pad: int = 2) -> tuple[np.ndarray
             front = ndi.distance_transform_edt(~above)
             dist_front[rows, cols][own] = front[own]
     return dist_rim, dist_front
+
+
+def fill_seams(instances: np.ndarray) -> np.ndarray:
+    """Give the 1-px separation lines between touching particles back to the particle underneath.
+
+    A background pixel whose 4-neighbours hold two different labels is such a line (see
+    :func:`nanoseg.masks.separate_touching`, which took it from the lower label); it gets the
+    lowest of those labels again, so touching particles meet without a gap.
+    """
+    labels = np.asarray(instances)
+    if labels.size == 0 or labels.max(initial=0) == 0:
+        return labels
+    footprint = ndi.generate_binary_structure(2, 1)
+    none = np.iinfo(np.int64).max
+    wide = labels.astype(np.int64)
+    highest = ndi.maximum_filter(wide, footprint=footprint, mode="constant", cval=0)
+    lowest = ndi.minimum_filter(np.where(wide > 0, wide, none), footprint=footprint, mode="constant", cval=none)
+    seam = (wide == 0) & (lowest < highest)
+    return np.where(seam, lowest, wide).astype(labels.dtype)
 
 
 def _seams(instances: np.ndarray) -> np.ndarray:

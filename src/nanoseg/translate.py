@@ -701,17 +701,19 @@ class RenderTranslator:
     the micrographs' own particle-free areas instead of the synthetic one.
     """
 
-    def __init__(self, params: Any, substrate: Any = None) -> None:
+    def __init__(self, params: Any, substrate: Any = None, variation: float = 0.0) -> None:
         self.params = params
         self.substrate = substrate
+        self.variation = variation
 
     def __call__(self, instances: Sequence[np.ndarray], rngs: Sequence[np.random.Generator]) -> list[np.ndarray]:
-        from nanoseg.render import render_sem
+        from nanoseg.render import render_sem, vary_params
 
         out = []
         for inst, rng in zip(instances, rngs):
             substrate = self.substrate.compose(inst.shape, rng) if self.substrate is not None else None
-            out.append(np.clip(np.asarray(render_sem(inst, self.params, rng, substrate=substrate), np.float32), 0, 1))
+            params = vary_params(self.params, self.variation, rng)
+            out.append(np.clip(np.asarray(render_sem(inst, params, rng, substrate=substrate), np.float32), 0, 1))
         return out
 
 
@@ -752,7 +754,8 @@ def load_translator(translate_dir: str | Path, cfg: Any, device: Any = "cpu") ->
         # The translate stage writes the patches only when the real substrate was asked for and found.
         bank_path = translate_dir / SUBSTRATE
         substrate = SubstrateBank.load(bank_path) if bank_path.is_file() else None
-        return RenderTranslator(_params_from_json(RenderParams, json.loads(path.read_text())), substrate)
+        return RenderTranslator(_params_from_json(RenderParams, json.loads(path.read_text())), substrate,
+                                cfg.render_variation)
     from nanoseg import nets
 
     generator, _ = nets.load(translate_dir / MASK_TO_IMAGE, device)
