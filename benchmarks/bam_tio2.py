@@ -219,10 +219,10 @@ def smoke_overrides(config: Config) -> dict[str, Any]:
 
 def benchmark_config(profile: str, smoke: bool = False, values: dict[str, Any] | None = None) -> Config:
     """The profile's config, shrunk for ``--smoke``, with ``values`` on top."""
-    from nanoseg.config import _deep_merge, build_config
+    from nanoseg.config import deep_merge, build_config
 
     overrides = smoke_overrides(build_config(profile=profile)) if smoke else {}
-    return build_config(_deep_merge(overrides, values or {}), profile=profile, source="benchmarks/bam_tio2.py")
+    return build_config(deep_merge(overrides, values or {}), profile=profile, source="benchmarks/bam_tio2.py")
 
 
 def _device(config: Config) -> Any:
