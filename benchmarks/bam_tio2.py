@@ -165,7 +165,7 @@ def manual_kept_labels(image_id: str) -> np.ndarray:
     (1024 x 704: the class masks end 8 rows above the info bar; rows below count as discarded).
     """
     from nanoseg.evaluate import read_ground_truth
-    from nanoseg.metrics import label_binary
+    from nanoseg.labels import label_binary
 
     labels = label_binary(manual_mask(image_id), 1)
     classes = read_ground_truth(DATA / "classes" / f"{image_id}_cm.tif") != 0

@@ -47,7 +47,8 @@ def main() -> int:
 
     from nanoseg.atomic import write_json
     from nanoseg.io import pixel_size_with_source, read_mask
-    from nanoseg.measure import ec_definition_check, measure_particles, size_summary
+    from nanoseg.measure import ec_definition_check, size_summary
+    from nanoseg.particles import measure_particles
 
     t0 = time.perf_counter()
     frames = []

@@ -20,6 +20,7 @@ from scipy import ndimage as ndi
 from nanoseg import metrics as M
 from nanoseg.atomic import write_json
 from nanoseg.evaluate import evaluate_predictions
+from nanoseg.labels import label_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "bam-tio2" / "masks"
@@ -51,12 +52,12 @@ def timed(fn, repeats: int = 3) -> float:
 
 def main() -> None:
     gt, source = ground_truth()
-    gt_labels = M.label_binary(gt, 1)
+    gt_labels = label_binary(gt, 1)
     rng = np.random.default_rng(0)
     prob = np.clip(ndi.gaussian_filter(gt.astype(float), 1.5) + rng.normal(0, 0.1, gt.shape), 0, 1).astype(np.float32)
     binary = prob > 0.5
     pred_labels = M.paper_watershed(binary)
-    bin_labels = M.label_binary(binary, 1)
+    bin_labels = label_binary(binary, 1)
     cases = {
         "image_iou": lambda: M.image_iou(binary, gt),
         "youden_index": lambda: M.youden_index(prob, gt),

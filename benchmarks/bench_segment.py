@@ -55,7 +55,7 @@ def _bench_profile(profile: str, threads: int, train_steps: int, repeats: int) -
     pairs = [Pair(image, inst, "a"), Pair(image[::-1].copy(), inst[::-1].copy(), "b")]
     # The loop of segment.train without its validation/checkpoint/plot overhead.
     from nanoseg.runtime import autocast
-    from nanoseg.segment import _loss, _random_tile, class_weights, make_target
+    from nanoseg.segment import class_weights, make_target, random_tile, segmentation_loss
 
     targets = [make_target(p.instances, cfg.target, cfg.boundary_width_px) for p in pairs]
     n_out = 3 if cfg.target == "three_class" else 1
@@ -65,12 +65,12 @@ def _bench_profile(profile: str, threads: int, train_steps: int, repeats: int) -
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
 
     def step() -> None:
-        tiles = [_random_tile(pairs[j].image, targets[j], cfg.tile_size_px, rng) for j in rng.integers(0, 2, cfg.batch_size)]
+        tiles = [random_tile(pairs[j].image, targets[j], cfg.tile_size_px, rng) for j in rng.integers(0, 2, cfg.batch_size)]
         x = torch.from_numpy(np.stack([t[0] for t in tiles])[:, None]).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(np.stack([t[1] for t in tiles]))
         with autocast("cpu", cfg.bf16):
             logits = net(x)
-        loss = _loss(logits, y, weights, cfg.target, cfg.dice_weight)
+        loss = segmentation_loss(logits, y, weights, cfg.target, cfg.dice_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

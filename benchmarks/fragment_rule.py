@@ -33,9 +33,9 @@ def main() -> None:
     import numpy as np
 
     from nanoseg import io, nets, segment
-    from nanoseg import metrics as M
     from nanoseg.config import SegmentConfig
     from nanoseg.evaluate import compare_sizes
+    from nanoseg.labels import label_binary
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     run_dir = B.ROOT / "benchmarks" / "work" / "bam_tio2" / "simulated_run"
@@ -48,7 +48,7 @@ def main() -> None:
     micrographs = {i: io.read_micrograph(B.DATA / "sem" / f"{i}.tif") for i in B.TRAIN_IDS}
     labels = {i: segment.segment_image(net, meta, mg.image, seg_cfg, pixel_size_nm=mg.pixel_size_nm)[0]
               for i, mg in micrographs.items()}
-    manual_areas = np.concatenate([np.bincount(M.label_binary(B.manual_mask(i) > 0, 1).ravel())[1:]
+    manual_areas = np.concatenate([np.bincount(label_binary(B.manual_mask(i) > 0, 1).ravel())[1:]
                                    for i in B.TRAIN_IDS])
     manual_kept = {i: B.manual_kept_labels(i) for i in B.TRAIN_IDS}
     kept_areas = np.concatenate([np.bincount(manual_kept[i].ravel())[1:] for i in B.TRAIN_IDS])

@@ -264,7 +264,7 @@ def score_images(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray] | N
     ``truth`` maps image id -> (manual mask, expert-kept labels of its 4-connected particles).
     """
     from nanoseg.evaluate import evaluate_predictions, summary_row
-    from nanoseg.metrics import label_binary
+    from nanoseg.labels import label_binary
 
     image_ids = tuple(truth)
     gts = {i: truth[i][0] for i in image_ids}
@@ -591,7 +591,7 @@ def write_overlays(measure_dir: Path, image_ids: tuple[str, ...], out_dir: Path)
     from skimage.segmentation import find_boundaries
 
     from nanoseg.io import read_micrograph, write_png
-    from nanoseg.metrics import label_binary
+    from nanoseg.labels import label_binary
 
     labels, _, kept = read_seed_outputs(measure_dir, tuple(i for i in OVERLAY_IDS if i in image_ids))
     written = []

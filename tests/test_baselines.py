@@ -51,7 +51,7 @@ def test_register_real_image_shifted_copy(shared_data):
 
 def test_rotation_and_scale_are_detected_and_corrected():
     sem, mask = _synthetic_sem((384, 384), seed=1)
-    tsem = baselines._rotate_scale(1.0 - sem, 2.0, 1.03, fill=float(1 - sem.min()))
+    tsem = baselines.rotate_scale(1.0 - sem, 2.0, 1.03, fill=float(1 - sem.min()))
     angle_deg, scale = baselines.estimate_rotation_scale(1.0 - tsem, sem)
     assert angle_deg == pytest.approx(2.0, abs=0.3)
     assert scale == pytest.approx(1.03, abs=0.01)

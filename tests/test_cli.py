@@ -78,9 +78,12 @@ def test_predict_and_measure_segment_alike_with_the_models_settings(tmp_path):
     inst[disk((40, 44), 10)] = 2  # 317 px
     image = (inst > 0).astype(np.float32) * 0.6 + 0.2
     pairs = [Pair(image + rng.normal(0, 0.05, image.shape).astype(np.float32), inst, f"p{i}") for i in range(3)]
-    # A size floor between the two discs: the profile's floor would keep both.
+    # A foreground threshold far from the profile's 0.5: the model's soft edges then differ.
     cfg = build_config({"segment": {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 48,
-                                    "batch_size": 2, "val_every": 10, "bf16": False, "min_size_px": 250}}).segment
+                                    "batch_size": 2, "val_every": 10, "bf16": False, "threshold": 0.15}}).segment
+    import torch
+
+    torch.manual_seed(0)  # the initial weights come from torch's global generator
     model = train(pairs, cfg, tmp_path / "model", steps=40, rng=np.random.default_rng(1), pixel_size_nm=2.0)
     (tmp_path / "images").mkdir()
     write_tiff(tmp_path / "images" / "x.tif", np.round(pairs[0].image * 255).astype(np.uint8), pixel_size_nm=2.0)
@@ -92,5 +95,13 @@ def test_predict_and_measure_segment_alike_with_the_models_settings(tmp_path):
     assert res.exit_code == 0, res.output
     predicted = tifffile.imread(tmp_path / "p" / "labels" / "x.tif")
     measured = tifffile.imread(tmp_path / "m" / "segment" / "labels" / "x.tif")
-    assert predicted.max() == 1  # the model's floor dropped the small disc
     np.testing.assert_array_equal(predicted, measured)
+    # ...and that is the model's post-processing, not the profile's (threshold 0.5).
+    from nanoseg import nets
+    from nanoseg.io import read_micrograph
+    from nanoseg.segment import segment_image
+
+    net, meta = nets.load(model)
+    mg = read_micrograph(tmp_path / "images" / "x.tif", info_bar_rows=0)
+    with_profile, _ = segment_image(net, meta, mg.image, build_config().segment, pixel_size_nm=2.0)
+    assert not np.array_equal(with_profile, predicted)

@@ -20,7 +20,6 @@ from nanoseg.masks import (
     mask_statistics,
     perlin_density,
     sample_positions,
-    separate_touching,
     simulate_masks,
     size_factor_for,
 )
@@ -70,16 +69,6 @@ def test_draw_scales_cut_and_distribution():
     assert scales.min() >= 0.7 - 1e-9 and scales.max() <= 1.3 + 1e-9
     logs = np.log(draw_scales(20000, rng, "lognormal", sd=0.2, cut_sd=2))
     assert np.abs(logs).max() <= 0.4 + 1e-9 and np.median(logs) == pytest.approx(0, abs=0.01)
-
-
-def test_separate_touching_cuts_the_lower_particle():
-    instances = np.zeros((6, 8), np.int32)
-    instances[1:5, 1:4] = 1
-    instances[1:5, 4:7] = 2  # touches 1 along a column; 2 is on top
-    binary = separate_touching(instances)
-    assert not binary[1:5, 3].any()  # 1 gave up its right edge
-    assert binary[1:5, 4:7].all() and binary[1:5, 1:3].all()
-    _assert_instances_match_binary(np.where(binary, instances, 0), binary)
 
 
 def test_assembly_deterministic_and_consistent(shapes):

@@ -14,18 +14,15 @@ from nanoseg.measure import (
     bootstrap_ci,
     compare_distributions,
     ec_definition_check,
-    feret_diameters,
     fit_lognormal,
     join_decisions,
-    measure_images,
-    measure_particles,
     median_window,
-    pixel_corner_points,
     pooled_statistics,
     resample_counts,
     size_summary,
     write_results,
 )
+from nanoseg.particles import feret_diameters, measure_images, measure_particles, pixel_corner_points
 
 
 def _one(labels, **kwargs) -> pd.Series:
@@ -385,13 +382,13 @@ def _ctx(run, images, stage_name, **sections):
 
 
 def test_decisions_join_keeps_leading_zeros(tmp_path):
-    from nanoseg.measure import _load_decisions
+    from nanoseg.classify import read_decisions
 
     pd.DataFrame({"image": ["007"], "label": [1], "score": [0.2], "kept": [False], "reason": ["score_below_threshold"]}
                  ).to_csv(tmp_path / "d.csv", index=False)
     lab = np.zeros((10, 10), np.int32)
     lab[3:6, 3:6] = 1
-    joined = join_decisions(measure_images([("007", lab, None, None)]), _load_decisions(tmp_path / "d.csv"))
+    joined = join_decisions(measure_images([("007", lab, None, None)]), read_decisions(tmp_path / "d.csv"))
     assert joined["reason"].tolist() == ["score_below_threshold"] and not joined["kept"].any()
 
 

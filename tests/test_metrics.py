@@ -245,10 +245,10 @@ def test_simple_point_table_preserves_topology():
 
     for _ in range(300):
         x = rng.random((5, 5)) < 0.5
-        code = sum(int(x[2 + dy, 2 + dx]) << k for k, (dy, dx) in enumerate(M._OFFSETS))
+        code = sum(int(x[2 + dy, 2 + dx]) << k for k, (dy, dx) in enumerate(M.NEIGHBOUR_OFFSETS))
         y = x.copy()
         y[2, 2] = ~y[2, 2]
-        assert M._SIMPLE[code] == (topology(x) == topology(y))
+        assert M.SIMPLE_POINTS[code] == (topology(x) == topology(y))
 
 
 # ------------------------------------------------------------------------------ watershed

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from nanoseg.demo import place_agglomerates
-from nanoseg.render import RenderParams, fit_render_params, render_sem
+from nanoseg.render import RenderParams, fit_render_params, instance_distances, render_sem
 
 
 def _disk(shape, centre, radius):
@@ -157,14 +157,13 @@ def test_render_with_real_substrate_keeps_it_away_from_particles(scene):
 
 def test_separation_lines_are_not_drawn_as_gaps():
     """A mask's 1-px line between touching particles renders as particle, not as dark substrate."""
-    from nanoseg.masks import separate_touching
-    from nanoseg.render import fill_seams
+    from nanoseg.labels import cut_touching, fill_seams
 
     shape = (60, 90)
     labels = np.zeros(shape, np.int32)
     labels[_disk(shape, (30, 30), 18)] = 1
     labels[_disk(shape, (30, 58), 18)] = 2  # on top of the first
-    cut = np.where(separate_touching(labels), labels, 0)
+    cut = cut_touching(labels)
     line = (cut == 0) & (labels > 0)
     assert line.sum() > 10
     filled = fill_seams(cut)
@@ -179,6 +178,16 @@ def test_separation_lines_are_not_drawn_as_gaps():
     # On the line: the upper particle's bright rim, far from the substrate level.
     assert image[line].mean() > particles
     assert image[line].mean() > substrate + 0.5 * (particles - substrate)
+
+
+def test_label_dtype_does_not_change_the_render():
+    """int64 and float label images render like int32 ones (no negative labels at the image border)."""
+    labels = np.zeros((40, 50), np.int32)
+    labels[5:35, 0:20], labels[5:35, 21:45] = 1, 2  # touching the left border, a 1-px line at col 20
+    labels[0:5, 10:30] = 3  # touches the top border
+    reference = render_sem(labels, RenderParams(), rng=0)
+    for dtype in (np.int64, np.uint16, np.float32):
+        np.testing.assert_array_equal(render_sem(labels.astype(dtype), RenderParams(), rng=0), reference)
 
 
 def test_vary_params_spreads_the_look_not_the_levels():
@@ -203,7 +212,7 @@ def test_shadow_spread_varies_the_crevice_per_particle():
         labels[_disk(shape, (30, col + 20), 10)] = 2 * k + 2  # each pair: a small particle on a larger one
     params = RenderParams(noise_sd=0, particle_texture=0, background_texture=0, shading_gain=0, brightness_sd=0,
                           shadow_depth=0.4)
-    _, dist_front = __import__("nanoseg.render", fromlist=["_instance_distances"])._instance_distances(labels)
+    _, dist_front = instance_distances(labels)
     near = dist_front <= 2
 
     def crevice_levels(spread):

@@ -10,7 +10,8 @@ import pandas as pd
 
 from nanoseg.classify import counting_rule
 from nanoseg.config import build_config
-from nanoseg.measure import join_decisions, measure_images, write_results
+from nanoseg.measure import join_decisions, write_results
+from nanoseg.particles import measure_images
 from nanoseg.report import counting_rule_text, html_table, render_report
 
 
@@ -121,7 +122,7 @@ def test_counting_rule_text_states_each_choice():
 
 
 def test_report_without_pixel_size_says_so(tmp_path):
-    from nanoseg.measure import measure_images
+    from nanoseg.particles import measure_images
 
     lab = np.zeros((40, 40), np.int32)
     lab[5:15, 5:15] = 1

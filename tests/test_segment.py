@@ -303,7 +303,7 @@ def _disc_scene(scale: float) -> np.ndarray:
 
 def test_post_processing_runs_at_the_model_scale():
     """The same particles imaged at half, equal and twice the model's pixel density measure alike."""
-    from nanoseg.measure import measure_particles
+    from nanoseg.particles import measure_particles
 
     cfg = build_config({"segment": {"target": "three_class", "band_giveback": "expand", "boundary_width_px": 3,
                                     "threshold": 0.5, "bf16": False, "marker_h": 0}}).segment

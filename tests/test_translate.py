@@ -17,16 +17,17 @@ from nanoseg import nets, translate
 from nanoseg.config import build_config
 from nanoseg.errors import NanosegError
 from nanoseg.io import write_tiff
+from nanoseg.labels import border_labels
 from nanoseg.pipeline import STAGES, StageContext
 from nanoseg.translate import (
     CycleGAN,
     FakeMask,
     ImagePool,
-    _to_net,
     filter_artifacts,
     iter_pairs,
     lr_factor,
     random_tiles,
+    to_net,
 )
 
 TINY = {"tile_size_px": 32, "generator_width": 4, "discriminator_width": 8, "n_res_blocks": 1, "bf16": False}
@@ -87,8 +88,8 @@ def test_one_training_step_changes_all_four_networks():
     model = CycleGAN(tiny_cfg(), "cpu", rng)
     before = {k: [p.detach().clone() for p in net.parameters()] for k, net in model.nets.items()}
     inst = disc_instances(rng, (64, 64))
-    losses = model.train_step(_to_net(random_tiles([inst > 0], 32, 2, rng), "cpu"),
-                              _to_net(random_tiles([fake_micrograph(inst, rng)], 32, 2, rng), "cpu"))
+    losses = model.train_step(to_net(random_tiles([inst > 0], 32, 2, rng), "cpu"),
+                              to_net(random_tiles([fake_micrograph(inst, rng)], 32, 2, rng), "cpu"))
     assert all(np.isfinite(v) for v in losses.values())
     for key, net in model.nets.items():
         changed = [not torch.equal(a, b) for a, b in zip(before[key], net.parameters())]
@@ -108,8 +109,8 @@ def test_cycle_loss_falls(asymmetric):
     model = CycleGAN(cfg, "cpu", rng)
     cycle = []
     for _ in range(30):
-        losses = model.train_step(_to_net(random_tiles(masks, 32, 2, rng), "cpu"),
-                                  _to_net(random_tiles(images, 32, 2, rng), "cpu"))
+        losses = model.train_step(to_net(random_tiles(masks, 32, 2, rng), "cpu"),
+                                  to_net(random_tiles(images, 32, 2, rng), "cpu"))
         cycle.append(losses["cycle_a"] + losses["cycle_b"])
     assert np.mean(cycle[-8:]) < 0.7 * np.mean(cycle[:4])  # seeds 1-3 give 0.29-0.47
 
@@ -214,7 +215,7 @@ def _fake_masks(n=2, shape=(64, 96)):
     out = []
     for i in range(n):
         inst = disc_instances(rng, shape, n=10)
-        out.append(FakeMask(i, inst, frozenset(set(np.unique(inst)) - {0} - set(translate._border_labels(inst)))))
+        out.append(FakeMask(i, inst, frozenset(set(np.unique(inst)) - {0} - set(border_labels(inst)))))
     return out
 
 
@@ -269,7 +270,7 @@ def make_run(tmp_path: Path, n_masks=3, n_images=2, shape=(64, 96)) -> Path:
         inst = disc_instances(rng, shape, n=10)
         write_tiff(masks / f"mask_{i:04d}.tif", (inst > 0).astype(np.uint8) * 255)
         write_tiff(masks / f"instances_{i:04d}.tif", inst.astype(np.uint16))
-        border = set(translate._border_labels(inst))
+        border = set(border_labels(inst))
         for lab in np.unique(inst)[1:]:
             rows.append({"tile": i, "label": int(lab), "area_px": int((inst == lab).sum()), "full_area_px": int((inst == lab).sum()),
                          "visible_fraction": 1.0, "touches_border": lab in border, "whole": lab not in border and lab != 1})
@@ -407,6 +408,6 @@ def test_fake_masks_without_instances_or_particles_csv(tmp_path):
     assert fm.index == 3 and fm.whole_labels is None
     np.testing.assert_array_equal(fm.instances, label(inst > 0, connectivity=1))
     whole = fm.whole_pixels(fm.instances)
-    border = translate._border_labels(fm.instances)
+    border = border_labels(fm.instances)
     assert border.size and not whole[np.isin(fm.instances, border)].any()
     assert whole[(fm.instances > 0) & ~np.isin(fm.instances, border)].all()

@@ -110,8 +110,11 @@ def estimate_rotation_scale(moving: np.ndarray, reference: np.ndarray, band_px: 
     return float(shift[0]), float(np.exp(shift[1] / log_base))
 
 
-def _rotate_scale(image: np.ndarray, angle_deg: float, scale: float, fill: float) -> np.ndarray:
-    """Rotate (counter-clockwise) and scale ``image`` about its centre."""
+def rotate_scale(image: np.ndarray, angle_deg: float, scale: float, fill: float) -> np.ndarray:
+    """Rotate (counter-clockwise, in degrees) and scale ``image`` about its centre.
+
+    Bilinear; pixels from outside the image get ``fill``. Returns float32 of the same shape.
+    """
     from skimage.transform import SimilarityTransform, warp
 
     centre = (np.array(image.shape[::-1]) - 1) / 2.0
@@ -184,7 +187,7 @@ def register_tsem(
                 break
             # The estimate is noisy near zero: keep a correction only if it makes the outlines
             # agree better than before.
-            candidate = translate(_rotate_scale(tsem, -(total_angle_deg + angle_deg), 1.0 / (total_scale * scale), fill))
+            candidate = translate(rotate_scale(tsem, -(total_angle_deg + angle_deg), 1.0 / (total_scale * scale), fill))
             if candidate[2] <= score:
                 break
             total_angle_deg, total_scale = total_angle_deg + angle_deg, total_scale * scale
@@ -246,7 +249,8 @@ def tsem_to_labels(aligned_tsem: np.ndarray, *, method: Literal["otsu", "li"] = 
         lines and no two particles touch diagonally, so 4-connected labelling of ``labels > 0``
         gives back the instances.
     """
-    from nanoseg.metrics import label_binary, paper_watershed
+    from nanoseg.labels import label_binary
+    from nanoseg.metrics import paper_watershed
 
     binary = tsem_binary(aligned_tsem, method=method, sigma_px=sigma_px, min_size_px=min_size_px)
     # Every component keeps a marker and border particles count: these are training masks.

@@ -96,7 +96,7 @@ def rule_reasons(particles: pd.DataFrame, cfg: Any) -> pd.Series:
     ----------
     particles : pandas.DataFrame
         Columns ``area_px``, ``solidity``, ``touches_border``, ``mean_intensity`` (as from
-        :func:`nanoseg.measure.measure_particles` with ``exclude_border=False``), and
+        :func:`nanoseg.particles.measure_particles` with ``exclude_border=False``), and
         ``image`` when the rows come from several micrographs.
     cfg : ClassifyConfig
         Uses ``min_area_px``, ``max_area_px``, ``min_ecd_fraction`` (against the median ECD of
@@ -471,7 +471,7 @@ def predict_keep_probability(net: Any, image: np.ndarray, binary: np.ndarray, *,
 def network_binary(labels: np.ndarray) -> np.ndarray:
     """The network's mask channel for a label image: foreground with 1-px lines between touching
     particles, as in the training pairs and the manual masks (float32 0/1)."""
-    from nanoseg.segment import separated_binary
+    from nanoseg.labels import separated_binary
 
     return (separated_binary(labels) > 0).astype(np.float32)
 
@@ -507,14 +507,14 @@ def classify_images(
         Keep/discard network; required for ``method='network'``.
     device : torch.device or str
     particles : pandas.DataFrame, optional
-        :func:`nanoseg.measure.measure_images` of ``items``, when the caller has it already.
+        :func:`nanoseg.particles.measure_images` of ``items``, when the caller has it already.
 
     Returns
     -------
     pandas.DataFrame
         ``image``, ``label``, ``score``, ``kept``, ``reason`` for every particle.
     """
-    from nanoseg.measure import measure_images
+    from nanoseg.particles import measure_images
     from nanoseg.runtime import progress
 
     particles = measure_images(items) if particles is None else particles.copy()
@@ -547,11 +547,25 @@ def write_decisions(decisions: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
+def read_decisions(path: str | Path) -> pd.DataFrame | None:
+    """Read a ``decisions.csv`` written by :func:`write_decisions`; None when there is no such file.
+
+    Image names stay strings (``'001'`` is not 1), ``kept`` becomes bool and an empty ``score``
+    NaN.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    dec = pd.read_csv(path, dtype={"image": str}, keep_default_na=False, na_values={"score": ["", "nan", "NaN"]})
+    dec["kept"] = dec["kept"].astype(str).str.lower().isin(["true", "1"])
+    return dec
+
+
 def run_stage(ctx: Any) -> None:
     """Pipeline stage 6: train on the pairs (network), score the segmented particles, apply rules."""
     from nanoseg import nets
     from nanoseg.io import load_micrographs
-    from nanoseg.measure import label_items
+    from nanoseg.particles import label_items
 
     cfg = ctx.config.classify
     net = None

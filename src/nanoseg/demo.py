@@ -26,7 +26,8 @@ from scipy import ndimage as ndi
 
 from nanoseg.atomic import write_text
 from nanoseg.io import write_tiff
-from nanoseg.render import RenderParams, _seams, render_sem
+from nanoseg.labels import cut_touching
+from nanoseg.render import RenderParams, render_sem
 
 logger = logging.getLogger("nanoseg.demo")
 
@@ -172,7 +173,7 @@ def separate_instances(labels: np.ndarray) -> np.ndarray:
     """
     from skimage.measure import label as cc_label
 
-    separated = np.where(_seams(labels), 0, labels)
+    separated = cut_touching(labels, gives_up="upper")
     out = np.zeros(labels.shape, np.int32)
     components = cc_label(separated > 0, connectivity=1)
     # Keep, per instance, its largest 4-connected piece.

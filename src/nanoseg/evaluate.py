@@ -4,7 +4,7 @@
 two protocols described in :mod:`nanoseg.metrics` (``"paper"`` or ``"strict"``);
 :func:`evaluate_predictions` does the same on arrays already in memory (the benchmark uses it);
 :func:`compare_sizes` measures the particles of both sides with
-:func:`nanoseg.measure.measure_particles` and compares their size distributions.
+:func:`nanoseg.particles.measure_particles` and compares their size distributions.
 
 Prediction files may be
 
@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from nanoseg import metrics as M
+from nanoseg.labels import consecutive_labels, label_binary
 from nanoseg.errors import NanosegError
 
 logger = logging.getLogger("nanoseg.evaluate")
@@ -247,8 +248,8 @@ def align_ground_truth(gt: np.ndarray, pred_shape: tuple[int, ...], gt_name: str
 def ground_truth_labels(gt: np.ndarray, connectivity: int) -> np.ndarray:
     """Instances of a ground truth: labelled components of a mask, or the label image itself."""
     if gt.dtype == bool:
-        return M.label_binary(gt, connectivity)
-    return M._as_labels(gt)
+        return label_binary(gt, connectivity)
+    return consecutive_labels(gt)
 
 
 def binarize(pred: np.ndarray, kind: str, threshold: float) -> np.ndarray:
@@ -271,9 +272,9 @@ def prediction_instances(pred: np.ndarray, kind: str, threshold: float, watershe
     the watershed split too. Label images are used as they are.
     """
     if kind == "labels":
-        return M._as_labels(pred)
+        return consecutive_labels(pred)
     if kind == "binary" and not watershed_binary:
-        return M.label_binary(pred, 1)
+        return label_binary(pred, 1)
     strict = protocol == "strict"
     return M.paper_watershed(binarize(pred, kind, threshold), exclude_border=not strict, keep_unmarked=strict)
 
@@ -281,7 +282,7 @@ def prediction_instances(pred: np.ndarray, kind: str, threshold: float, watershe
 def _isbi_scores(binary: np.ndarray, gt_binary: np.ndarray, gt_labels4: np.ndarray,
                  gt_thin: np.ndarray) -> dict[str, float]:
     """The ISBI 2012 set for one binary prediction (labelled 4-connected)."""
-    pred_labels = M.label_binary(binary, 1)
+    pred_labels = label_binary(binary, 1)
     pred_thin = M.thin_borders(pred_labels)
     warp = M.warping_error(binary, gt_binary)
     return {
@@ -368,7 +369,7 @@ def evaluate_predictions(
     names = sorted(predictions)
     kinds = {name: prediction_kind(np.asarray(predictions[name])) for name in names}
     for name in names:
-        M._check_same_shape(predictions[name], ground_truths[name], f"image {name}")
+        M.check_same_shape(predictions[name], ground_truths[name], f"image {name}")
     if protocol == "paper":
         df, chosen = _evaluate_paper(predictions, ground_truths, names, kinds, thresholds, min_area_px,
                                      watershed_binary, instances_out)
@@ -377,7 +378,7 @@ def evaluate_predictions(
             for name in names:
                 if name not in score_maps:
                     raise NanosegError(f"no probability map (score_maps) for prediction {name}")
-                M._check_same_shape(score_maps[name], ground_truths[name], f"probability map {name}")
+                M.check_same_shape(score_maps[name], ground_truths[name], f"probability map {name}")
         df, chosen = _evaluate_strict(predictions, ground_truths, names, kinds, threshold, watershed_binary,
                                       score_maps, instances_out)
     df.attrs["protocol"] = protocol
@@ -628,9 +629,9 @@ def measure_instances(instances: Mapping[str, tuple[np.ndarray, np.ndarray]], pi
     Returns
     -------
     pred, gt : pandas.DataFrame
-        :func:`nanoseg.measure.measure_particles` tables with an ``image`` column.
+        :func:`nanoseg.particles.measure_particles` tables with an ``image`` column.
     """
-    from nanoseg.measure import measure_particles
+    from nanoseg.particles import measure_particles
 
     tables: tuple[list[pd.DataFrame], list[pd.DataFrame]] = ([], [])
     for name in sorted(instances):

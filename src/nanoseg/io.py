@@ -40,8 +40,9 @@ logger = logging.getLogger("nanoseg.io")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 MIN_SIDE_PX = 32
 
-# Length units to nm; keys are lower case, with the spellings ImageJ, OME and RosettaSciIO use.
-_UNIT_NM = {
+#: Length units to nm: the one unit table (pixel-size metadata here, ``--pixel-size`` in the CLI).
+#: Keys are lower case, with the spellings ImageJ, OME and RosettaSciIO use.
+UNIT_NM: dict[str, float] = {
     "m": 1e9, "meter": 1e9, "metre": 1e9,
     "cm": 1e7, "centimeter": 1e7,
     "mm": 1e6, "millimeter": 1e6,
@@ -127,12 +128,21 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def load_micrographs(data_config: Any) -> list[Micrograph]:
+def load_micrographs(data_config: Any, *, strict: bool = False,
+                     failures: list[dict[str, str]] | None = None) -> list[Micrograph]:
     """Read every micrograph of ``data_config.images`` as one series (see :func:`read_micrographs`).
+
+    The workflow's stages read their images through here. They leave out a file that cannot be
+    read (with a warning) rather than stop: a run that was to stop at it has stopped already,
+    before its first stage, in :func:`nanoseg.pipeline.check_inputs`.
 
     Parameters
     ----------
     data_config : nanoseg.config.DataConfig
+    strict : bool
+        Raise at the first file that cannot be read instead of leaving it out.
+    failures : list, optional
+        Receives ``{"image": path, "error": reason}`` for each file left out.
 
     Returns
     -------
@@ -140,10 +150,13 @@ def load_micrographs(data_config: Any) -> list[Micrograph]:
     """
     if data_config.images is None:
         raise NanosegError("data.images: not set (point it to a folder of micrographs)")
-    return read_micrographs(list_images(data_config.images), data_config)
+    if not strict and failures is None:
+        failures = []
+    return read_micrographs(list_images(data_config.images), data_config, failures=None if strict else failures)
 
 
-def read_micrographs(paths: Sequence[str | Path], data_config: Any) -> list[Micrograph]:
+def read_micrographs(paths: Sequence[str | Path], data_config: Any, *,
+                     failures: list[dict[str, str]] | None = None) -> list[Micrograph]:
     """Read micrographs as one series: one intensity scale for all, particles bright.
 
     Every image of a run is scaled by the same bit depth (``data.bit_depth``; 'auto': the depth
@@ -162,6 +175,10 @@ def read_micrographs(paths: Sequence[str | Path], data_config: Any) -> list[Micr
     data_config : nanoseg.config.DataConfig
         Uses ``pixel_size_nm``, ``info_bar_rows``, ``bit_depth`` and ``dark_particles`` (images
         are inverted so that particles are always bright).
+    failures : list, optional
+        When given, a file that cannot be read is left out with a warning and recorded here as
+        ``{"image": path, "error": reason}``, and the series' scale comes from the files that
+        can be read; without it the first such file raises.
 
     Returns
     -------
@@ -170,10 +187,18 @@ def read_micrographs(paths: Sequence[str | Path], data_config: Any) -> list[Micr
     Raises
     ------
     NanosegError
-        As :func:`read_micrograph`; or if an image holds values above an explicit bit depth.
+        As :func:`read_micrograph` (with ``failures``: only when no file can be read); or if an
+        image holds values above an explicit bit depth.
     """
     bit_depth = getattr(data_config, "bit_depth", "auto")
-    frames = [_read_frame(Path(p), data_config.pixel_size_nm, data_config.info_bar_rows) for p in paths]
+    frames = []
+    for p in paths:
+        try:
+            frames.append(_read_frame(Path(p), data_config.pixel_size_nm, data_config.info_bar_rows))
+        except NanosegError as exc:
+            skip_or_raise(failures, p, exc)
+    if failures and not frames:
+        raise nothing_usable(failures)
     raws = [raw for raw, _ in frames]
     bits, source = _series_bits(raws, [mg.path for _, mg in frames], bit_depth)
     value_range = _series_float_range(raws)
@@ -194,6 +219,35 @@ def read_micrographs(paths: Sequence[str | Path], data_config: Any) -> list[Micr
         logger.warning("micrographs in %s have different pixel sizes: %s nm", folder,
                        ", ".join("none" if s is None else f"{s:g}" for s in sorted(sizes, key=lambda s: s or 0)))
     return micrographs
+
+
+def skip_or_raise(failures: list[dict[str, str]] | None, path: str | Path, exc: NanosegError) -> None:
+    """Record a micrograph a batch leaves out, or re-raise ``exc`` when the batch is strict.
+
+    Call it in the ``except`` clause around the work on one image.
+
+    Parameters
+    ----------
+    failures : list or None
+        The batch's failures; None means strict: ``exc`` is raised.
+    path : path-like
+        The micrograph.
+    exc : NanosegError
+        Why it failed; a leading ``"<path>: "`` is dropped from the recorded reason.
+    """
+    if failures is None:
+        raise exc
+    reason = str(exc).removeprefix(f"{path}: ")
+    logger.warning("%s: left out: %s", path, reason)
+    failures.append({"image": str(path), "error": reason})
+
+
+def nothing_usable(failures: Sequence[dict[str, str]]) -> NanosegError:
+    """The one-line error for a batch in which every micrograph failed."""
+    first = failures[0]
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return NanosegError(f"none of the {len(failures)} micrograph(s) could be used: "
+                        f"{first['image']}: {first['error']}{more}")
 
 
 # --------------------------------------------------------------------------- reading
@@ -241,7 +295,7 @@ def read_micrograph(
 def _read_frame(path: Path, pixel_size_nm: float | None, info_bar_rows: int | Literal["auto"]
                 ) -> tuple[np.ndarray, Micrograph]:
     """The stored values without the info bar, and a Micrograph still without its image."""
-    raw = _read_raw(path)
+    raw = read_raw(path)
     if info_bar_rows == "auto":
         bar = detect_info_bar(raw)
     else:
@@ -451,7 +505,7 @@ def read_mask(path: str | Path) -> np.ndarray:
         If the image holds more than two values or is not 2-D.
     """
     path = Path(path)
-    raw = _read_raw(path, min_side_px=1)
+    raw = read_raw(path, min_side_px=1)
     values = np.unique(raw)
     if values.size > 2 or (values.size == 2 and values[0] != 0):
         raise NanosegError(
@@ -469,7 +523,7 @@ def read_labels(path: str | Path) -> np.ndarray:
         If the image is not 2-D or holds negative or non-integer values.
     """
     path = Path(path)
-    return _as_label_image(_read_raw(path, min_side_px=1), path)
+    return _as_label_image(read_raw(path, min_side_px=1), path)
 
 
 def _as_label_image(raw: np.ndarray, path: Path) -> np.ndarray:
@@ -518,7 +572,7 @@ def read_annotation(path: str | Path, kind: AnnotationKind = "auto") -> np.ndarr
     path = Path(path)
     if kind not in ANNOTATION_KINDS:
         raise NanosegError(f"{path}: annotation kind {kind!r} unknown; choose auto, mask or labels")
-    raw = _read_raw(path, min_side_px=1)
+    raw = read_raw(path, min_side_px=1)
     if kind == "labels":
         return _as_label_image(raw, path)
     if raw.dtype == np.bool_:
@@ -619,8 +673,17 @@ def to_float01(raw: np.ndarray, bit_depth: int | None = None,
     return np.clip((data - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def _read_raw(path: Path, min_side_px: int = MIN_SIDE_PX) -> np.ndarray:
-    """Pixel values as stored, 2-D (RGB(A) converted to gray); palette TIFFs give raw indices."""
+def read_raw(path: Path, min_side_px: int = MIN_SIDE_PX) -> np.ndarray:
+    """Pixel values as stored, 2-D (RGB(A) converted to gray); palette TIFFs give raw indices.
+
+    No scaling, no info-bar crop (:func:`read_micrograph` does both).
+
+    Raises
+    ------
+    NanosegError
+        If the file is missing, empty, of an unsupported type, unreadable, not one 2-D image,
+        or smaller than ``min_side_px`` on a side.
+    """
     if not path.is_file():
         raise NanosegError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -813,7 +876,7 @@ def _unit_to_nm(unit: Any) -> float | None:
     if unit is None:
         return None
     key = str(unit).strip().lower()
-    return _UNIT_NM.get(key)
+    return UNIT_NM.get(key)
 
 
 def _pixel_size_rsciio(path: Path) -> float | None:

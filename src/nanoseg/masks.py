@@ -4,9 +4,11 @@ Each fake mask (a "tile") gets a particle count, and every particle a random sha
 library, a scale factor (normal or log-normal), a rotation and flips. Particle centres are
 drawn from a 2-D Perlin-noise density raised to ``clustering``, so particles agglomerate as
 they do on a real sample; a particle that would cover more than ``max_overlap`` of its area
-with earlier ones is moved to the next drawn position (agglomerates, not piles). Later particles lie on top of earlier ones; the binary mask keeps a
-one-pixel background line between touching particles, as in the manual masks of the TiO2
-dataset, so that 4-connected labelling of the binary mask gives back the instances.
+with earlier ones is moved to the next drawn position (agglomerates, not piles). Later particles
+lie on top of earlier ones; the binary mask keeps a one-pixel background line between touching
+particles, as in the manual masks of the TiO2 dataset, so that 4-connected labelling of the
+binary mask gives back the instances (:mod:`nanoseg.labels`: the particle underneath gives up
+its edge pixels, the one on top stays whole).
 
 The particle count per tile is set from the real micrographs (foreground fraction from an
 automatic threshold) unless ``masks.particles_per_tile`` is configured, and the particle size in
@@ -27,6 +29,7 @@ from skimage import measure
 
 from nanoseg.atomic import atomic_path, write_json
 from nanoseg.errors import NanosegError
+from nanoseg.labels import border_labels, cut_touching
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -152,24 +155,6 @@ def transform_shape(shape: np.ndarray, scale: float, angle_rad: float, flip: boo
     return out[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
 
 
-def separate_touching(instances: np.ndarray) -> np.ndarray:
-    """Binary mask in which every particle pixel 4-adjacent to a higher label is background.
-
-    The particle underneath (lower label) gives up its edge, so the top particle stays whole
-    and no two different labels remain 4-adjacent.
-    """
-    lower = np.zeros(instances.shape, bool)
-    a, b = instances[:-1, :], instances[1:, :]
-    edge = (a != b) & (a > 0) & (b > 0)
-    lower[:-1, :] |= edge & (a < b)
-    lower[1:, :] |= edge & (b < a)
-    a, b = instances[:, :-1], instances[:, 1:]
-    edge = (a != b) & (a > 0) & (b > 0)
-    lower[:, :-1] |= edge & (a < b)
-    lower[:, 1:] |= edge & (b < a)
-    return (instances > 0) & ~lower
-
-
 @dataclass
 class AssembledMask:
     """One fake mask: instance labels, the binary mask and a table of its particles."""
@@ -260,15 +245,14 @@ def assemble_mask(
         instances[r0:r1, c0:c1][piece] = k + 1
     on_top = np.bincount(instances.ravel(), minlength=n_particles + 1)
 
-    binary = separate_touching(instances)
-    instances = np.where(binary, instances, 0)
+    instances = cut_touching(instances)  # the lower label gives up its pixel: the particle on top stays whole
+    binary = instances > 0
     instances, binary, source, main = _split_fragments(instances, binary, cfg.min_visible_px)
 
     labels = np.arange(1, instances.max() + 1)
     area = np.bincount(instances.ravel(), minlength=labels.size + 1)[1:]
     edge = np.zeros(labels.size + 1, bool)
-    for line in (instances[0], instances[-1], instances[:, 0], instances[:, -1]):
-        edge[np.unique(line)] = True
+    edge[border_labels(instances)] = True
     full = full_area[source]
     # Whole-particle visibility is judged before the separation lines were cut out.
     visible = np.where(main, on_top[source], area) / np.maximum(full, 1)
@@ -543,7 +527,20 @@ def _write_contact_sheet(binaries: list[np.ndarray], path: Path, n_cols: int = 4
         iio.imwrite(tmp, sheet, extension=".png")
 
 
-def _load_library(shapes_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def load_library(shapes_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """The shapes stage's library: ``library.npz`` (bool shapes) and ``stats.json`` of ``shapes_dir``.
+
+    Returns
+    -------
+    shapes : (N, S, S) bool array
+    stats : dict
+        The shape statistics, ``{}`` when ``stats.json`` is missing.
+
+    Raises
+    ------
+    NanosegError
+        If there is no ``library.npz`` or it holds no ``shapes`` array.
+    """
     import json
 
     library = shapes_dir / "library.npz"
@@ -647,7 +644,7 @@ def run_stage(ctx: StageContext) -> None:
     """Pipeline stage 2: shape library -> fake masks, ``particles.csv``, ``contact_sheet.png``, ``stats.json``."""
     from nanoseg.runtime import seed_everything
 
-    shapes, shape_stats = _load_library(ctx.stage_dir("shapes"))
+    shapes, shape_stats = load_library(ctx.stage_dir("shapes"))
     rng = seed_everything(ctx.config.seed)
     plan = plan_masks(shapes, shape_stats, ctx.config, rng)
     particles = simulate_masks(shapes, ctx.config.masks, ctx.out_dir, plan["count_range"], rng, plan["size_factor"],

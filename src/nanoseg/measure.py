@@ -1,32 +1,15 @@
 """Stage 7: calibrated particle measurements, number-based size distributions and the report.
 
-Geometry convention
--------------------
-A particle is the union of its pixels, each pixel a unit square centred on its integer
-coordinate. Feret (caliper) diameters are measured on the convex hull of the pixel *corners*,
-so a particle ``w`` pixels wide has a Feret diameter of exactly ``w`` px in that direction and
-a ``a x b`` rectangle has min Feret ``min(a, b)`` and max Feret ``hypot(a, b)``. Both diameters
-use the same hull. (scikit-image's ``feret_diameter_max`` uses the 0.5 iso-contour of the
-convex image instead, which clips the corners: 13.45 px for a 10 x 10 px square, where the
-corner hull gives 14.14 px and a hull of pixel centres 12.73 px.)
-
-Area, centroid, solidity and mean intensity come from :func:`skimage.measure.regionprops`:
-area is the pixel count, so the equivalent circular diameter ECD = sqrt(4 area / pi).
-The perimeter is the length of the particle's 0.5 iso-contour (marching squares through the
-pixel edge midpoints, :func:`skimage.measure.find_contours`; 38.8 px for a 10 x 10 px
-square): unlike scikit-image's ``perimeter``, which runs through the boundary pixels' centres
-(36 px), it keeps circularity (4 pi area / perimeter^2) below 1 for particles of more than a
-few pixels (0.90-0.95 for digital discs, 0.80-0.83 for squares, whose true value is
-0.785). Convexity is the same length of the convex image's outline divided by the perimeter.
-
-Angles are in degrees in [0, 180), counter-clockwise from the image x axis (columns to the
-right, rows upwards as displayed) and give the direction along which the diameter is measured.
+The particles of each label image are measured by :mod:`nanoseg.particles` (its docstring
+states the geometry conventions: Feret diameters, perimeter, ECD); this module pools them
+into size distributions with bootstrap confidence intervals, applies the classify
+decisions, and writes the tables, figures, overlays and the HTML report.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,228 +17,15 @@ import numpy as np
 import pandas as pd
 
 from nanoseg.errors import NanosegError
+from nanoseg.particles import label_items, measure_images, nm_column
+from nanoseg.plots import pyplot, save_figure
 
 logger = logging.getLogger("nanoseg.measure")
 
-#: Descriptors with a unit; (column stem, power of the length unit).
-LENGTH_DESCRIPTORS: dict[str, int] = {
-    "centroid_row": 1,
-    "centroid_col": 1,
-    "area": 2,
-    "perimeter": 1,
-    "ecd": 1,
-    "min_feret": 1,
-    "max_feret": 1,
-}
 #: The size descriptors summarised, plotted and reported, in this order.
 MAIN_DESCRIPTORS: tuple[str, ...] = ("ecd", "min_feret", "max_feret", "area")
 #: EC recommendation 2022/C 229/01: external dimension limit in nm.
 EC_LIMIT_NM = 100.0
-
-_UNITLESS = ("min_feret_angle_deg", "max_feret_angle_deg", "aspect_ratio", "circularity", "solidity", "convexity")
-
-
-# --------------------------------------------------------------------------------------------
-# Feret diameters
-# --------------------------------------------------------------------------------------------
-
-
-def _angle_deg(vec: np.ndarray) -> float:
-    """Direction of a (d_row, d_col) vector in degrees [0, 180), counter-clockwise from +x."""
-    angle = float(np.degrees(np.arctan2(-vec[0], vec[1]))) % 180.0
-    return 0.0 if np.isclose(angle, 180.0) else angle
-
-
-def feret_diameters(points: np.ndarray) -> dict[str, float]:
-    """Exact minimum and maximum caliper (Feret) diameters of a point set.
-
-    The maximum is the largest distance between two convex-hull vertices; the minimum comes
-    from rotating calipers: the width of a convex polygon is smallest with one caliper flush
-    with a hull edge, so the widths perpendicular to every edge (vectorised over all edges)
-    contain the exact minimum.
-
-    Parameters
-    ----------
-    points : (N, 2) array
-        Point coordinates as (row, col), at least three not on one line.
-
-    Returns
-    -------
-    dict
-        ``min_feret``, ``max_feret`` (in the units of ``points``) and ``min_feret_angle_deg``,
-        ``max_feret_angle_deg`` (direction of measurement, see the module docstring).
-    """
-    from scipy.spatial import ConvexHull
-
-    points = np.asarray(points, dtype=float)
-    hull = points[ConvexHull(points).vertices]
-    # max: all vertex pairs (hulls of pixel particles have tens of vertices)
-    diff = hull[:, None, :] - hull[None, :, :]
-    dist2 = np.einsum("ijk,ijk->ij", diff, diff)
-    i, j = np.unravel_index(np.argmax(dist2), dist2.shape)
-    # min: for each edge, the farthest vertex from the edge's line
-    edges = np.roll(hull, -1, axis=0) - hull
-    unit = edges / np.linalg.norm(edges, axis=1, keepdims=True)
-    rel = hull[None, :, :] - hull[:, None, :]  # rel[e, k] = vertex k - start of edge e
-    widths = np.abs(unit[:, None, 0] * rel[..., 1] - unit[:, None, 1] * rel[..., 0]).max(axis=1)
-    e = int(np.argmin(widths))
-    normal = np.array([-unit[e, 1], unit[e, 0]])
-    return {
-        "min_feret": float(widths[e]),
-        "max_feret": float(np.sqrt(dist2[i, j])),
-        "min_feret_angle_deg": _angle_deg(normal),
-        "max_feret_angle_deg": _angle_deg(diff[i, j]),
-    }
-
-
-def pixel_corner_points(mask: np.ndarray) -> np.ndarray:
-    """Corners of the left- and right-most pixel of every row of a binary mask.
-
-    Their convex hull is the convex hull of the union of all pixel squares (the interior
-    pixels of a row cannot be hull vertices), at a fraction of the points.
-
-    Parameters
-    ----------
-    mask : (H, W) bool array
-
-    Returns
-    -------
-    (4 * rows, 2) float array
-        (row, col) coordinates of the corners, relative to the mask's origin.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    rows = np.flatnonzero(mask.any(axis=1))
-    sub = mask[rows]
-    first = np.argmax(sub, axis=1)
-    last = sub.shape[1] - 1 - np.argmax(sub[:, ::-1], axis=1)
-    r = rows.astype(float)
-    top, bottom = r - 0.5, r + 0.5
-    left, right = first - 0.5, last + 0.5
-    return np.concatenate(
-        [np.stack([top, left], 1), np.stack([bottom, left], 1), np.stack([top, right], 1), np.stack([bottom, right], 1)]
-    )
-
-
-def outline_length(mask: np.ndarray) -> float:
-    """Length in px of the 0.5 iso-contours of a binary mask (outer outline plus holes)."""
-    from skimage.measure import find_contours
-
-    contours = find_contours(np.pad(mask, 1).astype(np.float32), 0.5, fully_connected="high")
-    return float(sum(np.linalg.norm(np.diff(c, axis=0), axis=1).sum() for c in contours))
-
-
-# --------------------------------------------------------------------------------------------
-# Per-particle measurements
-# --------------------------------------------------------------------------------------------
-
-
-def measure_particles(
-    labels: np.ndarray,
-    image: np.ndarray | None = None,
-    pixel_size_nm: float | None = None,
-    *,
-    exclude_border: bool = True,
-) -> pd.DataFrame:
-    """Measure every labelled particle.
-
-    Parameters
-    ----------
-    labels : (H, W) int array
-        Instance labels, 0 = background (e.g. ``segment/labels/<stem>.tif``). The image's
-        last row borders the info bar when that was cropped, so "touching the border"
-        includes touching the info bar.
-    image : (H, W) float array, optional
-        Micrograph for ``mean_intensity`` (NaN when absent).
-    pixel_size_nm : float, optional
-        Side of a pixel in nm. When given, ``*_nm`` columns (``area_nm2`` for the area) are
-        added beside the ``*_px`` ones.
-    exclude_border : bool
-        Drop particles touching the image border (their size is unknown). Default True.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per particle: ``label``, ``centroid_row_px``, ``centroid_col_px``, ``area_px``
-        (pixel count), ``perimeter_px``, ``ecd_px``, ``min_feret_px``, ``max_feret_px``,
-        ``min_feret_angle_deg``, ``max_feret_angle_deg``, ``aspect_ratio`` (min / max Feret,
-        ISO 9276-6, in (0, 1]), ``circularity`` (4 pi area / perimeter^2), ``solidity``
-        (area / convex area), ``convexity`` (convex perimeter / perimeter), ``mean_intensity``,
-        ``touches_border``, and the ``*_nm`` / ``area_nm2`` columns with a pixel size.
-    """
-    from skimage.measure import regionprops
-
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise NanosegError(f"measure_particles: labels must be a 2-D image, got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        labels = labels.astype(np.int64)
-    if image is not None and np.shape(image) != labels.shape:
-        raise NanosegError(f"measure_particles: image shape {np.shape(image)} differs from labels shape {labels.shape}")
-    if pixel_size_nm is not None and not (np.isfinite(pixel_size_nm) and pixel_size_nm > 0):
-        raise NanosegError(f"measure_particles: pixel_size_nm must be a positive number, got {pixel_size_nm!r}")
-    height, width = labels.shape
-    rows: list[dict[str, Any]] = []
-    for rp in regionprops(labels, intensity_image=image):
-        r0, c0, r1, c1 = rp.bbox
-        touches = r0 == 0 or c0 == 0 or r1 == height or c1 == width
-        if touches and exclude_border:
-            continue
-        feret = feret_diameters(pixel_corner_points(rp.image))
-        perim = outline_length(rp.image)
-        convex_perim = outline_length(rp.image_convex)
-        area = float(rp.area)
-        row = {
-            "label": int(rp.label),
-            "centroid_row_px": float(rp.centroid[0]),
-            "centroid_col_px": float(rp.centroid[1]),
-            "area_px": area,
-            "perimeter_px": perim,
-            "ecd_px": float(np.sqrt(4.0 * area / np.pi)),
-            "min_feret_px": feret["min_feret"],
-            "max_feret_px": feret["max_feret"],
-            "min_feret_angle_deg": feret["min_feret_angle_deg"],
-            "max_feret_angle_deg": feret["max_feret_angle_deg"],
-            "aspect_ratio": feret["min_feret"] / feret["max_feret"],
-            "circularity": 4.0 * np.pi * area / perim**2 if perim > 0 else np.nan,
-            "solidity": float(rp.solidity),
-            "convexity": convex_perim / perim if perim > 0 else np.nan,
-            "mean_intensity": float(rp.intensity_mean) if image is not None else np.nan,
-            "touches_border": bool(touches),
-        }
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=_base_columns())
-    df["label"] = df["label"].astype(np.int64)
-    df["touches_border"] = df["touches_border"].astype(bool)
-    if pixel_size_nm is not None:
-        df = add_nm_columns(df, pixel_size_nm)
-    return df
-
-
-def _base_columns() -> list[str]:
-    return (
-        ["label"]
-        + [f"{stem}_px" for stem in LENGTH_DESCRIPTORS]
-        + list(_UNITLESS)
-        + ["mean_intensity", "touches_border"]
-    )
-
-
-def nm_column(stem: str) -> str:
-    """Name of the calibrated column of a descriptor: ``area`` -> ``area_nm2``, else ``<stem>_nm``."""
-    power = LENGTH_DESCRIPTORS[stem]
-    return f"{stem}_nm" if power == 1 else f"{stem}_nm{power}"
-
-
-def add_nm_columns(df: pd.DataFrame, pixel_size_nm: float | Sequence[float] | pd.Series) -> pd.DataFrame:
-    """Add calibrated columns (lengths times the pixel size, areas times its square).
-
-    ``pixel_size_nm`` may be one value or one per row (particles from several micrographs).
-    """
-    df = df.copy()
-    size = np.asarray(pixel_size_nm, dtype=float)
-    for stem, power in LENGTH_DESCRIPTORS.items():
-        df[nm_column(stem)] = df[f"{stem}_px"].to_numpy(dtype=float) * size**power
-    return df
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,8 +276,9 @@ def size_summary(
     Parameters
     ----------
     df : pandas.DataFrame
-        Particles (usually only the kept ones), as from :func:`measure_particles`; with an
-        ``image`` column the intervals resample images (see :func:`bootstrap_ci`).
+        Particles (usually only the kept ones), as from
+        :func:`nanoseg.particles.measure_particles`; with an ``image`` column the intervals
+        resample images (see :func:`bootstrap_ci`).
     descriptors : sequence of str
         Descriptor stems (``ecd``, ``min_feret``, ...) or explicit column names.
     fit : bool
@@ -660,29 +431,12 @@ _LABELS = {"ecd": "equivalent circular diameter", "min_feret": "minimum Feret di
            "max_feret": "maximum Feret diameter", "area": "area"}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(fig: Any, paths: Sequence[Path]) -> None:
-    from nanoseg.atomic import atomic_path
-
-    for path in paths:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", format=Path(path).suffix.lstrip("."))
-
-
 def plot_histogram(values: np.ndarray, out_stem: Path, *, title: str, xlabel: str, bins: int = 30,
                    lognormal: Mapping[str, float] | None = None) -> list[Path]:
     """Histogram (counts) with an optional fitted log-normal; writes ``<out_stem>.png`` and ``.svg``."""
     from scipy import stats
 
-    plt = _pyplot()
+    plt = pyplot()
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -700,7 +454,7 @@ def plot_histogram(values: np.ndarray, out_stem: Path, *, title: str, xlabel: st
     ax.set_ylabel("number of particles")
     ax.set_title(title)
     paths = [Path(f"{out_stem}.png"), Path(f"{out_stem}.svg")]
-    _save_figure(fig, paths)
+    save_figure(fig, paths, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return paths
 
@@ -708,7 +462,7 @@ def plot_histogram(values: np.ndarray, out_stem: Path, *, title: str, xlabel: st
 def plot_comparison(a: np.ndarray, b: np.ndarray, out_stem: Path, *, names: tuple[str, str], xlabel: str,
                     bins: int = 30, ks: Mapping[str, float] | None = None) -> list[Path]:
     """Overlaid, normalised histograms of two size samples; writes ``<out_stem>.png`` and ``.svg``."""
-    plt = _pyplot()
+    plt = pyplot()
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
@@ -723,7 +477,7 @@ def plot_comparison(a: np.ndarray, b: np.ndarray, out_stem: Path, *, names: tupl
     ax.set_ylabel("probability density")
     ax.legend(frameon=False)
     paths = [Path(f"{out_stem}.png"), Path(f"{out_stem}.svg")]
-    _save_figure(fig, paths)
+    save_figure(fig, paths, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return paths
 
@@ -759,66 +513,6 @@ def overlay_kept(image: np.ndarray, labels: np.ndarray, kept_labels: Sequence[in
 # --------------------------------------------------------------------------------------------
 # Measuring a set of images and writing the results
 # --------------------------------------------------------------------------------------------
-
-
-def label_items(micrographs: Sequence[Any], labels_dir: str | Path, fix: str) -> list[tuple[str, np.ndarray, np.ndarray, float | None]]:
-    """Pair each micrograph with its label image ``<stem>.tif`` (or .tiff/.png) in ``labels_dir``.
-
-    Parameters
-    ----------
-    micrographs : sequence of Micrograph
-    labels_dir : path
-    fix : str
-        What the error message tells the user to do about a missing or mismatched label image.
-
-    Returns
-    -------
-    list of (stem, labels, micrograph image, pixel size in nm or None)
-        The items :func:`measure_images` and :func:`nanoseg.classify.classify_images` take.
-    """
-    from nanoseg.io import read_labels
-
-    labels_dir = Path(labels_dir)
-    items = []
-    for mg in micrographs:
-        stem = Path(mg.path).stem
-        path = next((labels_dir / f"{stem}{suffix}" for suffix in (".tif", ".tiff", ".png")
-                     if (labels_dir / f"{stem}{suffix}").is_file()), None)
-        if path is None:
-            raise NanosegError(f"{labels_dir / (stem + '.tif')}: no label image for micrograph {mg.path} ({fix})")
-        lab = read_labels(path)
-        if lab.shape != mg.image.shape:
-            raise NanosegError(f"{path}: labels shape {lab.shape} differs from the cropped micrograph {mg.path} "
-                               f"{mg.image.shape} ({fix})")
-        items.append((stem, lab, mg.image, mg.pixel_size_nm))
-    return items
-
-
-def measure_images(
-    items: Sequence[tuple[str, np.ndarray, np.ndarray | None, float | None]],
-) -> pd.DataFrame:
-    """Measure several label images into one table (border particles kept, flagged).
-
-    Parameters
-    ----------
-    items : sequence of (image name, labels, micrograph or None, pixel size in nm or None)
-
-    Returns
-    -------
-    pandas.DataFrame
-        :func:`measure_particles` columns plus ``image`` and ``pixel_size_nm``; calibrated
-        columns are NaN for images without a pixel size.
-    """
-    frames = []
-    for name, labels, image, pixel_size in items:
-        df = measure_particles(labels, image, None, exclude_border=False)
-        df.insert(0, "image", name)
-        df["pixel_size_nm"] = np.nan if pixel_size is None else float(pixel_size)
-        frames.append(df)
-    if not frames:
-        raise NanosegError("measure: no label images to measure")
-    out = pd.concat(frames, ignore_index=True)
-    return add_nm_columns(out, out["pixel_size_nm"].to_numpy())
 
 
 def join_decisions(particles: pd.DataFrame, decisions: pd.DataFrame | None) -> pd.DataFrame:
@@ -1029,15 +723,6 @@ def write_results(
     return summary
 
 
-def _load_decisions(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    # image names stay strings ('001' is not 1)
-    dec = pd.read_csv(path, dtype={"image": str}, keep_default_na=False, na_values={"score": ["", "nan", "NaN"]})
-    dec["kept"] = dec["kept"].astype(str).str.lower().isin(["true", "1"])
-    return dec
-
-
 _SOURCE_WORDS = {"override": "set by the user (data.pixel_size_nm / --pixel-size)", "rsciio": "vendor TIFF metadata",
                  "ome": "OME-TIFF metadata", "imagej": "ImageJ TIFF metadata", "tiff": "TIFF resolution tags"}
 
@@ -1056,12 +741,13 @@ def pixel_size_source(micrographs: Sequence[Any]) -> str:
 
 def run_stage(ctx: Any) -> None:
     """Pipeline stage 7: measure the segment labels, join classify decisions, write the results."""
-    from nanoseg.classify import classify_images, counting_rule
+    from nanoseg.classify import classify_images, counting_rule, read_decisions
     from nanoseg.io import load_micrographs
 
     cfg = ctx.config
     labels_dir = ctx.stage_dir("segment") / "labels"
-    micrographs = load_micrographs(cfg.data)
+    failures: list[dict[str, str]] = []
+    micrographs = load_micrographs(cfg.data, failures=failures)
     items = label_items(micrographs, labels_dir, fix="rerun with --from segment")
     images = {stem: image for stem, _, image, _ in items}
     label_images = {stem: lab for stem, lab, _, _ in items}
@@ -1069,7 +755,7 @@ def run_stage(ctx: Any) -> None:
     cls_cfg = cfg.classify
     warnings: list[str] = []
     classifier_model = ctx.stage_dir("classify") / "model.pt" if cls_cfg.method == "network" else None
-    decisions = _load_decisions(ctx.stage_dir("classify") / "decisions.csv")
+    decisions = read_decisions(ctx.stage_dir("classify") / "decisions.csv")
     if decisions is None:
         if cls_cfg.method == "network":
             text = ("no classify/decisions.csv: particles were kept by the rules alone, without the classifier "
@@ -1080,6 +766,7 @@ def run_stage(ctx: Any) -> None:
             classifier_model = None
         decisions = classify_images(items, cls_cfg, particles=particles)
     particles = join_decisions(particles, decisions)
+    warnings += left_out_warning(failures, len(micrographs) + len(failures))
     prior = _read_size_prior(Path(ctx.run_dir)) or "unknown"
     summary = write_results(
         particles, ctx.out_dir, micrographs=images, labels=label_images, bins=cfg.measure.histogram_bins,
@@ -1087,7 +774,7 @@ def run_stage(ctx: Any) -> None:
         pixel_size_source=pixel_size_source(micrographs),
         size_prior=prior, report_rows=cfg.measure.report_rows, report_overlays=cfg.measure.report_overlays,
         counting_rule=counting_rule(cls_cfg, classifier_model=classifier_model), warnings=warnings, seed=cfg.seed,
-        extra={"size_prior_configured": cfg.masks.size_prior, "classify_method": cls_cfg.method},
+        extra={"size_prior_configured": cfg.masks.size_prior, "classify_method": cls_cfg.method, "failures": failures},
     )
     ctx.log.info("measure: %d of %d particles kept in %d images; %s", summary["n_kept"], summary["n_particles"],
                  summary["n_images"], summary["ec_definition"]["statement"])
@@ -1116,6 +803,8 @@ def measure_files(
     compare_csv: str | Path | None = None,
     device: Any = "cpu",
     probabilities: bool = False,
+    strict: bool = True,
+    before_writing: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Segment (or read labels of), classify and measure micrographs; write all results.
 
@@ -1139,6 +828,13 @@ def measure_files(
     device : torch.device or str
     probabilities : bool
         When segmenting, also write ``segment/probabilities/<stem>.tif`` (particle probability).
+    strict : bool
+        Raise at the first micrograph that cannot be read, segmented or paired with its labels.
+        Otherwise such a micrograph is left out with a warning and listed in the summary's
+        ``failures`` (``{"image": path, "error": reason}``); it raises only when none is left.
+    before_writing : callable, optional
+        Called once every input has been read, before the first file is written: the place to
+        clear an earlier run's outputs, which an input error then leaves as they were.
 
     Returns
     -------
@@ -1149,22 +845,15 @@ def measure_files(
     from nanoseg.io import list_images, read_micrographs
 
     out_dir = Path(out_dir)
-    paths = [p for item in images for p in list_images(item)]
+    # Folders are listed; files are kept as given, so that a wrong one fails alone when not strict.
+    paths = [p for item in images for p in (list_images(item) if Path(item).is_dir() else [Path(item)])]
     if not paths:
         raise NanosegError("measure: no micrographs given")
-    micrographs = read_micrographs(paths, config.data)
-    if labels_dir is None:
-        if model is None:
-            raise NanosegError("measure: give --model (a segmentation model) or --labels (a folder of label images)")
-        from nanoseg.segment import segment_micrographs
-
-        labels_dir = out_dir / "segment"
-        segment_micrographs(model, micrographs, labels_dir, config.segment, device=device, probabilities=probabilities)
-        labels_dir = labels_dir / "labels"
-    labels_dir = Path(labels_dir)
-    items = label_items(micrographs, labels_dir, fix="check data.info_bar_rows")
-    images_by_name = {stem: image for stem, _, image, _ in items}
-    labels_by_name = {stem: lab for stem, lab, _, _ in items}
+    if labels_dir is None and model is None:
+        raise NanosegError("measure: give --model (a segmentation model) or --labels (a folder of label images)")
+    failures: list[dict[str, str]] | None = None if strict else []
+    micrographs = read_micrographs(paths, config.data, failures=failures)
+    items = None if labels_dir is None else _paired_labels(micrographs, Path(labels_dir), failures)
     cls_cfg = config.classify
     warnings: list[str] = []
     net = None
@@ -1179,20 +868,61 @@ def measure_files(
         logger.warning("measure: %s", text)
         warnings.append(text)
         cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
+    compare = None
+    if compare_csv is not None:
+        compare = (Path(compare_csv).name, read_particles_csv(compare_csv))
+    if before_writing is not None:
+        before_writing()
+    if items is None:
+        from nanoseg.segment import segment_micrographs
+
+        segmented = segment_micrographs(model, micrographs, out_dir / "segment", config.segment, device=device,
+                                        probabilities=probabilities, failures=failures)
+        done = {row["image"] for row in segmented}
+        items = _paired_labels([mg for mg in micrographs if mg.stem in done], out_dir / "segment" / "labels", failures)
+    measured = {stem for stem, _, _, _ in items}
+    micrographs = [mg for mg in micrographs if mg.stem in measured]
+    warnings += left_out_warning(failures or [], len(paths))
+    images_by_name = {stem: image for stem, _, image, _ in items}
+    labels_by_name = {stem: lab for stem, lab, _, _ in items}
     particles = measure_images(items)
     decisions = classify_images(items, cls_cfg, net=net, device=device, particles=particles)
     write_decisions(decisions, out_dir / "decisions.csv")
     particles = join_decisions(particles, decisions)
-    compare = None
-    if compare_csv is not None:
-        compare = (Path(compare_csv).name, read_particles_csv(compare_csv))
     return write_results(
         particles, out_dir, micrographs=images_by_name, labels=labels_by_name, bins=config.measure.histogram_bins,
         fit=config.measure.fit_lognormal, report=config.measure.report, pixel_size_source=pixel_size_source(micrographs),
         size_prior=_size_prior_of_model(model), compare=compare, report_rows=config.measure.report_rows,
-        report_overlays=config.measure.report_overlays, extra={"classify_method": cls_cfg.method},
+        report_overlays=config.measure.report_overlays,
+        extra={"classify_method": cls_cfg.method, "failures": failures or []},
         counting_rule=counting_rule(cls_cfg, classifier_model=classifier), warnings=warnings, seed=config.seed,
     )
+
+
+def left_out_warning(failures: Sequence[dict[str, str]], n_images: int) -> list[str]:
+    """The report's warning that the results lack some micrographs (none when ``failures`` is empty)."""
+    if not failures:
+        return []
+    names = ", ".join(Path(f["image"]).name for f in failures)
+    return [f"{len(failures)} of {n_images} micrographs could not be used and are not in these results: {names} "
+            "(the reasons are under failures in summary.json)"]
+
+
+def _paired_labels(micrographs: Sequence[Any], labels_dir: Path, failures: list[dict[str, str]] | None
+                   ) -> list[tuple[str, np.ndarray, np.ndarray, float | None]]:
+    """:func:`label_items` one micrograph at a time, so that a missing or mismatched label image
+    leaves out that micrograph alone when ``failures`` is a list (see :func:`nanoseg.io.skip_or_raise`)."""
+    from nanoseg.io import nothing_usable, skip_or_raise
+
+    items = []
+    for mg in micrographs:
+        try:
+            items.extend(label_items([mg], labels_dir, fix="check data.info_bar_rows"))
+        except NanosegError as exc:
+            skip_or_raise(failures, mg.path, exc)
+    if failures and not items:
+        raise nothing_usable(failures)
+    return items
 
 
 def _size_prior_of_model(model: str | Path | None) -> Any:

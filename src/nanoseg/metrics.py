@@ -104,13 +104,13 @@ from scipy import ndimage as ndi
 from scipy import sparse
 
 from nanoseg.errors import NanosegError
+from nanoseg.labels import consecutive_labels, cut_touching, label_binary, touching_lines
 
 #: The thresholds the paper swept: 0.0, 0.1, ..., 1.0.
 PAPER_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 1))
 #: IoU thresholds of the COCO-style average: 0.50, 0.55, ..., 0.95.
 AP_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))
 
-_FOUR = ndi.generate_binary_structure(2, 1)
 _EIGHT = ndi.generate_binary_structure(2, 2)
 
 
@@ -119,49 +119,10 @@ _EIGHT = ndi.generate_binary_structure(2, 2)
 # --------------------------------------------------------------------------------------------
 
 
-def _check_same_shape(a: np.ndarray, b: np.ndarray, what: str) -> None:
+def check_same_shape(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    """Raise :class:`NanosegError` naming ``what`` when a prediction's shape differs from its ground truth's."""
     if np.shape(a) != np.shape(b):
         raise NanosegError(f"{what}: prediction shape {np.shape(a)} differs from ground truth shape {np.shape(b)}")
-
-
-def _as_labels(labels: np.ndarray) -> np.ndarray:
-    """Consecutive labels 0..n as int64 (0 stays background)."""
-    labels = np.asarray(labels)
-    if labels.dtype == bool:
-        return labels.astype(np.int64)
-    if labels.dtype.kind == "f":
-        labels = labels.astype(np.int64)
-    if labels.size and labels.min() >= 0 and labels.max() < 4 * labels.size + 1024:
-        # a look-up table from bincount: linear time, no sort
-        present = np.bincount(labels.ravel()) > 0
-        present[0] = True
-        lut = np.cumsum(present) - 1
-        return lut[labels].astype(np.int64)
-    values, inverse = np.unique(labels, return_inverse=True)
-    inverse = inverse.reshape(labels.shape)
-    if values[0] != 0:  # no background pixel: shift so that label 0 stays "background"
-        inverse = inverse + 1
-    return inverse.astype(np.int64)
-
-
-def label_binary(binary: np.ndarray, connectivity: int = 1) -> np.ndarray:
-    """Connected components of a binary mask.
-
-    Parameters
-    ----------
-    binary : (H, W) bool array
-    connectivity : {1, 2}
-        1 = 4-connectivity (the manual masks' convention: touching particles are separated by a
-        one-pixel line), 2 = 8-connectivity.
-
-    Returns
-    -------
-    (H, W) int32 array
-        Labels 1..n, 0 = background.
-    """
-    structure = _FOUR if connectivity == 1 else _EIGHT
-    labels, _ = ndi.label(np.asarray(binary, dtype=bool), structure=structure)
-    return labels
 
 
 def contingency_table(pred_labels: np.ndarray, gt_labels: np.ndarray) -> sparse.csr_matrix:
@@ -170,7 +131,7 @@ def contingency_table(pred_labels: np.ndarray, gt_labels: np.ndarray) -> sparse.
     Parameters
     ----------
     pred_labels, gt_labels : (H, W) int arrays
-        Label images with labels 0..n (consecutive; see ``_as_labels``).
+        Label images with labels 0..n (consecutive; see :func:`nanoseg.labels.consecutive_labels`).
 
     Returns
     -------
@@ -197,8 +158,8 @@ def iou_matrix(pred_labels: np.ndarray, gt_labels: np.ndarray) -> np.ndarray:
     (n_gt, n_pred) float array
         ``iou[j, i] = |G_j ∩ P_i| / |G_j ∪ P_i|`` for the particles in order of their labels.
     """
-    _check_same_shape(pred_labels, gt_labels, "iou_matrix")
-    table = contingency_table(_as_labels(pred_labels), _as_labels(gt_labels))
+    check_same_shape(pred_labels, gt_labels, "iou_matrix")
+    table = contingency_table(consecutive_labels(pred_labels), consecutive_labels(gt_labels))
     gt_area = np.asarray(table.sum(axis=1)).ravel()[1:]
     pred_area = np.asarray(table.sum(axis=0)).ravel()[1:]
     inter = table[1:, 1:].toarray().astype(float)
@@ -238,7 +199,7 @@ def image_iou(pred: np.ndarray, gt: np.ndarray) -> float:
     >>> round(image_iou(a, b), 4)  # 50 / 150
     0.3333
     """
-    _check_same_shape(pred, gt, "image_iou")
+    check_same_shape(pred, gt, "image_iou")
     p = np.asarray(pred) != 0
     g = np.asarray(gt) != 0
     union = np.count_nonzero(p | g)
@@ -270,7 +231,7 @@ def youden_index(prob: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
     ----------
     W. J. Youden, "Index for rating diagnostic tests", Cancer 3, 32-35 (1950).
     """
-    _check_same_shape(prob, gt, "youden_index")
+    check_same_shape(prob, gt, "youden_index")
     p = np.asarray(prob, dtype=float).ravel()
     g = np.asarray(gt).ravel() != 0
     n_pos = int(g.sum())
@@ -290,7 +251,7 @@ def youden_index(prob: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
 
 def pixel_f_score(pred: np.ndarray, gt: np.ndarray) -> float:
     """F-score (Dice) of the foreground pixels: 2 |P ∩ G| / (|P| + |G|); 1 when both are empty."""
-    _check_same_shape(pred, gt, "pixel_f_score")
+    check_same_shape(pred, gt, "pixel_f_score")
     p = np.asarray(pred) != 0
     g = np.asarray(gt) != 0
     denom = np.count_nonzero(p) + np.count_nonzero(g)
@@ -348,7 +309,7 @@ def outline_area_px(labels: np.ndarray) -> np.ndarray:
     float array
         Indexed by label (entry 0 unused).
     """
-    labels = _as_labels(labels)
+    labels = consecutive_labels(labels)
     padded = np.pad(labels, 1)
     inner = padded[1:-1, 1:-1]
     boundary = np.zeros(labels.shape, bool)
@@ -395,13 +356,13 @@ def instance_iou(pred_labels: np.ndarray, gt_labels: np.ndarray, min_area_px: fl
     >>> round(instance_iou(a, b), 4)
     0.3333
     """
-    _check_same_shape(pred_labels, gt_labels, "instance_iou")
-    pred = _as_labels(pred_labels)
+    check_same_shape(pred_labels, gt_labels, "instance_iou")
+    pred = consecutive_labels(pred_labels)
     if min_area_px > 0:
         areas = np.bincount(pred.ravel()) if area == "pixels" else outline_area_px(pred)
         small = areas <= min_area_px
         small[0] = False
-        pred = _as_labels(np.where(small[pred], 0, pred))
+        pred = consecutive_labels(np.where(small[pred], 0, pred))
     iou = iou_matrix(pred, gt_labels)
     if iou.shape[1] == 0:
         return float("nan")
@@ -535,9 +496,9 @@ def _restricted_counts(pred_labels: np.ndarray, gt_labels: np.ndarray) -> tuple[
     singleton pixels (predicted background inside ground-truth foreground: each is its own
     segment of size 1, the convention of the ISBI 2012 / SNEMI3D scripts).
     """
-    _check_same_shape(pred_labels, gt_labels, "rand/information scores")
-    gt = _as_labels(gt_labels).ravel()
-    pred = _as_labels(pred_labels).ravel()
+    check_same_shape(pred_labels, gt_labels, "rand/information scores")
+    gt = consecutive_labels(gt_labels).ravel()
+    pred = consecutive_labels(pred_labels).ravel()
     fg = gt > 0
     gt, pred = gt[fg], pred[fg]
     singletons = int(np.count_nonzero(pred == 0))
@@ -660,7 +621,7 @@ def thin_borders(labels: np.ndarray, max_gap_px: int = 4) -> np.ndarray:
     (H, W) int64 array
         Labels with thinned separation lines.
     """
-    labels = _as_labels(labels)
+    labels = consecutive_labels(labels)
     padded = np.pad(labels, max_gap_px)
     height, width = labels.shape
     best_dist = np.full(labels.shape, max_gap_px + 1)
@@ -686,19 +647,8 @@ def thin_borders(labels: np.ndarray, max_gap_px: int = 4) -> np.ndarray:
         better = gap & (near < best_dist)
         best_dist[better], best_label[better] = near[better], label[better]
     out = np.where(best_label > 0, best_label, labels)
-    return _separate(out)
-
-
-def _separate(labels: np.ndarray) -> np.ndarray:
-    """Clear the larger-label pixel wherever two different particles are 4-adjacent."""
-    out = labels.copy()
-    down = (labels[:-1] > 0) & (labels[1:] > 0) & (labels[:-1] != labels[1:])
-    right = (labels[:, :-1] > 0) & (labels[:, 1:] > 0) & (labels[:, :-1] != labels[:, 1:])
-    out[:-1][down & (labels[:-1] > labels[1:])] = 0
-    out[1:][down & (labels[1:] > labels[:-1])] = 0
-    out[:, :-1][right & (labels[:, :-1] > labels[:, 1:])] = 0
-    out[:, 1:][right & (labels[:, 1:] > labels[:, :-1])] = 0
-    return out
+    # the tie rule above gives a gap's middle pixel to the larger label, so the larger one gives it up
+    return cut_touching(out, gives_up="upper")
 
 
 def rand_error(pred_labels: np.ndarray, gt_labels: np.ndarray, thin: bool = False, max_gap_px: int = 4) -> float:
@@ -721,12 +671,13 @@ def information_error(pred_labels: np.ndarray, gt_labels: np.ndarray, thin: bool
 # ISBI 2012: warping error
 # --------------------------------------------------------------------------------------------
 
-# Neighbour offsets in the bit order of the look-up table.
-_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
+#: The 8 neighbours of a pixel as (row, col) offsets, clockwise from the upper left: bit k of a
+#: :data:`SIMPLE_POINTS` index is neighbour ``NEIGHBOUR_OFFSETS[k]``.
+NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
 
 
 def _simple_point_table() -> np.ndarray:
-    """Look-up table: is a pixel simple, given its 8 neighbours (bit k = _OFFSETS[k])?
+    """Look-up table: is a pixel simple, given its 8 neighbours (bit k = NEIGHBOUR_OFFSETS[k])?
 
     Digital topology with 4-connected foreground and 8-connected background (the particles'
     convention). A pixel is simple -- flipping it changes neither the number of foreground
@@ -736,7 +687,7 @@ def _simple_point_table() -> np.ndarray:
     8-components of the background neighbours.
     """
     table = np.zeros(256, bool)
-    pos = {off: k for k, off in enumerate(_OFFSETS)}
+    pos = {off: k for k, off in enumerate(NEIGHBOUR_OFFSETS)}
     four = [(-1, 0), (0, 1), (1, 0), (0, -1)]
     for code in range(256):
         on = {off for off, k in pos.items() if code >> k & 1}
@@ -748,7 +699,7 @@ def _simple_point_table() -> np.ndarray:
             if any(abs(o[0] - s[0]) + abs(o[1] - s[1]) == 1 for s in seeds):
                 geo.add(o)
         t4 = _count_components(geo, diagonal=False)
-        background = set(_OFFSETS) - on
+        background = set(NEIGHBOUR_OFFSETS) - on
         t8 = _count_components(background, diagonal=True)
         table[code] = t4 == 1 and t8 == 1
     return table
@@ -770,7 +721,9 @@ def _count_components(points: set[tuple[int, int]], diagonal: bool) -> int:
     return count
 
 
-_SIMPLE = _simple_point_table()
+#: ``SIMPLE_POINTS[code]``: is a pixel simple (4-connected foreground, 8-connected background)
+#: given its neighbours, ``code`` having bit k set when ``NEIGHBOUR_OFFSETS[k]`` is foreground.
+SIMPLE_POINTS = _simple_point_table()
 
 
 @dataclass
@@ -852,7 +805,7 @@ def warping_error(pred: np.ndarray, gt: np.ndarray, max_passes: int = 100) -> Wa
     topological constraints", CVPR 2010. G. Bertrand, "Simple points, topological numbers and
     geodesic neighborhoods in cubic grids", Pattern Recognit. Lett. 15, 1003 (1994).
     """
-    _check_same_shape(pred, gt, "warping_error")
+    check_same_shape(pred, gt, "warping_error")
     target = np.asarray(pred) != 0
     warped = np.pad(np.asarray(gt) != 0, 1)
     height, width = target.shape
@@ -870,9 +823,9 @@ def warping_error(pred: np.ndarray, gt: np.ndarray, max_passes: int = 100) -> Wa
                 rows = 1 + dy + 3 * rr
                 cols = 1 + dx + 3 * cc
                 code = np.zeros(rows.size, np.uint8)
-                for k, (oy, ox) in enumerate(_OFFSETS):
+                for k, (oy, ox) in enumerate(NEIGHBOUR_OFFSETS):
                     code |= warped[rows + oy, cols + ox].astype(np.uint8) * weights[k]
-                simple = _SIMPLE[code]
+                simple = SIMPLE_POINTS[code]
                 if simple.any():
                     warped[rows[simple], cols[simple]] = ~warped[rows[simple], cols[simple]]
                     flipped += int(simple.sum())
@@ -883,26 +836,14 @@ def warping_error(pred: np.ndarray, gt: np.ndarray, max_passes: int = 100) -> Wa
     counts = split_merge_counts(pred_labels, warped_labels)
     # a leftover pixel is a split pixel when the prediction's particles on its sides differ,
     # a merger pixel when the warped truth's particles on its sides differ
-    split_px = (warped & ~target) & _touches_two_labels(pred_labels)
-    merge_px = (target & ~warped) & _touches_two_labels(warped_labels)
+    split_px = (warped & ~target) & touching_lines(pred_labels)
+    merge_px = (target & ~warped) & touching_lines(warped_labels)
     return WarpingResult(
         error=float(np.count_nonzero(warped != target)) / target.size,
         split_merge_error=float(np.count_nonzero(split_px | merge_px)) / target.size,
         splits=counts["splits"], merges=counts["merges"],
         omissions=counts["omissions"], additions=counts["additions"], warped=warped,
     )
-
-
-def _touches_two_labels(labels: np.ndarray) -> np.ndarray:
-    """Pixels whose 4-neighbours hold at least two different non-zero labels."""
-    padded = np.pad(labels, 1)
-    shifts = [padded[1 + dy: padded.shape[0] - 1 + dy, 1 + dx: padded.shape[1] - 1 + dx]
-              for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))]
-    stack = np.stack(shifts)
-    big = np.iinfo(stack.dtype).max
-    high = stack.max(axis=0)
-    low = np.where(stack > 0, stack, big).min(axis=0)
-    return (high > 0) & (low < big) & (high != low)
 
 
 def split_merge_counts(pred_labels: np.ndarray, gt_labels: np.ndarray) -> dict[str, int]:
@@ -917,7 +858,7 @@ def split_merge_counts(pred_labels: np.ndarray, gt_labels: np.ndarray) -> dict[s
     dict
         ``splits``, ``merges``, ``omissions``, ``additions``.
     """
-    table = contingency_table(_as_labels(pred_labels), _as_labels(gt_labels))
+    table = contingency_table(consecutive_labels(pred_labels), consecutive_labels(gt_labels))
     inner = (table[1:, 1:] > 0).tocsr()
     per_gt = np.asarray(inner.sum(axis=1)).ravel()
     per_pred = np.asarray(inner.sum(axis=0)).ravel()
@@ -932,10 +873,12 @@ def split_merge_counts(pred_labels: np.ndarray, gt_labels: np.ndarray) -> dict[s
 def labels_to_binary(labels: np.ndarray) -> np.ndarray:
     """Binary mask of a label image with touching particles 4-separated by background.
 
-    Where two different labels are 4-adjacent, the pixel of the larger label is cleared, so
-    4-connected labelling of the result gives back one component per particle.
+    Where two different labels are 4-adjacent, the pixel of the larger label is cleared
+    (:func:`nanoseg.labels.separation_lines` with ``gives_up="upper"``; see there why not the
+    masks' convention), so 4-connected labelling of the result gives back one component per
+    particle.
     """
-    return _separate(_as_labels(labels)) > 0
+    return cut_touching(consecutive_labels(labels), gives_up="upper") > 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -1051,7 +994,7 @@ def size_distribution_agreement(pred: pd.DataFrame, gt: pd.DataFrame, descriptor
     Parameters
     ----------
     pred, gt : pandas.DataFrame
-        Per-particle tables, e.g. from :func:`nanoseg.measure.measure_particles`.
+        Per-particle tables, e.g. from :func:`nanoseg.particles.measure_particles`.
     descriptors : sequence of str, optional
         Column names; default: the calibrated (``*_nm``) columns of ECD, min/max Feret and
         area when both tables have them, else the ``*_px`` ones.

@@ -276,12 +276,19 @@ def _invalidate_later_stages(run_dir: Path, stage: str) -> None:
         logger.info("%-9s reruns, so %s will run again", stage, ", ".join(invalidated))
 
 
-def check_inputs(config: Config) -> None:
+def check_inputs(config: Config, *, failures: list[dict[str, str]] | None = None) -> None:
     """Fail fast, before any training, on inputs the later stages could not use.
 
     Reads every micrograph once (tens of ms each) so that a corrupt file, a missing pixel
     size warning or an image smaller than a training tile shows up at the start of a run,
     not after the first stages have trained for minutes.
+
+    Parameters
+    ----------
+    config : Config
+    failures : list, optional
+        When given, micrographs that cannot be read are recorded here (``{"image": path,
+        "error": reason}``) instead of stopping the run; the stages leave them out.
     """
     from nanoseg.io import load_micrographs
 
@@ -290,7 +297,7 @@ def check_inputs(config: Config) -> None:
                            "outline images, a painted mask or an ImageJ ROI set)")
     if config.data.outlines is None and config.shapes.source == "wgan":
         raise NanosegError("data.outlines: not set; the WGAN needs outlines (or set shapes.source: polygon)")
-    micrographs = load_micrographs(config.data)
+    micrographs = load_micrographs(config.data, strict=failures is None, failures=failures)
     if config.translate.method == "cyclegan":
         tile = config.translate.tile_size_px
         for mg in micrographs:
@@ -308,6 +315,7 @@ def run_pipeline(
     force: bool = False,
     device: Any = None,
     check: bool = True,
+    failures: list[dict[str, str]] | None = None,
 ) -> dict[str, str]:
     """Run the workflow into ``run_dir``, skipping stages that are finished and up to date.
 
@@ -330,6 +338,9 @@ def run_pipeline(
         Device for the networks; default from ``config.device``.
     check : bool
         Validate the inputs first (:func:`check_inputs`).
+    failures : list, optional
+        When given, the micrographs that cannot be read are left out by every stage and
+        recorded here; without it the first of them stops the run before any stage.
 
     Returns
     -------
@@ -341,7 +352,7 @@ def run_pipeline(
         if name is not None and name not in STAGE_NAMES:
             raise NanosegError(f"unknown stage '{name}' (stages: {', '.join(STAGE_NAMES)})")
     if check:
-        check_inputs(config)
+        check_inputs(config, failures=failures)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", config.to_yaml())
 

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from nanoseg.labels import fill_seams, separation_lines
+
 
 @dataclass
 class RenderParams:
@@ -132,7 +134,7 @@ def render_sem(
     instances = fill_seams(instances)
     shape = instances.shape
     foreground = instances > 0
-    dist_in, dist_front = _instance_distances(instances)
+    dist_in, dist_front = instance_distances(instances)
     dist_out = ndi.distance_transform_edt(~foreground) if foreground.any() else np.full(shape, np.inf)
 
     # Substrate with texture and halo.
@@ -412,7 +414,7 @@ _STAT_DEFAULT = {"background": "background_level", "interior": "particle_level",
 
 def _image_stats(image: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     foreground = labels > 0
-    inside = foreground & ~_seams(labels)
+    inside = foreground & ~separation_lines(labels)  # none when the labels are 4-connected components
     dist_in = ndi.distance_transform_edt(inside)
     dist_out = ndi.distance_transform_edt(~foreground) if foreground.any() else np.full(image.shape, np.inf)
     far = dist_out > 6
@@ -452,12 +454,26 @@ def _image_stats(image: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
-def _instance_distances(instances: np.ndarray, pad: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def instance_distances(instances: np.ndarray, pad: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Per particle pixel: distance to its own rim, and to the nearest particle lying on top of it.
 
     Higher labels lie on top of lower ones. A particle's rim is where it borders the substrate or
     a particle below it; where a particle on top hides part of it, its outline is taken to go on
     underneath (no rim there, a shadow instead), so overlapping particles look like two bodies.
+
+    Parameters
+    ----------
+    instances : (H, W) int array
+        Instance labels, 0 = background.
+    pad : int
+        Margin in px around each particle's bounding box within which distances are computed.
+
+    Returns
+    -------
+    dist_rim : (H, W) float array
+        Distance to the particle's own rim (0 off particles).
+    dist_front : (H, W) float array
+        Distance to the nearest pixel of a particle lying on top (inf where there is none).
     """
     dist_rim = np.zeros(instances.shape)
     dist_front = np.full(instances.shape, np.inf)
@@ -477,40 +493,6 @@ def _instance_distances(instances: np.ndarray, pad: int = 2) -> tuple[np.ndarray
             front = ndi.distance_transform_edt(~above)
             dist_front[rows, cols][own] = front[own]
     return dist_rim, dist_front
-
-
-def fill_seams(instances: np.ndarray) -> np.ndarray:
-    """Give the 1-px separation lines between touching particles back to the particle underneath.
-
-    A background pixel whose 4-neighbours hold two different labels is such a line (see
-    :func:`nanoseg.masks.separate_touching`, which took it from the lower label); it gets the
-    lowest of those labels again, so touching particles meet without a gap.
-    """
-    labels = np.asarray(instances)
-    if labels.size == 0 or labels.max(initial=0) == 0:
-        return labels
-    footprint = ndi.generate_binary_structure(2, 1)
-    none = np.iinfo(np.int64).max
-    wide = labels.astype(np.int64)
-    highest = ndi.maximum_filter(wide, footprint=footprint, mode="constant", cval=0)
-    lowest = ndi.minimum_filter(np.where(wide > 0, wide, none), footprint=footprint, mode="constant", cval=none)
-    seam = (wide == 0) & (lowest < highest)
-    return np.where(seam, lowest, wide).astype(labels.dtype)
-
-
-def _seams(instances: np.ndarray) -> np.ndarray:
-    """Pixels of a particle that touch a different particle (4-neighbourhood)."""
-    seam = np.zeros(instances.shape, bool)
-    for axis in (0, 1):
-        a = np.swapaxes(instances, 0, axis)
-        s = np.swapaxes(seam, 0, axis)
-        differ = (a[1:] != a[:-1]) & (a[1:] > 0) & (a[:-1] > 0)
-        # Mark only the higher label's side: a 1-px seam like the masks' separation lines.
-        upper = differ & (a[1:] > a[:-1])
-        lower = differ & ~upper
-        s[1:] |= upper
-        s[:-1] |= lower
-    return seam
 
 
 def _smooth_noise(shape: tuple[int, ...], scale_px: float, rng: np.random.Generator) -> np.ndarray:

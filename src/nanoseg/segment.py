@@ -31,6 +31,8 @@ from scipy import ndimage as ndi
 from nanoseg.atomic import atomic_path, write_json
 from nanoseg.config import SegmentConfig
 from nanoseg.errors import NanosegError
+from nanoseg.labels import relabel, separated_binary, touching_lines
+from nanoseg.plots import LossPanel, plot_losses
 
 logger = logging.getLogger("nanoseg.segment")
 
@@ -50,16 +52,6 @@ class Pair:
 
 
 # --------------------------------------------------------------------------- targets
-
-
-def _touching_lines(instances: np.ndarray) -> np.ndarray:
-    """Background pixels with two different particles among their 4 neighbours (separation lines)."""
-    big = np.iinfo(np.int64).max
-    lab = instances.astype(np.int64)
-    cross = ndi.generate_binary_structure(2, 1)
-    hi = ndi.maximum_filter(lab, footprint=cross)
-    lo = ndi.minimum_filter(np.where(lab > 0, lab, big), footprint=cross)
-    return (lab == 0) & (hi > 0) & (lo < big) & (hi != lo)
 
 
 def _inner_depth(instances: np.ndarray) -> np.ndarray:
@@ -116,7 +108,7 @@ def make_target(
     band = fg & (depth <= limit[labels])
     target = np.zeros(instances.shape, np.uint8)
     target[fg] = INTERIOR
-    target[band | _touching_lines(instances)] = BOUNDARY
+    target[band | touching_lines(instances)] = BOUNDARY
     return target
 
 
@@ -212,8 +204,17 @@ def _load_image_mask_pairs(folder: Path, info_bar_rows: int | Literal["auto"]) -
 # --------------------------------------------------------------------------- training helpers
 
 
-def _random_tile(pair_image: np.ndarray, target: np.ndarray, tile_px: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random tile with flips, 90-degree rotations and brightness/contrast/noise jitter."""
+def random_tile(pair_image: np.ndarray, target: np.ndarray, tile_px: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random training tile of an image and its target, augmented.
+
+    Flips, 90-degree rotations and brightness/contrast/noise jitter; an image smaller than
+    ``tile_px`` is padded and its target padded with :data:`IGNORE`.
+
+    Returns
+    -------
+    image : (tile_px, tile_px) float32 in [0, 1]
+    target : (tile_px, tile_px) array of the target's dtype
+    """
     h, w = pair_image.shape
     th, tw = min(tile_px, h), min(tile_px, w)
     y = int(rng.integers(0, h - th + 1))
@@ -246,8 +247,24 @@ def class_weights(targets: list[np.ndarray], n_classes: int) -> np.ndarray:
     return np.clip(np.nan_to_num(weights, nan=1.0), 0.1, 10.0)
 
 
-def _loss(logits: Any, target: Any, weights: Any, kind: TargetKind, dice_weight: float) -> Any:
-    """Class-weighted cross-entropy (three-class) or BCE (binary), plus an optional soft-Dice term."""
+def segmentation_loss(logits: Any, target: Any, weights: Any, kind: TargetKind, dice_weight: float) -> Any:
+    """The training loss: class-weighted cross-entropy (three-class) or BCE (binary), plus soft Dice.
+
+    Parameters
+    ----------
+    logits : torch.Tensor, (N, C, H, W)
+    target : torch.Tensor, (N, H, W)
+        :func:`make_target` values; :data:`IGNORE` pixels do not count.
+    weights : torch.Tensor
+        :func:`class_weights` (three-class: per class; binary: background, particle).
+    kind : {'three_class', 'binary'}
+    dice_weight : float
+        Weight of the soft-Dice term (0: none).
+
+    Returns
+    -------
+    torch.Tensor (scalar)
+    """
     import torch
     import torch.nn.functional as F
 
@@ -285,31 +302,9 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else np.count_nonzero(a & b) / union
 
 
-def _plot_history(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
-    steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [h["train_loss"] for h in history], label="train loss")
-    if any(h.get("val_loss") is not None for h in history):
-        ax.plot(steps, [h.get("val_loss") for h in history], label="val loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax2 = ax.twinx()
-    if any(h.get("val_iou") is not None for h in history):
-        ax2.plot(steps, [h.get("val_iou") for h in history], color="tab:green", label="val IoU")
-    ax2.set_ylabel("foreground IoU")
-    ax2.set_ylim(0, 1)
-    fig.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+#: The curves of ``training.png``: losses on the left axis, validation IoU on the right.
+TRAINING_PLOT = (LossPanel({"train_loss": "train loss", "val_loss": "val loss"}, ylabel="loss",
+                           right={"val_iou": "val IoU"}, right_ylabel="foreground IoU", right_ylim=(0.0, 1.0)),)
 
 
 # --------------------------------------------------------------------------- training
@@ -428,13 +423,13 @@ def train(
     t0 = time.perf_counter()
     for step in bar:
         net.train()
-        tiles = [_random_tile(train_pairs[j].image, train_targets[j], config.tile_size_px, rng)
+        tiles = [random_tile(train_pairs[j].image, train_targets[j], config.tile_size_px, rng)
                  for j in rng.integers(0, len(train_pairs), config.batch_size)]
         x = torch.from_numpy(np.stack([t[0] for t in tiles])[:, None]).to(device).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(np.stack([t[1] for t in tiles])).to(device)
         with autocast(device, config.bf16):
             logits = net(x)
-        loss = _loss(logits, y, weights, kind, config.dice_weight)
+        loss = segmentation_loss(logits, y, weights, kind, config.dice_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -461,7 +456,7 @@ def train(
                             "step": done, "history": history, "best_iou": best_iou,
                             "rng": rng.bit_generator.state}, tmp)
             write_json(out_dir / "history.json", history)
-            _plot_history(history, out_dir / "training.png")
+            plot_losses(history, out_dir / "training.png", TRAINING_PLOT)
 
     best, best_meta = nets.load(out_dir / "best.pt", device)
     if config.threshold == "auto" and val_pairs:
@@ -487,7 +482,7 @@ def _validate(net: Any, pairs: list[Pair], targets: list[np.ndarray], weights: A
             with autocast(device, config.bf16):
                 logits = net(x)
             y = torch.from_numpy(target[None]).to(device)
-            losses.append(float(_loss(logits, y, weights, config.target, config.dice_weight)))
+            losses.append(float(segmentation_loss(logits, y, weights, config.target, config.dice_weight)))
             probs = _probabilities(logits.float(), config.target)[0].cpu().numpy()
             ious.append(_iou(_foreground(probs, config.target, 0.5), target > 0))
     return {"val_loss": float(np.mean(losses)), "val_iou": float(np.mean(ious))}
@@ -602,21 +597,6 @@ def predict_probabilities(
     return acc / norm
 
 
-def _relabel(labels: np.ndarray, min_size_px: int) -> np.ndarray:
-    """Drop instances smaller than ``min_size_px``; consecutive labels as uint16 (uint32 if needed)."""
-    from skimage.segmentation import relabel_sequential
-
-    labels = labels.astype(np.int64, copy=False)
-    if min_size_px > 0 and labels.max(initial=0) > 0:
-        areas = np.bincount(labels.ravel())
-        small = areas < min_size_px
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
-    labels, _, _ = relabel_sequential(labels)
-    dtype = np.uint16 if labels.max(initial=0) < np.iinfo(np.uint16).max else np.uint32
-    return labels.astype(dtype)
-
-
 def _add_orphans(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     """Give foreground blobs that no marker reached (and that touch no instance) their own label."""
     from skimage.measure import label
@@ -650,7 +630,7 @@ def interior_markers(interior: np.ndarray, foreground: np.ndarray, threshold: fl
         markers = watershed(-interior, seeds, mask=region)
     else:
         markers = label(region, connectivity=1)
-    return _relabel(markers, 2).astype(np.int32)
+    return relabel(markers, 2).astype(np.int32)
 
 
 def instances_from_probabilities(
@@ -705,7 +685,7 @@ def instances_from_probabilities(
         labels = watershed(-distance, markers, mask=foreground)
     else:
         raise ValueError(f"unknown target kind {target!r}")
-    return _relabel(_add_orphans(labels, foreground), config.min_size_px)
+    return relabel(_add_orphans(labels, foreground), config.min_size_px)
 
 
 def segment_image(
@@ -763,19 +743,7 @@ def resize_labels(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     factor = max(foreground.shape[0] / labels.shape[0], foreground.shape[1] / labels.shape[1])
     coarse = resize(labels, foreground.shape, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
     grown = expand_labels(coarse, distance=math.ceil(factor) + 1)
-    return _relabel(np.where(foreground, grown, 0), 0)
-
-
-def separated_binary(labels: np.ndarray) -> np.ndarray:
-    """uint8 0/255 mask of the labels with 1-px background lines between touching particles."""
-    from skimage.segmentation import find_boundaries
-
-    fg = labels > 0
-    between = find_boundaries(labels, connectivity=1, mode="inner") & fg
-    # Only where the neighbour is another particle (not background): cut the larger label's side.
-    neighbour_max = ndi.maximum_filter(labels, footprint=ndi.generate_binary_structure(2, 1))
-    cut = between & (neighbour_max > labels)
-    return ((fg & ~cut) * 255).astype(np.uint8)
+    return relabel(np.where(foreground, grown, 0), 0)
 
 
 def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -796,6 +764,7 @@ def segment_micrographs(
     *,
     device: Any = "cpu",
     probabilities: bool = False,
+    failures: list[dict[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Segment micrographs and write ``labels/``, ``binary/`` and ``overlays/`` into ``out_dir``.
 
@@ -811,11 +780,14 @@ def segment_micrographs(
         Also write ``probabilities/<stem>.tif``: the particle probability
         (:func:`particle_probability`, float32), what ``nanoseg evaluate`` needs for the
         paper protocol and for Youden's index.
+    failures : list, optional
+        When given, an image that cannot be segmented (a :class:`NanosegError`) is left out with
+        a warning and recorded here as ``{"image": path, "error": reason}``; without it, it raises.
 
     Returns
     -------
     list of dict
-        Per image: name, number of particles, seconds.
+        Per image segmented: name, number of particles, seconds.
     """
     from nanoseg import io, nets
     from nanoseg.runtime import progress
@@ -827,7 +799,11 @@ def segment_micrographs(
     summary = []
     for mg in progress(micrographs, total=len(micrographs), desc="segment"):
         t0 = time.perf_counter()
-        labels, probs = segment_image(net, meta, mg.image, config, pixel_size_nm=mg.pixel_size_nm, device=device)
+        try:
+            labels, probs = segment_image(net, meta, mg.image, config, pixel_size_nm=mg.pixel_size_nm, device=device)
+        except NanosegError as exc:
+            io.skip_or_raise(failures, mg.path, exc)
+            continue
         stem = Path(mg.path).stem
         if probabilities:
             io.write_tiff(out_dir / "probabilities" / f"{stem}.tif", particle_probability(probs, meta["target"]),
@@ -838,6 +814,8 @@ def segment_micrographs(
         seconds = time.perf_counter() - t0
         summary.append({"image": stem, "particles": int(labels.max()), "seconds": round(seconds, 2)})
         logger.info("%s: %d particles (%.1f s)", stem, labels.max(), seconds)
+    if failures and not summary:
+        raise io.nothing_usable(failures)
     return summary
 
 

@@ -23,6 +23,8 @@ from skimage.morphology import disk
 
 from nanoseg.atomic import atomic_path, write_json
 from nanoseg.errors import NanosegError
+from nanoseg.io import write_png
+from nanoseg.plots import LossPanel, plot_losses
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -229,8 +231,8 @@ def write_outline_folder(shapes: np.ndarray, folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, shape in enumerate(shapes):
-        paths.append(_write_png(folder / f"outline_{i:03d}.png", shape.astype(np.uint8) * 255))
-    _write_png(folder / f"{CONTACT_SHEET}.png", contact_sheet(shapes))
+        paths.append(write_png(folder / f"outline_{i:03d}.png", shape.astype(np.uint8) * 255))
+    write_png(folder / f"{CONTACT_SHEET}.png", contact_sheet(shapes))
     return paths
 
 
@@ -319,34 +321,6 @@ def contact_sheet(images: np.ndarray, n_cols: int | None = None, max_images: int
         r, c = divmod(i, n_cols)
         sheet[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = image
     return (sheet * 255).round().astype(np.uint8)
-
-
-def _write_png(path: Path, array: np.ndarray) -> Path:
-    import imageio.v3 as iio
-
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, np.ascontiguousarray(array), extension=".png")
-    return Path(path)
-
-
-def _plot_losses(rows: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(steps, [r["wasserstein"] for r in rows], label="Wasserstein estimate (critic)")
-    ax.plot(steps, [r["gradient_penalty"] for r in rows], label="gradient penalty")
-    ax.plot(steps, [r["generator_loss"] for r in rows], label="generator loss", alpha=0.7)
-    ax.set_xlabel("generator step")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,6 +481,11 @@ def train_wgan(
     return gen, losses
 
 
+#: The curves of ``losses.png``.
+LOSS_PLOT = (LossPanel({"wasserstein": "Wasserstein estimate (critic)", "gradient_penalty": "gradient penalty",
+                        "generator_loss": "generator loss"}),)
+
+
 def write_loss_log(losses: list[dict[str, float]], out_dir: Path) -> None:
     """``losses.csv`` and ``losses.png`` (running means, so the trend is visible) in ``out_dir``."""
     import pandas as pd
@@ -516,10 +495,7 @@ def write_loss_log(losses: list[dict[str, float]], out_dir: Path) -> None:
     frame = pd.DataFrame(losses)
     with atomic_path(out_dir / "losses.csv") as tmp:
         frame.to_csv(tmp, index=False)
-    window = max(1, len(frame) // 50)
-    smooth = frame.rolling(window, min_periods=1).mean()
-    smooth["step"] = frame["step"]
-    _plot_losses(smooth.to_dict("records"), out_dir / "losses.png")
+    plot_losses(losses, out_dir / "losses.png", LOSS_PLOT, xlabel="generator step", smooth=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -709,7 +685,7 @@ def build_library(
     stats: dict[str, Any] = {"source": cfg.source, "outline_size_px": size}
     outline_summary = shape_summary(outlines) if outlines is not None and len(outlines) else None
     if outlines is not None:
-        _write_png(out_dir / "outlines.png", contact_sheet(outlines))
+        write_png(out_dir / "outlines.png", contact_sheet(outlines))
     if cfg.source == "wgan":
         if outlines is None or len(outlines) < 2:
             raise NanosegError("data.outlines: the WGAN needs at least 2 outlines (or set shapes.source=polygon)")
@@ -735,7 +711,7 @@ def build_library(
         shapes, n_dropped = random_polygons(cfg.n_samples, size, rng, mean_area_px=area), 0
     with atomic_path(out_dir / "library.npz") as tmp:
         np.savez_compressed(tmp, shapes=shapes)
-    _write_png(out_dir / "samples.png", contact_sheet(shapes))
+    write_png(out_dir / "samples.png", contact_sheet(shapes))
     sample_summary = shape_summary(shapes)
     stats.update({
         "n_outlines": int(len(outlines)) if outlines is not None else 0,

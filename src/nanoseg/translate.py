@@ -32,6 +32,8 @@ import numpy as np
 
 from nanoseg.atomic import atomic_path, write_json, write_text
 from nanoseg.errors import NanosegError
+from nanoseg.labels import border_labels
+from nanoseg.plots import LossPanel, plot_losses
 
 logger = logging.getLogger("nanoseg.translate")
 
@@ -43,6 +45,10 @@ SUBSTRATE = "substrate.npz"
 MAX_TRAIN_MASKS = 64  # fake-mask tiles held in memory for CycleGAN training crops
 THRESHOLD_METHODS = ("li", "otsu", "mean", "median")
 _LOSS_KEYS = ("loss_g", "adv_a2b", "adv_b2a", "cycle_a", "cycle_b", "idt_a", "idt_b", "loss_d_a", "loss_d_b")
+#: The panels of ``losses.png`` (running means of the loss terms).
+LOSS_PLOT = (LossPanel({k: k for k in ("adv_a2b", "adv_b2a")}, title="generators"),
+             LossPanel({k: k for k in ("cycle_a", "cycle_b", "idt_a", "idt_b")}, title="cycle / identity"),
+             LossPanel({k: k for k in ("loss_d_a", "loss_d_b")}, title="discriminators"))
 
 
 # --------------------------------------------------------------------------- artifact filter
@@ -197,15 +203,15 @@ def random_tiles(arrays: Sequence[np.ndarray], tile_px: int, n: int, rng: np.ran
     return out
 
 
-def _to_net(batch: np.ndarray, device: Any) -> Any:
-    """(N, H, W) [0, 1] numpy -> (N, 1, H, W) [-1, 1] tensor."""
+def to_net(batch: np.ndarray, device: Any) -> Any:
+    """A batch as the generators take it: (N, H, W) [0, 1] numpy -> (N, 1, H, W) [-1, 1] float32 tensor."""
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32) * 2 - 1).unsqueeze(1).to(device)
 
 
-def _from_net(tensor: Any) -> np.ndarray:
-    """(N, 1, H, W) [-1, 1] tensor -> (N, H, W) [0, 1] float32 numpy."""
+def from_net(tensor: Any) -> np.ndarray:
+    """The inverse of :func:`to_net`: (N, 1, H, W) [-1, 1] tensor -> (N, H, W) [0, 1] float32 numpy."""
     return np.clip((tensor.detach().float().cpu().numpy()[:, 0] + 1) / 2, 0, 1).astype(np.float32)
 
 
@@ -371,7 +377,7 @@ class CycleGAN:
         net = self.g_ab if direction == "a2b" else self.g_ba
         net.eval()
         with torch.no_grad(), autocast(self.device, self.cfg.bf16):
-            return _from_net(net(_to_net(batch, self.device)))
+            return from_net(net(to_net(batch, self.device)))
 
     def state_dict(self) -> dict[str, Any]:
         import torch
@@ -501,13 +507,13 @@ def train_cyclegan(
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
         _write_loss_log(out_dir / "losses.csv", log)
-        plot_losses(log, out_dir / "losses.png")
+        plot_losses(log, out_dir / "losses.png", LOSS_PLOT, smooth=True)
         write_sample_grid(model, sample_a, sample_b, out_dir / "samples" / f"step_{model.step:06d}.png")
 
     bar = progress(range(model.step, cfg.steps), total=cfg.steps - model.step, desc="CycleGAN")
     for _ in bar:
-        real_a = _to_net(random_tiles(masks, tile, cfg.batch_size, rng), model.device)
-        real_b = _to_net(random_tiles(images, tile, cfg.batch_size, rng), model.device)
+        real_a = to_net(random_tiles(masks, tile, cfg.batch_size, rng), model.device)
+        real_b = to_net(random_tiles(images, tile, cfg.batch_size, rng), model.device)
         losses = model.train_step(real_a, real_b)
         if not all(math.isfinite(v) for v in losses.values()):
             raise NanosegError(f"translate: CycleGAN losses became non-finite at step {model.step}; "
@@ -516,7 +522,7 @@ def train_cyclegan(
         if model.step % cfg.checkpoint_every == 0 and model.step < cfg.steps:
             checkpoint()
     _write_loss_log(out_dir / "losses.csv", log)
-    plot_losses(log, out_dir / "losses.png")
+    plot_losses(log, out_dir / "losses.png", LOSS_PLOT, smooth=True)
     write_sample_grid(model, sample_a, sample_b, out_dir / "samples" / f"step_{model.step:06d}.png")
     base_meta = {"tile_size_px": tile, "steps": model.step, "domain": "[-1, 1] inside the net; [0, 1] outside",
                  "particles": "bright", **(meta or {})}
@@ -541,34 +547,6 @@ def _read_loss_log(path: Path) -> list[dict[str, float]]:
         return []
     with open(path, newline="") as fh:
         return [{k: (int(v) if k == "step" else float(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def plot_losses(log: list[dict[str, float]], path: str | Path) -> None:
-    """Plot the loss terms (running mean over ~2 % of the steps) against the step, as PNG."""
-    if not log:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array([r["step"] for r in log])
-    window = max(1, len(log) // 50)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    groups = (("generators", ("adv_a2b", "adv_b2a")), ("cycle / identity", ("cycle_a", "cycle_b", "idt_a", "idt_b")),
-              ("discriminators", ("loss_d_a", "loss_d_b")))
-    for ax, (title, keys) in zip(axes, groups):
-        for key in keys:
-            values = np.array([r[key] for r in log])
-            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-            ax.plot(steps[window - 1:], smooth, label=key, lw=1)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
-    plt.close(fig)
 
 
 def write_sample_grid(model: CycleGAN, sample_a: np.ndarray, sample_b: np.ndarray, path: str | Path) -> None:
@@ -616,7 +594,7 @@ class FakeMask:
     def whole_pixels(self, instances: np.ndarray) -> np.ndarray:
         """Bool mask of the pixels of whole particles in ``instances`` (this tile's labels)."""
         if self.whole_labels is None:
-            labels = set(np.unique(instances).tolist()) - set(_border_labels(instances).tolist()) - {0}
+            labels = set(np.unique(instances).tolist()) - set(border_labels(instances).tolist()) - {0}
         else:
             labels = self.whole_labels
         return np.isin(instances, list(labels))
@@ -670,11 +648,6 @@ def _truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes")
     return bool(value)
-
-
-def _border_labels(instances: np.ndarray) -> np.ndarray:
-    edges = np.concatenate([instances[0], instances[-1], instances[:, 0], instances[:, -1]])
-    return np.unique(edges[edges != 0])
 
 
 # --------------------------------------------------------------------------- translators
@@ -736,7 +709,7 @@ def _apply_generator(generator: Any, arrays: Sequence[np.ndarray], device: Any, 
             if pad_y or pad_x:
                 batch = np.pad(batch, ((0, 0), (0, pad_y), (0, pad_x)), mode="reflect")
             with torch.no_grad(), autocast(device, bf16):
-                result = _from_net(generator(_to_net(batch, device)))
+                result = from_net(generator(to_net(batch, device)))
             for i, res in zip(chunk, result):
                 out[i] = res[:h, :w]
     return out  # type: ignore[return-value]
@@ -791,7 +764,7 @@ def _crop_and_flip(fm: FakeMask, instances: np.ndarray, rng: np.random.Generator
     x = int(rng.integers(w - cw + 1))
     flip_y, flip_x = bool(rng.integers(2)), bool(rng.integers(2))
     inst = instances[y:y + ch, x:x + cw]
-    whole = fm.whole_pixels(instances)[y:y + ch, x:x + cw] & ~np.isin(inst, _border_labels(inst))
+    whole = fm.whole_pixels(instances)[y:y + ch, x:x + cw] & ~np.isin(inst, border_labels(inst))
     if flip_y:
         inst, whole = inst[::-1], whole[::-1]
     if flip_x:

@@ -5,6 +5,8 @@ Commands parse and validate before importing torch, so ``--help`` is instant.
 
 from __future__ import annotations
 
+import errno
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -59,8 +61,13 @@ def run(
     seed: Optional[int] = common.SeedOpt,
     device: Optional[str] = common.DeviceOpt,
     pixel_size: Optional[str] = common.PixelSizeOpt,
+    strict: bool = common.StrictOpt,
 ) -> None:
     """Run the whole workflow; finished, unchanged stages are skipped.
+
+    A micrograph that cannot be read is left out of every stage and listed at the end and in
+    OUT/measure/summary.json (failures); the exit status is then 1. --strict stops the run at
+    the first such file, before any stage.
 
     Examples:
 
@@ -74,10 +81,15 @@ def run(
         cfg = common.resolve_config(None, profile, sets, seed, device, pixel_size, extra=_folder_inputs(source))
     else:
         cfg = common.resolve_config(source, profile, sets, seed, device, pixel_size)
+    common.check_out_folder(out)
+    from nanoseg.io import list_images
     from nanoseg.pipeline import run_pipeline
 
-    run_pipeline(cfg, out, from_stage=from_stage, to_stage=to_stage, force=force)
+    failures: list[dict[str, str]] | None = None if strict else []
+    run_pipeline(cfg, out, from_stage=from_stage, to_stage=to_stage, force=force, failures=failures)
     typer.echo(f"results: {out / 'measure'}")
+    if failures:
+        common.report_failures(failures, len(list_images(cfg.data.images)))
 
 
 @app.command("make-demo-data")
@@ -170,8 +182,32 @@ def _register_stage_commands() -> None:
 _register_stage_commands()
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line for a file-system error, naming the path and a fix.
+
+    Input files are read through checks that raise :class:`NanosegError`, so what reaches
+    here is mostly a write: a folder without permission, a file where a folder should be, a
+    full disk.
+    """
+    from nanoseg.atomic import is_temp_file
+
+    path = exc.filename if exc.filename is not None else "an output file"
+    if exc.filename is not None and is_temp_file(exc.filename):
+        path = Path(exc.filename).parent  # the hidden name of an atomic write means nothing to the user
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing {path}; free space or choose another --out"
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return f"{path}: permission denied; choose another --out (or make the folder writable)"
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        return f"{path} is a file where a folder is needed; give a folder as --out"
+    return f"{path}: {exc.strerror or exc}"
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 2."""
+    """Entry point: user errors become one line on stderr and exit status 2.
+
+    Status 1 is a batch that finished without some of its images (listed); 130 an interrupt.
+    """
     try:
         app()  # standalone mode: usage errors and --help exit through SystemExit
     except KeyboardInterrupt:
@@ -179,4 +215,9 @@ def main() -> None:
         sys.exit(130)
     except NanosegError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        # The traceback stays reachable for a bug report, without burying the one line users need.
+        logging.getLogger("nanoseg").debug("file-system error", exc_info=exc)
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         sys.exit(2)

@@ -5,14 +5,23 @@ Nothing here imports torch: `nanoseg ... --help` stays instant.
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import logging
+import os
 import re
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from nanoseg.atomic import is_temp_file, write_json
 from nanoseg.config import Config, deep_merge, load_config, parse_assignment
 from nanoseg.errors import NanosegError
+
+logger = logging.getLogger("nanoseg.cli")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see `nanoseg config init`).")
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Defaults profile: demo, quick (CPU) or paper (GPU).")
@@ -20,12 +29,20 @@ SetOpt = typer.Option(None, "--set", "-s", help="Override one setting, e.g. --se
 SeedOpt = typer.Option(None, "--seed", help="Seed for every random draw (repeatable runs).")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda.")
 PixelSizeOpt = typer.Option(None, "--pixel-size", help="Pixel size override, e.g. 7.34nm, 0.5um, 3.1e-9m.")
+StrictOpt = typer.Option(False, "--strict", help="Stop at the first micrograph that cannot be read or processed "
+                         "(default: leave it out, list it at the end and exit with status 1).")
 
-_UNITS_NM = {"m": 1e9, "mm": 1e6, "um": 1e3, "µm": 1e3, "micron": 1e3, "nm": 1.0, "a": 0.1, "å": 0.1, "pm": 1e-3, "": 1.0}
+#: Written into an output folder by the command that owns it; a rerun clears only a folder marked so.
+OUT_MARKER = ".nanoseg-outputs.json"
 
 
 def parse_length_nm(text: str) -> float:
-    """Parse ``'7.34nm'``, ``'0.5 um'``, ``'3.1e-9m'`` or a bare number (nm) into nm."""
+    """Parse ``'7.34nm'``, ``'0.5 um'``, ``'3.1e-9m'`` or a bare number (nm) into nm.
+
+    Units are those of :data:`nanoseg.io.UNIT_NM` (nm, um/µm/micron, m, mm, pm, A/Å, ...).
+    """
+    from nanoseg.io import UNIT_NM  # here, not at the top: numpy stays out of `--help`
+
     match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([a-zA-Zµå]*)\s*", text)
     if not match:
         raise NanosegError(f"--pixel-size {text!r}: expected a number with a unit, e.g. 7.34nm")
@@ -34,9 +51,10 @@ def parse_length_nm(text: str) -> float:
     except ValueError:
         raise NanosegError(f"--pixel-size {text!r}: expected a number with a unit, e.g. 7.34nm") from None
     unit = match.group(2).lower()
-    if unit not in _UNITS_NM:
+    factor = 1.0 if unit == "" else UNIT_NM.get(unit)  # a bare number is in nm
+    if factor is None:
         raise NanosegError(f"--pixel-size {text!r}: unknown unit '{unit}' (use nm, um or m)")
-    nm = value * _UNITS_NM[unit]
+    nm = value * factor
     if not nm > 0 or nm != nm or nm == float("inf"):
         raise NanosegError(f"--pixel-size {text!r}: must be a positive, finite length")
     return nm
@@ -97,3 +115,118 @@ def prepare_torch(cfg: Config) -> Any:
     configure_torch(cfg.num_threads)
     seed_everything(cfg.seed)
     return select_device(cfg.device)
+
+
+def expand_images(items: Sequence[Path]) -> list[Path]:
+    """Micrograph files from the command line: folders listed, files kept as given.
+
+    A file is not checked here, so that one that cannot be read fails alone, as a batch
+    failure, instead of stopping the command.
+    """
+    from nanoseg.io import list_images
+
+    paths: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            paths.extend(list_images(item))
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise NanosegError(f"{item}: no such micrograph or folder")
+    return paths
+
+
+def check_out_folder(out: Path) -> None:
+    """Stop before any work when ``--out`` cannot be a folder this process writes into.
+
+    Raises
+    ------
+    NanosegError
+        If ``out`` or a folder above it is a file, or the nearest existing folder is not writable.
+    """
+    if out.exists() and not out.is_dir():
+        raise NanosegError(f"--out {out} is a file; give a folder")
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NanosegError(f"--out {out}: {existing} is a file; give a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NanosegError(f"--out {out}: permission denied in {existing}; choose another --out")
+
+
+def outputs_to_replace(out: Path, command: str, owned: Sequence[str], inputs: Sequence[Path] = ()) -> list[Path]:
+    """Check ``--out`` before any work; return what an earlier run of ``command`` left there.
+
+    A missing or empty folder is fine. A folder marked (:data:`OUT_MARKER`) by the same command
+    is reused: its entries named like ``owned`` will be replaced, anything else in it is left.
+    Any other non-empty folder is refused, since only the user knows what its files are.
+
+    Parameters
+    ----------
+    out : Path
+        The ``--out`` folder.
+    command : str
+        The command as typed after ``nanoseg``, e.g. ``'measure'``.
+    owned : sequence of str
+        Names (``fnmatch`` patterns) of the files and folders the command writes into ``out``.
+    inputs : sequence of Path
+        The command's input files and folders: refused when an earlier output holds one.
+
+    Returns
+    -------
+    list of Path
+        The entries to remove (by :func:`replace_outputs`) once the inputs have been read.
+    """
+    check_out_folder(out)
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return []
+    try:
+        made_by = json.loads((out / OUT_MARKER).read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        made_by = None
+    if made_by != command:
+        what = (f"the outputs of `nanoseg {made_by}`" if made_by else
+                f"files nanoseg did not write ({', '.join(e.name for e in entries[:3])}"
+                f"{', ...' if len(entries) > 3 else ''})")
+        raise NanosegError(f"--out {out} already holds {what}; choose a new or empty folder")
+    # Temporary files of writes a kill cut short are outputs too: nothing else will remove them.
+    stale = [e for e in entries if is_temp_file(e) or any(fnmatch.fnmatch(e.name, pat) for pat in owned)]
+    for item in inputs:
+        hit = next((e for e in stale if item.resolve().is_relative_to(e.resolve())), None)
+        if hit is not None:
+            raise NanosegError(f"{item} lies in {hit}, which `nanoseg {command}` replaces; "
+                               "copy it elsewhere or choose another --out")
+    return stale
+
+
+def replace_outputs(out: Path, command: str, stale: Sequence[Path]) -> None:
+    """Remove an earlier run's outputs (from :func:`outputs_to_replace`) and mark ``out`` as ``command``'s.
+
+    Call it just before the first write, once the inputs are read: a command stopped by its
+    inputs then leaves the earlier outputs as they were.
+    """
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d output(s) of an earlier `nanoseg %s` from %s (%s)", len(stale), command, out,
+                    ", ".join(p.name for p in stale))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / OUT_MARKER, {"command": command})
+
+
+def report_failures(failures: Sequence[dict[str, str]], n_images: int) -> None:
+    """List the micrographs a batch left out, and exit with status 1 when there are any.
+
+    Status 1 says "done, but not for every image"; 2 is kept for a command that did nothing.
+    """
+    if not failures:
+        return
+    typer.echo(f"failed: {len(failures)} of {n_images} images", err=True)
+    for failure in failures:
+        typer.echo(f"  {failure['image']}: {failure['error']}", err=True)
+    raise typer.Exit(1)

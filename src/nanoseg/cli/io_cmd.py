@@ -27,7 +27,7 @@ def command(
       nanoseg info scan.png --pixel-size 2.5nm --info-bar-rows 0
     """
     from nanoseg.errors import NanosegError
-    from nanoseg.io import _read_raw, list_images, pixel_size_with_source, read_micrograph
+    from nanoseg.io import list_images, pixel_size_with_source, read_micrograph, read_raw
 
     override = common.parse_length_nm(pixel_size) if pixel_size is not None else None
     if info_bar_rows == "auto":
@@ -43,7 +43,7 @@ def command(
     failed = 0
     for path in files:
         try:
-            raw = _read_raw(path)
+            raw = read_raw(path)
             if override is None:
                 size_nm, source = pixel_size_with_source(path)
             else:

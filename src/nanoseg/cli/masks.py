@@ -41,19 +41,19 @@ def simulate(
         extra["data"] = {"images": str(images)}
     cfg = common.resolve_config(config, profile, sets, seed, None, pixel_size, extra=extra)
     from nanoseg.atomic import write_json
-    from nanoseg.masks import _load_library, plan_masks, simulate_masks, summarize
+    from nanoseg.masks import load_library, plan_masks, simulate_masks, summarize
     from nanoseg.runtime import seed_everything
     from nanoseg.shapes import load_outlines, shape_summary
 
     if shapes.is_file() and shapes.suffix == ".npz":
-        library, stats = _load_library(shapes.parent) if shapes.name == "library.npz" else (None, {})
+        library, stats = load_library(shapes.parent) if shapes.name == "library.npz" else (None, {})
         if library is None:
             import numpy as np
 
             with np.load(shapes) as data:
                 library = data["shapes"].astype(bool)
     elif (shapes / "library.npz").is_file():
-        library, stats = _load_library(shapes)
+        library, stats = load_library(shapes)
     else:
         library = load_outlines(shapes, cfg.shapes.outline_size_px)
         stats = {"outline_median_area_px": shape_summary(library)["median_area_px"]}

@@ -12,6 +12,10 @@ import typer
 
 from nanoseg.cli import common
 
+#: What `nanoseg measure` writes into --out; a rerun into the same folder replaces exactly these.
+OWNED = ("particles.csv", "decisions.csv", "summary.json", "report.html", "hist_*.png", "hist_*.svg",
+         "compare_*.png", "compare_*.svg", "overlays", "segment")
+
 
 def command(
     images: list[Path] = typer.Argument(..., help="Micrographs and/or folders of micrographs."),
@@ -30,6 +34,7 @@ def command(
     sets: Optional[list[str]] = common.SetOpt,
     device: Optional[str] = common.DeviceOpt,
     pixel_size: Optional[str] = common.PixelSizeOpt,
+    strict: bool = common.StrictOpt,
 ) -> None:
     """Segment, classify and measure particles; write the table, size distribution and HTML report.
 
@@ -40,12 +45,20 @@ def command(
     histograms (PNG + SVG), overlays (kept green, discarded red) and OUT/report.html
     (self-contained).
 
+    A micrograph that cannot be read or segmented is left out: the others are measured, every
+    one left out is listed at the end and in summary.json (failures), and the exit status is 1
+    (--strict stops at the first instead). OUT must be new, empty, or an earlier `nanoseg
+    measure` output, whose files are then replaced.
+
     Example:
 
       nanoseg measure ../shared/data/bam-tio2/sem --model runs/tio2/segment/model.pt --classifier runs/tio2/classify/model.pt --out tio2-sizes
 
       nanoseg measure img.tif --labels my-labels/ --pixel-size 7.34nm --compare manual/particles.csv --out compared
     """
+    paths = common.expand_images(images)
+    inputs = [p for p in (*paths, labels, compare, model, classifier) if p is not None]
+    stale = common.outputs_to_replace(out, "measure", OWNED, inputs)
     if model is not None and labels is None:
         cfg = common.resolve_model_config(model, config, profile, sets, device, pixel_size)
     else:
@@ -54,9 +67,10 @@ def command(
     from nanoseg.runtime import configure_torch, select_device
 
     configure_torch(cfg.num_threads)
-    summary = measure_files(images, out, cfg, model=model, labels_dir=labels, classifier=classifier,
+    summary = measure_files(paths, out, cfg, model=model, labels_dir=labels, classifier=classifier,
                             compare_csv=compare, device=select_device(cfg.device),
-                            probabilities=probabilities)
+                            probabilities=probabilities, strict=strict,
+                            before_writing=lambda: common.replace_outputs(out, "measure", stale))
     for warning in summary.get("warnings", []):
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"kept {summary['n_kept']} of {summary['n_particles']} particles in {summary['n_images']} images")
@@ -70,3 +84,4 @@ def command(
         ks = summary["comparison"]
         typer.echo(f"KS test vs {compare}: D = {ks['ks_statistic']:.3f}, p = {ks['p_value']:.3g}")
     typer.echo(f"results: {out}" + (f" (report: {out / 'report.html'})" if cfg.measure.report else ""))
+    common.report_failures(summary["failures"], len(paths))

@@ -15,6 +15,9 @@ from nanoseg.errors import NanosegError
 
 app = typer.Typer(no_args_is_help=True)
 
+#: What `nanoseg segment predict` writes into --out; a rerun into the same folder replaces exactly these.
+PREDICT_OWNED = ("labels", "binary", "overlays", "probabilities")
+
 
 @app.command()
 def train(
@@ -65,6 +68,7 @@ def predict(
     pixel_size: Optional[str] = common.PixelSizeOpt,
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write OUT/probabilities/<stem>.tif, "
                                        "the particle probability (float32) that `nanoseg evaluate` scores."),
+    strict: bool = common.StrictOpt,
 ) -> None:
     """Segment micrographs of any size into particle instances.
 
@@ -72,6 +76,11 @@ def predict(
     touching particles separated by 1-px lines), OUT/overlays/<stem>.png and, with --probabilities,
     OUT/probabilities/<stem>.tif. Post-processing settings come from the model; override them
     with --set (e.g. --set segment.min_size_px=20).
+
+    A micrograph that cannot be read or segmented is left out: the others are segmented, every
+    one left out is listed at the end, and the exit status is 1 (--strict stops at the first
+    instead). OUT must be new, empty, or an earlier `segment predict` output, whose files are
+    then replaced.
 
     Example:
 
@@ -81,26 +90,22 @@ def predict(
     """
     if not model.is_file():
         raise NanosegError(f"{model}: model file not found (train one with `nanoseg segment train`)")
-    paths: list[Path] = []
-    from nanoseg.io import list_images
-
-    for item in images:
-        if item.is_dir():
-            paths.extend(list_images(item))
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise NanosegError(f"{item}: no such micrograph or folder")
+    paths = common.expand_images(images)
+    stale = common.outputs_to_replace(out, "segment predict", PREDICT_OWNED, [*paths, model])
     cfg = common.resolve_model_config(model, config, profile, sets, device, pixel_size)
     dev = common.prepare_torch(cfg)
     from nanoseg.io import read_micrographs
     from nanoseg.segment import segment_micrographs
 
-    micrographs = read_micrographs(paths, cfg.data)
-    summary = segment_micrographs(model, micrographs, out, cfg.segment, device=dev, probabilities=probabilities)
+    failures: list[dict[str, str]] | None = None if strict else []
+    micrographs = read_micrographs(paths, cfg.data, failures=failures)
+    common.replace_outputs(out, "segment predict", stale)
+    summary = segment_micrographs(model, micrographs, out, cfg.segment, device=dev, probabilities=probabilities,
+                                  failures=failures)
     for row in summary:
         typer.echo(f"{row['image']}: {row['particles']} particles ({row['seconds']:.1f} s)")
     typer.echo(f"results: {out}")
+    common.report_failures(failures or [], len(paths))
 
 
 @app.command()

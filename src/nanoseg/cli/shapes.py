@@ -88,7 +88,8 @@ def sample(
     from nanoseg import nets
     from nanoseg.atomic import atomic_path
     from nanoseg.runtime import select_device
-    from nanoseg.shapes import _write_png, contact_sheet, sample_shapes
+    from nanoseg.io import write_png
+    from nanoseg.shapes import contact_sheet, sample_shapes
 
     import numpy as np
 
@@ -98,5 +99,5 @@ def sample(
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "library.npz") as tmp:
         np.savez_compressed(tmp, shapes=shapes)
-    _write_png(out / "samples.png", contact_sheet(shapes))
+    write_png(out / "samples.png", contact_sheet(shapes))
     typer.echo(f"{len(shapes)} shapes ({dropped} samples dropped as empty or touching the border) -> {out / 'library.npz'}")
