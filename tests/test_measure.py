@@ -516,3 +516,18 @@ def test_measure_files_segments_with_a_model(tmp_path):
     assert summary["classify_method"] == "rules"  # no classifier given
     with pytest.raises(Exception, match="--model"):
         measure_files([tmp_path / "images"], tmp_path / "out2", cfg)
+
+
+def test_run_stage_measure_reports_the_fakes_realism(tmp_path):
+    from nanoseg.measure import run_stage
+
+    images, run = _write_run(tmp_path)
+    (run / "pairs").mkdir(exist_ok=True)
+    scores = {"classifier_accuracy": 0.83, "histogram_distance": 0.0287, "spectrum_distance_decades": 0.31,
+              "translator": "render"}
+    (run / "pairs" / "realism.json").write_text(json.dumps(scores))
+    run_stage(_ctx(run, images, "measure"))
+    summary = json.loads((run / "measure" / "summary.json").read_text())
+    assert summary["realism"] == scores
+    html = (run / "measure" / "report.html").read_text()
+    assert "83 % held-out accuracy" in html and "render" in html

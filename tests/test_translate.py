@@ -30,7 +30,7 @@ from nanoseg.translate import (
     to_net,
 )
 
-TINY = {"tile_size_px": 32, "generator_width": 4, "discriminator_width": 8, "n_res_blocks": 1, "bf16": False}
+TINY = {"tile_size_px": 32, "generator_width": 4, "discriminator_width": 8, "n_res_blocks": 1, "bf16": False, "realism_steps": 20}
 
 
 @pytest.fixture(autouse=True)
@@ -368,6 +368,10 @@ def test_render_stages_and_whole_from_particles_csv(tmp_path):
     assert not pair["whole"][inst0 == 1].any()
     assert pair["whole"].any()
     np.testing.assert_array_equal(label(pair["binary"], connectivity=1), pair["instances"])
+    # The fakes' realism against the run's micrographs, for the report.
+    realism = json.loads((run / "pairs" / "realism.json").read_text())
+    assert 0.0 <= realism["classifier_accuracy"] <= 1.0 and realism["translator"] == "render"
+    assert realism["classifier_steps"] == cfg.translate.realism_steps > 0
 
 
 def test_missing_inputs_are_user_errors(tmp_path):

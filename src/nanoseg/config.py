@@ -128,6 +128,9 @@ class TranslateConfig(_Section):
         0.5, ge=0, le=1, description="Renderer: per fake image, edge contrast, shading, blur, noise and particle "
         "brightness spread vary by up to this fraction around the fitted values, and each particle's crevice "
         "shadow from (1 - this) to 1 times the fitted depth (0: every image looks alike).")
+    realism_steps: int = Field(
+        300, ge=0, description="Training steps of the classifier that tells fake tiles from real ones; its held-out "
+        "accuracy (0.5 = indistinguishable) goes to pairs/realism.json and the report. 0 skips the check.")
     tile_size_px: int = Field(128, ge=32, description="Side of the square training tiles in px.")
     generator_width: int = Field(16, ge=4, description="ngf: channels of the generators' first layer.")
     discriminator_width: int = Field(32, ge=4, description="ndf: channels of the discriminators' first layer.")
@@ -284,7 +287,7 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
     "demo": {
         "shapes": {"steps": 300, "generator_width": 16, "critic_width": 16, "n_samples": 500, "batch_size": 32},
         "masks": {"n_masks": 24, "tile_size_px": (384, 512)},
-        "translate": {"method": "render", "steps": 300, "n_pairs": 48, "tile_size_px": 128},
+        "translate": {"method": "render", "steps": 300, "n_pairs": 48, "tile_size_px": 128, "realism_steps": 100},
         "segment": {"architecture": "unet", "base_width": 8, "steps": 300, "tile_size_px": 192, "val_every": 100,
                     "lr_decay_every": 200},
         "classify": {"steps": 80, "tile_size_px": 128, "base_width": 4, "checkpoint_every": 40},

@@ -8,6 +8,7 @@ decisions, and writes the tables, figures, overlays and the HTML report.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -542,8 +543,6 @@ def join_decisions(particles: pd.DataFrame, decisions: pd.DataFrame | None) -> p
 
 def _read_size_prior(run_dir: Path | None) -> dict[str, Any]:
     """The size prior the masks were built with, as recorded by the shapes/masks stages."""
-    import json
-
     found: dict[str, Any] = {}
     if run_dir is not None:
         for stage in ("masks", "shapes"):
@@ -774,10 +773,21 @@ def run_stage(ctx: Any) -> None:
         pixel_size_source=pixel_size_source(micrographs),
         size_prior=prior, report_rows=cfg.measure.report_rows, report_overlays=cfg.measure.report_overlays,
         counting_rule=counting_rule(cls_cfg, classifier_model=classifier_model), warnings=warnings, seed=cfg.seed,
-        extra={"size_prior_configured": cfg.masks.size_prior, "classify_method": cls_cfg.method, "failures": failures},
+        extra={"size_prior_configured": cfg.masks.size_prior, "classify_method": cls_cfg.method, "failures": failures,
+               "realism": _read_realism(Path(ctx.run_dir))},
     )
     ctx.log.info("measure: %d of %d particles kept in %d images; %s", summary["n_kept"], summary["n_particles"],
                  summary["n_images"], summary["ec_definition"]["statement"])
+
+
+def _read_realism(run_dir: Path) -> dict[str, Any] | None:
+    """The fake micrographs' realism scores the pairs stage wrote (``pairs/realism.json``), if any."""
+    path = run_dir / "pairs" / "realism.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        logger.warning("measure: %s is unreadable; the report leaves the realism out", path)
+        return None
 
 
 def read_particles_csv(path: str | Path) -> pd.DataFrame:
@@ -894,7 +904,8 @@ def measure_files(
         fit=config.measure.fit_lognormal, report=config.measure.report, pixel_size_source=pixel_size_source(micrographs),
         size_prior=_size_prior_of_model(model), compare=compare, report_rows=config.measure.report_rows,
         report_overlays=config.measure.report_overlays,
-        extra={"classify_method": cls_cfg.method, "failures": failures or []},
+        extra={"classify_method": cls_cfg.method, "failures": failures or [],
+               "realism": _read_realism(Path(model).resolve().parent.parent) if model is not None else None},
         counting_rule=counting_rule(cls_cfg, classifier_model=classifier), warnings=warnings, seed=config.seed,
     )
 

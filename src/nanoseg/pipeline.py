@@ -53,7 +53,7 @@ STAGES: tuple[Stage, ...] = (
           "2. assemble agglomerated fake masks (Perlin placement)"),
     Stage("translate", "nanoseg.translate:run_train_stage", ("seed", "data", "translate"), ("images",),
           "3. learn masks -> micrographs (CycleGAN) or fit the SEM renderer"),
-    Stage("pairs", "nanoseg.translate:run_pairs_stage", ("seed", "data", "translate"), (),
+    Stage("pairs", "nanoseg.translate:run_pairs_stage", ("seed", "data", "translate"), ("images",),
           "4. generate fake micrographs, filter artifact particles, write training pairs"),
     Stage("segment", "nanoseg.segment:run_stage", ("seed", "data", "segment"), ("images",),
           "5. train the segmentation net, segment the micrographs, watershed into particles"),

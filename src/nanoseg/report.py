@@ -225,6 +225,14 @@ def render_report(
     ]
     if summary.get("classify_method"):
         overview.append(["keep/discard method", summary["classify_method"]])
+    realism = summary.get("realism")
+    if isinstance(realism, Mapping) and realism.get("classifier_accuracy") is not None:
+        overview.append(["realism of the training micrographs",
+                         f"{realism.get('translator', 'translator')}: a small network tells fake tiles from real "
+                         f"ones with {100 * realism['classifier_accuracy']:.0f} % held-out accuracy (50 % = it "
+                         f"cannot tell them apart); intensity histogram distance "
+                         f"{realism.get('histogram_distance', float('nan')):.3f}, power-spectrum distance "
+                         f"{realism.get('spectrum_distance_decades', float('nan')):.2f} decades"])
     warnings = summary.get("warnings") or []
     if warnings:
         items = "".join(f"<li>{esc(str(w))}</li>" for w in warnings)

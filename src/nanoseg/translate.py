@@ -1106,8 +1106,40 @@ def make_pairs(config: Any, masks_dir: str | Path, translate_dir: str | Path, ou
     cfg = config.translate
     fake_masks = load_fake_masks(masks_dir)
     translator = load_translator(translate_dir, cfg, device)
-    return generate_pairs(fake_masks, translator, out_dir, n_pairs or cfg.n_pairs, seed=config.seed,
-                          method=cfg.artifact_threshold, fmt=cfg.pair_format, batch_size=max(1, cfg.batch_size))
+    summary = generate_pairs(fake_masks, translator, out_dir, n_pairs or cfg.n_pairs, seed=config.seed,
+                             method=cfg.artifact_threshold, fmt=cfg.pair_format, batch_size=max(1, cfg.batch_size))
+    if cfg.realism_steps > 0 and config.data.images is not None:
+        write_realism(config, out_dir, device)
+    return summary
+
+
+#: Fake micrographs compared with the real ones by :func:`write_realism` (more add little).
+_REALISM_MAX_PAIRS = 40
+
+
+def write_realism(config: Any, pairs_dir: str | Path, device: Any = "cpu") -> dict[str, Any] | None:
+    """Score how real the written pairs' micrographs look (:mod:`nanoseg.realism`); ``realism.json``.
+
+    Returns None (and writes nothing) when the micrographs or pairs are too small for the tiles.
+    """
+    from nanoseg.io import load_micrographs
+    from nanoseg.realism import realism_scores
+
+    pairs_dir = Path(pairs_dir)
+    real = [mg.image for mg in load_micrographs(config.data)]
+    fakes = []
+    for path in sorted(pairs_dir.glob("pair_*.npz"))[:_REALISM_MAX_PAIRS]:
+        with np.load(path) as pair:
+            fakes.append(pair["image"])
+    tile_px = min(64, *(min(im.shape) for im in real + fakes)) if real and fakes else 0
+    if tile_px < 16:
+        logger.warning("pairs: micrographs too small to score the fakes' realism; skipped")
+        return None
+    scores = realism_scores(real, fakes, tile_px=tile_px, steps=config.translate.realism_steps, seed=config.seed,
+                            device=device)
+    scores["translator"] = config.translate.method
+    write_json(pairs_dir / "realism.json", scores)
+    return scores
 
 
 def run_train_stage(ctx: Any) -> None:

@@ -1,0 +1,62 @@
+"""Realism scores: tell fakes from real micrographs, or fail to."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from nanoseg.realism import (
+    classifier_accuracy,
+    histogram_distance,
+    random_tiles,
+    realism_scores,
+    spectrum_distance,
+)
+
+
+def _smooth_images(n: int, seed: int, sigma: float = 2.0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [np.clip(0.5 + 3 * ndi.gaussian_filter(rng.normal(0, 0.05, (96, 96)), sigma), 0, 1).astype(np.float32)
+            for _ in range(n)]
+
+
+def test_tiles_have_the_size_and_come_from_the_images():
+    rng = np.random.default_rng(0)
+    images = [np.full((80, 100), 0.2, np.float32), np.full((70, 70), 0.7, np.float32), np.zeros((10, 10))]
+    tiles = random_tiles(images, 50, 32, rng)
+    assert tiles.shape == (50, 32, 32)
+    assert set(np.unique(tiles)) <= {np.float32(0.2), np.float32(0.7)}  # the 10-px image is too small
+    with pytest.raises(ValueError, match="at least 200 px"):
+        random_tiles(images, 5, 200, rng)
+
+
+def test_foreground_tiles_hold_particles():
+    image = np.zeros((120, 120), np.float32)
+    image[20:60, 20:60] = 1.0  # one bright particle; most 32-px crops miss it
+    tiles = random_tiles([image], 30, 32, np.random.default_rng(1), min_foreground_fraction=0.2)
+    assert (tiles.mean(axis=(1, 2)) >= 0.2).all()
+
+
+def test_identical_sources_score_as_indistinguishable():
+    a = random_tiles(_smooth_images(6, 0), 128, 32, np.random.default_rng(0))
+    b = random_tiles(_smooth_images(6, 1), 128, 32, np.random.default_rng(1))
+    assert spectrum_distance(a, b) < 0.1
+    assert histogram_distance(a, b) < 0.01
+    assert classifier_accuracy(a, b, steps=80, seed=0) < 0.7
+
+
+def test_blurred_or_brighter_fakes_are_found_out():
+    real = random_tiles(_smooth_images(6, 0, sigma=1.0), 128, 32, np.random.default_rng(0))
+    blurred = random_tiles(_smooth_images(6, 1, sigma=4.0), 128, 32, np.random.default_rng(1))
+    assert spectrum_distance(real, blurred) > 0.3
+    assert histogram_distance(real, real + 0.1) == pytest.approx(0.1, abs=0.005)
+    assert classifier_accuracy(real, blurred, steps=150, seed=0) > 0.9
+
+
+def test_realism_scores_report_all_three():
+    scores = realism_scores(_smooth_images(4, 0), _smooth_images(4, 1, sigma=4.0), tile_px=32, n_tiles=64,
+                            steps=60, seed=0)
+    assert 0.0 <= scores["classifier_accuracy"] <= 1.0
+    assert scores["spectrum_distance_decades"] > 0.3
+    assert scores["tile_px"] == 32 and "meaning" in scores
