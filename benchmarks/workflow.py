@@ -307,6 +307,9 @@ def score_seed(seed_run: dict[str, Any], truth: dict[str, tuple[np.ndarray, np.n
         filt = json.loads(filter_json.read_text())
         scored["artifact_filter"] = {k: filt[k] for k in ("threshold_method", "instances_before_filter",
                                                           "instances_dropped", "dropped_fraction")}
+    realism_json = run_dir / "pairs" / "realism.json"
+    if realism_json.is_file():
+        scored["realism"] = json.loads(realism_json.read_text())
     run_summary = json.loads((run_dir / "measure" / "summary.json").read_text())
     measure_summary = json.loads((measure_dir / "summary.json").read_text())
     scored["consistency"] = {"run_n_kept": run_summary.get("n_kept"), "measure_n_kept": measure_summary.get("n_kept")}
@@ -527,10 +530,12 @@ def render_report(results: dict[str, Any]) -> str:
                      f"{filt.get('instances_dropped', '-')} of {filt.get('instances_before_filter', '-')} "
                      f"({filt.get('threshold_method', '-')})",
                      _fmt(keep["precision_matched"]), _fmt(keep["recall_matched"]),
-                     f"{r['consistency']['run_n_kept']} / {r['consistency']['measure_n_kept']}"])
+                     f"{r['consistency']['run_n_kept']} / {r['consistency']['measure_n_kept']}",
+                     _fmt(r.get("realism", {}).get("classifier_accuracy"))])
     parts += [_table(rows, ["", "F1 on held-out synthetic pairs", "F1 on the real images",
                             "artifact filter: dropped of fake particles", "keep precision (matched particles)",
-                            "keep recall (matched particles)", "kept: `nanoseg run` / `nanoseg measure`"]), ""]
+                            "keep recall (matched particles)", "kept: `nanoseg run` / `nanoseg measure`",
+                            "fake-vs-real classifier accuracy (0.5 = indistinguishable)"]), ""]
     parts += ["## Wall time and peak memory", "",
               "Stage times from the run folder's `.done.json` markers; peak RSS is the process's running maximum "
               "at the end of the stage.", ""]
@@ -667,7 +672,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.render_from is not None:
-        return rerender(args.render_from, args.note, args.readme)
+        return rerender(args.render_from, args.note, args.readme, args.folds)
     if not (DATA / "masks").is_dir():
         raise SystemExit(f"error: {DATA} not found; the benchmark needs the shared TiO2 data")
     try:
@@ -770,12 +775,24 @@ def write_results(results: dict[str, Any], out: Path, readme: Path | None = None
     print(report)
 
 
-def rerender(json_path: Path, note: str | None, readme: Path | None) -> dict[str, Any]:
-    """Rewrite the report (and README section) of a finished run from its JSON."""
+def rerender(json_path: Path, note: str | None, readme: Path | None, n_folds: int = 5) -> dict[str, Any]:
+    """Rewrite the report (and README section) of a finished run from its JSON.
+
+    A run made with ``--no-supervised`` (or before the reference was finished) gets the stored
+    supervised reference when one was computed for exactly its profile, images and settings
+    (:func:`supervised_key`): the reference does not depend on the workflow, only on those.
+    """
     results = json.loads(json_path.read_text())
     results["seeds"] = {int(k): v for k, v in results["seeds"].items()}
+    meta = results["meta"]
     if note:
-        results["meta"]["note"] = note
+        meta["note"] = note
+    if results.get("supervised") is None:
+        key = supervised_key(meta["profile"], meta["smoke"], tuple(meta["images"]), n_folds)
+        stored = cached_supervised(ROOT / meta["supervised_file"], key)
+        if stored is not None:
+            logger.info("adding the supervised reference from %s", meta["supervised_file"])
+            results["supervised"] = stored
     write_results(results, json_path.with_suffix(".md").resolve(), readme)
     return results
 

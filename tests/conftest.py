@@ -1,10 +1,15 @@
-"""Shared fixtures: the public TiO2 data (skipped when absent) and quiet progress bars."""
+"""Shared fixtures: the public TiO2 data (skipped when absent), quiet progress bars, and the real
+command line run in this process."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bam-tio2"
@@ -21,3 +26,89 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "sem").is_dir():
         pytest.skip(f"shared TiO2 data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+class CliResult(NamedTuple):
+    """What one ``nanoseg`` command did: exit status, stdout + stderr, and stderr alone."""
+
+    code: int
+    output: str
+    err: str
+
+    def error_line(self) -> str:
+        """The command's one ``error:`` line; fails the test unless stderr is exactly that line."""
+        lines = self.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), self.err
+        assert "Traceback" not in self.output
+        return lines[0]
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``nanoseg ARGS`` in this process through ``main`` (so exit codes and error lines are
+    the real ones); returns a :class:`CliResult`."""
+    from nanoseg.cli import main
+
+    log = logging.getLogger("nanoseg")
+    handlers, propagate, level = log.handlers[:], log.propagate, log.level
+
+    def run(*args: object) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["nanoseg", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        captured = capsys.readouterr()
+        code = exit_info.value.code
+        return CliResult(code if isinstance(code, int) else int(code is not None), captured.out + captured.err,
+                         captured.err)
+
+    yield run
+    # main() installs its own log handler; later tests capture the nanoseg loggers themselves.
+    log.handlers[:], log.propagate, log.level = handlers, propagate, level
+
+
+@pytest.fixture(scope="module")
+def keep_global_rng():
+    """Leave the global random states as found: the CLI seeds them, and tests elsewhere that
+    train without a seed of their own get other weights after it."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    yield
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.random.set_rng_state(states[2])
+
+
+def _disc_micrograph(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 64x64 uint8 micrograph with bright discs on a noisy background, and its labels."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((64, 64), np.uint16)
+    for i, (r, c) in enumerate([(18, 18), (20, 46), (46, 24), (44, 48)][: 2 + seed % 3], start=1):
+        labels[disk((r, c), 7 + seed % 2)] = i
+    image = np.where(labels > 0, 200.0, 50.0) + rng.normal(0, 8, labels.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+@pytest.fixture(scope="session")
+def disc_micrograph():
+    """``disc_micrograph(seed)`` -> (uint8 64x64 micrograph, its uint16 labels): 2-4 bright discs."""
+    return _disc_micrograph
+
+
+@pytest.fixture
+def batch(tmp_path) -> Path:
+    """images/a.tif, b.tif, c.tif (2 nm pixels) with labels/<stem>.tif; returns tmp_path."""
+    from nanoseg.io import write_tiff
+
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    for seed, stem in enumerate("abc"):
+        image, labels = _disc_micrograph(seed)
+        write_tiff(tmp_path / "images" / f"{stem}.tif", image, pixel_size_nm=2.0)
+        write_tiff(tmp_path / "labels" / f"{stem}.tif", labels)
+    return tmp_path

@@ -21,6 +21,7 @@ from nanoseg.classify import (  # noqa: E402
     train_classifier,
 )
 from nanoseg.config import build_config  # noqa: E402
+from nanoseg.errors import NanosegError  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -277,9 +278,9 @@ def test_load_pair_samples(tmp_path):
     (s_image, s_binary, s_keep), = load_pair_samples(tmp_path)
     assert s_keep.sum() == 100 and s_keep[0, 0] == 0
     np.savez(tmp_path / "pair_0001.npz", image=image, binary=binary)
-    with pytest.raises(Exception, match="whole"):
+    with pytest.raises(NanosegError, match=r"pair_0001.npz: missing key\(s\) whole"):
         load_pair_samples(tmp_path)
-    with pytest.raises(Exception, match="no pair"):
+    with pytest.raises(NanosegError, match="nothing: no pair_"):
         load_pair_samples(tmp_path / "nothing")
 
 
@@ -295,7 +296,7 @@ def test_classify_images_network_and_rules():
     assert d["label"].tolist() == [1, 2, 3]
     assert d["score"].between(0, 1).all()
     assert "touches_border" in d.loc[2, "reason"]
-    with pytest.raises(Exception, match="no classifier"):
+    with pytest.raises(NanosegError, match="no classifier model was given"):
         classify_images([("x", labels, image, None)], cfg, net=None)
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from skimage.draw import disk, polygon
 
+from nanoseg.errors import NanosegError
 from nanoseg.measure import (
     bootstrap_ci,
     compare_distributions,
@@ -514,7 +515,7 @@ def test_measure_files_segments_with_a_model(tmp_path):
     assert prob.shape == (64, 64) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
     assert summary["n_particles"] == len(pd.read_csv(tmp_path / "out" / "particles.csv"))
     assert summary["classify_method"] == "rules"  # no classifier given
-    with pytest.raises(Exception, match="--model"):
+    with pytest.raises(NanosegError, match="give --model .* or --labels"):
         measure_files([tmp_path / "images"], tmp_path / "out2", cfg)
 
 

@@ -239,13 +239,27 @@ def test_resumed_stage_loses_leftover_temp_files_and_nothing_else(tmp_path, toy_
     assert not any(is_temp_file(p) for p in recorded) and "notes.tmp" in recorded
 
 
+def _outlines(folder: Path, n: int) -> str:
+    """``n`` disc outlines (32x32, white on black) in ``folder``."""
+    import numpy as np
+    from skimage.draw import disk
+
+    from nanoseg.io import write_tiff
+
+    folder.mkdir()
+    for i in range(n):
+        outline = np.zeros((32, 32), np.uint8)
+        outline[disk((16, 16), 6 + i)] = 255
+        write_tiff(folder / f"o{i}.tif", outline)
+    return str(folder)
+
+
 def _data(tmp_path, image):
     from nanoseg.io import write_tiff
 
     (tmp_path / "images").mkdir()
     write_tiff(tmp_path / "images" / "a.tif", image, pixel_size_nm=2.0)
-    (tmp_path / "outlines").mkdir()
-    return {"images": str(tmp_path / "images"), "outlines": str(tmp_path / "outlines"), "info_bar_rows": 0}
+    return {"images": str(tmp_path / "images"), "outlines": _outlines(tmp_path / "outlines", 2), "info_bar_rows": 0}
 
 
 def test_inputs_checked_before_any_stage_runs(tmp_path, toy_stages):
@@ -267,4 +281,8 @@ def test_image_smaller_than_a_tile_is_named(tmp_path, toy_stages):
         pipeline.check_inputs(cfg)
     data["outlines"] = str(tmp_path / "nope")
     with pytest.raises(NanosegError, match="outlines not found"):
+        pipeline.check_inputs(build_config({"data": data}, profile="demo"))
+    # The outlines are read too: one is too few for the WGAN, found before any stage starts.
+    data["outlines"] = _outlines(tmp_path / "one", 1)
+    with pytest.raises(NanosegError, match="WGAN needs at least 2 outlines, found 1"):
         pipeline.check_inputs(build_config({"data": data}, profile="demo"))

@@ -100,3 +100,20 @@ def test_smoke_run_end_to_end(shared_data, tmp_path):
     report = out.read_text()
     assert "SMOKE RUN" in report and "mean +- sd over seeds" in report and "seed 1" in report
     assert len(results["overlays"]) == 1 and Path(results["overlays"][0]).is_file()  # only 1908248 is among 2
+    # A report made without the reference gets the stored one back when re-rendered.
+    saved["supervised"] = None
+    bare = tmp_path / "results" / "bare.json"
+    bare.write_text(json.dumps(saved))
+    rerendered = workflow.main(["--render-from", str(bare), "--folds", "2"])
+    assert rerendered["supervised"]["strict"]["mean"] == pytest.approx(results["supervised"]["strict"]["mean"])
+    assert "supervised (manual masks, cross-validated)" in bare.with_suffix(".md").read_text()
+    # The demo run's own summary and report state the uncertainty and the counting rule.
+    run_measure = tmp_path / "work" / "seed0" / "run" / "measure"
+    summary = json.loads((run_measure / "summary.json").read_text())
+    assert summary["counting_rule"]["edge_particles_excluded"] is True
+    if summary["n_kept"]:
+        lo, hi = summary["descriptors"]["min_feret"]["median_ci95"]
+        assert lo <= summary["descriptors"]["min_feret"]["median"] <= hi
+    html = (run_measure / "report.html").read_text()
+    assert "id='counting-rule'" in html and "median 95 % CI" in html
+    assert 0.0 <= summary["realism"]["classifier_accuracy"] <= 1.0

@@ -197,6 +197,8 @@ class SegmentConfig(_Section):
         1024, ge=64, description="Images with a side larger than this are segmented in overlapping, smoothly blended tiles."
     )
     tile_overlap_px: int = Field(64, ge=0, description="Overlap of neighbouring inference tiles in px.")
+    tta: bool = Field(False, description="Test-time augmentation: average the probabilities over the 8 flips and "
+                      "90-degree rotations of each image (8x the inference time).")
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
 
 
@@ -316,27 +318,50 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _config_key(loc: tuple[Any, ...]) -> str:
+    """The dotted key of a validation error's location, without pydantic's union-member tags
+    (``segment.threshold.constrained-float`` -> ``segment.threshold``)."""
+    parts: list[str] = []
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):  # an item of a list or tuple setting
+            parts.append(str(part))
+        elif model is not None:  # a section's key, known or not
+            parts.append(part)
+            field = model.model_fields.get(part)
+            annotation = field.annotation if field is not None else None
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        # else: past a setting, a string names one type of a union, not a key
+    return ".".join(parts) or "<config>"
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = []
+    unknown: list[str] = []
+    bad: dict[str, tuple[list[str], Any]] = {}
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<config>"
+        key = _config_key(err["loc"])
         if err["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}' (see `nanoseg config docs` for valid keys)")
+            unknown.append(key)
         else:
-            lines.append(f"{source}: bad value for '{key}': {err['msg']} (got {err.get('input')!r})")
+            bad.setdefault(key, ([], err.get("input")))[0].append(err["msg"])
+    lines = [f"{source}: unknown key '{key}' (see `nanoseg config docs` for valid keys)" for key in unknown]
+    for key, (messages, value) in bad.items():
+        # A union setting fails once per type it allows: one phrase for all of them.
+        text = ", or ".join([messages[0]] + [m.removeprefix("Input ") for m in messages[1:]])
+        lines.append(f"{source}: bad value for '{key}': {text} (got {value!r})")
     return "; ".join(lines)
 
 
-def _reject_nonfinite(tree: Any, prefix: str = "") -> None:
+def _reject_nonfinite(tree: Any, source: str, prefix: str = "") -> None:
     # pydantic rejects NaN for float fields but would coerce it silently in unions; be explicit.
     if isinstance(tree, dict):
         for key, value in tree.items():
-            _reject_nonfinite(value, f"{prefix}{key}.")
+            _reject_nonfinite(value, source, f"{prefix}{key}.")
     elif isinstance(tree, (list, tuple)):
         for i, value in enumerate(tree):
-            _reject_nonfinite(value, f"{prefix}{i}.")
+            _reject_nonfinite(value, source, f"{prefix}{i}.")
     elif isinstance(tree, float) and not math.isfinite(tree):
-        raise NanosegError(f"config: bad value for '{prefix.rstrip('.')}': {tree} is not a finite number")
+        raise NanosegError(f"{source}: bad value for '{prefix.rstrip('.')}': {tree} is not a finite number")
 
 
 def build_config(values: dict[str, Any] | None = None, profile: str | None = None, source: str = "config") -> Config:
@@ -360,7 +385,7 @@ def build_config(values: dict[str, Any] | None = None, profile: str | None = Non
     name = profile or values.get("profile") or "quick"
     if name not in PROFILES:
         raise NanosegError(f"{source}: unknown profile '{name}' (choose one of {', '.join(PROFILES)})")
-    _reject_nonfinite(values)
+    _reject_nonfinite(values, source)
     merged = deep_merge(_PROFILE_OVERRIDES[name], values)
     merged["profile"] = name
     try:
@@ -392,13 +417,17 @@ def load_config(path: str | Path | None = None, profile: str | None = None, over
 
 def parse_assignment(text: str) -> dict[str, Any]:
     """Turn ``"segment.steps=500"`` into ``{"segment": {"steps": 500}}`` (value parsed as YAML)."""
-    if "=" not in text:
+    key, _, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if "=" not in text or not all(parts):
         raise NanosegError(f"--set {text!r}: expected KEY=VALUE, e.g. --set segment.steps=500")
-    key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as exc:
+        raise NanosegError(f"--set {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); "
+                           "write it as YAML, e.g. --set masks.particles_per_tile=[80,120]") from None
     out: dict[str, Any] = {}
     node = out
-    parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value

@@ -743,6 +743,14 @@ def _read_tiff_array(path: Path) -> np.ndarray:
             raise NanosegError(
                 f"{path}: TIFF is a stack of shape {series.shape}; save a single 2-D image per file"
             )
+        # Pages stored as separate images (frames, detector channels) would silently give the
+        # first; a smaller page (a vendor's thumbnail) is no second micrograph and is ignored.
+        full = sum(1 for page in tif.pages if page.shape == tif.pages[0].shape)
+        if full > 1:
+            raise NanosegError(
+                f"{path}: TIFF holds {full} images of {tif.pages[0].shape[1]}x{tif.pages[0].shape[0]} px; "
+                "save a single 2-D image per file"
+            )
         # Page data as stored: palette images give their index values, which is what the
         # gray-palette SEM TIFFs need (a few palette entries are overlay colours).
         data = tif.pages[0].asarray()

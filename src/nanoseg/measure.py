@@ -790,15 +790,43 @@ def _read_realism(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def read_particles_csv(path: str | Path) -> pd.DataFrame:
-    """Read a ``particles.csv`` written by this module (or any table with the same columns)."""
+def read_particles_csv(path: str | Path, column: str | None = None) -> pd.DataFrame:
+    """Read a ``particles.csv`` written by this module (or any table with the same columns).
+
+    Parameters
+    ----------
+    path : path-like
+    column : str, optional
+        A size column the table must have, numeric, with at least one kept particle.
+
+    Raises
+    ------
+    NanosegError
+        If the file is missing or not a readable table, or ``column`` is missing or unusable.
+    """
     path = Path(path)
+    fix = "give a particles.csv from `nanoseg measure`"
     if not path.is_file():
-        raise NanosegError(f"{path}: particle table not found (give a particles.csv from `nanoseg measure`)")
-    df = pd.read_csv(path, dtype={"image": str, "reason": str}, keep_default_na=False,
-                     na_values={c: ["", "nan", "NaN"] for c in ("score",)})
+        raise NanosegError(f"{path}: particle table not found ({fix})")
+    try:
+        df = pd.read_csv(path, dtype={"image": str, "reason": str}, keep_default_na=False,
+                         na_values={c: ["", "nan", "NaN"] for c in ("score",)})
+    except ValueError as exc:  # what pandas raises for a malformed, empty or undecodable file
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise NanosegError(f"{path}: not a readable CSV table ({reason}); {fix}") from None
     if "kept" in df.columns:
         df["kept"] = df["kept"].astype(str).str.lower().isin(["true", "1", "yes"])
+    if column is not None:
+        if column not in df.columns:
+            raise NanosegError(f"{path}: no column '{column}' ({fix}, measured with the same pixel-size setting)")
+        given = df[column].replace("", np.nan)
+        values = pd.to_numeric(given, errors="coerce")
+        if (values.isna() & given.notna()).any():
+            raise NanosegError(f"{path}: column '{column}' holds values that are not numbers ({fix})")
+        df[column] = values
+        kept = values[df["kept"]] if "kept" in df.columns else values
+        if not np.isfinite(kept.to_numpy(dtype=float)).any():
+            raise NanosegError(f"{path}: no kept particle with a '{column}' to compare with ({fix} that has some)")
     return df
 
 
@@ -861,6 +889,8 @@ def measure_files(
         raise NanosegError("measure: no micrographs given")
     if labels_dir is None and model is None:
         raise NanosegError("measure: give --model (a segmentation model) or --labels (a folder of label images)")
+    if labels_dir is not None and not Path(labels_dir).is_dir():
+        raise NanosegError(f"--labels {labels_dir}: no such folder (give the folder of label images <stem>.tif)")
     failures: list[dict[str, str]] | None = None if strict else []
     micrographs = read_micrographs(paths, config.data, failures=failures)
     items = None if labels_dir is None else _paired_labels(micrographs, Path(labels_dir), failures)
@@ -880,7 +910,9 @@ def measure_files(
         cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
     compare = None
     if compare_csv is not None:
-        compare = (Path(compare_csv).name, read_particles_csv(compare_csv))
+        # Checked now, not when the comparison is drawn: a bad table then leaves no outputs behind.
+        column = nm_column("min_feret") if all(mg.pixel_size_nm is not None for mg in micrographs) else "min_feret_px"
+        compare = (Path(compare_csv).name, read_particles_csv(compare_csv, column))
     if before_writing is not None:
         before_writing()
     if items is None:

@@ -297,6 +297,15 @@ def check_inputs(config: Config, *, failures: list[dict[str, str]] | None = None
                            "outline images, a painted mask or an ImageJ ROI set)")
     if config.data.outlines is None and config.shapes.source == "wgan":
         raise NanosegError("data.outlines: not set; the WGAN needs outlines (or set shapes.source: polygon)")
+    if config.data.outlines is not None:
+        from nanoseg.shapes import load_outlines
+
+        # Read now (a few small images): an empty or unreadable outline stops the run before
+        # it starts a run folder, not at its first stage.
+        outlines = load_outlines(config.data.outlines, config.shapes.outline_size_px)
+        if config.shapes.source == "wgan" and len(outlines) < 2:
+            raise NanosegError(f"{config.data.outlines}: the WGAN needs at least 2 outlines, found "
+                               f"{len(outlines)} (add outlines, or set shapes.source: polygon)")
     micrographs = load_micrographs(config.data, strict=failures is None, failures=failures)
     if config.translate.method == "cyclegan":
         tile = config.translate.tile_size_px

@@ -556,11 +556,14 @@ def predict_probabilities(
     bf16: bool = True,
     tile_px: int = 1024,
     overlap_px: int = 64,
+    tta: bool = False,
 ) -> np.ndarray:
     """Class probabilities of a whole image of any size.
 
     Images with both sides <= ``tile_px`` go through the network in one piece; larger ones in
-    overlapping ``tile_px`` tiles blended with linear ramps.
+    overlapping ``tile_px`` tiles blended with linear ramps. With ``tta`` every piece goes
+    through the network in its 8 flips and 90-degree rotations and the probabilities, turned
+    back, are averaged: a particle's outline then does not depend on its orientation.
 
     Returns
     -------
@@ -577,11 +580,22 @@ def predict_probabilities(
     net.eval()
     net.to(memory_format=torch.channels_last)
 
-    def run(tile: np.ndarray) -> np.ndarray:
+    def once(tile: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(tile)[None, None]).to(device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(device, bf16):
             logits = net(x)
         return _probabilities(logits.float(), target)[0].cpu().numpy()
+
+    def run(tile: np.ndarray) -> np.ndarray:
+        if not tta:
+            return once(tile)
+        total = np.zeros((_n_out(target), *tile.shape), np.float32)
+        for k in range(4):
+            for flip in (False, True):
+                view = np.rot90(tile, k)
+                probs = once(view[:, ::-1] if flip else view)
+                total += np.rot90(probs[:, :, ::-1] if flip else probs, -k, axes=(1, 2))
+        return total / 8.0
 
     if h <= tile_px and w <= tile_px:
         return run(image)
@@ -721,7 +735,7 @@ def segment_image(
         shape = (max(16, round(image.shape[0] * scale)), max(16, round(image.shape[1] * scale)))
         work = resize(image, shape, order=1, preserve_range=True, anti_aliasing=scale < 1).astype(np.float32)
     probs = predict_probabilities(net, work, kind, device=device, bf16=config.bf16,
-                                  tile_px=config.inference_tile_px, overlap_px=config.tile_overlap_px)
+                                  tile_px=config.inference_tile_px, overlap_px=config.tile_overlap_px, tta=config.tta)
     threshold = config.threshold if config.threshold != "auto" else float(meta.get("threshold", 0.5))
     labels = instances_from_probabilities(probs, kind, config, threshold=threshold)
     if scale == 1.0:
@@ -854,7 +868,7 @@ def export_onnx(model_path: str | Path, onnx_path: str | Path, opset: int = 18) 
                               output_names=["probabilities"], opset_version=opset,
                               dynamic_axes={"image": axes, "probabilities": axes})
         except Exception as exc:  # noqa: BLE001 - the legacy exporter may be gone in later torch
-            logger.info("TorchScript ONNX export failed (%s); using the dynamo exporter", exc)
+            logger.warning("segment export: the TorchScript ONNX exporter failed (%s); using the dynamo exporter (slower, same model)", exc)
             dims = {0: torch.export.Dim("batch", min=1, max=1024),
                     2: torch.export.Dim("height", min=multiple + 1, max=16384),
                     3: torch.export.Dim("width", min=multiple + 1, max=16384)}

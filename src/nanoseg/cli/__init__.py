@@ -106,6 +106,7 @@ def make_demo_data(
     """
     from nanoseg.demo import make_demo_data as _make
 
+    common.check_out_folder(out, "OUT")
     _make(out, n_images=n_images, seed=seed)
     typer.echo(f"demo data: {out}")
 
@@ -126,6 +127,7 @@ def demo(
     from nanoseg.demo import make_demo_data as _make
     from nanoseg.pipeline import run_pipeline
 
+    common.check_out_folder(out)
     data = out / "data"
     if not (data / "images").is_dir():
         _make(data, seed=seed)
@@ -149,8 +151,15 @@ def config_init(
 
 @config_app.command("check")
 def config_check(path: Path = typer.Argument(..., help="YAML config file.")) -> None:
-    """Validate a config file; prints the resolved config."""
-    typer.echo(common.resolve_config(path).to_yaml(), nl=False)
+    """Validate a config file and the data paths it names; prints the resolved config."""
+    cfg = common.resolve_config(path)
+    # A wrong path is the commonest config error, and a run would only find it at its start.
+    for key in ("images", "outlines"):
+        value = getattr(cfg.data, key)
+        if value is not None and not Path(value).exists():
+            raise NanosegError(f"{path}: data.{key} {value} does not exist (paths are relative to the "
+                               "folder you run nanoseg in); fix the path")
+    typer.echo(cfg.to_yaml(), nl=False)
 
 
 @config_app.command("docs")

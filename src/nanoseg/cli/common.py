@@ -136,8 +136,10 @@ def expand_images(items: Sequence[Path]) -> list[Path]:
     return paths
 
 
-def check_out_folder(out: Path) -> None:
-    """Stop before any work when ``--out`` cannot be a folder this process writes into.
+def check_out_folder(out: Path, name: str = "--out") -> None:
+    """Stop before any work when ``out`` cannot be a folder this process writes into.
+
+    ``name`` is how the error names the folder: the option or argument the user gave it as.
 
     Raises
     ------
@@ -145,14 +147,14 @@ def check_out_folder(out: Path) -> None:
         If ``out`` or a folder above it is a file, or the nearest existing folder is not writable.
     """
     if out.exists() and not out.is_dir():
-        raise NanosegError(f"--out {out} is a file; give a folder")
+        raise NanosegError(f"{name} {out} is a file; give a folder")
     existing = out
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir():
-        raise NanosegError(f"--out {out}: {existing} is a file; give a folder")
+        raise NanosegError(f"{name} {out}: {existing} is a file; give a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise NanosegError(f"--out {out}: permission denied in {existing}; choose another --out")
+        raise NanosegError(f"{name} {out}: permission denied in {existing}; choose another {name}")
 
 
 def outputs_to_replace(out: Path, command: str, owned: Sequence[str], inputs: Sequence[Path] = ()) -> list[Path]:
