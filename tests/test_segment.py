@@ -346,6 +346,17 @@ def test_checkpoint_of_other_data_is_not_resumed(tmp_path, caplog):
     with caplog.at_level("INFO", logger="nanoseg"):
         train(other, cfg, tmp_path, steps=12, rng=np.random.default_rng(1))
     assert "resuming segmentation training at step 8/12" in caplog.text
+    # Post-processing and TTA are not what the net learns: changing them resumes the finished run.
+    caplog.clear()
+    applied_otherwise = cfg.model_copy(update={"tta": True, "marker_threshold": 0.6, "min_size_px": 3})
+    with caplog.at_level("INFO", logger="nanoseg"):
+        train(other, applied_otherwise, tmp_path, steps=12, rng=np.random.default_rng(1))
+    assert "resuming segmentation training at step 12/12" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nanoseg"):
+        train(other, cfg.model_copy(update={"learning_rate": cfg.learning_rate / 2}), tmp_path, steps=12,
+              rng=np.random.default_rng(1))
+    assert "starting fresh" in caplog.text
 
 
 def test_test_time_augmentation_makes_the_output_orientation_free():

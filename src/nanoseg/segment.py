@@ -310,14 +310,21 @@ TRAINING_PLOT = (LossPanel({"train_loss": "train loss", "val_loss": "val loss"},
 # --------------------------------------------------------------------------- training
 
 
+#: Settings that only change how a trained net is applied (post-processing, tiling, TTA), so
+#: changing them must not restart a finished training run.
+INFERENCE_SETTINGS = frozenset({"threshold", "min_distance_px", "min_size_px", "band_giveback", "marker_threshold",
+                                "marker_h", "smoothing_sigma_px", "inference_tile_px", "tile_overlap_px", "tta"})
+
+
 def training_fingerprint(pairs: list[Pair], config: SegmentConfig, pixel_size_nm: float | None) -> str:
-    """Hash of what a training run learns from: the pairs' pixels and every setting but the step count.
+    """Hash of what a training run learns from: the pairs' pixels and the training settings.
 
     A checkpoint is resumed only under the same fingerprint, so a folder reused for other data
-    starts fresh instead of silently continuing another model; more ``steps`` still resume.
+    starts fresh instead of silently continuing another model; more ``steps`` still resume, and
+    so does a change of the settings in :data:`INFERENCE_SETTINGS`.
     """
     digest = hashlib.sha256()
-    settings = config.model_dump(mode="json", exclude={"steps"})
+    settings = config.model_dump(mode="json", exclude={"steps", *INFERENCE_SETTINGS})
     digest.update(json.dumps([settings, pixel_size_nm], sort_keys=True).encode())
     for pair in pairs:
         digest.update(pair.name.encode())
