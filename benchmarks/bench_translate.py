@@ -20,7 +20,8 @@ import torch
 
 from nanoseg.atomic import write_json
 from nanoseg.config import build_config
-from nanoseg.translate import CycleGAN, FakeMask, GanTranslator, RenderTranslator, generate_pairs, random_tiles, to_net
+from nanoseg.tiles import random_tiles
+from nanoseg.translate import CycleGAN, FakeMask, GanTranslator, RenderTranslator, generate_pairs, to_net
 
 RESULTS = Path(__file__).resolve().parent / "results" / "translate.json"
 
@@ -44,8 +45,8 @@ def bench_cyclegan(cfg, iterations: int, bf16: bool) -> dict:
     model = CycleGAN(cfg, "cpu", rng)
 
     def step() -> None:
-        model.train_step(to_net(random_tiles(masks, cfg.tile_size_px, cfg.batch_size, rng), "cpu"),
-                         to_net(random_tiles(images, cfg.tile_size_px, cfg.batch_size, rng), "cpu"))
+        model.train_step(to_net(random_tiles(masks, cfg.batch_size, cfg.tile_size_px, rng, augment=True, small="pad"), "cpu"),
+                         to_net(random_tiles(images, cfg.batch_size, cfg.tile_size_px, rng, augment=True, small="pad"), "cpu"))
 
     for _ in range(3):  # warm-up: allocator, oneDNN kernels
         step()

@@ -66,6 +66,14 @@ def cli(capsys, monkeypatch):
     log.handlers[:], log.propagate, log.level = handlers, propagate, level
 
 
+@pytest.fixture(autouse=True)
+def _fresh_log_once():
+    """Messages logged once per command (``runtime.log_once``) are new again in every test."""
+    from nanoseg import runtime
+
+    runtime._LOGGED_ONCE.clear()
+
+
 @pytest.fixture(scope="module")
 def keep_global_rng():
     """Leave the global random states as found: the CLI seeds them, and tests elsewhere that

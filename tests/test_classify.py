@@ -18,6 +18,7 @@ from nanoseg.classify import (  # noqa: E402
     masked_bce,
     predict_keep_probability,
     sample_batch,
+    size_balanced_weights,
     train_classifier,
 )
 from nanoseg.config import build_config  # noqa: E402
@@ -214,6 +215,85 @@ def test_sample_batch_shapes_and_weight():
     assert x.shape == (3, 2, 48, 48) and y.shape == w.shape == (3, 1, 48, 48)
     np.testing.assert_array_equal(w, x[:, 1:2])
     assert set(np.unique(y)) <= {0.0, 1.0} and np.all(y <= w)  # keep only on particle pixels
+
+
+def _size_confounded_sample(size=160):
+    """Small squares all discarded, large ones mostly kept: size alone predicts the target."""
+    image = np.full((size, size), 0.2, np.float32)
+    binary = np.zeros((size, size), np.uint8)
+    keep = np.zeros((size, size), np.uint8)
+    for k, r in enumerate(range(2, size - 20, 24)):
+        for j, c in enumerate(range(2, size - 20, 24)):
+            small = (k + j) % 2 == 0
+            s = 6 if small else 18
+            binary[r:r + s, c:c + s] = 1
+            image[r:r + s, c:c + s] = 0.8
+            keep[r:r + s, c:c + s] = 0 if small else int(j != 1)
+    return image, binary, keep
+
+
+def test_size_balanced_weights_equalise_classes_within_each_size_bin():
+    sample = _size_confounded_sample()
+    image, binary, keep = sample
+    (weight,) = size_balanced_weights([sample], n_bins=2)
+    assert np.all(weight[binary == 0] == 0) and np.all(weight[binary > 0] > 0)
+    from scipy import ndimage as ndi
+
+    labels, n = ndi.label(binary)
+    areas = ndi.sum_labels(np.ones_like(labels), labels, np.arange(1, n + 1))
+    large = np.isin(labels, np.flatnonzero(areas > 100) + 1)
+    kept_w = weight[large & (keep > 0)].sum()
+    discarded_w = weight[large & (keep == 0) & (binary > 0)].sum()
+    assert kept_w == pytest.approx(discarded_w, rel=1e-5)
+    # The bin keeps its total weight: reweighting moves weight between classes, not between bins.
+    assert weight[large].sum() == pytest.approx(large.sum(), rel=1e-5)
+    # Small squares are all discarded: a bin with one class is left unweighted.
+    np.testing.assert_allclose(weight[(binary > 0) & ~large], 1.0)
+
+
+def test_size_balanced_weights_clip_rare_classes():
+    sample = _size_confounded_sample()
+    (weight,) = size_balanced_weights([sample], n_bins=2, max_weight=1.2)
+    assert weight.max() <= 1.2 + 1e-6 and weight[weight > 0].min() >= 1 / 1.2 - 1e-6
+
+
+def test_zoomed_tiles_keep_touching_particles_apart():
+    from scipy import ndimage as ndi
+
+    image = np.zeros((200, 200), np.float32)
+    binary = np.zeros((200, 200), np.uint8)
+    binary[40:160, 40:99] = 1
+    binary[40:160, 100:160] = 1  # two particles, one line between them
+    image[binary > 0] = 1.0
+    sample = (image, binary, binary.copy())
+    for zoom in (0.5, 2.0):
+        x, y, w = sample_batch([sample], 100, 4, np.random.default_rng(1), zoom_range=(zoom, zoom))
+        for tile in x[:, 1]:
+            n_inside = ndi.label(tile > 0)[1]
+            if zoom == 0.5:  # the whole pair fits in the tile: still two particles
+                assert n_inside == 2
+            assert set(np.unique(tile)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(w > 0, x[:, 1:2] > 0)
+        assert np.all(y <= (x[:, 1:2] > 0))
+
+
+def test_zoom_range_off_gives_the_unzoomed_batch():
+    samples = _synthetic_samples()
+    plain = sample_batch(samples, 48, 3, np.random.default_rng(5))
+    same = sample_batch(samples, 48, 3, np.random.default_rng(5), zoom_range=(1.0, 1.0))
+    for a, b in zip(plain, same):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_size_balance_and_zoom_train(tmp_path):
+    samples = [_size_confounded_sample()]
+    net, losses = train_classifier(samples, _cfg(size_balance=True, zoom_range=(0.7, 1.4)), steps=3)
+    assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_zoom_range_must_be_ordered():
+    with pytest.raises(NanosegError, match="zoom_range"):
+        _cfg(zoom_range=(1.5, 0.5))
 
 
 def test_training_resumes_from_checkpoint_exactly(tmp_path):

@@ -211,6 +211,10 @@ def test_predict_leaves_out_a_corrupt_micrograph(batch, cli, model):
     assert res.code == 1, res.output
     assert "failed: 1 of 4 images" in res.err and str(bad) in res.err
     assert sorted(p.stem for p in (out / "labels").iterdir()) == ["a", "b", "c"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_images"] == 4 and summary["n_segmented"] == 3
+    assert [r["image"] for r in summary["images"]] == ["a", "b", "c"]
+    assert [f["image"] for f in summary["failures"]] == [str(bad)]
 
     res = cli("segment", "predict", batch / "images", "--model", model, "--out", out, "--strict", *PX)
     assert res.code == 2 and str(bad) in res.error_line()

@@ -137,6 +137,35 @@ def test_png_without_metadata_warns(tmp_path, io_log):
     assert any(r.levelno == logging.WARNING and "plain.png" in r.getMessage() for r in io_log.records)
 
 
+def test_a_files_warning_is_logged_once_per_command(tmp_path):
+    from nanoseg.runtime import setup_logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.warnings = []
+
+        def emit(self, record):
+            if record.levelno == logging.WARNING and "no pixel size" in record.getMessage():
+                self.warnings.append(record)
+
+    path = tmp_path / "plain.png"
+    Image.fromarray(_noise()).save(path)
+    root, io_logger, collect = logging.getLogger("nanoseg"), logging.getLogger("nanoseg.io"), Collect()
+    saved = root.handlers[:], root.propagate, root.level
+    io_logger.addHandler(collect)
+    try:
+        for _ in range(3):  # every stage of a run reads the micrographs again
+            read_micrograph(path)
+        assert len(collect.warnings) == 1
+        setup_logging("INFO")  # the next command says it again
+        read_micrograph(path)
+        assert len(collect.warnings) == 2
+    finally:
+        io_logger.removeHandler(collect)
+        root.handlers[:], root.propagate, root.level = saved
+
+
 def test_override_wins(tmp_path, io_log):
     path = tmp_path / "plain.png"
     Image.fromarray(_noise()).save(path)

@@ -235,8 +235,21 @@ class ClassifyConfig(_Section):
     balance_classes: bool = Field(
         True, description="Give kept and discarded particle pixels equal total weight in the training loss."
     )
+    size_balance: bool = Field(
+        False, description="Weight the training loss so that within each particle-size bin kept and discarded "
+        "particles count equally: in fake pairs most small pieces are fragments of covered particles, and without "
+        "it the network learns to discard small particles that are whole.")
+    zoom_range: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        (1.0, 1.0), description="Training tiles are magnified by a factor drawn log-uniformly from this range, so "
+        "that particle size in pixels stops being a cue; (1, 1) turns it off.")
     checkpoint_every: int = Field(100, ge=1, description="Save a training checkpoint every this many steps.")
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
+
+    @model_validator(mode="after")
+    def _zoom_in_order(self) -> ClassifyConfig:
+        if self.zoom_range[0] > self.zoom_range[1]:
+            raise ValueError(f"classify.zoom_range {list(self.zoom_range)}: the first factor must not exceed the second")
+        return self
 
 
 class MeasureConfig(_Section):

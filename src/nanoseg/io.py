@@ -37,6 +37,13 @@ from nanoseg.errors import NanosegError
 
 logger = logging.getLogger("nanoseg.io")
 
+
+def _say_once(level: int, msg: str, *args: Any) -> None:
+    # Every stage of a run reads the micrographs again; one warning per stage buries the others.
+    from nanoseg.runtime import log_once
+
+    log_once(logger, level, msg, *args)
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 MIN_SIDE_PX = 32
 
@@ -211,13 +218,13 @@ def read_micrographs(paths: Sequence[str | Path], data_config: Any, *,
         micrographs.append(mg)
     del frames, raws
     if micrographs:
-        logger.info("intensity scale for %d micrograph(s): %s", len(micrographs), scale)
+        _say_once(logging.INFO, "intensity scale for %d micrograph(s): %s", len(micrographs), scale)
     _warn_dark_particles(micrographs, bool(data_config.dark_particles))
     sizes = {m.pixel_size_nm for m in micrographs}
     if len(sizes) > 1:
         folder = Path(micrographs[0].path).parent
-        logger.warning("micrographs in %s have different pixel sizes: %s nm", folder,
-                       ", ".join("none" if s is None else f"{s:g}" for s in sorted(sizes, key=lambda s: s or 0)))
+        _say_once(logging.WARNING, "micrographs in %s have different pixel sizes: %s nm", folder,
+                  ", ".join("none" if s is None else f"{s:g}" for s in sorted(sizes, key=lambda s: s or 0)))
     return micrographs
 
 
@@ -315,10 +322,8 @@ def _read_frame(path: Path, pixel_size_nm: float | None, info_bar_rows: int | Li
     else:
         size, source = _find_pixel_size(path)
         if size is None:
-            logger.warning(
-                "%s: no pixel size in the metadata; sizes will be reported in px "
-                "(set data.pixel_size_nm or pass --pixel-size)", path
-            )
+            _say_once(logging.WARNING, "%s: no pixel size in the metadata; sizes will be reported in px "
+                      "(set data.pixel_size_nm or pass --pixel-size)", path)
     mg = Micrograph(image=np.empty((0, 0), np.float32), pixel_size_nm=size, info_bar_rows=bar, path=path,
                     full_shape=(int(raw.shape[0]), int(raw.shape[1])), pixel_size_source=source)
     return (raw[: raw.shape[0] - bar] if bar else raw), mg
@@ -330,16 +335,16 @@ def _finish(mg: Micrograph, raw: np.ndarray, bits: int | None,
     if raw.dtype.kind == "f":
         bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
         if bad:
-            logger.warning("%s: %d of %d pixels are NaN or infinite and were set to the image's lowest value; "
-                           "particles there cannot be found (re-export the image without missing data)",
-                           mg.path, bad, raw.size)
+            _say_once(logging.WARNING, "%s: %d of %d pixels are NaN or infinite and were set to the image's lowest "
+                      "value; particles there cannot be found (re-export the image without missing data)",
+                      mg.path, bad, raw.size)
     mg.image = to_float01(raw, bits if _is_wide_unsigned(raw) else None, value_range)
     mg.bit_depth = _scale_bits(raw, bits)
     if float(mg.image.std()) < BLANK_STD:
         finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
         value = f"{float(np.median(finite)):g}" if finite.size else "NaN"
-        logger.warning("%s: image is blank (all pixels %s); no particles can be found "
-                       "(check the acquisition or leave the file out)", mg.path, value)
+        _say_once(logging.WARNING, "%s: image is blank (all pixels %s); no particles can be found "
+                  "(check the acquisition or leave the file out)", mg.path, value)
     return mg
 
 
@@ -383,9 +388,9 @@ def _series_bits(raws: Sequence[np.ndarray], paths: Sequence[Path], bit_depth: i
     if not stated:
         return needed, "largest value" if len(wide) == 1 else "largest value of the series"
     if needed > max(stated):
-        logger.warning("%s: the metadata states %d-bit data but values reach %g; scaling by %d bits instead "
-                       "(set data.bit_depth to choose the scale)", wide[int(np.argmax(tops))][1], max(stated),
-                       max(tops), needed)
+        _say_once(logging.WARNING, "%s: the metadata states %d-bit data but values reach %g; scaling by %d bits "
+                  "instead (set data.bit_depth to choose the scale)", wide[int(np.argmax(tops))][1], max(stated),
+                  max(tops), needed)
         return needed, "largest value (the metadata's bit depth is too small)"
     return max(stated), "file metadata"
 
@@ -462,7 +467,7 @@ def _warn_dark_particles(micrographs: Sequence[Micrograph], dark_particles: bool
     else:
         hint = ("particles look dark on a bright background; set data.dark_particles: true "
                 "(or --set data.dark_particles=true)")
-    logger.warning("%d of %d micrographs (%s): %s", len(flagged), len(micrographs), names, hint)
+    _say_once(logging.WARNING, "%d of %d micrographs (%s): %s", len(flagged), len(micrographs), names, hint)
 
 
 def bright_fraction(image: np.ndarray) -> float:
@@ -486,8 +491,8 @@ def read_pixel_size_nm(path: str | Path) -> float | None:
     path = Path(path)
     size, _ = _find_pixel_size(path)
     if size is None:
-        logger.warning("%s: no pixel size in the metadata; sizes will be reported in px "
-                       "(set data.pixel_size_nm or pass --pixel-size)", path)
+        _say_once(logging.WARNING, "%s: no pixel size in the metadata; sizes will be reported in px "
+                  "(set data.pixel_size_nm or pass --pixel-size)", path)
     return size
 
 

@@ -24,36 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from nanoseg.tiles import random_tiles
+
 logger = logging.getLogger("nanoseg.realism")
-
-
-def random_tiles(images: Sequence[np.ndarray], n_tiles: int, tile_px: int, rng: np.random.Generator,
-                 min_foreground_fraction: float = 0.0) -> np.ndarray:
-    """``n_tiles`` square crops at random positions of randomly chosen images, shape (n, tile, tile).
-
-    With ``min_foreground_fraction`` > 0 only crops in which at least that fraction of pixels lies
-    above the image's Li threshold are taken (up to 50 tries each, then any crop): particles,
-    not bare substrate, are what the segmenter must learn from fakes. Images smaller than a tile
-    are skipped; an error if none is large enough.
-    """
-    from skimage.filters import threshold_li
-
-    usable = [np.asarray(im, np.float32) for im in images if min(np.shape(im)) >= tile_px]
-    if not usable:
-        raise ValueError(f"no image is at least {tile_px} px on each side")
-    foreground = [im > threshold_li(im) if min_foreground_fraction > 0 else None for im in usable]
-    tiles = np.empty((n_tiles, tile_px, tile_px), np.float32)
-    for k in range(n_tiles):
-        for _ in range(50):
-            pick = int(rng.integers(len(usable)))
-            image = usable[pick]
-            y = int(rng.integers(0, image.shape[0] - tile_px + 1))
-            x = int(rng.integers(0, image.shape[1] - tile_px + 1))
-            fg = foreground[pick]
-            if fg is None or fg[y : y + tile_px, x : x + tile_px].mean() >= min_foreground_fraction:
-                break
-        tiles[k] = image[y : y + tile_px, x : x + tile_px]
-    return tiles
 
 
 def radial_spectrum(tiles: np.ndarray) -> np.ndarray:
@@ -94,6 +67,17 @@ def histogram_distance(real_tiles: np.ndarray, fake_tiles: np.ndarray, max_sampl
     return float(wasserstein_distance(real, fake))
 
 
+def _realism_net() -> Any:
+    """The small fake-or-real CNN: three conv levels, global pooling, one logit."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1),
+    )
+
+
 def classifier_accuracy(real_tiles: np.ndarray, fake_tiles: np.ndarray, *, steps: int = 300, batch_size: int = 32,
                         held_out_fraction: float = 0.3, seed: int = 0, device: Any = "cpu") -> float:
     """Held-out accuracy of a small CNN trained to tell fake tiles (label 1) from real ones (0).
@@ -123,17 +107,14 @@ def classifier_accuracy(real_tiles: np.ndarray, fake_tiles: np.ndarray, *, steps
     if n < 8:
         raise ValueError("classifier_accuracy needs at least 8 tiles of each kind")
     rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeds the net's initial weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        net = _realism_net().to(device)
     x = np.concatenate([real_tiles[:n], fake_tiles[:n]]).astype(np.float32)
     y = np.concatenate([np.zeros(n), np.ones(n)]).astype(np.float32)
     order = rng.permutation(2 * n)
     n_test = max(2, int(round(held_out_fraction * 2 * n)))
     test, train = order[:n_test], order[n_test:]
-    net = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1),
-    ).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     loss_fn = nn.BCEWithLogitsLoss()
     for _ in range(steps):
@@ -168,7 +149,7 @@ def realism_scores(real_images: Sequence[np.ndarray], fake_images: Sequence[np.n
     steps : int
         Training steps of the fake-or-real classifier.
     min_foreground_fraction : float
-        Tiles hold at least this fraction of particle pixels (see :func:`random_tiles`).
+        Tiles hold at least this fraction of particle pixels (see :func:`nanoseg.tiles.random_tiles`).
     seed : int
 
     Returns
@@ -178,8 +159,8 @@ def realism_scores(real_images: Sequence[np.ndarray], fake_images: Sequence[np.n
         ``spectrum_distance_decades``, and the settings used.
     """
     rng = np.random.default_rng(seed)
-    real = random_tiles(real_images, n_tiles, tile_px, rng, min_foreground_fraction)
-    fake = random_tiles(fake_images, n_tiles, tile_px, rng, min_foreground_fraction)
+    real = random_tiles(real_images, n_tiles, tile_px, rng, min_foreground_fraction=min_foreground_fraction)
+    fake = random_tiles(fake_images, n_tiles, tile_px, rng, min_foreground_fraction=min_foreground_fraction)
     scores = {
         "classifier_accuracy": round(classifier_accuracy(real, fake, steps=steps, seed=seed, device=device), 4),
         "histogram_distance": round(histogram_distance(real, fake, rng=rng), 5),

@@ -19,14 +19,38 @@ T = TypeVar("T")
 logger = logging.getLogger("nanoseg")
 
 
+#: (logger, message) pairs :func:`log_once` has logged since the last :func:`setup_logging`.
+_LOGGED_ONCE: set[tuple[str, str]] = set()
+
+
+def log_once(logger: logging.Logger, level: int, msg: str, *args: Any) -> None:
+    """Log a message at ``level`` the first time; the same text again only at DEBUG.
+
+    For messages about the input that every stage would repeat. :func:`setup_logging` (each
+    command) starts afresh.
+    """
+    key = (logger.name, msg % args if args else msg)
+    if key in _LOGGED_ONCE:
+        logger.debug(msg, *args)
+        return
+    _LOGGED_ONCE.add(key)
+    logger.log(level, msg, *args)
+
+
 def setup_logging(level: str | int = "INFO") -> None:
-    """Log ``nanoseg`` messages to stderr with a time stamp, through rich when it is there."""
+    """Log ``nanoseg`` messages to stderr with a time stamp, through rich when it is there.
+
+    stdout stays free for what a command prints as its result.
+    """
+    _LOGGED_ONCE.clear()
     if isinstance(level, str):
         level = getattr(logging, level.upper())
     try:
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False,
+                                               markup=False)
         fmt = "%(message)s"
     except ImportError:  # pragma: no cover - rich is a dependency
         handler = logging.StreamHandler()

@@ -16,7 +16,7 @@ from nanoseg.errors import NanosegError
 app = typer.Typer(no_args_is_help=True)
 
 #: What `nanoseg segment predict` writes into --out; a rerun into the same folder replaces exactly these.
-PREDICT_OWNED = ("labels", "binary", "overlays", "probabilities")
+PREDICT_OWNED = ("labels", "binary", "overlays", "probabilities", "summary.json")
 
 
 @app.command()
@@ -73,7 +73,8 @@ def predict(
     """Segment micrographs of any size into particle instances.
 
     Writes OUT/labels/<stem>.tif (uint16/uint32 instance labels), OUT/binary/<stem>.tif (0/255,
-    touching particles separated by 1-px lines), OUT/overlays/<stem>.png and, with --probabilities,
+    touching particles separated by 1-px lines), OUT/overlays/<stem>.png, OUT/summary.json
+    (particles and seconds per image, the images left out and why) and, with --probabilities,
     OUT/probabilities/<stem>.tif. Post-processing settings come from the model; override them
     with --set (e.g. --set segment.min_size_px=20).
 
@@ -102,6 +103,10 @@ def predict(
     common.replace_outputs(out, "segment predict", stale)
     summary = segment_micrographs(model, micrographs, out, cfg.segment, device=dev, probabilities=probabilities,
                                   failures=failures)
+    from nanoseg.atomic import write_json
+
+    write_json(out / "summary.json", {"model": str(model), "n_images": len(paths), "n_segmented": len(summary),
+                                      "images": summary, "failures": failures or []})
     for row in summary:
         typer.echo(f"{row['image']}: {row['particles']} particles ({row['seconds']:.1f} s)")
     typer.echo(f"results: {out}")

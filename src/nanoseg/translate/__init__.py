@@ -45,7 +45,6 @@ from nanoseg.translate.cyclegan import (
     apply_generator,
     from_net,
     lr_factor,
-    random_tiles,
     to_net,
     train_cyclegan,
     write_sample_grid,
@@ -81,6 +80,6 @@ __all__ = [
     "THRESHOLD_METHODS", "CycleGAN", "FakeMask", "GanTranslator", "ImagePool", "RenderTranslator",
     "apply_generator", "artifact_threshold", "filter_artifacts", "fit_renderer", "from_net", "gan_segment",
     "gan_segment_instances", "generate_pairs", "iter_pairs", "load_fake_masks", "load_translator", "lr_factor",
-    "make_pairs", "overlay", "random_tiles", "read_pair", "run_pairs_stage", "run_train_stage", "to_net",
+    "make_pairs", "overlay", "read_pair", "run_pairs_stage", "run_train_stage", "to_net",
     "train_cyclegan", "train_translator", "write_contact_sheet", "write_pair", "write_realism", "write_sample_grid",
 ]

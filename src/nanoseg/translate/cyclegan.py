@@ -1,7 +1,7 @@
 """The CycleGAN of stage 3: its tensors, image pool, model, training loop and saved generators.
 
 Domain A holds fake binary masks, domain B real micrographs (Zhu et al. 2017). This module
-holds the tile sampling (:func:`random_tiles`), the conversion between [0, 1] numpy images
+holds the conversion between [0, 1] numpy images
 and the networks' [-1, 1] tensors (:func:`to_net`, :func:`from_net`), running a trained
 generator on whole images of any size (:func:`apply_generator`), the image pool of past fakes
 (:class:`ImagePool`), the two generators and two discriminators with their optimisers
@@ -25,6 +25,7 @@ import numpy as np
 from nanoseg.atomic import atomic_path, write_text
 from nanoseg.errors import NanosegError
 from nanoseg.plots import LossPanel, plot_losses
+from nanoseg.tiles import random_tiles
 
 logger = logging.getLogger("nanoseg.translate")
 
@@ -90,35 +91,6 @@ class ImagePool:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.images = [t.unsqueeze(0) for t in state["images"]] if state["images"].numel() else []
         self.rng.bit_generator.state = json.loads(state["rng"])
-
-
-# --------------------------------------------------------------------------- tiles
-
-
-def _dihedral(tile: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    tile = np.rot90(tile, k)
-    return np.ascontiguousarray(tile[:, ::-1] if flip else tile)
-
-
-def random_tiles(arrays: Sequence[np.ndarray], tile_px: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Crop ``n`` random square tiles (random image, position, 90-degree rotation and flip).
-
-    Arrays smaller than the tile are reflection-padded first.
-
-    Returns
-    -------
-    (n, tile_px, tile_px) float32 array
-    """
-    out = np.empty((n, tile_px, tile_px), np.float32)
-    for i in range(n):
-        arr = arrays[int(rng.integers(len(arrays)))]
-        pad_y, pad_x = max(0, tile_px - arr.shape[0]), max(0, tile_px - arr.shape[1])
-        if pad_y or pad_x:
-            arr = np.pad(arr, ((0, pad_y), (0, pad_x)), mode="reflect" if min(arr.shape) > 1 else "edge")
-        y = int(rng.integers(arr.shape[0] - tile_px + 1))
-        x = int(rng.integers(arr.shape[1] - tile_px + 1))
-        out[i] = _dihedral(arr[y:y + tile_px, x:x + tile_px], int(rng.integers(4)), bool(rng.integers(2)))
-    return out
 
 
 def to_net(batch: np.ndarray, device: Any) -> Any:
@@ -429,8 +401,8 @@ def train_cyclegan(
     images = [np.asarray(im, dtype=np.float32) for im in images]
     tile = cfg.tile_size_px
     # Fixed tiles for the sample grids, drawn before any resume so they are the same each time.
-    sample_a = random_tiles(masks, tile, 4, rng)
-    sample_b = random_tiles(images, tile, 4, rng)
+    sample_a = random_tiles(masks, 4, tile, rng, augment=True, small="pad")
+    sample_b = random_tiles(images, 4, tile, rng, augment=True, small="pad")
     model = CycleGAN(cfg, device, rng)
     ckpt_path = out_dir / CHECKPOINT
     log: list[dict[str, float]] = []
@@ -459,8 +431,8 @@ def train_cyclegan(
 
     bar = progress(range(model.step, cfg.steps), total=cfg.steps - model.step, desc="CycleGAN")
     for _ in bar:
-        real_a = to_net(random_tiles(masks, tile, cfg.batch_size, rng), model.device)
-        real_b = to_net(random_tiles(images, tile, cfg.batch_size, rng), model.device)
+        real_a = to_net(random_tiles(masks, cfg.batch_size, tile, rng, augment=True, small="pad"), model.device)
+        real_b = to_net(random_tiles(images, cfg.batch_size, tile, rng, augment=True, small="pad"), model.device)
         losses = model.train_step(real_a, real_b)
         if not all(math.isfinite(v) for v in losses.values()):
             raise NanosegError(f"translate: CycleGAN losses became non-finite at step {model.step}; "
