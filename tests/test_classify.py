@@ -409,7 +409,7 @@ def test_run_stage_trains_scores_and_writes(tmp_path):
     from skimage.measure import label
 
     write_tiff(tmp_path / "images" / "m1.tif", (image * 255).astype(np.uint8), pixel_size_nm=3.0)
-    write_tiff(run / "segment" / "labels" / "m1.tif", label(binary, connectivity=1).astype(np.uint16))
+    write_tiff(run / "adapt" / "labels" / "m1.tif", label(binary, connectivity=1).astype(np.uint16))  # what segment/adapt wrote
     cfg = build_config({"data": {"images": str(tmp_path / "images"), "info_bar_rows": 0},
                         "classify": {"base_width": 4, "depth": 2, "tile_size_px": 48, "batch_size": 2, "steps": 3}},
                        profile="demo")

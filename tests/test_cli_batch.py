@@ -245,6 +245,7 @@ def toy_segment(ctx):
     for mg in load_micrographs(ctx.config.data):
         (ctx.out_dir / "labels").mkdir(exist_ok=True)
         (ctx.out_dir / "labels" / f"{mg.stem}.tif").write_bytes((labels_dir / f"{mg.stem}.tif").read_bytes())
+    (ctx.out_dir / "model.pt").write_bytes(b"the adapt stage passes it on")
 
 
 def toy_classify(ctx):
@@ -255,6 +256,7 @@ def toy_classify(ctx):
 def toy_run(monkeypatch):
     stages = (
         Stage("segment", f"{__name__}:toy_segment", ("seed", "data"), ("images",)),
+        Stage("adapt", "nanoseg.adapt:run_stage", ("seed", "data", "adapt"), ("images",)),
         Stage("classify", f"{__name__}:toy_classify", ("seed", "classify")),
         Stage("measure", "nanoseg.measure:run_stage", ("data", "classify", "measure"), ("images",)),
     )

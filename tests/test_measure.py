@@ -361,7 +361,7 @@ def _write_run(tmp_path, with_decisions=True):
     images = tmp_path / "images"
     write_tiff(images / "toy.tif", (img * 255).astype(np.uint8), pixel_size_nm=4.0)
     run = tmp_path / "run"
-    write_tiff(run / "segment" / "labels" / "toy.tif", lab.astype(np.uint16))
+    write_tiff(run / "adapt" / "labels" / "toy.tif", lab.astype(np.uint16))  # the labels classify and measure read
     (run / "masks").mkdir(parents=True)
     (run / "masks" / "stats.json").write_text(json.dumps({"size_prior": "images", "median_area_px": 120}))
     if with_decisions:
@@ -452,7 +452,7 @@ def test_cli_measure_with_labels_and_compare(tmp_path):
     from nanoseg.cli import app
 
     images, run = _write_run(tmp_path)
-    labels = run / "segment" / "labels"
+    labels = run / "adapt" / "labels"
     runner = CliRunner()
     first = runner.invoke(app, ["measure", str(images), "--labels", str(labels), "--out", str(tmp_path / "a"),
                                 "--set", "data.info_bar_rows=0"])

@@ -203,7 +203,7 @@ def test_auto_threshold_is_the_one_the_validation_pairs_choose(tmp_path, monkeyp
 
     pairs, inst, _ = _noisy_disc_pairs()
     probs = np.where(inst > 0, 0.18, 0.12).astype(np.float32)[None]
-    monkeypatch.setattr(segment, "predict_probabilities", lambda net, image, target, **kwargs: probs)
+    monkeypatch.setattr(segment.training, "predict_probabilities", lambda net, image, target, **kwargs: probs)
     cfg = _tiny_config(target="binary", threshold="auto")
     model = train(pairs, cfg, tmp_path, steps=2, rng=np.random.default_rng(1))
     assert nets.load(model)[1]["threshold"] == 0.15
@@ -372,3 +372,40 @@ def test_test_time_augmentation_makes_the_output_orientation_free():
         out = predict_probabilities(net, np.ascontiguousarray(view), "three_class", bf16=False, tta=True)
         np.testing.assert_allclose(undo(out), with_tta, atol=1e-5)
     np.testing.assert_allclose(with_tta.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_agreement_comes_with_the_tta_probabilities():
+    from nanoseg.segment import predict_with_agreement
+
+    torch.manual_seed(0)
+    net = nets.create("unet", in_channels=1, out_channels=3, base_width=4, depth=2).eval()
+    image = np.random.default_rng(1).random((40, 72)).astype(np.float32)
+    for tile_px in (1024, 32):  # whole and tiled
+        probs, agreement = predict_with_agreement(net, image, "three_class", bf16=False, tile_px=tile_px,
+                                                  overlap_px=8)
+        expected = predict_probabilities(net, image, "three_class", bf16=False, tta=True, tile_px=tile_px,
+                                         overlap_px=8)
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+        assert agreement.shape == image.shape
+        assert agreement.min() >= 3 / 8 - 1e-6 and agreement.max() <= 1 + 1e-6
+
+    class Directional(torch.nn.Module):
+        """Calls a pixel 'interior' where the image rises to the right, 'boundary' where it falls:
+        an answer that turns with the image, so the 8 views split evenly between the two."""
+
+        def __init__(self):
+            super().__init__()
+            self.grad = torch.nn.Conv2d(1, 1, (1, 3), padding=(0, 1), bias=False)
+            self.grad.weight.data[:] = torch.tensor([[[[-10.0, 0.0, 10.0]]]])
+
+        def forward(self, x):
+            g = self.grad(x)
+            return torch.cat([torch.zeros_like(g), g, -g], dim=1)
+
+    ramp = np.tile(np.linspace(0, 1, 48, dtype=np.float32), (32, 1))
+    _, agreement = predict_with_agreement(Directional(), ramp, "three_class", bf16=False)
+    # along a horizontal ramp, 2 views see it rise, 2 fall, 4 see no slope (background): share 1/2
+    np.testing.assert_allclose(agreement[4:-4, 4:-4], 0.5, atol=1e-6)
+    _, agreement = predict_with_agreement(Directional(), np.full((32, 32), 0.5, np.float32), "three_class",
+                                          bf16=False)
+    np.testing.assert_allclose(agreement[2:-2, 2:-2], 1.0)  # no slope inside: every view says background

@@ -685,7 +685,7 @@ def run_stage(ctx: Any) -> None:
                         "final_loss": float(np.mean(tail)), "score_threshold": cfg.score_threshold})
         ckpt.unlink(missing_ok=True)
         ctx.log.info("classify: trained %d steps on %d pairs, final loss %.4f", len(losses), len(samples), np.mean(tail))
-    items = label_items(load_micrographs(ctx.config.data), ctx.stage_dir("segment") / "labels",
+    items = label_items(load_micrographs(ctx.config.data), ctx.stage_dir("adapt") / "labels",
                         fix="rerun with --from segment")
     decisions = classify_images(items, cfg, net=net, device=ctx.device)
     write_decisions(decisions, ctx.out_dir / "decisions.csv")

@@ -202,6 +202,32 @@ class SegmentConfig(_Section):
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
 
 
+class AdaptConfig(_Section):
+    """Stage adapt: self-training of the segmentation net on the user's own micrographs."""
+
+    rounds: int = Field(0, ge=0, le=5, description="Self-training rounds; 0 (default) keeps the segment stage's "
+                        "net and labels unchanged.")
+    steps: int = Field(200, ge=1, description="Fine-tuning steps per round.")
+    learning_rate: float = Field(2e-4, gt=0, description="Adam learning rate of the fine-tuning.")
+    real_fraction: float = Field(0.5, gt=0, lt=1, description="Share of the training tiles taken from the real "
+                                 "micrographs (the rest from the synthetic pairs).")
+    min_agreement: float = Field(0.9, ge=0, le=1, description="A particle becomes a pseudo-label only where the 8 "
+                                 "flips/rotations agree on at least this share of its pixels' classes (mean); "
+                                 "background pixels are learned only where they agree this much.")
+    min_solidity: float = Field(0.9, ge=0, le=1, description="Pseudo-labels must be at least this convex: most "
+                                "merges are not (two equal touching discs still reach 0.93), and learning a merge "
+                                "would teach the net to merge.")
+    area_range: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        (0.25, 4.0), description="Pseudo-labels' area must lie in this range times the median area of the whole "
+        "particles of the fake masks (the size prior).")
+
+    @model_validator(mode="after")
+    def _area_in_order(self) -> AdaptConfig:
+        if self.area_range[0] > self.area_range[1]:
+            raise ValueError(f"adapt.area_range {list(self.area_range)}: the first factor must not exceed the second")
+        return self
+
+
 class ClassifyConfig(_Section):
     """Stage 6: keep whole, unoccluded particles."""
 
@@ -274,6 +300,7 @@ class Config(_Section):
     masks: MasksConfig = Field(default_factory=MasksConfig)
     translate: TranslateConfig = Field(default_factory=TranslateConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
 

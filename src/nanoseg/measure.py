@@ -744,7 +744,7 @@ def run_stage(ctx: Any) -> None:
     from nanoseg.io import load_micrographs
 
     cfg = ctx.config
-    labels_dir = ctx.stage_dir("segment") / "labels"
+    labels_dir = ctx.stage_dir("adapt") / "labels"
     failures: list[dict[str, str]] = []
     micrographs = load_micrographs(cfg.data, failures=failures)
     items = label_items(micrographs, labels_dir, fix="rerun with --from segment")
@@ -774,10 +774,21 @@ def run_stage(ctx: Any) -> None:
         size_prior=prior, report_rows=cfg.measure.report_rows, report_overlays=cfg.measure.report_overlays,
         counting_rule=counting_rule(cls_cfg, classifier_model=classifier_model), warnings=warnings, seed=cfg.seed,
         extra={"size_prior_configured": cfg.masks.size_prior, "classify_method": cls_cfg.method, "failures": failures,
-               "realism": _read_realism(Path(ctx.run_dir))},
+               "realism": _read_realism(Path(ctx.run_dir)), "adaptation": _read_adaptation(Path(ctx.run_dir))},
     )
     ctx.log.info("measure: %d of %d particles kept in %d images; %s", summary["n_kept"], summary["n_particles"],
                  summary["n_images"], summary["ec_definition"]["statement"])
+
+
+def _read_adaptation(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The self-training rounds the adapt stage wrote (``adapt/rounds.json``), without per-image rows."""
+    path = run_dir / "adapt" / "rounds.json"
+    try:
+        rounds = json.loads(path.read_text())["rounds"] if path.is_file() else None
+    except (ValueError, KeyError):
+        logger.warning("measure: %s is unreadable; the report leaves the adaptation rounds out", path)
+        return None
+    return [{k: v for k, v in r.items() if k != "images"} for r in rounds] if rounds is not None else None
 
 
 def _read_realism(run_dir: Path) -> dict[str, Any] | None:
@@ -856,7 +867,7 @@ def measure_files(
     config : Config
         Uses ``data`` (pixel size, info bar, dark particles), ``segment``, ``classify``, ``measure``.
     model : path, optional
-        Segmentation model (``segment/model.pt``); used unless ``labels_dir`` is given.
+        Segmentation model (``adapt/model.pt`` of a run); used unless ``labels_dir`` is given.
     labels_dir : path, optional
         Folder of instance label images ``<stem>.tif`` matching the micrographs.
     classifier : path, optional
@@ -969,7 +980,7 @@ def _paired_labels(micrographs: Sequence[Any], labels_dir: Path, failures: list[
 
 
 def _size_prior_of_model(model: str | Path | None) -> Any:
-    """The size prior recorded beside a segmentation model of a run folder (RUN/segment/model.pt)."""
+    """The size prior recorded beside a segmentation model of a run folder (RUN/adapt/model.pt, RUN/segment/model.pt)."""
     if model is None:
         return "unknown"
     return _read_size_prior(Path(model).resolve().parent.parent) or "unknown"

@@ -57,6 +57,8 @@ STAGES: tuple[Stage, ...] = (
           "4. generate fake micrographs, filter artifact particles, write training pairs"),
     Stage("segment", "nanoseg.segment:run_stage", ("seed", "data", "segment"), ("images",),
           "5. train the segmentation net, segment the micrographs, watershed into particles"),
+    Stage("adapt", "nanoseg.adapt:run_stage", ("seed", "data", "segment", "adapt"), ("images",),
+          "5b. self-train the net on the real micrographs' confident particles (off unless adapt.rounds > 0)"),
     Stage("classify", "nanoseg.classify:run_stage", ("seed", "data", "classify"), ("images",),
           "6. keep whole, unoccluded particles"),
     Stage("measure", "nanoseg.measure:run_stage", ("data", "classify", "measure"), ("images",),

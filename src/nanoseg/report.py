@@ -233,6 +233,11 @@ def render_report(
                          f"cannot tell them apart); intensity histogram distance "
                          f"{realism.get('histogram_distance', float('nan')):.3f}, power-spectrum distance "
                          f"{realism.get('spectrum_distance_decades', float('nan')):.2f} decades"])
+    adaptation = summary.get("adaptation")
+    if isinstance(adaptation, list):
+        overview.append(["self-training on these micrographs", "off (adapt.rounds 0)" if not adaptation else "; ".join(
+            f"round {r.get('round')}: {r.get('pseudo_labelled')} of {r.get('particles')} particles as pseudo-labels, "
+            f"{100 * float(r.get('ignored_fraction') or 0):.0f} % of pixels ignored" for r in adaptation)])
     warnings = summary.get("warnings") or []
     if warnings:
         items = "".join(f"<li>{esc(str(w))}</li>" for w in warnings)

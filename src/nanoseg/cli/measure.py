@@ -19,7 +19,7 @@ OWNED = ("particles.csv", "decisions.csv", "summary.json", "report.html", "hist_
 
 def command(
     images: list[Path] = typer.Argument(..., help="Micrographs and/or folders of micrographs."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Segmentation model (e.g. RUN/segment/model.pt)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Segmentation model (e.g. RUN/adapt/model.pt)."),
     labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="Folder of instance label images <stem>.tif "
                                           "to measure instead of segmenting."),
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="Keep/discard network (e.g. "
@@ -52,7 +52,7 @@ def command(
 
     Example:
 
-      nanoseg measure ../shared/data/bam-tio2/sem --model runs/tio2/segment/model.pt --classifier runs/tio2/classify/model.pt --out tio2-sizes
+      nanoseg measure ../shared/data/bam-tio2/sem --model runs/tio2/adapt/model.pt --classifier runs/tio2/classify/model.pt --out tio2-sizes
 
       nanoseg measure img.tif --labels my-labels/ --pixel-size 7.34nm --compare manual/particles.csv --out compared
     """

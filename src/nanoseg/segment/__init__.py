@@ -1,0 +1,71 @@
+"""Stage 5: train a MultiResUNet/UNet on image/mask pairs, segment micrographs, split particles.
+
+The network predicts either a three-class map (background / particle interior / boundary band,
+derived from instance labels so that touching particles are separated by the band) or a plain
+binary mask. Instances come from a watershed: grown from interior-probability markers for the
+three-class target, or on the smoothed distance transform of the binary mask.
+
+Public functions
+----------------
+- :func:`make_target`, :func:`load_pairs`: training data.
+- :func:`train`: training with validation, best checkpoint, resume and a loss/IoU plot.
+- :func:`predict_probabilities`, :func:`particle_probability`, :func:`instances_from_probabilities`,
+  :func:`segment_image`, :func:`segment_micrographs`: inference on whole images of any size.
+- :func:`export_onnx`, :func:`run_stage`.
+
+Modules: :mod:`~nanoseg.segment.data` (pairs, targets), :mod:`~nanoseg.segment.training`,
+:mod:`~nanoseg.segment.infer` (tiled probabilities, TTA, whole micrographs),
+:mod:`~nanoseg.segment.instances` (watershed), :mod:`~nanoseg.segment.export` (ONNX) and
+:mod:`~nanoseg.segment.stage` (the pipeline stage).
+"""
+
+from __future__ import annotations
+
+from nanoseg.segment.data import (
+    BACKGROUND,
+    BOUNDARY,
+    IGNORE,
+    INTERIOR,
+    foreground_mask,
+    load_pairs,
+    make_target,
+    n_outputs,
+    Pair,
+    TargetKind,
+)
+from nanoseg.segment.instances import (
+    instances_from_probabilities,
+    interior_markers,
+    resize_labels,
+)
+from nanoseg.segment.infer import (
+    overlay,
+    particle_probability,
+    predict_probabilities,
+    predict_with_agreement,
+    probabilities_from_logits,
+    segment_image,
+    segment_micrographs,
+    to_model_scale,
+)
+from nanoseg.segment.training import (
+    INFERENCE_SETTINGS,
+    TRAINING_PLOT,
+    choose_threshold,
+    class_weights,
+    random_tile,
+    segmentation_loss,
+    train,
+    training_fingerprint,
+)
+from nanoseg.segment.export import export_onnx
+from nanoseg.segment.stage import run_stage
+
+__all__ = [
+    "BACKGROUND", "BOUNDARY", "IGNORE", "INFERENCE_SETTINGS", "INTERIOR", "Pair", "TRAINING_PLOT", "TargetKind",
+    "choose_threshold", "class_weights", "export_onnx", "foreground_mask", "instances_from_probabilities",
+    "interior_markers", "load_pairs", "make_target", "n_outputs", "overlay", "particle_probability",
+    "predict_probabilities", "predict_with_agreement", "probabilities_from_logits", "random_tile", "resize_labels",
+    "run_stage", "segment_image", "segment_micrographs", "segmentation_loss", "to_model_scale", "train",
+    "training_fingerprint",
+]

@@ -1,0 +1,194 @@
+"""Training data of the segmentation net: pairs and the targets made from their instance labels."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from nanoseg.errors import NanosegError
+from nanoseg.labels import separated_binary, touching_lines
+
+logger = logging.getLogger("nanoseg.segment")
+
+BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+IGNORE = 255  # target value of padded pixels: no loss there
+TargetKind = Literal["three_class", "binary"]
+
+
+@dataclass
+class Pair:
+    """One training pair: a micrograph (float32 in [0, 1]) and its instance labels (0 = background).
+
+    ``target``, when given, is the training target itself (as :func:`make_target` makes it, with
+    :data:`IGNORE` where the loss should not look): pseudo-labels of real micrographs.
+    """
+
+    image: np.ndarray
+    instances: np.ndarray
+    name: str
+    target: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _inner_depth(instances: np.ndarray) -> np.ndarray:
+    """Distance in px of each particle pixel from its own particle's edge (1 on the edge)."""
+    from skimage.segmentation import find_boundaries
+
+    fg = instances > 0
+    edge = find_boundaries(instances, connectivity=1, mode="inner") & fg
+    depth = ndi.distance_transform_edt(fg & ~edge) + 1.0
+    depth[~fg] = 0.0
+    return depth
+
+
+def make_target(
+    instances: np.ndarray, kind: TargetKind = "three_class", boundary_width_px: int = 3
+) -> np.ndarray:
+    """Training target from an instance label image.
+
+    Parameters
+    ----------
+    instances : (H, W) int array
+        Instance labels, 0 = background. Touching particles may share an edge or be separated
+        by a background line.
+    kind : {'three_class', 'binary'}
+        ``'three_class'``: 0 background, 1 particle interior, 2 boundary band (the outer
+        ``boundary_width_px`` px of every particle plus the background lines between touching
+        particles). ``'binary'``: 1 particle, 0 background, with a 1-px background line wherever
+        two particles touch.
+    boundary_width_px : int
+        Width of the boundary band in px. Each particle keeps an interior of at least its inner
+        half, so that small particles are never all band (they would lose their watershed marker
+        and be merged into a neighbour).
+
+    Returns
+    -------
+    (H, W) uint8 array
+    """
+    instances = np.asarray(instances)
+    if instances.ndim != 2:
+        raise ValueError(f"instances must be 2-D, got shape {instances.shape}")
+    fg = instances > 0
+    if kind == "binary":
+        return (separated_binary(instances) > 0).astype(np.uint8)
+    if kind != "three_class":
+        raise ValueError(f"unknown target kind {kind!r} (use 'three_class' or 'binary')")
+    depth = _inner_depth(instances)
+    labels = instances.astype(np.int64)
+    n = int(labels.max(initial=0))
+    max_depth = np.zeros(n + 1)
+    if n:
+        max_depth[1:] = ndi.maximum(depth, labels, index=np.arange(1, n + 1))
+    # Band ends at boundary_width_px, or earlier for particles too small to keep a core.
+    limit = np.minimum(float(boundary_width_px), np.maximum(1.0, np.floor(max_depth / 2.0)))
+    band = fg & (depth <= limit[labels])
+    target = np.zeros(instances.shape, np.uint8)
+    target[fg] = INTERIOR
+    target[band | touching_lines(instances)] = BOUNDARY
+    return target
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def load_pairs(folder: str | Path, *, invert: bool = False, info_bar_rows: int | Literal["auto"] = "auto") -> list[Pair]:
+    """Read training pairs from a folder.
+
+    Understood layouts:
+
+    - ``pair_*.npz`` files (stage ``pairs``: keys ``image`` and ``instances``), in the folder or
+      its ``pairs/`` subfolder;
+    - ``sem/<id>.<ext>`` with ``masks/<id>_m.<ext>`` (the BAM TiO2 layout);
+    - ``images/<name>.<ext>`` with ``masks/<name>.<ext>`` or ``masks/<name>_m.<ext>``.
+
+    Masks may be binary (0/255; 4-connected components become the instances, so touching
+    particles must be separated by background lines) or instance label images. Images go
+    through :func:`nanoseg.io.read_micrograph`, and the mask is cropped by the same info bar.
+
+    Parameters
+    ----------
+    folder : path-like
+    invert : bool
+        Invert the images (dark particles on a bright background).
+    info_bar_rows : int or 'auto'
+        Passed to :func:`nanoseg.io.read_micrograph`.
+
+    Returns
+    -------
+    list of Pair
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NanosegError(f"{folder}: training-pair folder not found")
+    npz = sorted(folder.glob("pair_*.npz")) or sorted((folder / "pairs").glob("pair_*.npz"))
+    if npz:
+        pairs = [_load_npz_pair(p) for p in npz]
+    else:
+        pairs = _load_image_mask_pairs(folder, info_bar_rows)
+    if not pairs:
+        raise NanosegError(
+            f"{folder}: no training pairs (expected pair_*.npz, or sem/ + masks/ or images/ + masks/ subfolders)"
+        )
+    if invert:
+        for pair in pairs:
+            pair.image = (1.0 - pair.image).astype(np.float32)
+    return pairs
+
+
+def _load_npz_pair(path: Path) -> Pair:
+    try:
+        with np.load(path) as data:
+            image = np.asarray(data["image"], np.float32)
+            instances = np.asarray(data["instances"]).astype(np.int32)
+    except KeyError as exc:
+        raise NanosegError(f"{path}: pair file lacks key {exc} (expected 'image' and 'instances')") from None
+    except (OSError, ValueError) as exc:
+        raise NanosegError(f"{path}: unreadable pair file ({exc}); regenerate it with `nanoseg translate pairs`") from None
+    if image.shape != instances.shape or image.ndim != 2:
+        raise NanosegError(f"{path}: image {image.shape} and instances {instances.shape} must be equal 2-D shapes")
+    return Pair(image=image, instances=instances, name=path.stem)
+
+
+def _load_image_mask_pairs(folder: Path, info_bar_rows: int | Literal["auto"]) -> list[Pair]:
+    from skimage.measure import label
+
+    from nanoseg import io
+
+    image_dir = next((folder / d for d in ("sem", "images") if (folder / d).is_dir()), None)
+    mask_dir = folder / "masks"
+    if image_dir is None or not mask_dir.is_dir():
+        return []
+    masks = {p.stem: p for p in io.list_images(mask_dir)}
+    pairs = []
+    for path in io.list_images(image_dir):
+        mask_path = masks.get(f"{path.stem}_m") or masks.get(path.stem)
+        if mask_path is None:
+            logger.warning("%s: no mask %s_m.* or %s.* in %s; skipped", path, path.stem, path.stem, mask_dir)
+            continue
+        micrograph = io.read_micrograph(path, pixel_size_nm=1.0, info_bar_rows=info_bar_rows)
+        annotation = io.read_annotation(mask_path)
+        if annotation.shape != micrograph.full_shape:
+            raise NanosegError(f"{mask_path}: mask shape {annotation.shape} differs from image {path} "
+                               f"{micrograph.full_shape}")
+        annotation = annotation[: micrograph.image.shape[0]]
+        # Binary masks hold instances as 4-connected components.
+        instances = label(annotation, connectivity=1) if annotation.dtype == bool else annotation
+        pairs.append(Pair(image=micrograph.image, instances=instances.astype(np.int32), name=path.stem))
+    return pairs
+
+
+def n_outputs(kind: TargetKind) -> int:
+    """Output channels of the net for a target kind."""
+    return 3 if kind == "three_class" else 1
+
+
+def foreground_mask(probs: np.ndarray, kind: TargetKind, threshold: float) -> np.ndarray:
+    """Particle pixels of a probability map (C, H, W) at ``threshold``."""
+    return (probs[INTERIOR] + probs[BOUNDARY] if kind == "three_class" else probs[0]) > threshold

@@ -1,0 +1,296 @@
+"""Inference on whole micrographs of any size: tiled probabilities, TTA, labels and overlays."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nanoseg.config import SegmentConfig
+from nanoseg.errors import NanosegError
+from nanoseg.labels import separated_binary
+from nanoseg.segment.data import BACKGROUND, TargetKind, foreground_mask, n_outputs
+from nanoseg.segment.instances import instances_from_probabilities, resize_labels
+
+logger = logging.getLogger("nanoseg.segment")
+
+
+def particle_probability(probs: np.ndarray, target: TargetKind) -> np.ndarray:
+    """Probability that a pixel belongs to any particle, from :func:`predict_probabilities`.
+
+    For the three-class target this is one minus the background probability (interior and
+    boundary band both belong to particles): the map the paper's metrics threshold.
+    """
+    return np.asarray(probs[0] if target == "binary" else 1.0 - probs[BACKGROUND], np.float32)
+
+
+def probabilities_from_logits(logits: Any, kind: TargetKind) -> Any:
+    import torch
+
+    return torch.softmax(logits, dim=1) if kind == "three_class" else torch.sigmoid(logits)
+
+
+def _blend_window(h: int, w: int, overlap_px: int) -> np.ndarray:
+    """Weights rising linearly over ``overlap_px`` from each tile edge: seams blend smoothly."""
+
+    def ramp(n: int) -> np.ndarray:
+        r = np.ones(n, np.float32)
+        k = min(overlap_px, n // 2)
+        if k > 0:
+            edge = (np.arange(k, dtype=np.float32) + 1) / (k + 1)
+            r[:k] = edge
+            r[n - k :] = edge[::-1]
+        return r
+
+    return np.outer(ramp(h), ramp(w))
+
+
+def _tile_starts(n: int, tile: int, overlap: int) -> list[int]:
+    if n <= tile:
+        return [0]
+    stride = max(1, tile - overlap)
+    count = math.ceil((n - tile) / stride) + 1
+    return sorted({min(i * stride, n - tile) for i in range(count)})
+
+
+def _net_runner(net: Any, target: TargetKind, device: Any, bf16: bool) -> Any:
+    """A function: one (H, W) float32 piece -> its (C, H, W) class probabilities."""
+    import torch
+
+    from nanoseg.runtime import autocast
+
+    net.eval()
+    net.to(memory_format=torch.channels_last)
+
+    def once(tile: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(tile)[None, None]).to(device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(device, bf16):
+            logits = net(x)
+        return probabilities_from_logits(logits.float(), target)[0].cpu().numpy()
+
+    return once
+
+
+def _dihedral_views(once: Any, tile: np.ndarray) -> list[np.ndarray]:
+    """Probabilities of the 8 flips and 90-degree rotations of ``tile``, each turned back."""
+    views = []
+    for k in range(4):
+        for flip in (False, True):
+            view = np.rot90(tile, k)
+            probs = once(view[:, ::-1] if flip else view)
+            views.append(np.rot90(probs[:, :, ::-1] if flip else probs, -k, axes=(1, 2)))
+    return views
+
+
+def _tiled(run: Any, image: np.ndarray, n_channels: int, tile_px: int, overlap_px: int) -> np.ndarray:
+    """``run`` (piece -> (n_channels, h, w)) over a whole image, in overlapping blended tiles if large."""
+    h, w = image.shape
+    if h <= tile_px and w <= tile_px:
+        return run(image)
+    acc = np.zeros((n_channels, h, w), np.float32)
+    norm = np.zeros((h, w), np.float32)
+    th, tw = min(tile_px, h), min(tile_px, w)
+    window = _blend_window(th, tw, overlap_px)
+    for y in _tile_starts(h, tile_px, overlap_px):
+        for x in _tile_starts(w, tile_px, overlap_px):
+            acc[:, y : y + th, x : x + tw] += run(image[y : y + th, x : x + tw]) * window
+            norm[y : y + th, x : x + tw] += window
+    return acc / norm
+
+
+def predict_probabilities(
+    net: Any,
+    image: np.ndarray,
+    target: TargetKind,
+    *,
+    device: Any = "cpu",
+    bf16: bool = True,
+    tile_px: int = 1024,
+    overlap_px: int = 64,
+    tta: bool = False,
+) -> np.ndarray:
+    """Class probabilities of a whole image of any size.
+
+    Images with both sides <= ``tile_px`` go through the network in one piece; larger ones in
+    overlapping ``tile_px`` tiles blended with linear ramps. With ``tta`` every piece goes
+    through the network in its 8 flips and 90-degree rotations and the probabilities, turned
+    back, are averaged: a particle's outline then does not depend on its orientation.
+
+    Returns
+    -------
+    (C, H, W) float32 array
+        Three-class: background, interior, boundary probabilities. Binary: the particle
+        probability (C = 1).
+    """
+    once = _net_runner(net, target, device, bf16)
+
+    def run(tile: np.ndarray) -> np.ndarray:
+        return np.mean(_dihedral_views(once, tile), axis=0) if tta else once(tile)
+
+    return _tiled(run, np.asarray(image, np.float32), n_outputs(target), tile_px, overlap_px)
+
+
+def predict_with_agreement(
+    net: Any,
+    image: np.ndarray,
+    target: TargetKind,
+    *,
+    device: Any = "cpu",
+    bf16: bool = True,
+    tile_px: int = 1024,
+    overlap_px: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Test-time-augmented probabilities and how much the 8 views agree, per pixel.
+
+    Returns
+    -------
+    probs : (C, H, W) float32
+        As :func:`predict_probabilities` with ``tta=True``.
+    agreement : (H, W) float32 in [0.5, 1] (binary) or [1/3, 1] (three-class)
+        Share of the views whose most probable class is the most common one: 1 where every
+        orientation of the image gives the same answer.
+    """
+    once = _net_runner(net, target, device, bf16)
+    n_out = n_outputs(target)
+
+    def run(tile: np.ndarray) -> np.ndarray:
+        views = np.stack(_dihedral_views(once, tile))
+        if n_out == 1:
+            votes = (views[:, 0] > 0.5).mean(axis=0)
+            share = np.maximum(votes, 1.0 - votes)
+        else:
+            winners = views.argmax(axis=1)
+            share = np.max([(winners == c).mean(axis=0) for c in range(n_out)], axis=0)
+        return np.concatenate([views.mean(axis=0), share[None].astype(np.float32)])
+
+    out = _tiled(run, np.asarray(image, np.float32), n_out + 1, tile_px, overlap_px)
+    return out[:n_out], out[n_out]
+
+
+def to_model_scale(image: np.ndarray, pixel_size_nm: float | None, meta: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """``image`` resampled to the pixel size the model was trained at, and the factor used.
+
+    Unchanged (factor 1) when either pixel size is unknown or they differ by at most 5 %.
+    """
+    from skimage.transform import resize
+
+    train_px = meta.get("pixel_size_nm")
+    if not (pixel_size_nm and train_px and abs(pixel_size_nm / train_px - 1) > 0.05):
+        return image, 1.0
+    scale = pixel_size_nm / train_px
+    shape = (max(16, round(image.shape[0] * scale)), max(16, round(image.shape[1] * scale)))
+    return resize(image, shape, order=1, preserve_range=True, anti_aliasing=scale < 1).astype(np.float32), scale
+
+
+def segment_image(
+    net: Any,
+    meta: dict[str, Any],
+    image: np.ndarray,
+    config: SegmentConfig,
+    *,
+    pixel_size_nm: float | None = None,
+    device: Any = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Instance labels and probabilities of one image at its own size.
+
+    If the image's and the model's training pixel sizes are both known and differ by more than
+    5 %, the image is rescaled to the training pixel size for the network, the probabilities are
+    split into particles at that scale (so every ``*_px`` post-processing setting means what it
+    meant in training) and the labels and probabilities are resized back.
+
+    Returns
+    -------
+    labels : (H, W) uint16/uint32
+    probs : (C, H, W) float32
+    """
+    from skimage.transform import resize
+
+    kind = meta["target"]
+    work, scale = to_model_scale(image, pixel_size_nm, meta)
+    probs = predict_probabilities(net, work, kind, device=device, bf16=config.bf16,
+                                  tile_px=config.inference_tile_px, overlap_px=config.tile_overlap_px, tta=config.tta)
+    threshold = config.threshold if config.threshold != "auto" else float(meta.get("threshold", 0.5))
+    labels = instances_from_probabilities(probs, kind, config, threshold=threshold)
+    if scale == 1.0:
+        return labels, probs
+    probs = resize(probs, (probs.shape[0], *image.shape), order=1, preserve_range=True).astype(np.float32)
+    return resize_labels(labels, foreground_mask(probs, kind, threshold)), probs
+
+
+def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """RGB uint8: the micrograph with tinted particles and yellow outlines."""
+    from skimage.color import label2rgb
+    from skimage.segmentation import find_boundaries
+
+    rgb = label2rgb(labels, image=np.clip(image, 0, 1), alpha=0.2, bg_label=0, image_alpha=1.0)
+    rgb[find_boundaries(labels, mode="inner")] = (1.0, 0.9, 0.0)
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
+def segment_micrographs(
+    model_path: str | Path,
+    micrographs: list[Any],
+    out_dir: str | Path,
+    config: SegmentConfig | None = None,
+    *,
+    device: Any = "cpu",
+    probabilities: bool = False,
+    failures: list[dict[str, str]] | None = None,
+) -> list[dict[str, Any]]:
+    """Segment micrographs and write ``labels/``, ``binary/`` and ``overlays/`` into ``out_dir``.
+
+    Parameters
+    ----------
+    model_path : path-like
+        A model written by :func:`train`.
+    micrographs : list of nanoseg.io.Micrograph
+    out_dir : path-like
+    config : SegmentConfig, optional
+        Post-processing settings; default: the config stored in the model.
+    probabilities : bool
+        Also write ``probabilities/<stem>.tif``: the particle probability
+        (:func:`particle_probability`, float32), what ``nanoseg evaluate`` needs for the
+        paper protocol and for Youden's index.
+    failures : list, optional
+        When given, an image that cannot be segmented (a :class:`NanosegError`) is left out with
+        a warning and recorded here as ``{"image": path, "error": reason}``; without it, it raises.
+
+    Returns
+    -------
+    list of dict
+        Per image segmented: name, number of particles, seconds.
+    """
+    from nanoseg import io, nets
+    from nanoseg.runtime import progress
+
+    net, meta = nets.load(model_path, device)
+    if config is None:
+        config = SegmentConfig.model_validate(meta["config"])
+    out_dir = Path(out_dir)
+    summary = []
+    for mg in progress(micrographs, total=len(micrographs), desc="segment"):
+        t0 = time.perf_counter()
+        try:
+            labels, probs = segment_image(net, meta, mg.image, config, pixel_size_nm=mg.pixel_size_nm, device=device)
+        except NanosegError as exc:
+            io.skip_or_raise(failures, mg.path, exc)
+            continue
+        stem = Path(mg.path).stem
+        if probabilities:
+            io.write_tiff(out_dir / "probabilities" / f"{stem}.tif", particle_probability(probs, meta["target"]),
+                          pixel_size_nm=mg.pixel_size_nm)
+        io.write_tiff(out_dir / "labels" / f"{stem}.tif", labels, pixel_size_nm=mg.pixel_size_nm)
+        io.write_tiff(out_dir / "binary" / f"{stem}.tif", separated_binary(labels), pixel_size_nm=mg.pixel_size_nm)
+        io.write_png(out_dir / "overlays" / f"{stem}.png", overlay(mg.image, labels))
+        seconds = time.perf_counter() - t0
+        summary.append({"image": stem, "particles": int(labels.max()), "seconds": round(seconds, 2)})
+        logger.info("%s: %d particles (%.1f s)", stem, labels.max(), seconds)
+    if failures and not summary:
+        raise io.nothing_usable(failures)
+    return summary
+
+
