@@ -325,10 +325,19 @@ def score_seed(seed_run: dict[str, Any], truth: dict[str, tuple[np.ndarray, np.n
 
 
 def supervised_key(profile: str, smoke: bool, image_ids: tuple[str, ...], n_folds: int) -> dict[str, Any]:
-    """What the supervised reference depends on: a cached result is reused only when all of it matches."""
+    """What the supervised reference depends on: a cached result is reused only when all of it matches.
+
+    It keeps particles by the rules alone, so of the classify settings only the rules count.
+    """
+    import hashlib
+
+    from nanoseg.classify import RULE_SETTINGS
+
     config = bt._unet(bt.benchmark_config(profile, smoke=smoke))
+    rules = json.dumps(config.classify.model_dump(mode="json", include=set(RULE_SETTINGS)), sort_keys=True)
     return {"profile": profile, "smoke": smoke, "images": list(image_ids), "folds": min(n_folds, len(image_ids)),
-            "seed": config.seed, "segment": config.section_hash("segment"), "classify": config.section_hash("classify")}
+            "seed": config.seed, "segment": config.section_hash("segment"),
+            "classify_rules": hashlib.sha256(rules.encode()).hexdigest()[:16]}
 
 
 def cached_supervised(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:

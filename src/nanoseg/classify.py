@@ -34,6 +34,9 @@ logger = logging.getLogger("nanoseg.classify")
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 DECISION_COLUMNS = ["image", "label", "score", "kept", "reason"]
+#: The classify settings the rules read (:func:`rule_checks`); the rest configure the network.
+RULE_SETTINGS = ("exclude_border", "min_area_px", "max_area_px", "min_ecd_fraction", "min_solidity",
+                 "intensity_threshold", "min_mean_intensity")
 CHECKPOINT_NAME = "checkpoint.pt"
 
 

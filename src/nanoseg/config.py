@@ -262,7 +262,7 @@ class ClassifyConfig(_Section):
         True, description="Give kept and discarded particle pixels equal total weight in the training loss."
     )
     size_balance: bool = Field(
-        False, description="Weight the training loss so that within each particle-size bin kept and discarded "
+        True, description="Weight the training loss so that within each particle-size bin kept and discarded "
         "particles count equally: in fake pairs most small pieces are fragments of covered particles, and without "
         "it the network learns to discard small particles that are whole.")
     zoom_range: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
