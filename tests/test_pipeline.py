@@ -56,6 +56,28 @@ def test_config_change_redoes_that_stage_and_later(tmp_path, toy_stages):
     assert outcome == {"shapes": "skipped", "masks": "ran", "translate": "ran"}
 
 
+def test_inputs_count_by_content_not_by_modification_time(tmp_path, monkeypatch):
+    stages = (Stage("shapes", "pipeline_toy_stages:first", ("seed", "shapes"), ("outlines",)),
+              Stage("masks", "pipeline_toy_stages:second", ("seed", "masks")))
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(s.name for s in stages))
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        outlines = tmp_path / "outlines"
+        outlines.mkdir()
+        (outlines / "a.tif").write_bytes(b"outline a")
+        cfg = build_config({"data": {"outlines": str(outlines)}}, profile="demo")
+        run = tmp_path / "run"
+        pipeline.run_pipeline(cfg, run, check=False)
+        # The data folder unpacked again: same bytes, new times. The run goes on where it was.
+        os.utime(outlines / "a.tif", (1_000_000_000, 1_000_000_000))
+        assert set(pipeline.run_pipeline(cfg, run, check=False).values()) == {"skipped"}
+        (outlines / "a.tif").write_bytes(b"outline A")  # same size, other content
+        assert pipeline.run_pipeline(cfg, run, check=False) == {"shapes": "ran", "masks": "ran"}
+    finally:
+        sys.path.remove(str(Path(__file__).parent))
+
+
 def test_from_stage_and_force(tmp_path, toy_stages):
     cfg = build_config(profile="demo")
     pipeline.run_pipeline(cfg, tmp_path, check=False)

@@ -89,8 +89,14 @@ class StageContext:
         return self.run_dir / name
 
 
-def _fingerprint_inputs(config: Config, inputs: tuple[str, ...]) -> str:
-    """Names, sizes and modification times of the input files: cheap, and catches edits."""
+def _fingerprint_inputs(config: Config, inputs: tuple[str, ...], cache: dict[Path, str] | None = None) -> str:
+    """Names, sizes and contents (SHA-256) of the input files.
+
+    Contents rather than modification times: a data folder copied or unpacked again holds the
+    same data and must not make a finished run start over. ``cache`` (file -> digest) lets the
+    stages of one call read each file once.
+    """
+    cache = {} if cache is None else cache
     h = hashlib.sha256()
     for field_name in inputs:
         root = getattr(config.data, field_name)
@@ -101,10 +107,12 @@ def _fingerprint_inputs(config: Config, inputs: tuple[str, ...]) -> str:
         files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
         for p in files:
             try:
-                st = p.stat()
+                if p not in cache:
+                    cache[p] = _sha256(p)
+                size = p.stat().st_size
             except FileNotFoundError:
                 continue
-            h.update(f"{p.relative_to(root.parent)}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f"{p.relative_to(root.parent)}:{size}:{cache[p]}".encode())
     return h.hexdigest()[:16]
 
 
@@ -112,12 +120,13 @@ def stage_hashes(config: Config) -> dict[str, str]:
     """Hash of every stage, chained so that a change upstream makes everything after it stale."""
     out: dict[str, str] = {}
     previous = ""
+    digests: dict[Path, str] = {}
     for stage in STAGES:
         h = hashlib.sha256()
         h.update(stage.name.encode())
         h.update(previous.encode())
         h.update(config.section_hash(*stage.sections).encode())
-        h.update(_fingerprint_inputs(config, stage.inputs).encode())
+        h.update(_fingerprint_inputs(config, stage.inputs, digests).encode())
         previous = out[stage.name] = h.hexdigest()[:16]
     return out
 
