@@ -1,0 +1,200 @@
+"""Keep/discard classifier options on fixed segmentations: which particles each one keeps.
+
+For each seed folder of a finished ``benchmarks/workflow.py`` run, the keep/discard network is
+trained again on that run's fake pairs (``RUN/pairs``) with the run's classify settings plus one
+option at a time, and applied to the labels that ``nanoseg measure`` wrote for the 30 shared TiO2
+micrographs (``SEED/measure/segment/labels``). Segmentation, rules and images stay fixed, so the
+differences are the classifier's alone. Scored like the workflow benchmark: the kept particles
+against the particles the expert kept (count, mean/median/D10/D90 of min Feret and ECD), keep
+precision/recall against the manual classes, and keep recall by fifth of the expert's particle
+area (does a variant drop small whole particles?).
+
+Variants: ``base`` (the run's own classifier, not retrained), ``size`` (``size_balance``),
+``zoom`` (``zoom_range`` 0.6-1.6), named on the command line. A trained model is kept in
+``--work-dir`` and reused by a later call.
+
+    python benchmarks/classify_options.py --runs benchmarks/work/workflow_quick --seeds 0,1,2 --variants base,size
+
+Results: ``benchmarks/results/classify_options_<profile>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bam_tio2 as bt  # noqa: E402
+from workflow import expert_truth, keep_precision_recall, read_seed_outputs, size_table  # noqa: E402
+
+from nanoseg.atomic import write_json, write_text  # noqa: E402
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "size": {"size_balance": True},
+    "zoom": {"size_balance": False, "zoom_range": (0.6, 1.6)},
+    "plain": {"size_balance": False},
+}
+
+
+def recall_by_area(labels: dict[str, np.ndarray], kept: dict[str, np.ndarray],
+                   truth: dict[str, tuple[np.ndarray, np.ndarray]], n_bins: int = 5) -> list[dict[str, float]]:
+    """Keep recall of the expert-kept particles matched at IoU 0.5, per fifth of their area."""
+    from skimage.segmentation import relabel_sequential
+
+    from nanoseg.labels import label_binary
+    from nanoseg.metrics import iou_matrix, match_instances
+
+    areas, kept_flags = [], []
+    for i, (mask, expert_kept) in truth.items():
+        gt, _, inverse = relabel_sequential(label_binary(mask > 0, 1))
+        pred, _, pred_inverse = relabel_sequential(np.asarray(labels[i]))
+        g_idx, p_idx = match_instances(iou_matrix(pred, gt), 0.5)
+        expert_ids = set(np.unique(expert_kept)) - {0}
+        ours = set(np.unique(kept[i])) - {0}
+        gt_area = np.bincount(gt.ravel())
+        for g, p in zip(g_idx + 1, p_idx + 1):
+            if int(inverse[g]) in expert_ids:
+                areas.append(gt_area[g])
+                kept_flags.append(int(pred_inverse[p]) in ours)
+    areas, kept_flags = np.asarray(areas, float), np.asarray(kept_flags, bool)
+    edges = np.quantile(areas, np.linspace(0, 1, n_bins + 1))
+    rows = []
+    for k in range(n_bins):
+        inside = (areas >= edges[k]) & ((areas < edges[k + 1]) if k < n_bins - 1 else (areas <= edges[k + 1]))
+        rows.append({"area_px_from": float(edges[k]), "area_px_to": float(edges[k + 1]), "n": int(inside.sum()),
+                     "keep_recall": float(kept_flags[inside].mean()) if inside.any() else float("nan")})
+    return rows
+
+
+def run_variant(seed_dir: Path, variant: str, model_dir: Path, image_ids: tuple[str, ...],
+                truth: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    from nanoseg import classify, nets
+    from nanoseg.config import load_config
+    from nanoseg.io import read_micrograph
+
+    config = load_config(seed_dir / "run" / "config.yaml")
+    cfg = config.classify.model_copy(update=VARIANTS[variant])
+    t0 = time.perf_counter()
+    if variant == "base":
+        net, _ = nets.load(seed_dir / "run" / "classify" / "model.pt")
+        cfg = config.classify
+    elif (model_dir / "model.pt").is_file():
+        net, _ = nets.load(model_dir / "model.pt")
+    else:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        samples = classify.load_pair_samples(seed_dir / "run" / "pairs")
+        net, _ = classify.train_classifier(samples, cfg, checkpoint=model_dir / "checkpoint.pt", seed=config.seed)
+        nets.save(net, model_dir / "model.pt", meta={"task": "classify", "variant": variant,
+                                                     "options": {k: list(v) if isinstance(v, tuple) else v
+                                                                 for k, v in VARIANTS[variant].items()}})
+    train_s = time.perf_counter() - t0
+    labels, _, _ = read_seed_outputs(seed_dir / "measure", image_ids)
+    items = [(i, labels[i], (mg := read_micrograph(bt.DATA / "sem" / f"{i}.tif")).image, mg.pixel_size_nm)
+             for i in image_ids]
+    decisions = classify.classify_images(items, cfg, net=net)
+    kept = {}
+    for i in image_ids:
+        rows = decisions[(decisions["image"] == i) & decisions["kept"].astype(bool)]
+        kept[i] = np.where(np.isin(labels[i], rows["label"].to_numpy()), labels[i], 0)
+    from nanoseg.labels import label_binary
+
+    expert_kept = {i: truth[i][1] for i in image_ids}
+    sizes = size_table(kept, expert_kept, bt.pixel_size_nm())
+    keep = keep_precision_recall(labels, kept, {i: label_binary(truth[i][0] > 0, 1) for i in image_ids}, expert_kept)
+    return {"train_s": round(train_s, 1), "keep": keep, "sizes": sizes,
+            "recall_by_area": recall_by_area(labels, kept, truth)}
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [f"# Keep/discard classifier options on fixed segmentations ({results['profile']} profile)", "",
+             f"Made by `benchmarks/classify_options.py` on {results['date']}, commit {results['commit']}; "
+             f"{results['machine']}; load average at start {results['load_at_start']}. Run folders: "
+             f"`{results['runs']}/seed<S>` ({len(results['images'])} images); each variant's classifier is trained "
+             "on the run's fake pairs and applied to the labels its `nanoseg measure` wrote.", "",
+             "| seed | variant | kept / expert kept | count error | mean min Feret error | median min Feret error | "
+             "keep precision | keep recall | keep recall, smallest fifth | keep recall, largest fifth |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for seed, by_variant in results["seeds"].items():
+        for variant, r in by_variant.items():
+            s = next(x for x in r["sizes"] if x["descriptor"] == "min_feret_nm")
+            k, a = r["keep"], r["recall_by_area"]
+            lines.append(f"| {seed} | {variant} | {s['n_pred']} / {s['n_gt']} | {100 * s['count_rel_error']:+.1f} % | "
+                         f"{100 * s['mean_rel_error']:+.1f} % | {100 * s['median_rel_error']:+.1f} % | "
+                         f"{k['precision_matched']:.3f} | {k['recall_matched']:.3f} | {a[0]['keep_recall']:.2f} | "
+                         f"{a[-1]['keep_recall']:.2f} |")
+    lines += ["", "Keep precision/recall: of the predicted particles that match a manual particle at IoU 0.5 (the "
+              "keep/discard step alone). Size and count errors: kept particles against the particles the expert "
+              "kept, pooled over the images, border particles left out on both sides.", "",
+              "Mean over seeds:", "", "| variant | count error | mean min Feret error | median min Feret error | "
+              "keep recall |", "| --- | --- | --- | --- | --- |"]
+    for variant, m in results["mean"].items():
+        lines.append(f"| {variant} | {100 * m['count_rel_error']:+.1f} % | {100 * m['mean_rel_error']:+.1f} % | "
+                     f"{100 * m['median_rel_error']:+.1f} % | {m['recall_matched']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=bt.ROOT / "benchmarks" / "work" / "workflow_quick",
+                        help="Work folder of a workflow benchmark run (holds seed<S>/run and seed<S>/measure).")
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variants", default="base,size")
+    parser.add_argument("--work-dir", type=Path, default=bt.ROOT / "benchmarks" / "work" / "classify_options")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from nanoseg.runtime import configure_torch
+
+    configure_torch(None)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"error: unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
+    image_ids = bt.ALL_IDS
+    truth = expert_truth(image_ids)
+    load = os.getloadavg()
+    out = args.out or bt.RESULTS / f"classify_options_{args.profile}.md"
+    seeds: dict[int, dict[str, Any]] = {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        seeds[seed] = {}
+        for variant in variants:
+            result = run_variant(args.runs / f"seed{seed}", variant, args.work_dir / f"seed{seed}" / variant,
+                                 image_ids, truth)
+            seeds[seed][variant] = result
+            size = next(x for x in result["sizes"] if x["descriptor"] == "min_feret_nm")
+            print(f"seed {seed} {variant}: kept {size['n_pred']}, mean min Feret {size['mean_rel_error']:+.3f}, "
+                  f"keep recall {result['keep']['recall_matched']:.3f}", flush=True)
+    mean = {}
+    for variant in variants:
+        sizes = [next(x for x in seeds[s][variant]["sizes"] if x["descriptor"] == "min_feret_nm") for s in seeds]
+        mean[variant] = {k: float(np.mean([x[k] for x in sizes]))
+                         for k in ("count_rel_error", "mean_rel_error", "median_rel_error")}
+        mean[variant]["recall_matched"] = float(np.mean([seeds[s][variant]["keep"]["recall_matched"] for s in seeds]))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bt.ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    runs = args.runs.relative_to(bt.ROOT) if args.runs.is_relative_to(bt.ROOT) else args.runs
+    results = {"profile": args.profile, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+               "load_at_start": " / ".join(f"{v:.2f}" for v in load), "runs": str(runs), "images": list(image_ids),
+               "variants": {v: {k: list(x) if isinstance(x, tuple) else x for k, x in VARIANTS[v].items()}
+                            for v in variants},
+               "seeds": seeds, "mean": mean}
+    write_json(out.with_suffix(".json"), json.loads(json.dumps(results, default=float)))
+    write_text(out, render(results) + "\n")
+    print(render(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
