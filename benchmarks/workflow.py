@@ -310,6 +310,10 @@ def score_seed(seed_run: dict[str, Any], truth: dict[str, tuple[np.ndarray, np.n
     realism_json = run_dir / "pairs" / "realism.json"
     if realism_json.is_file():
         scored["realism"] = json.loads(realism_json.read_text())
+    rounds_json = run_dir / "adapt" / "rounds.json"
+    if rounds_json.is_file():
+        scored["adaptation"] = [{k: v for k, v in r.items() if k != "images"}
+                                for r in json.loads(rounds_json.read_text()).get("rounds", [])]
     run_summary = json.loads((run_dir / "measure" / "summary.json").read_text())
     measure_summary = json.loads((measure_dir / "summary.json").read_text())
     scored["consistency"] = {"run_n_kept": run_summary.get("n_kept"), "measure_n_kept": measure_summary.get("n_kept")}
@@ -545,6 +549,14 @@ def render_report(results: dict[str, Any]) -> str:
                             "artifact filter: dropped of fake particles", "keep precision (matched particles)",
                             "keep recall (matched particles)", "kept: `nanoseg run` / `nanoseg measure`",
                             "fake-vs-real classifier accuracy (0.5 = indistinguishable)"]), ""]
+    adapted = {s: r["adaptation"] for s, r in seeds.items() if r.get("adaptation")}
+    if adapted:
+        parts += ["## Self-training rounds (adapt)", ""]
+        rows = [[f"seed {s}", str(a["round"]), f"{a['pseudo_labelled']} of {a['particles']}",
+                 _fmt(a.get("ignored_fraction")), _fmt(a.get("synthetic_val_iou"))]
+                for s, rounds in adapted.items() for a in rounds]
+        parts += [_table(rows, ["", "round", "pseudo-labelled particles", "ignored share of pixels",
+                                "IoU on held-out synthetic pairs after the round"]), ""]
     parts += ["## Wall time and peak memory", "",
               "Stage times from the run folder's `.done.json` markers; peak RSS is the process's running maximum "
               "at the end of the stage.", ""]
