@@ -606,7 +606,7 @@ def readme_section(results: dict[str, Any], results_md: str) -> str:
         + (f" ({meta['note']})" if meta.get("note") else "") + ".",
         "",
         _table(rows, ["", f"annotation-free: mean +- sd over {n_seeds} seeds",
-                      f"supervised: UNet on the manual masks, {folds}-fold cross-validation" if sup
+                      f"supervised: UNet on the manual masks, {folds}-fold cross-validation, kept by the rules" if sup
                       else "supervised reference: not in this run"]),
     ]
     return "\n".join(text)
