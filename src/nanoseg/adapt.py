@@ -26,6 +26,7 @@ loss and validation IoU on the synthetic pairs) and ``round<k>/pseudo_labels.png
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from nanoseg.atomic import write_json
+from nanoseg.atomic import atomic_path, write_json
 from nanoseg.segment import IGNORE, make_target
 
 logger = logging.getLogger("nanoseg.adapt")
@@ -142,16 +143,16 @@ def run_stage(ctx: Any) -> None:
     out_dir = Path(ctx.out_dir)
     segment_dir = ctx.stage_dir("segment")
     model = segment_dir / "model.pt"
-    micrographs = load_micrographs(config.data)
     rounds: list[dict[str, Any]] = []
     if cfg.rounds == 0:
-        shutil.copyfile(model, out_dir / "model.pt")
+        _copy(model, out_dir / "model.pt")
         for sub in ("labels", "binary", "overlays"):
             if (segment_dir / sub).is_dir():
                 shutil.copytree(segment_dir / sub, out_dir / sub, dirs_exist_ok=True)
         write_json(out_dir / "rounds.json", {"rounds": rounds, "note": "adapt.rounds is 0: the segment stage's net"})
         ctx.log.info("adapt: off (adapt.rounds 0); passing on the segment stage's net and labels")
         return
+    micrographs = load_micrographs(config.data)
     synthetic = load_pairs(ctx.stage_dir("pairs"))
     area_range = prior_area_range(ctx.stage_dir("masks"), tuple(cfg.area_range))
     seg_cfg = config.segment.model_copy(update={"steps": cfg.steps, "learning_rate": cfg.learning_rate,
@@ -161,7 +162,7 @@ def run_stage(ctx: Any) -> None:
         round_dir.mkdir(parents=True, exist_ok=True)
         done = round_dir / "round.json"
         if (round_dir / "model.pt").is_file() and done.is_file():
-            rounds.append(_read_json(done))
+            rounds.append(json.loads(done.read_text()))
             model = round_dir / "model.pt"
             continue
         net, meta = nets.load(model, ctx.device)
@@ -189,8 +190,9 @@ def run_stage(ctx: Any) -> None:
                   pixel_size_nm=meta.get("pixel_size_nm"), extra=pseudo, extra_fraction=cfg.real_fraction,
                   init_from=model)
         else:  # nothing to learn from: the round keeps the net
-            shutil.copyfile(model, round_dir / "model.pt")
-        history = _read_json(round_dir / "history.json") if (round_dir / "history.json").is_file() else []
+            _copy(model, round_dir / "model.pt")
+        history_json = round_dir / "history.json"
+        history = json.loads(history_json.read_text()) if history_json.is_file() else []
         record = {"round": k, "pseudo_labelled": n_confident, "particles": n_particles,
                   "images_used": len(pseudo), "images": per_image,
                   "ignored_fraction": round(float(np.mean([r["ignored_fraction"] for r in per_image])), 4),
@@ -199,13 +201,12 @@ def run_stage(ctx: Any) -> None:
         write_json(done, record)
         rounds.append(record)
         model = round_dir / "model.pt"
-    shutil.copyfile(model, out_dir / "model.pt")
+    _copy(model, out_dir / "model.pt")
     summary = segment_micrographs(out_dir / "model.pt", micrographs, out_dir, config.segment, device=ctx.device)
     write_json(out_dir / "rounds.json", {"rounds": rounds, "images": summary,
                                          "area_range_px": list(area_range) if area_range else None})
 
 
-def _read_json(path: Path) -> Any:
-    import json
-
-    return json.loads(path.read_text())
+def _copy(source: Path, target: Path) -> None:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
