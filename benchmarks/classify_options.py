@@ -10,7 +10,8 @@ precision/recall against the manual classes, and keep recall by fifth of the exp
 area (does a variant drop small whole particles?).
 
 Variants: ``base`` (the run's own classifier, not retrained), ``size`` (``size_balance``),
-``zoom`` (``zoom_range`` 0.6-1.6), named on the command line. A trained model is kept in
+``contact`` (``size_balance`` and ``contact_balance``), ``zoom`` (``zoom_range`` 0.6-1.6),
+``plain`` (neither balance), named on the command line. A trained model is kept in
 ``--work-dir`` and reused by a later call.
 
     python benchmarks/classify_options.py --runs benchmarks/work/workflow_quick --seeds 0,1,2 --variants base,size
@@ -42,6 +43,7 @@ from nanoseg.atomic import write_json, write_text  # noqa: E402
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "size": {"size_balance": True},
+    "contact": {"size_balance": True, "contact_balance": True},
     "zoom": {"size_balance": False, "zoom_range": (0.6, 1.6)},
     "plain": {"size_balance": False},
 }

@@ -18,7 +18,7 @@ from nanoseg.classify import (  # noqa: E402
     masked_bce,
     predict_keep_probability,
     sample_batch,
-    size_balanced_weights,
+    balanced_weights,
     train_classifier,
 )
 from nanoseg.config import build_config  # noqa: E402
@@ -235,7 +235,7 @@ def _size_confounded_sample(size=160):
 def test_size_balanced_weights_equalise_classes_within_each_size_bin():
     sample = _size_confounded_sample()
     image, binary, keep = sample
-    (weight,) = size_balanced_weights([sample], n_bins=2)
+    (weight,) = balanced_weights([sample], n_bins=2)
     assert np.all(weight[binary == 0] == 0) and np.all(weight[binary > 0] > 0)
     from scipy import ndimage as ndi
 
@@ -253,8 +253,50 @@ def test_size_balanced_weights_equalise_classes_within_each_size_bin():
 
 def test_size_balanced_weights_clip_rare_classes():
     sample = _size_confounded_sample()
-    (weight,) = size_balanced_weights([sample], n_bins=2, max_weight=1.2)
+    (weight,) = balanced_weights([sample], n_bins=2, max_weight=1.2)
     assert weight.max() <= 1.2 + 1e-6 and weight[weight > 0].min() >= 1 / 1.2 - 1e-6
+
+
+def _contact_confounded_sample():
+    """Equal squares: pairs 1 px apart (one kept per three) and isolated ones (all kept)."""
+    size = 240
+    image = np.zeros((size, size), np.float32)
+    binary = np.zeros((size, size), np.uint8)
+    keep = np.zeros((size, size), np.uint8)
+    n = 0
+    for r in range(4, size - 30, 40):
+        for c in range(4, size - 60, 80):
+            binary[r:r + 16, c:c + 16] = 1
+            binary[r:r + 16, c + 17:c + 33] = 1  # touches its neighbour across a 1-px line
+            keep[r:r + 16, c:c + 16] = int(n % 3 == 0)
+            binary[r:r + 16, c + 50:c + 66] = 1  # isolated
+            keep[r:r + 16, c + 50:c + 66] = 1
+            n += 1
+    image[binary > 0] = 0.8
+    return image, binary, keep
+
+
+def test_contact_balanced_weights_equalise_classes_among_touching_particles():
+    from scipy import ndimage as ndi
+
+    from nanoseg.classify import _touching
+
+    sample = _contact_confounded_sample()
+    _, binary, keep = sample
+    labels, n = ndi.label(binary)
+    touching = _touching(labels, n)
+    assert touching.sum() == 2 * n // 3 and (~touching).sum() == n // 3
+    in_contact = np.isin(labels, np.flatnonzero(touching) + 1)
+    (plain,) = balanced_weights([sample], n_bins=1)
+    # Without contact cells the isolated (all kept) squares are reweighted together with the pairs.
+    assert not np.allclose(plain[(binary > 0) & ~in_contact], 1.0)
+    (weight,) = balanced_weights([sample], n_bins=1, by_contact=True)
+    kept_w = weight[in_contact & (keep > 0)].sum()
+    discarded_w = weight[in_contact & (keep == 0)].sum()
+    assert kept_w == pytest.approx(discarded_w, rel=1e-5)
+    assert weight[in_contact].sum() == pytest.approx(in_contact.sum(), rel=1e-5)
+    # Isolated squares are all kept: a cell with one class is left unweighted.
+    np.testing.assert_allclose(weight[(binary > 0) & ~in_contact], 1.0)
 
 
 def test_zoomed_tiles_keep_touching_particles_apart():
@@ -285,9 +327,11 @@ def test_zoom_range_off_gives_the_unzoomed_batch():
         np.testing.assert_array_equal(a, b)
 
 
-def test_size_balance_and_zoom_train(tmp_path):
+@pytest.mark.parametrize("options", [dict(size_balance=True, zoom_range=(0.7, 1.4)),
+                                     dict(size_balance=False, contact_balance=True)])
+def test_balanced_and_zoomed_training_runs(options):
     samples = [_size_confounded_sample()]
-    net, losses = train_classifier(samples, _cfg(size_balance=True, zoom_range=(0.7, 1.4)), steps=3)
+    net, losses = train_classifier(samples, _cfg(**options), steps=3)
     assert len(losses) == 3 and all(np.isfinite(losses))
 
 

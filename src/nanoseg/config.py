@@ -265,6 +265,10 @@ class ClassifyConfig(_Section):
         True, description="Weight the training loss so that within each particle-size bin kept and discarded "
         "particles count equally: in fake pairs most small pieces are fragments of covered particles, and without "
         "it the network learns to discard small particles that are whole.")
+    contact_balance: bool = Field(
+        False, description="Also balance kept and discarded particles among those touching another particle and "
+        "those that do not (within each size bin): in fake pairs most particles in contact are covered, and "
+        "without it whole top-layer particles of agglomerates are discarded.")
     zoom_range: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         (1.0, 1.0), description="Training tiles are magnified by a factor drawn log-uniformly from this range, so "
         "that particle size in pixels stops being a cue; (1, 1) turns it off.")
