@@ -49,7 +49,6 @@ import json
 import logging
 import platform
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -616,9 +615,9 @@ def _device_name() -> str:
 
 
 def _cpu_count() -> int:
-    import os
+    from nanoseg.runtime import available_cores
 
-    return os.cpu_count() or 1
+    return available_cores()
 
 
 def _finite(tree: Any) -> Any:

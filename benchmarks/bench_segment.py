@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from nanoseg.runtime import available_cores
 import yaml
 
 RESULTS = Path(__file__).resolve().parent / "results" / "segment.json"
@@ -114,7 +116,7 @@ def _worker(queue, *args) -> None:  # noqa: ANN001
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1],
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, available_cores()],
                         help="Torch thread counts to measure (on a shared machine 1 thread can be much faster).")
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)

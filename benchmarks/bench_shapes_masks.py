@@ -23,6 +23,7 @@ import numpy as np
 from nanoseg.atomic import write_json
 from nanoseg.config import build_config
 from nanoseg.masks import assemble_mask, calibrate_particle_count
+from nanoseg.runtime import available_cores
 from nanoseg.shapes import load_outlines, random_polygons, sample_shapes, train_wgan
 
 OUTLINES = Path(__file__).resolve().parents[1].parent / "shared/data/bam-tio2/outlines"
@@ -42,7 +43,7 @@ def main() -> None:
 
     import torch
 
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or available_cores())
     config = build_config(profile="quick")
     rng = np.random.default_rng(0)
     if OUTLINES.is_dir():

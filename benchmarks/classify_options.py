@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             text=True).stdout.strip()
     runs = args.runs.relative_to(bt.ROOT) if args.runs.is_relative_to(bt.ROOT) else args.runs
     results = {"profile": args.profile, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
-               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+               "machine": f"{platform.machine()}, {bt._cpu_count()} CPU cores",
                "load_at_start": " / ".join(f"{v:.2f}" for v in load), "runs": str(runs), "images": list(image_ids),
                "variants": {v: {k: list(x) if isinstance(x, tuple) else x for k, x in VARIANTS[v].items()}
                             for v in variants},

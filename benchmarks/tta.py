@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bt.ROOT, capture_output=True,
                             text=True).stdout.strip()
     results = {"profile": args.profile, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
-               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+               "machine": f"{platform.machine()}, {bt._cpu_count()} CPU cores",
                "load_at_start": " / ".join(f"{v:.2f}" for v in load),
                "work_dir": str(args.work_dir.relative_to(bt.ROOT)) if args.work_dir.is_relative_to(bt.ROOT)
                else str(args.work_dir), "images": list(image_ids), "seeds": seeds, "mean": mean}

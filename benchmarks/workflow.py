@@ -740,7 +740,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # wait for their subprocesses), each process with its share of the cores.
     env = None
     if args.jobs > 1:
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // args.jobs)))
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, bt._cpu_count() // args.jobs)))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {seed: pool.submit(run_seed, seed, args.profile, sets, data, work_dir / f"seed{seed}", env)
                    for seed in seeds}
@@ -763,7 +763,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "profile": args.profile, "smoke": args.smoke,
         "seeds": seeds, "images": list(image_ids), "commit": _commit(),
-        "machine": f"{platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} CPU cores, "
+        "machine": f"{platform.machine()}, Python {platform.python_version()}, {bt._cpu_count()} CPU cores, "
                    f"{bt._device_name()}",
         "load_at_start": " / ".join(f"{v:.2f}" for v in load) + " (1/5/15 min load average)",
         "jobs": args.jobs, "resumed": args.resume,

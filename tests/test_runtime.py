@@ -34,3 +34,32 @@ def test_peak_rss_grows_with_an_allocation():
     block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
     assert runtime.peak_rss_mb() >= before and runtime.peak_rss_mb() > 64
     del block
+
+
+def test_available_cores_follow_the_affinity_not_the_machine():
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    # A child pinned to one core (as taskset or a batch scheduler would) sees one core.
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from nanoseg.runtime import available_cores; print(available_cores())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"
+    assert 1 <= runtime.available_cores() <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(("text", "cpus"), [("200000 100000\n", 2.0), ("150000 100000", 1.5), ("max 100000", None),
+                                            ("garbage", None)])
+def test_cgroup_cpu_quota_is_read_from_cpu_max(tmp_path, text, cpus):
+    path = tmp_path / "cpu.max"
+    path.write_text(text)
+    assert runtime._cgroup_cpu_quota(str(path)) == cpus
+    assert runtime._cgroup_cpu_quota(str(tmp_path / "absent")) is None
+
+
+def test_a_container_quota_caps_the_cores(monkeypatch):
+    monkeypatch.setattr(runtime, "_cgroup_cpu_quota", lambda: 1.0)
+    assert runtime.available_cores() == 1

@@ -298,7 +298,7 @@ class Config(_Section):
     profile: Literal["demo", "quick", "paper"] = Field("quick", description="Profile the defaults came from.")
     seed: int = Field(0, ge=0, description="Seed for every random draw; the same seed repeats a run on the same machine.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device: CUDA when available with 'auto'.")
-    num_threads: int | None = Field(None, ge=1, description="Torch CPU threads; default: the number of cores.")
+    num_threads: int | None = Field(None, ge=1, description="Torch CPU threads; default: the cores this process may use (CPU affinity, container CPU quota).")
     data: DataConfig = Field(default_factory=DataConfig)
     shapes: ShapesConfig = Field(default_factory=ShapesConfig)
     masks: MasksConfig = Field(default_factory=MasksConfig)

@@ -88,8 +88,35 @@ def select_device(preference: str = "auto") -> Any:
     return torch.device(preference)
 
 
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (containers).
+
+    ``os.cpu_count()`` counts the machine's cores, which overstates them under ``taskset``, a
+    batch scheduler's affinity or a Docker ``--cpus`` limit; too many torch threads on too few
+    cores made training steps up to 20x slower.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota + 0.5)))
+    return max(1, cores)
+
+
+def _cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """CPUs granted by a cgroup v2 quota ("200000 100000" = 2), or None when unlimited or unknown."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
 def configure_torch(num_threads: int | None = None) -> None:
-    """Set torch's intra-op threads: ``num_threads``, else ``OMP_NUM_THREADS``, else every core.
+    """Set torch's intra-op threads: ``num_threads``, else ``OMP_NUM_THREADS``, else the available cores.
 
     On a machine shared with other jobs one thread can be much faster than all of them;
     ``OMP_NUM_THREADS=1`` or ``num_threads: 1`` in the config says so.
@@ -98,7 +125,7 @@ def configure_torch(num_threads: int | None = None) -> None:
 
     env_threads = os.environ.get("OMP_NUM_THREADS", "")
     threads = num_threads or (int(env_threads) if env_threads.isdigit() and int(env_threads) > 0 else None)
-    threads = threads or os.cpu_count() or 1
+    threads = threads or available_cores()
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
