@@ -31,6 +31,40 @@ def test_subcommand_help(group):
     assert "Usage" in res.stdout
 
 
+def test_help_paragraphs_wrap_to_the_terminal():
+    import os
+
+    wide = subprocess.run([sys.executable, "-c", "from nanoseg.cli import main; main()", "run", "--help"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "220"})
+    # One source paragraph spans three docstring lines; on a wide terminal it is one line.
+    assert "the exit status is then 1. --strict stops the run at the first such file, before any stage." in wide.stdout
+    # Examples keep their own lines.
+    assert "nanoseg run ../shared/data/bam-tio2 --out runs/tio2" in [line.strip() for line in wide.stdout.splitlines()]
+
+
+def test_reflow_joins_plain_paragraphs_and_keeps_indented_ones():
+    from nanoseg.cli.common import reflow
+
+    doc = """Summary line.
+
+    First paragraph
+    continues here.
+
+    Example:
+
+      nanoseg run a
+      nanoseg run b
+    """
+    assert reflow(doc) == "Summary line.\n\nFirst paragraph continues here.\n\nExample:\n\n  nanoseg run a\n  nanoseg run b"
+
+
+def test_version_prints_the_package_version():
+    from nanoseg import __version__
+
+    res = nanoseg("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"nanoseg {__version__}"
+
+
 def test_config_init_round_trips():
     res = nanoseg("config", "init", "--profile", "demo")
     assert res.returncode == 0

@@ -30,9 +30,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from nanoseg import __version__
+
+        typer.echo(f"nanoseg {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     from nanoseg.runtime import setup_logging
 
@@ -189,6 +199,7 @@ def _register_stage_commands() -> None:
 
 
 _register_stage_commands()
+common.reflow_help(app)
 
 
 def os_error_line(exc: OSError) -> str:

@@ -6,6 +6,7 @@ Nothing here imports torch: `nanoseg ... --help` stays instant.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import logging
 import os
@@ -34,6 +35,30 @@ StrictOpt = typer.Option(False, "--strict", help="Stop at the first micrograph t
 
 #: Written into an output folder by the command that owns it; a rerun clears only a folder marked so.
 OUT_MARKER = ".nanoseg-outputs.json"
+
+
+def reflow(doc: str) -> str:
+    """A docstring with each plain paragraph on one line, so that the help wraps to the terminal.
+
+    Paragraphs that start indented (examples, commands) keep their lines.
+    """
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if p.startswith((" ", "\b")) else " ".join(line.strip() for line in p.splitlines())
+                       for p in paragraphs)
+
+
+def reflow_help(app: typer.Typer) -> None:
+    """:func:`reflow` the docstring of every command of ``app`` and of its sub-apps.
+
+    Rich's help keeps a docstring's line breaks, which then fall mid-sentence on any terminal
+    wider or narrower than the source.
+    """
+    for info in app.registered_commands:
+        if info.callback is not None and info.callback.__doc__:
+            info.callback.__doc__ = reflow(info.callback.__doc__)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            reflow_help(group.typer_instance)
 
 
 def parse_length_nm(text: str) -> float:
