@@ -63,3 +63,36 @@ def test_cgroup_cpu_quota_is_read_from_cpu_max(tmp_path, text, cpus):
 def test_a_container_quota_caps_the_cores(monkeypatch):
     monkeypatch.setattr(runtime, "_cgroup_cpu_quota", lambda: 1.0)
     assert runtime.available_cores() == 1
+
+
+def test_progress_logs_a_line_per_tenth_when_stderr_is_a_file(monkeypatch, caplog):
+    import logging
+
+    monkeypatch.delenv("NANOSEG_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(runtime, "_interactive", lambda: False)
+    with caplog.at_level(logging.INFO, logger="nanoseg"):
+        items = list(runtime.progress(range(250), total=250, desc="segment"))
+    assert items == list(range(250))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("segment:")]
+    assert len(lines) == 10
+    assert lines[0].startswith("segment: 25/250 (10 %)") and "ETA" in lines[0]
+    assert lines[-1].startswith("segment: 250/250 (100 %)") and "ETA" not in lines[-1]
+
+
+def test_logged_progress_resumes_from_initial_and_counts_updates(caplog):
+    import logging
+
+    bar = runtime.LoggedProgress(total=100, desc="train", initial=50)
+    with caplog.at_level(logging.INFO, logger="nanoseg"):
+        for _ in range(50):
+            bar.update(1)
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train:")]
+    assert [line.split(" (")[0] for line in lines] == [f"train: {n}/100" for n in (60, 70, 80, 90, 100)]
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal(monkeypatch):
+    monkeypatch.delenv("NANOSEG_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(runtime, "_interactive", lambda: True)
+    bar = runtime.progress(range(3), total=3, desc="x")
+    assert not isinstance(bar, runtime.LoggedProgress) and list(bar) == [0, 1, 2]

@@ -189,8 +189,77 @@ _BF16_FALLBACK_LOGGED: list[bool] = []
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", **kwargs: Any) -> Iterator[T]:
-    """A tqdm progress bar with ETA on stderr; silent when NANOSEG_NO_PROGRESS is set."""
+    """Progress with ETA on stderr: a tqdm bar on a terminal (or in a notebook), else log lines.
+
+    When stderr goes to a file or a pipe (a batch job, ``2> run.log``), a bar's redraws would
+    fill the file, so one line is logged per tenth of the work instead. Silent when
+    NANOSEG_NO_PROGRESS is set.
+    """
     from tqdm.auto import tqdm
 
     disable = bool(os.environ.get("NANOSEG_NO_PROGRESS"))
+    if not disable and not _interactive():
+        return LoggedProgress(iterable, total=total, desc=desc, initial=kwargs.get("initial", 0))
     return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def _interactive() -> bool:
+    import sys
+
+    return "ipykernel" in sys.modules or bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+class LoggedProgress:
+    """Progress for log files: one INFO line per ``every`` (a fraction) of the work, with ETA.
+
+    Iterate over it, or call :meth:`update` and :meth:`close`, like a tqdm bar. Without a
+    total, a line per minute.
+    """
+
+    def __init__(self, iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
+                 initial: int = 0, every: float = 0.1) -> None:
+        import time
+
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        self.iterable, self.total, self.desc, self.n = iterable, total, desc or "progress", initial
+        self._start_n, self._every, self._t0 = initial, every, time.monotonic()
+        self._logged_at = self._bucket(initial)
+        self._last_log = self._t0
+
+    def _bucket(self, n: int) -> int:
+        return int(n / self.total / self._every + 1e-9) if self.total else 0
+
+    def __iter__(self) -> Iterator[T]:
+        assert self.iterable is not None, "LoggedProgress without an iterable: call update()"
+        for item in self.iterable:
+            yield item
+            self.update(1)
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.n += n
+        now = time.monotonic()
+        if self.total:
+            bucket = self._bucket(self.n)
+            if bucket > self._logged_at:
+                self._logged_at = bucket
+                self._log(now)
+        elif now - self._last_log >= 60:
+            self._log(now)
+
+    def close(self) -> None:
+        """Nothing to flush (each line is logged when due); here so callers treat it like a tqdm bar."""
+
+    def _log(self, now: float) -> None:
+        from tqdm import tqdm
+
+        self._last_log = now
+        elapsed = now - self._t0
+        done = self.n - self._start_n
+        text = f"{self.desc}: {self.n}" + (f"/{self.total} ({100 * self.n / self.total:.0f} %)" if self.total else "")
+        text += f", {tqdm.format_interval(elapsed)} elapsed"
+        if self.total and done > 0 and self.n < self.total:
+            text += f", ETA {tqdm.format_interval(elapsed / done * (self.total - self.n))}"
+        logger.info(text)
