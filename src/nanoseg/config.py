@@ -118,9 +118,11 @@ class MasksConfig(_Section):
 class TranslateConfig(_Section):
     """Stages 3-4: translate fake masks into fake micrographs, filter artifacts, write training pairs."""
 
-    method: Literal["cyclegan", "render"] = Field(
+    method: Literal["cyclegan", "render", "refine"] = Field(
         "render", description="The physics-inspired SEM renderer (no training; real substrate from the micrographs), "
-        "or a CycleGAN trained masks -> micrographs (the paper's path, the 'paper' default).")
+        "a CycleGAN trained masks -> micrographs (the paper's path, the 'paper' default), or 'refine': the "
+        "renderer, then a CycleGAN trained rendered -> real micrographs with an input-output skip, so that it "
+        "only learns what the renderer misses.")
     substrate: Literal["real", "synthetic"] = Field(
         "real", description="Renderer: quilt the substrate from the micrographs' own particle-free areas (real), "
         "or draw smooth synthetic noise.")
@@ -143,7 +145,11 @@ class TranslateConfig(_Section):
     cycle_weight: float = Field(10.0, ge=0, description="Weight of the cycle-consistency loss.")
     identity_weight: float = Field(0.5, ge=0, description="Weight of the identity loss (relative to cycle_weight).")
     disc_noise_sd: float = Field(0.0, ge=0, description="Sd of Gaussian noise added to discriminator inputs.")
-    generator_skip: bool = Field(False, description="Add the input to the generators' output (input-output skip).")
+    generator_skip: bool = Field(False, description="Add the input to the generators' output (input-output skip); "
+                                 "always on with method 'refine'.")
+    generator_upsample: Literal["transpose", "resize"] = Field(
+        "resize", description="Generators' upsampling: nearest-neighbour resize + 3x3 convolution, which leaves no "
+        "checkerboard, or the reference implementation's transposed convolutions (a 4-px grid pattern).")
     asymmetric_loss: bool = Field(False, description="BCE for the cycle towards masks and L1 towards images.")
     n_pairs: int = Field(200, ge=1, description="Training pairs (fake micrograph + mask) to generate.")
     pair_format: Literal["npz", "tiff"] = Field(

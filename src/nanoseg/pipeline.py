@@ -318,7 +318,7 @@ def check_inputs(config: Config, *, failures: list[dict[str, str]] | None = None
             raise NanosegError(f"{config.data.outlines}: the WGAN needs at least 2 outlines, found "
                                f"{len(outlines)} (add outlines, or set shapes.source: polygon)")
     micrographs = load_micrographs(config.data, strict=failures is None, failures=failures)
-    if config.translate.method == "cyclegan":
+    if config.translate.method in ("cyclegan", "refine"):
         tile = config.translate.tile_size_px
         for mg in micrographs:
             if min(mg.image.shape) < tile:

@@ -28,10 +28,10 @@ def train(
     device: Optional[str] = common.DeviceOpt,
     pixel_size: Optional[str] = common.PixelSizeOpt,
 ) -> None:
-    """Train the CycleGAN masks <-> micrographs (or fit the SEM renderer with translate.method=render).
+    """Train the CycleGAN masks <-> micrographs, or fit the SEM renderer (translate.method=render), or both (refine).
 
-    Writes mask_to_image.pt and image_to_mask.pt (or renderer.json), losses.csv/png and sample
-    grids into OUT. Run the same command again to resume an interrupted training.
+    Writes mask_to_image.pt and image_to_mask.pt (or renderer.json; refine writes both), losses.csv/png
+    and sample grids into OUT. Run the same command again to resume an interrupted training.
 
     Example:
 
@@ -63,7 +63,7 @@ def generate(
 ) -> None:
     """Translate fake masks into fake micrographs, filter artifact particles and write N training pairs.
 
-    The translator (CycleGAN or renderer) is taken from what MODEL holds. Writes pair_XXXX.npz,
+    The translator (CycleGAN, renderer, or renderer + refining CycleGAN) is taken from what MODEL holds. Writes pair_XXXX.npz,
     manifest.csv, filter.json (dropped instances per pair) and contact_sheet.png.
 
     Example:
@@ -80,10 +80,22 @@ def generate(
     if not (has_gan or has_renderer):
         raise NanosegError(f"{model}: neither {MASK_TO_IMAGE} nor {RENDERER} found (run `nanoseg translate train` first)")
     cfg = common.resolve_config(config, profile, sets, seed, device, None)
-    # Use whichever translator the folder holds; the config decides only when it holds both.
-    if has_gan != has_renderer:
-        cfg.translate.method = "cyclegan" if has_gan else "render"
     dev = common.prepare_torch(cfg)
+    # Use whichever translator the folder holds: a generator trained on rendered images needs the
+    # renderer before it (refine); with a mask generator and a renderer the config decides.
+    if has_gan:
+        from nanoseg import nets
+
+        refines = nets.load(model / MASK_TO_IMAGE)[1].get("input") == "rendered micrograph"
+        if refines and not has_renderer:
+            raise NanosegError(f"{model}: {MASK_TO_IMAGE} refines rendered images but {RENDERER} is missing "
+                               "(copy the whole translate folder)")
+        if refines:
+            cfg.translate.method = "refine"
+        elif not has_renderer or cfg.translate.method == "refine":
+            cfg.translate.method = "cyclegan"
+    else:
+        cfg.translate.method = "render"
     from nanoseg.translate import make_pairs
 
     summary = make_pairs(cfg, masks, model, out, dev, n_pairs=n)

@@ -45,6 +45,10 @@ class ResnetGenerator(nn.Module):
     skip : bool
         Add the input to the last layer's pre-activation (input-output skip), so that the
         network only has to learn a correction of its input. Needs ``in_channels == out_channels``.
+    upsample : {'transpose', 'resize'}
+        Stride-2 transposed convolutions (the reference implementation), or nearest-neighbour
+        resizing followed by a 3x3 convolution (Odena et al. 2016), which cannot paint the
+        checkerboard that uneven kernel overlap leaves on a 4-px grid.
 
     Notes
     -----
@@ -52,10 +56,12 @@ class ResnetGenerator(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, width: int = 64, n_res_blocks: int = 9,
-                 skip: bool = False) -> None:
+                 skip: bool = False, upsample: str = "transpose") -> None:
         super().__init__()
         if skip and in_channels != out_channels:
             raise ValueError("skip needs in_channels == out_channels")
+        if upsample not in ("transpose", "resize"):
+            raise ValueError(f"upsample must be 'transpose' or 'resize', not {upsample!r}")
         self.skip = skip
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
@@ -69,11 +75,12 @@ class ResnetGenerator(nn.Module):
             ch *= 2
         layers += [_ResBlock(ch) for _ in range(n_res_blocks)]
         for _ in range(2):
-            layers += [
-                nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=True),
-                nn.InstanceNorm2d(ch // 2),
-                nn.ReLU(inplace=True),
-            ]
+            if upsample == "transpose":
+                layers.append(nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=True))
+            else:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                           nn.Conv2d(ch, ch // 2, 3, bias=True)]
+            layers += [nn.InstanceNorm2d(ch // 2), nn.ReLU(inplace=True)]
             ch //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_channels, 7)]
         self.body = nn.Sequential(*layers)

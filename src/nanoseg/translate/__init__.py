@@ -2,7 +2,9 @@
 
 Stage 3 (``translate``) either trains a CycleGAN (Zhu et al. 2017) between the domain of fake
 binary masks (A) and the domain of real micrographs (B), on random tiles and without any paired
-data, or fits the parameters of the physics-inspired SEM renderer (:mod:`nanoseg.render`).
+data, or fits the parameters of the physics-inspired SEM renderer (:mod:`nanoseg.render`), or
+(``refine``) fits the renderer and trains the CycleGAN from rendered fakes (A) to real micrographs,
+so that the generator only has to learn what the renderer misses.
 
 Stage 4 (``pairs``) translates every fake mask into a fake micrograph, drops "artifact"
 particles that did not become visible in the fake image (:func:`filter_artifacts`) and writes
@@ -70,16 +72,18 @@ from nanoseg.translate.translators import (
     RENDERER,
     SUBSTRATE,
     GanTranslator,
+    RefineTranslator,
     RenderTranslator,
     fit_renderer,
+    load_renderer,
     load_translator,
 )
 
 __all__ = [
     "CHECKPOINT", "IMAGE_TO_MASK", "LOSS_PLOT", "MASK_TO_IMAGE", "MAX_TRAIN_MASKS", "RENDERER", "SUBSTRATE",
-    "THRESHOLD_METHODS", "CycleGAN", "FakeMask", "GanTranslator", "ImagePool", "RenderTranslator",
+    "THRESHOLD_METHODS", "CycleGAN", "FakeMask", "GanTranslator", "ImagePool", "RefineTranslator", "RenderTranslator",
     "apply_generator", "artifact_threshold", "filter_artifacts", "fit_renderer", "from_net", "gan_segment",
-    "gan_segment_instances", "generate_pairs", "iter_pairs", "load_fake_masks", "load_translator", "lr_factor",
+    "gan_segment_instances", "generate_pairs", "iter_pairs", "load_fake_masks", "load_renderer", "load_translator", "lr_factor",
     "make_pairs", "overlay", "read_pair", "run_pairs_stage", "run_train_stage", "to_net",
     "train_cyclegan", "train_translator", "write_contact_sheet", "write_pair", "write_realism", "write_sample_grid",
 ]

@@ -169,7 +169,7 @@ class CycleGAN:
         self.device = torch.device(device)
         rng = rng if rng is not None else np.random.default_rng()
         gen = {"in_channels": 1, "out_channels": 1, "width": cfg.generator_width, "n_res_blocks": cfg.n_res_blocks,
-               "skip": cfg.generator_skip}
+               "skip": cfg.generator_skip, "upsample": cfg.generator_upsample}
         disc = {"in_channels": 1, "width": cfg.discriminator_width, "n_layers": _disc_layers(cfg.tile_size_px)}
         self.g_ab = nets.create("resnet_generator", **gen).to(self.device)
         self.g_ba = nets.create("resnet_generator", **gen).to(self.device)
@@ -360,13 +360,16 @@ def train_cyclegan(
     device: Any = "cpu",
     rng: np.random.Generator | None = None,
     meta: dict[str, Any] | None = None,
+    binary_a: bool = True,
 ) -> CycleGAN:
     """Train a CycleGAN between fake masks and real micrographs; resumes from ``out_dir``.
 
     Parameters
     ----------
     masks : sequence of (H, W) arrays
-        Fake binary masks (bool or 0/1).
+        Domain A: fake binary masks (bool or 0/1), or with ``binary_a=False`` images in
+        [0, 1] (rendered fake micrographs: the generator then only learns what the renderer
+        misses).
     images : sequence of (H, W) float arrays in [0, 1]
         Real micrographs, info bar cropped, particles bright.
     cfg : nanoseg.config.TranslateConfig
@@ -379,6 +382,8 @@ def train_cyclegan(
         Random source of tile crops and pools.
     meta : dict, optional
         Extra metadata saved with the generators.
+    binary_a : bool
+        Whether domain A is binary (kept as bool to save memory) or grey.
 
     Returns
     -------
@@ -397,7 +402,8 @@ def train_cyclegan(
         raise NanosegError("translate: no fake masks to train on (run the masks stage first)")
     if not images:
         raise NanosegError("translate: no real micrographs to train on (check data.images)")
-    masks = [np.asarray(m) > 0 for m in masks]  # bool: 1/4 of the memory of float32
+    # Binary masks as bool: 1/4 of the memory of float32.
+    masks = [np.asarray(m) > 0 if binary_a else np.asarray(m, dtype=np.float32) for m in masks]
     images = [np.asarray(im, dtype=np.float32) for im in images]
     tile = cfg.tile_size_px
     # Fixed tiles for the sample grids, drawn before any resume so they are the same each time.
@@ -445,7 +451,8 @@ def train_cyclegan(
     write_sample_grid(model, sample_a, sample_b, out_dir / "samples" / f"step_{model.step:06d}.png")
     base_meta = {"tile_size_px": tile, "steps": model.step, "domain": "[-1, 1] inside the net; [0, 1] outside",
                  "particles": "bright", **(meta or {})}
-    nets.save(model.g_ab, out_dir / MASK_TO_IMAGE, {**base_meta, "input": "binary mask", "output": "micrograph"})
+    source = "binary mask" if binary_a else "rendered micrograph"
+    nets.save(model.g_ab, out_dir / MASK_TO_IMAGE, {**base_meta, "input": source, "output": "micrograph"})
     nets.save(model.g_ba, out_dir / IMAGE_TO_MASK, {**base_meta, "input": "micrograph", "output": "mask probability"})
     ckpt_path.unlink(missing_ok=True)  # the generators are saved; Adam state is no longer needed
     return model

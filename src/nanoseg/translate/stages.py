@@ -20,7 +20,7 @@ from nanoseg.errors import NanosegError
 from nanoseg.translate.cyclegan import train_cyclegan
 from nanoseg.translate.fakemasks import load_fake_masks
 from nanoseg.translate.pairs import generate_pairs
-from nanoseg.translate.translators import fit_renderer, load_translator
+from nanoseg.translate.translators import fit_renderer, load_renderer, load_translator
 
 logger = logging.getLogger("nanoseg.translate")
 
@@ -33,7 +33,7 @@ def _median_pixel_size(micrographs: Sequence[Any]) -> float | None:
 
 
 def train_translator(config: Any, masks_dir: str | Path, out_dir: str | Path, device: Any = "cpu") -> None:
-    """Train the CycleGAN or fit the SEM renderer (per ``config.translate.method``) into ``out_dir``.
+    """Train the CycleGAN, fit the SEM renderer, or both (per ``config.translate.method``) into ``out_dir``.
 
     Parameters
     ----------
@@ -57,12 +57,21 @@ def train_translator(config: Any, masks_dir: str | Path, out_dir: str | Path, de
         raise NanosegError(f"data.images: no micrographs found in {config.data.images}")
     fake_masks = load_fake_masks(masks_dir)
     images = [m.image for m in micrographs]
-    if cfg.method == "render":
+    if cfg.method in ("render", "refine"):
         fit_renderer(images, fake_masks, out_dir, seed=config.seed, substrate=cfg.substrate)
-        return
+        if cfg.method == "render":
+            return
     meta = {"pixel_size_nm": _median_pixel_size(micrographs), "dark_particles_inverted": config.data.dark_particles}
     # A random subset of the tiles gives enough variety for random crops and bounds the memory.
     chosen = np.sort(rng.choice(len(fake_masks), size=min(len(fake_masks), MAX_TRAIN_MASKS), replace=False))
+    if cfg.method == "refine":
+        # Domain A is the renderer's output: the generator (with a skip) learns only the residual realism.
+        render = load_renderer(out_dir, cfg)
+        domain_a = render([fake_masks[int(i)].instances for i in chosen],
+                          [np.random.default_rng([config.seed, int(i)]) for i in chosen])
+        train_cyclegan(domain_a, images, cfg.model_copy(update={"generator_skip": True}), out_dir, device, rng,
+                       {**meta, "renderer": "renderer.json"}, binary_a=False)
+        return
     masks = [fake_masks[int(i)].instances > 0 for i in chosen]
     train_cyclegan(masks, images, cfg, out_dir, device, rng, meta)
 

@@ -2,8 +2,10 @@
 
 :class:`GanTranslator` runs the CycleGAN's trained mask -> image generator,
 :class:`RenderTranslator` the physics-inspired SEM renderer (:mod:`nanoseg.render`), optionally
-on real substrate patches. :func:`fit_renderer` is stage 3 with ``translate.method=render``; it
-writes what :func:`load_translator` reads back.
+on real substrate patches, and :class:`RefineTranslator` the renderer followed by a CycleGAN
+generator trained rendered -> real (``translate.method=refine``). :func:`fit_renderer` is stage
+3 with ``translate.method=render`` (and its first half with ``refine``); it writes what
+:func:`load_renderer` and :func:`load_translator` read back.
 """
 
 from __future__ import annotations
@@ -64,23 +66,47 @@ class RenderTranslator:
         return out
 
 
-def load_translator(translate_dir: str | Path, cfg: Any, device: Any = "cpu") -> GanTranslator | RenderTranslator:
+class RefineTranslator:
+    """Mask -> rendered micrograph -> refined micrograph (renderer, then a trained generator)."""
+
+    def __init__(self, render: RenderTranslator, generator: Any, device: Any = "cpu", bf16: bool = False,
+                 batch_size: int = 4) -> None:
+        self.render = render
+        self.generator = generator
+        self.device = device
+        self.bf16 = bf16
+        self.batch_size = batch_size
+
+    def __call__(self, instances: Sequence[np.ndarray], rngs: Sequence[np.random.Generator]) -> list[np.ndarray]:
+        return apply_generator(self.generator, self.render(instances, rngs), self.device, self.bf16, self.batch_size)
+
+
+def load_renderer(translate_dir: str | Path, cfg: Any) -> RenderTranslator:
+    """The SEM renderer fitted by the translate stage in ``translate_dir`` (with its real substrate, if any)."""
+    from nanoseg.render import RenderParams, SubstrateBank
+
+    path = Path(translate_dir) / RENDERER
+    if not path.is_file():
+        raise NanosegError(f"{path}: renderer parameters not found (run the translate stage first)")
+    # The translate stage writes the patches only when the real substrate was asked for and found.
+    bank_path = Path(translate_dir) / SUBSTRATE
+    substrate = SubstrateBank.load(bank_path) if bank_path.is_file() else None
+    return RenderTranslator(_params_from_json(RenderParams, json.loads(path.read_text())), substrate,
+                            cfg.render_variation)
+
+
+def load_translator(translate_dir: str | Path, cfg: Any,
+                    device: Any = "cpu") -> GanTranslator | RenderTranslator | RefineTranslator:
     """The translator a finished translate stage left in ``translate_dir``, per ``cfg.method``."""
     translate_dir = Path(translate_dir)
     if cfg.method == "render":
-        path = translate_dir / RENDERER
-        if not path.is_file():
-            raise NanosegError(f"{path}: renderer parameters not found (run the translate stage first)")
-        from nanoseg.render import RenderParams, SubstrateBank
-
-        # The translate stage writes the patches only when the real substrate was asked for and found.
-        bank_path = translate_dir / SUBSTRATE
-        substrate = SubstrateBank.load(bank_path) if bank_path.is_file() else None
-        return RenderTranslator(_params_from_json(RenderParams, json.loads(path.read_text())), substrate,
-                                cfg.render_variation)
+        return load_renderer(translate_dir, cfg)
     from nanoseg import nets
 
     generator, _ = nets.load(translate_dir / MASK_TO_IMAGE, device)
+    if cfg.method == "refine":
+        return RefineTranslator(load_renderer(translate_dir, cfg), generator, device, bf16=cfg.bf16,
+                                batch_size=max(1, cfg.batch_size))
     return GanTranslator(generator, device, bf16=cfg.bf16, batch_size=max(1, cfg.batch_size))
 
 
