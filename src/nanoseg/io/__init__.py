@@ -1,0 +1,86 @@
+"""Reading and writing micrographs, masks and label images, with their pixel size.
+
+Every micrograph enters the workflow through :func:`read_micrograph`: a 2-D float32 image in
+[0, 1] with the instrument's info bar cropped off, plus the pixel size in nm and where it came
+from. Formats: TIFF (8/16/32-bit integer, float), PNG, JPEG, BMP; RGB(A) is converted to gray.
+
+Pixel size, first found wins:
+
+1. an explicit override (``data.pixel_size_nm``, ``--pixel-size``);
+2. the vendor metadata that RosettaSciIO's TIFF reader understands (Zeiss tag 34118,
+   FEI/Thermo Fisher tag 34682, Olympus, JEOL, Hitachi, ImageJ in microns, ...);
+3. OME-TIFF ``PhysicalSizeX`` (+ ``PhysicalSizeXUnit``, default µm);
+4. ImageJ resolution tags with the ``unit=`` of the ImageJ description (nm, micron, ...);
+5. baseline TIFF resolution tags in centimetres;
+6. a Hitachi or JEOL text file beside the image (same name, ``.txt``), for any image format.
+
+Inch-based resolution tags are print settings (72 dpi and the like), never a pixel size, and are
+ignored. Without any of these a warning is logged and sizes are reported in px.
+
+The package's modules: :mod:`nanoseg.io.read` (the :class:`Micrograph`, listing and loading a
+run's images, reading one, bit-depth scaling with :func:`to_float01`, the raw TIFF and Pillow
+readers, info bar detection), :mod:`nanoseg.io.pixel_size` (the search above:
+:func:`read_pixel_size_nm`, :func:`pixel_size_with_source`, :data:`UNIT_NM`),
+:mod:`nanoseg.io.annotations` (masks, label images, :func:`read_annotation`) and
+:mod:`nanoseg.io.write` (:func:`write_tiff`, :func:`write_png`); ``_common`` holds the logger
+and helpers they share. Everything is imported from ``nanoseg.io`` itself.
+"""
+
+from nanoseg.io._common import logger
+from nanoseg.io.annotations import (
+    ANNOTATION_KINDS,
+    AnnotationKind,
+    looks_antialiased,
+    read_annotation,
+    read_labels,
+    read_mask,
+)
+from nanoseg.io.pixel_size import UNIT_NM, pixel_size_with_source, read_pixel_size_nm
+from nanoseg.io.read import (
+    BLANK_STD,
+    IMAGE_SUFFIXES,
+    MIN_SIDE_PX,
+    Micrograph,
+    bits_for_max,
+    bright_fraction,
+    detect_info_bar,
+    list_images,
+    load_micrographs,
+    nothing_usable,
+    read_micrograph,
+    read_micrographs,
+    read_raw,
+    skip_or_raise,
+    to_float01,
+)
+from nanoseg.io.write import write_png, write_tiff
+
+__all__ = [
+    "ANNOTATION_KINDS",
+    "BLANK_STD",
+    "IMAGE_SUFFIXES",
+    "MIN_SIDE_PX",
+    "UNIT_NM",
+    "AnnotationKind",
+    "Micrograph",
+    "bits_for_max",
+    "bright_fraction",
+    "detect_info_bar",
+    "list_images",
+    "load_micrographs",
+    "logger",
+    "looks_antialiased",
+    "nothing_usable",
+    "pixel_size_with_source",
+    "read_annotation",
+    "read_labels",
+    "read_mask",
+    "read_micrograph",
+    "read_micrographs",
+    "read_pixel_size_nm",
+    "read_raw",
+    "skip_or_raise",
+    "to_float01",
+    "write_png",
+    "write_tiff",
+]

@@ -1,0 +1,75 @@
+"""Stage 7: calibrated particle measurements, number-based size distributions and the report.
+
+The particles of each label image are measured by :mod:`nanoseg.particles` (its docstring
+states the geometry conventions: Feret diameters, perimeter, ECD); this module pools them
+into size distributions with bootstrap confidence intervals, applies the classify
+decisions, and writes the tables, figures, overlays and the HTML report.
+
+The package's modules: :mod:`nanoseg.measure.distributions` (size statistics: descriptor
+columns, the log-normal fit, the bootstrap confidence intervals, :func:`size_summary`, the EC
+definition check and the KS comparison), :mod:`nanoseg.measure.figures` (histograms,
+comparison plots and the kept/discarded overlays) and :mod:`nanoseg.measure.stage` (joining
+the classify decisions, writing the results and the report, the pipeline stage
+:func:`run_stage`, :func:`measure_files` for ``nanoseg measure`` and
+:func:`read_particles_csv`). Everything is imported from ``nanoseg.measure`` itself.
+"""
+
+from nanoseg.measure.distributions import (
+    BOOTSTRAP_RESAMPLES,
+    EC_LIMIT_NM,
+    MAIN_DESCRIPTORS,
+    MIN_IMAGES_CLUSTER_BOOTSTRAP,
+    MIN_PARTICLES_STABLE_MEDIAN,
+    bootstrap_ci,
+    compare_distributions,
+    descriptor_column,
+    ec_definition_check,
+    fit_lognormal,
+    median_window,
+    pooled_statistics,
+    resample_counts,
+    size_summary,
+)
+from nanoseg.measure.figures import DISCARDED_RGB, KEPT_RGB, overlay_kept, plot_comparison, plot_histogram
+from nanoseg.measure.stage import (
+    join_decisions,
+    left_out_warning,
+    logger,
+    measure_files,
+    pixel_size_source,
+    read_particles_csv,
+    run_stage,
+    size_prior_fallbacks,
+    write_results,
+)
+
+__all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "DISCARDED_RGB",
+    "EC_LIMIT_NM",
+    "KEPT_RGB",
+    "MAIN_DESCRIPTORS",
+    "MIN_IMAGES_CLUSTER_BOOTSTRAP",
+    "MIN_PARTICLES_STABLE_MEDIAN",
+    "bootstrap_ci",
+    "compare_distributions",
+    "descriptor_column",
+    "ec_definition_check",
+    "fit_lognormal",
+    "join_decisions",
+    "left_out_warning",
+    "logger",
+    "measure_files",
+    "median_window",
+    "overlay_kept",
+    "pixel_size_source",
+    "plot_comparison",
+    "plot_histogram",
+    "pooled_statistics",
+    "read_particles_csv",
+    "resample_counts",
+    "run_stage",
+    "size_prior_fallbacks",
+    "size_summary",
+    "write_results",
+]
