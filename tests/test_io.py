@@ -18,6 +18,7 @@ from nanoseg.io import (
     list_images,
     load_micrographs,
     looks_antialiased,
+    pixel_size_with_source,
     read_annotation,
     read_labels,
     read_mask,
@@ -182,6 +183,21 @@ def test_write_tiff_round_trips_pixel_size(tmp_path, dtype):
     assert read_pixel_size_nm(path) == pytest.approx(7.34375, rel=1e-6)
     np.testing.assert_array_equal(tifffile.imread(path), data)
     assert not list(tmp_path.glob(".*"))  # no temporary left behind
+
+
+def test_write_tiff_ome_labels_carry_the_physical_pixel_size(tmp_path):
+    labels = np.zeros((40, 50), np.int32)
+    labels[5:10, 5:12] = 70_000  # beyond uint16: ImageJ TIFF could not hold it
+    labels[20:30, 20:30] = 3
+    path = write_tiff(tmp_path / "labels.tif", labels, pixel_size_nm=7.34, ome=True)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome and not tif.is_imagej
+        pixels = tif.ome_metadata.split("<Pixels ")[1].split(">")[0]
+    assert 'PhysicalSizeX="7.34"' in pixels and 'PhysicalSizeXUnit="nm"' in pixels
+    assert 'PhysicalSizeY="7.34"' in pixels and 'Type="int32"' in pixels
+    assert pixel_size_with_source(path) == (pytest.approx(7.34), "ome")
+    np.testing.assert_array_equal(read_labels(path), labels)
+    assert not list(tmp_path.glob(".*"))
 
 
 def test_write_tiff_bool_is_0_255(tmp_path):

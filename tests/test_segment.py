@@ -225,6 +225,10 @@ def test_segment_micrographs_writes_probabilities_that_evaluate_reads(tmp_path):
     prob = tifffile.imread(tmp_path / "seg" / "probabilities" / "x.tif")
     labels = tifffile.imread(tmp_path / "seg" / "labels" / "x.tif")
     assert prob.dtype == np.float32 and prob.shape == labels.shape == image.shape
+    # Label images are OME-TIFF with their physical pixel size (Fiji, napari, QuPath).
+    from nanoseg.io import pixel_size_with_source
+
+    assert pixel_size_with_source(tmp_path / "seg" / "labels" / "x.tif") == (2.0, "ome")
     assert 0.0 <= prob.min() < prob.max() <= 1.0
     (tmp_path / "gt").mkdir()
     tifffile.imwrite(tmp_path / "gt" / "x_m.tif", (inst > 0).astype(np.uint8) * 255)

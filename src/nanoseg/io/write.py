@@ -13,13 +13,16 @@ from nanoseg.atomic import atomic_path
 # --------------------------------------------------------------------------- writing
 
 
-def write_tiff(path: str | Path, array: np.ndarray, pixel_size_nm: float | None = None) -> Path:
+def write_tiff(path: str | Path, array: np.ndarray, pixel_size_nm: float | None = None, *, ome: bool = False) -> Path:
     """Write a 2-D array as TIFF, atomically, with the pixel size as resolution tags.
 
     uint8, uint16 and float32 images are written ImageJ-style (resolution in px per micron,
     ``unit=micron``), so Fiji and :func:`read_pixel_size_nm` read the pixel size back; other
-    dtypes get baseline TIFF resolution tags in centimetres. bool arrays are written as uint8 0/255.
-    The data is zlib-compressed (lossless).
+    dtypes get baseline TIFF resolution tags in centimetres. With ``ome=True`` the file is an
+    OME-TIFF instead (any integer or float dtype; ``PhysicalSizeX/Y`` in nm in its OME-XML, plus
+    the centimetre tags), which Fiji (Bio-Formats), napari's OME readers and QuPath open at the
+    right scale: the format for label images, whose int32 ImageJ cannot hold. bool arrays are
+    written as uint8 0/255. The data is zlib-compressed (lossless).
     """
     import tifffile
 
@@ -30,7 +33,9 @@ def write_tiff(path: str | Path, array: np.ndarray, pixel_size_nm: float | None 
     if array.dtype == np.float64:
         array = array.astype(np.float32)
     kwargs: dict[str, Any] = {"compression": "zlib"}
-    imagej = array.dtype in (np.uint8, np.uint16, np.float32) and array.ndim == 2
+    imagej = array.dtype in (np.uint8, np.uint16, np.float32) and array.ndim == 2 and not ome
+    if ome:
+        kwargs.update(ome=True, metadata={"axes": "YX"})
     if pixel_size_nm is not None:
         if not (np.isfinite(pixel_size_nm) and pixel_size_nm > 0):
             raise ValueError(f"pixel_size_nm must be positive and finite, got {pixel_size_nm}")
@@ -40,6 +45,10 @@ def write_tiff(path: str | Path, array: np.ndarray, pixel_size_nm: float | None 
         else:
             px_per_cm = 1e7 / pixel_size_nm
             kwargs.update(resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER")
+        if ome:
+            size = float(pixel_size_nm)
+            kwargs["metadata"].update(PhysicalSizeX=size, PhysicalSizeXUnit="nm", PhysicalSizeY=size,
+                                      PhysicalSizeYUnit="nm")
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, array, **kwargs)
     return path

@@ -283,7 +283,7 @@ def segment_micrographs(
         if probabilities:
             io.write_tiff(out_dir / "probabilities" / f"{stem}.tif", particle_probability(probs, meta["target"]),
                           pixel_size_nm=mg.pixel_size_nm)
-        io.write_tiff(out_dir / "labels" / f"{stem}.tif", labels, pixel_size_nm=mg.pixel_size_nm)
+        io.write_tiff(out_dir / "labels" / f"{stem}.tif", labels, pixel_size_nm=mg.pixel_size_nm, ome=True)
         io.write_tiff(out_dir / "binary" / f"{stem}.tif", separated_binary(labels), pixel_size_nm=mg.pixel_size_nm)
         io.write_png(out_dir / "overlays" / f"{stem}.png", overlay(mg.image, labels))
         seconds = time.perf_counter() - t0
