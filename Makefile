@@ -17,8 +17,9 @@ $(BIN)/nanoseg: pyproject.toml
 
 venv: $(BIN)/nanoseg
 
+# One test process per core (-n auto): the tests run one torch thread each.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 demo: venv
 	$(BIN)/nanoseg demo --out $(DEMO_DIR)

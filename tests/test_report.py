@@ -6,6 +6,7 @@ import base64
 from html.parser import HTMLParser
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from nanoseg.classify import counting_rule
@@ -141,3 +142,61 @@ def test_report_escapes_text():
     html_text = render_report({"n_images": 0, "ec_definition": {"statement": "a < b"}}, pd.DataFrame({"image": []}))
     assert "a &lt; b" in html_text
     assert _parse(html_text).tables >= 2
+
+
+# --------------------------------------------------------------------------- in a real browser
+
+_PAGE_STATE = """
+const doc = document.documentElement;
+const box = e => e.getBoundingClientRect();
+return {
+  images: [...document.images].map(i => ({loaded: i.complete && i.naturalWidth > 0, width: box(i).width,
+                                          right: box(i).right})),
+  tables: [...document.querySelectorAll('table')].map(t => ({width: box(t).width, height: box(t).height,
+                                                             visible: t.checkVisibility()})),
+  page_width: doc.scrollWidth, window_width: doc.clientWidth,
+};
+"""
+
+
+def _chromium():
+    """A headless Chromium driven by Selenium, or a skip when Chromium is not installed."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        pytest.skip("Chromium and ChromeDriver not installed (Debian: apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    # The flags keep Chromium off the network (closed here) and out of a sandbox a container lacks.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+def test_report_shows_every_image_and_table_in_a_browser_without_overflow(tmp_path):
+    _results(tmp_path)
+    browser = _chromium()
+    try:
+        for width in (1280, 800):  # a laptop, and a narrow window
+            browser.set_window_size(width, 900)
+            browser.get((tmp_path / "report.html").as_uri())
+            state = browser.execute_script(_PAGE_STATE)
+            assert len(state["images"]) == 7 and len(state["tables"]) == 5
+            assert all(img["loaded"] and img["width"] > 100 for img in state["images"]), state["images"]
+            assert all(t["visible"] and t["width"] > 0 and t["height"] > 0 for t in state["tables"])
+            # Nothing wider than the window: no sideways scrolling of the page itself.
+            assert state["page_width"] <= state["window_width"], (width, state["page_width"])
+            assert all(img["right"] <= state["window_width"] + 1 for img in state["images"])
+        shot = tmp_path / "report.png"
+        browser.save_screenshot(str(shot))
+    finally:
+        browser.quit()
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.width > 700 and np.asarray(im.convert("L")).std() > 10  # something was drawn

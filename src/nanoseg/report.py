@@ -28,6 +28,7 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.85em; }
+div.table { overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
 th { background: #f0f0f0; } td.text { text-align: left; }
 .figs img { max-width: 48%; margin: 0.5%; } .overlay img { max-width: 100%; }
@@ -78,7 +79,8 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_column
             f'<td class="text">{_fmt(v)}</td>' if i in text_columns else f"<td>{_fmt(v)}</td>" for i, v in enumerate(row)
         )
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # Wide tables (the particle list) scroll inside their box instead of widening the page.
+    return f"<div class='table'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def _interval(ci: Sequence[float] | None) -> str | None:
