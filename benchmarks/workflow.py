@@ -271,7 +271,8 @@ def score_images(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray] | N
     out: dict[str, Any] = {}
     strict = evaluate_predictions({i: labels[i] for i in image_ids}, gts, "strict",
                                   score_maps={i: probs[i] for i in image_ids} if probs else None)
-    out["strict"] = {"mean": summary_row(strict), "images": strict.to_dict(orient="records")}
+    out["strict"] = {"mean": summary_row(strict), "images": strict.to_dict(orient="records"),
+                     "missed": missed_breakdown(labels, gts)}
     if probs:
         paper = evaluate_predictions({i: probs[i] for i in image_ids}, gts, "paper")
         out["paper"] = {"mean": summary_row(paper), "threshold": paper.attrs.get("threshold"),
@@ -281,6 +282,19 @@ def score_images(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray] | N
     out["keep"] = keep_precision_recall(labels, kept, {i: label_binary(gts[i] > 0, 1) for i in image_ids},
                                         expert_kept)
     return out
+
+
+def missed_breakdown(labels: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, int]:
+    """Why the manual particles without a match were missed, summed over the images (:func:`missed_causes`)."""
+    from nanoseg.labels import label_binary
+    from nanoseg.metrics import missed_causes
+
+    total: dict[str, int] = {}
+    for i, mask in masks.items():
+        rows = min(mask.shape[0], labels[i].shape[0])  # the manual masks may lack the info bar's rows
+        for key, n in missed_causes(labels[i][:rows], label_binary(mask[:rows] > 0, 1)).items():
+            total[key] = total.get(key, 0) + n
+    return total
 
 
 def read_seed_outputs(measure_dir: Path, image_ids: tuple[str, ...]) -> tuple[dict, dict, dict]:
@@ -544,11 +558,12 @@ def render_report(results: dict[str, Any]) -> str:
                      f"({filt.get('threshold_method', '-')})",
                      _fmt(keep["precision_matched"]), _fmt(keep["recall_matched"]),
                      f"{r['consistency']['run_n_kept']} / {r['consistency']['measure_n_kept']}",
-                     _fmt(r.get("realism", {}).get("classifier_accuracy"))])
+                     _fmt(r.get("realism", {}).get("classifier_accuracy")), _missed_text(r["strict"].get("missed"))])
     parts += [_table(rows, ["", "F1 on held-out synthetic pairs", "F1 on the real images",
                             "artifact filter: dropped of fake particles", "keep precision (matched particles)",
                             "keep recall (matched particles)", "kept: `nanoseg run` / `nanoseg measure`",
-                            "fake-vs-real classifier accuracy (0.5 = indistinguishable)"]), ""]
+                            "fake-vs-real classifier accuracy (0.5 = indistinguishable)",
+                            "manual particles missed at IoU 0.5: merged with another / not found / outline off"]), ""]
     adapted = {s: r["adaptation"] for s, r in seeds.items() if r.get("adaptation")}
     if adapted:
         parts += ["## Self-training rounds (adapt)", ""]
@@ -573,6 +588,13 @@ def render_report(results: dict[str, Any]) -> str:
                   "magenta), written to " + ", ".join(f"`{p}`" for p in results["overlays"]) + ". They show the "
                   "CC BY-NC-ND micrographs and are not committed: run the script to see them.", ""]
     return "\n".join(parts)
+
+
+def _missed_text(missed: dict[str, int] | None) -> str:
+    if not missed or not missed.get("n_gt"):
+        return "-"
+    n = missed["n_gt"]
+    return " / ".join(f"{100 * missed[k] / n:.0f} %" for k in ("merged", "not_found", "outline")) + f" of {n}"
 
 
 #: Rows of the README's summary table.

@@ -324,3 +324,23 @@ def test_size_distribution_agreement_by_hand():
     assert M.default_size_columns(pred, gt) == ["ecd_px"]
     with pytest.raises(NanosegError, match="missing"):
         M.size_distribution_agreement(pred, gt, ["area_px"])
+
+
+def test_missed_causes_name_why_each_particle_was_missed():
+    from nanoseg.metrics import missed_causes
+
+    gt = np.zeros((40, 80), np.int32)
+    gt[2:12, 2:12] = 1  # found exactly
+    gt[2:12, 20:30] = 2  # 2 and 3 touch and are found as one particle
+    gt[2:12, 30:40] = 3
+    gt[25:35, 2:12] = 4  # nothing there in the prediction
+    gt[25:35, 40:50] = 5  # found, but shifted too far for IoU > 0.5
+    pred = np.zeros_like(gt)
+    pred[2:12, 2:12] = 7
+    pred[2:12, 20:40] = 9
+    pred[25:35, 45:55] = 3
+    out = missed_causes(pred, gt)
+    assert out == {"n_gt": 5, "matched": 1, "merged": 2, "not_found": 1, "outline": 1}
+    assert missed_causes(np.zeros_like(gt), gt) == {"n_gt": 5, "matched": 0, "merged": 0, "not_found": 5,
+                                                     "outline": 0}
+    assert missed_causes(gt, np.zeros_like(gt))["n_gt"] == 0

@@ -67,6 +67,19 @@ def test_score_images_perfect_prediction():
     assert scored["keep"]["precision"] == scored["keep"]["recall"] == 1.0
     head = workflow.headline(scored)
     assert head["strict_f1"] == 1.0 and head["count_rel_error"] == 0
+    n = int(EXPERT.max())
+    assert scored["strict"]["missed"] == {"n_gt": n, "matched": n, "merged": 0, "not_found": 0, "outline": 0}
+
+
+def test_missed_breakdown_counts_merges_across_images():
+    # Two touching particles of the manual mask found as one, in each of two images.
+    mask = np.zeros((40, 60), bool)
+    mask[5:20, 5:20] = mask[5:20, 21:36] = True
+    merged = np.zeros((40, 60), np.int32)
+    merged[5:20, 5:36] = 1
+    out = workflow.missed_breakdown({"a": merged, "b": merged}, {"a": mask, "b": mask})
+    assert out == {"n_gt": 4, "matched": 0, "merged": 4, "not_found": 0, "outline": 0}
+    assert workflow._missed_text(out) == "100 % / 0 % / 0 % of 4"
 
 
 def test_aggregate_mean_and_sample_sd_over_seeds():

@@ -15,7 +15,9 @@ Metric families
   both directions, so that missed particles count too).
 - Detection: :func:`detection_scores` (precision, recall, F1, AP = TP / (TP + FP + FN) as in the
   Data Science Bowl 2018 and StarDist, and the panoptic quality split SQ x RQ = PQ of Kirillov
-  et al. 2019) at one IoU threshold, :func:`mean_average_precision` over IoU 0.5:0.95.
+  et al. 2019) at one IoU threshold, :func:`mean_average_precision` over IoU 0.5:0.95, and
+  :func:`missed_causes` (each missed ground-truth particle: merged with another, not found, or
+  outlined too far off).
 - ISBI 2012 (Arganda-Carreras et al. 2015): :func:`rand_scores` / :func:`rand_error`
   (foreground-restricted Rand F-score), :func:`information_scores` / :func:`information_error`
   (foreground-restricted VI F-score), both optionally after :func:`thin_borders`, and
@@ -117,6 +119,7 @@ from nanoseg.metrics.instance import (
     instance_iou,
     match_instances,
     mean_average_precision,
+    missed_causes,
     outline_area_px,
     symmetric_instance_iou,
 )
@@ -136,7 +139,7 @@ from nanoseg.metrics.warping import (
 __all__ = [
     "AP_IOU_THRESHOLDS", "NEIGHBOUR_OFFSETS", "PAPER_THRESHOLDS", "SIMPLE_POINTS", "WarpingResult",
     "check_same_shape", "contingency_table", "default_size_columns", "detection_scores", "image_iou",
-    "information_error", "information_scores", "instance_iou", "iou_matrix", "labels_to_binary", "match_instances",
+    "information_error", "information_scores", "instance_iou", "iou_matrix", "labels_to_binary", "match_instances", "missed_causes",
     "mean_average_precision", "outline_area_px", "paper_watershed", "pixel_error", "pixel_f_score", "rand_error",
     "rand_scores", "remove_diagonal_contacts", "size_distribution_agreement", "split_merge_counts",
     "symmetric_instance_iou", "thin_borders", "warping_error", "youden_index",

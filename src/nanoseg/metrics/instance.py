@@ -196,6 +196,48 @@ def detection_scores(pred_labels: np.ndarray, gt_labels: np.ndarray, iou_thresho
     }
 
 
+def missed_causes(pred_labels: np.ndarray, gt_labels: np.ndarray, iou_threshold: float = 0.5,
+                  covered: float = 0.5, missed: float = 0.3) -> dict[str, int]:
+    """Why the ground-truth particles without a match at ``iou_threshold`` were missed.
+
+    Each unmatched ground-truth particle falls in one class, from the predicted particle that
+    covers most of it: ``merged`` when that particle covers more than ``covered`` of it and
+    more than ``covered`` of another ground-truth particle too (two particles found as one);
+    ``not_found`` when no predicted particle covers ``missed`` of it; else ``outline`` (found,
+    but split or outlined too far off for the IoU). Unlike :func:`split_merge_counts`, which
+    counts every touch, a class here needs most of a particle, so it says what an F1 loses.
+
+    Returns
+    -------
+    dict
+        ``n_gt``, ``matched``, ``merged``, ``not_found``, ``outline`` (the last four sum to
+        ``n_gt``).
+    """
+    from nanoseg.metrics.overlap import contingency_table
+
+    check_same_shape(pred_labels, gt_labels, "missed_causes")
+    gt, pred = consecutive_labels(gt_labels), consecutive_labels(pred_labels)
+    n_gt = int(gt.max(initial=0))
+    out = {"n_gt": n_gt, "matched": 0, "merged": 0, "not_found": 0, "outline": 0}
+    if n_gt == 0:
+        return out
+    inter = contingency_table(pred, gt)[1:, 1:].toarray()  # (n_gt, n_pred) pixels in common
+    gt_area = np.bincount(gt.ravel(), minlength=n_gt + 1)[1:]
+    share = inter / np.maximum(gt_area, 1)[:, None]  # share of each truth particle each prediction covers
+    matched = np.zeros(n_gt, bool)
+    if share.shape[1]:
+        matched[match_instances(iou_matrix(pred, gt), iou_threshold)[0]] = True
+    for g in range(n_gt):
+        if matched[g]:
+            out["matched"] += 1
+        elif share.shape[1] == 0 or share[g].max() < missed:
+            out["not_found"] += 1
+        else:
+            best = share[:, share[g].argmax()]
+            out["merged" if best[g] > covered and (np.delete(best, g) > covered).any() else "outline"] += 1
+    return out
+
+
 def mean_average_precision(pred_labels: np.ndarray, gt_labels: np.ndarray,
                            iou_thresholds: Sequence[float] = AP_IOU_THRESHOLDS) -> float:
     """AP = TP / (TP + FP + FN) averaged over IoU thresholds 0.5, 0.55, ..., 0.95.
