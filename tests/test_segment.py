@@ -170,14 +170,14 @@ def test_training_steps_lower_the_loss(manual_pairs, tmp_path, kind):
     assert labels.shape == pairs[0].image.shape
 
 
-def _noisy_disc_pairs() -> tuple[list[Pair], np.ndarray, np.ndarray]:
-    """Three noisy copies of a two-disc image: (pairs, instances, clean image)."""
+def _noisy_disc_pairs(prefix: str = "p") -> tuple[list[Pair], np.ndarray, np.ndarray]:
+    """Three noisy copies of a two-disc image named ``<prefix><i>``: (pairs, instances, clean image)."""
     rng = np.random.default_rng(0)
     inst = np.zeros((64, 64), np.int32)
     inst[disk((20, 20), 8)] = 1
     inst[disk((40, 44), 10)] = 2
     image = (inst > 0).astype(np.float32) * 0.6 + 0.2
-    pairs = [Pair(image + rng.normal(0, 0.05, image.shape).astype(np.float32), inst, f"p{i}") for i in range(3)]
+    pairs = [Pair(image + rng.normal(0, 0.05, image.shape).astype(np.float32), inst, f"{prefix}{i}") for i in range(3)]
     return pairs, inst, image
 
 

@@ -1,4 +1,4 @@
-"""``nanoseg segment``: train the segmentation network, segment micrographs, export to ONNX.
+"""``nanoseg segment``: train the segmentation network, segment micrographs, export to ONNX or bioimage.io.
 
 Nothing heavy is imported at module level so that ``--help`` stays instant.
 """
@@ -116,16 +116,42 @@ def predict(
 @app.command()
 def export(
     model: Path = typer.Argument(..., help="Model written by `nanoseg segment train` (model.pt)."),
-    onnx: Path = typer.Option(..., "--onnx", help="Output ONNX file."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Output ONNX file (--format onnx)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx, or bioimageio: a bioimage.io model package (zip) "
+                            "with TorchScript and ONNX weights, test tensors, cover and documentation."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file: the .onnx or the package .zip."),
+    sample: Optional[Path] = typer.Option(None, "--sample", help="bioimageio: micrograph whose centre crop is the "
+                                          "package's test input (default: synthetic discs)."),
 ) -> None:
-    """Export a segmentation model to ONNX (input 'image' N x 1 x H x W, any H and W; output 'probabilities').
+    """Export a segmentation model to ONNX or as a bioimage.io model package.
+
+    ONNX: input 'image' N x 1 x H x W, any H and W; output 'probabilities'. bioimageio: a zip
+    (spec format 0.5) whose weights output the class probabilities; nanoseg's watershed is not
+    part of it (needs `pip install "nanoseg[bioimageio]"`).
 
     Example:
 
       nanoseg segment export seg-model/model.pt --onnx seg-model/model.onnx
-    """
-    from nanoseg.segment import export_onnx
 
+      nanoseg segment export seg-model/model.pt --format bioimageio --out seg-model/nanoseg.zip
+    """
+    if fmt not in ("onnx", "bioimageio"):
+        raise NanosegError(f"--format {fmt}: use onnx or bioimageio")
+    if onnx is not None and (fmt != "onnx" or out is not None):
+        raise NanosegError("--onnx names the output of --format onnx alone; give --out instead")
+    if fmt == "onnx" and sample is not None:
+        raise NanosegError("--sample is for --format bioimageio")
+    target = onnx or out
+    if target is None:
+        raise NanosegError("no output file: give --out")
     if not model.is_file():
         raise NanosegError(f"{model}: model file not found (train one with `nanoseg segment train`)")
-    typer.echo(f"onnx: {export_onnx(model, onnx)}")
+    if fmt == "onnx":
+        from nanoseg.segment import export_onnx
+
+        typer.echo(f"onnx: {export_onnx(model, target)}")
+        return
+    from nanoseg.segment.bioimageio import export_bioimageio, require_bioimageio
+
+    require_bioimageio()  # before loading torch and the model: the missing package is the first thing to say
+    typer.echo(f"bioimage.io package: {export_bioimageio(model, target, sample=sample)}")
