@@ -297,16 +297,19 @@ def missed_breakdown(labels: dict[str, np.ndarray], masks: dict[str, np.ndarray]
     return total
 
 
-def read_seed_outputs(measure_dir: Path, image_ids: tuple[str, ...]) -> tuple[dict, dict, dict]:
-    """Labels, probability maps and kept labels that ``nanoseg measure`` wrote."""
+def read_seed_outputs(measure_dir: Path, image_ids: tuple[str, ...], probabilities: bool = True) -> tuple[dict, ...]:
+    """Labels, probability maps (unless ``probabilities`` is False) and kept labels that ``nanoseg measure`` wrote."""
     import tifffile
 
     from nanoseg.io import read_labels
 
     labels = {i: read_labels(measure_dir / "segment" / "labels" / f"{i}.tif") for i in image_ids}
+    kept = kept_from_decisions(labels, measure_dir / "decisions.csv")
+    if not probabilities:
+        return labels, kept
     probs = {i: tifffile.imread(measure_dir / "segment" / "probabilities" / f"{i}.tif").astype(np.float32)
              for i in image_ids}
-    return labels, probs, kept_from_decisions(labels, measure_dir / "decisions.csv")
+    return labels, probs, kept
 
 
 def score_seed(seed_run: dict[str, Any], truth: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
