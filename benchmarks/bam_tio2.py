@@ -380,10 +380,13 @@ def baseline_b_simulated_workflow(config: Config, work_dir: Path) -> BaselineRun
     device = _device(config)
     micrographs, labels = segment_validation(run_dir / "segment" / "model.pt", config, device, run)
     with stage(run.stages, f"keep/discard ({config.classify.method})"):
-        classifier = None
+        classifier, classify_cfg = None, config.classify
         if config.classify.method == "network":
-            classifier, _ = nets.load(run_dir / "classify" / "model.pt", device)
-        run.kept = keep_discard(labels, micrographs, config.classify, net=classifier, device=device)
+            from nanoseg.classify import resolve_threshold
+
+            classifier, meta = nets.load(run_dir / "classify" / "model.pt", device)
+            classify_cfg = resolve_threshold(classify_cfg, meta)
+        run.kept = keep_discard(labels, micrographs, classify_cfg, net=classifier, device=device)
     run.notes = (f"{config.segment.architecture} {config.segment.steps} steps on {config.translate.n_pairs} "
                  f"simulated pairs ({config.translate.method}), classifier {config.classify.method}, "
                  f"profile {config.profile}, {device}")

@@ -9,9 +9,12 @@ against the particles the expert kept (count, mean/median/D10/D90 of min Feret a
 precision/recall against the manual classes, and keep recall by fifth of the expert's particle
 area (does a variant drop small whole particles?).
 
-Variants: ``base`` (the run's own classifier, not retrained), ``size`` (``size_balance``),
+Variants: ``base`` (the run's own classifier, not retrained), ``base_auto`` (the run's own
+classifier with its score threshold calibrated on the last tenth of its pairs: in-sample for a run
+whose classifier trained on all of them, a cheap preview of ``auto``), ``size`` (``size_balance``),
 ``contact`` (``size_balance`` and ``contact_balance``), ``zoom`` (``zoom_range`` 0.6-1.6),
-``plain`` (neither balance), named on the command line. A trained model is kept in
+``plain`` (neither balance), ``auto`` (``score_threshold`` 'auto': retrained without its held-out
+pairs, threshold calibrated on them), named on the command line. A trained model is kept in
 ``--work-dir`` and reused by a later call.
 
     python benchmarks/classify_options.py --runs benchmarks/work/workflow_quick --seeds 0,1,2 --variants base,size
@@ -42,6 +45,8 @@ from nanoseg.atomic import write_json, write_text  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
+    "base_auto": {},
+    "auto": {"score_threshold": "auto"},
     "size": {"size_balance": True},
     "contact": {"size_balance": True, "contact_balance": True},
     "zoom": {"size_balance": False, "zoom_range": (0.6, 1.6)},
@@ -88,18 +93,26 @@ def run_variant(seed_dir: Path, variant: str, model_dir: Path, image_ids: tuple[
     config = load_config(seed_dir / "run" / "config.yaml")
     cfg = config.classify.model_copy(update=VARIANTS[variant])
     t0 = time.perf_counter()
-    if variant == "base":
-        net, _ = nets.load(seed_dir / "run" / "classify" / "model.pt")
-        cfg = config.classify
+    calibration = None
+    if variant in ("base", "base_auto"):
+        net, meta = nets.load(seed_dir / "run" / "classify" / "model.pt")
+        cfg = classify.resolve_threshold(config.classify, meta)
+        if variant == "base_auto":
+            samples = classify.load_pair_samples(seed_dir / "run" / "pairs")
+            held = samples[len(samples) - max(1, round(0.1 * len(samples))):]
+            calibration = classify.calibrate_threshold(net, held, bf16=cfg.bf16)
+            cfg = cfg.model_copy(update={"score_threshold": calibration["threshold"]})
     elif (model_dir / "model.pt").is_file():
-        net, _ = nets.load(model_dir / "model.pt")
+        net, meta = nets.load(model_dir / "model.pt")
+        cfg, calibration = classify.resolve_threshold(cfg, meta), meta.get("calibration")
     else:
         model_dir.mkdir(parents=True, exist_ok=True)
         samples = classify.load_pair_samples(seed_dir / "run" / "pairs")
-        net, _ = classify.train_classifier(samples, cfg, checkpoint=model_dir / "checkpoint.pt", seed=config.seed)
-        nets.save(net, model_dir / "model.pt", meta={"task": "classify", "variant": variant,
+        net, meta = classify.fit_classifier(samples, cfg, checkpoint=model_dir / "checkpoint.pt", seed=config.seed)
+        nets.save(net, model_dir / "model.pt", meta={"task": "classify", "variant": variant, **meta,
                                                      "options": {k: list(v) if isinstance(v, tuple) else v
                                                                  for k, v in VARIANTS[variant].items()}})
+        cfg, calibration = classify.resolve_threshold(cfg, meta), meta.get("calibration")
     train_s = time.perf_counter() - t0
     labels, _, _ = read_seed_outputs(seed_dir / "measure", image_ids)
     items = [(i, labels[i], (mg := read_micrograph(bt.DATA / "sem" / f"{i}.tif")).image, mg.pixel_size_nm)
@@ -114,7 +127,8 @@ def run_variant(seed_dir: Path, variant: str, model_dir: Path, image_ids: tuple[
     expert_kept = {i: truth[i][1] for i in image_ids}
     sizes = size_table(kept, expert_kept, bt.pixel_size_nm())
     keep = keep_precision_recall(labels, kept, {i: label_binary(truth[i][0] > 0, 1) for i in image_ids}, expert_kept)
-    return {"train_s": round(train_s, 1), "keep": keep, "sizes": sizes,
+    return {"train_s": round(train_s, 1), "score_threshold": float(cfg.score_threshold), "calibration": calibration,
+            "keep": keep, "sizes": sizes,
             "recall_by_area": recall_by_area(labels, kept, truth)}
 
 
@@ -124,14 +138,15 @@ def render(results: dict[str, Any]) -> str:
              f"{results['machine']}; load average at start {results['load_at_start']}. Run folders: "
              f"`{results['runs']}/seed<S>` ({len(results['images'])} images); each variant's classifier is trained "
              "on the run's fake pairs and applied to the labels its `nanoseg measure` wrote.", "",
-             "| seed | variant | kept / expert kept | count error | mean min Feret error | median min Feret error | "
-             "keep precision | keep recall | keep recall, smallest fifth | keep recall, largest fifth |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| seed | variant | score threshold | kept / expert kept | count error | mean min Feret error | "
+             "median min Feret error | keep precision | keep recall | keep recall, smallest fifth | "
+             "keep recall, largest fifth |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, by_variant in results["seeds"].items():
         for variant, r in by_variant.items():
             s = next(x for x in r["sizes"] if x["descriptor"] == "min_feret_nm")
             k, a = r["keep"], r["recall_by_area"]
-            lines.append(f"| {seed} | {variant} | {s['n_pred']} / {s['n_gt']} | {100 * s['count_rel_error']:+.1f} % | "
+            lines.append(f"| {seed} | {variant} | {r.get('score_threshold', 0.5):.3f} | {s['n_pred']} / {s['n_gt']} | {100 * s['count_rel_error']:+.1f} % | "
                          f"{100 * s['mean_rel_error']:+.1f} % | {100 * s['median_rel_error']:+.1f} % | "
                          f"{k['precision_matched']:.3f} | {k['recall_matched']:.3f} | {a[0]['keep_recall']:.2f} | "
                          f"{a[-1]['keep_recall']:.2f} |")

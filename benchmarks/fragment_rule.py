@@ -33,6 +33,7 @@ def main() -> None:
     import numpy as np
 
     from nanoseg import io, nets, segment
+    from nanoseg.classify import resolve_threshold
     from nanoseg.config import SegmentConfig
     from nanoseg.evaluate import compare_sizes
     from nanoseg.labels import label_binary
@@ -44,7 +45,7 @@ def main() -> None:
     config = B.benchmark_config("quick")
     net, meta = nets.load(run_dir / "segment" / "model.pt", "cpu")
     seg_cfg = SegmentConfig.model_validate(meta["config"])
-    classifier, _ = nets.load(run_dir / "classify" / "model.pt", "cpu")
+    classifier, classifier_meta = nets.load(run_dir / "classify" / "model.pt", "cpu")
     micrographs = {i: io.read_micrograph(B.DATA / "sem" / f"{i}.tif") for i in B.TRAIN_IDS}
     labels = {i: segment.segment_image(net, meta, mg.image, seg_cfg, pixel_size_nm=mg.pixel_size_nm)[0]
               for i, mg in micrographs.items()}
@@ -56,7 +57,7 @@ def main() -> None:
     kept_areas = kept_areas[kept_areas > 0]
     rows = []
     for fraction in SWEEP:
-        cfg = config.classify.model_copy(update={"min_ecd_fraction": fraction})
+        cfg = resolve_threshold(config.classify.model_copy(update={"min_ecd_fraction": fraction}), classifier_meta)
         kept = B.keep_discard(labels, micrographs, cfg, net=classifier)
         pairs = {i: (kept[i], manual_kept[i]) for i in B.TRAIN_IDS}
         ecd = compare_sizes(pairs, B.pixel_size_nm()).set_index("descriptor").loc["ecd_nm"]

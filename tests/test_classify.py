@@ -28,7 +28,8 @@ torch.set_num_threads(1)
 
 
 def _cfg(**kwargs):
-    base = {"base_width": 4, "depth": 2, "tile_size_px": 48, "batch_size": 2, "steps": 4, "bf16": False}
+    base = {"base_width": 4, "depth": 2, "tile_size_px": 48, "batch_size": 2, "steps": 4, "bf16": False,
+            "score_threshold": 0.5}
     return build_config({"classify": {**base, **kwargs}}, profile="demo").classify
 
 
@@ -111,7 +112,8 @@ def test_counting_rule_states_what_ran():
     names = [r["name"] for r in rule["rules"]]
     assert names == ["touches_border", "solidity_below_min", "intensity_below_li", "score_below_threshold"]
     assert rule["rules"][1]["threshold"] == 0.8 and "solidity" in rule["rules"][1]["discards"]
-    assert rule["classifier"] == {"ran": True, "model": "c.pt", "score_threshold": 0.5}
+    assert rule["classifier"] == {"ran": True, "model": "c.pt", "score_threshold": 0.5,
+                                  "threshold_source": "set in the configuration"}
     assert rule["edge_particles_excluded"] and rule["partly_covered_excluded"]
     rules_only = counting_rule(_cfg(method="rules", exclude_border=False, min_ecd_fraction=0.3), with_micrographs=False)
     assert [r["name"] for r in rules_only["rules"]] == ["fragment"]
@@ -467,3 +469,78 @@ def test_run_stage_trains_scores_and_writes(tmp_path):
     net, meta = nets.load(run / "classify" / "model.pt")
     assert meta["steps"] == 3 and net.init_kwargs["in_channels"] == 2
     assert not (run / "classify" / "checkpoint.pt").exists()
+    # the default 'auto' threshold: one of the two pairs held out, the threshold calibrated on it and saved
+    assert cfg.classify.score_threshold == "auto"
+    assert meta["trained_images"] == 1 and meta["calibration"]["held_out"] and meta["calibration"]["n_images"] == 1
+    assert meta["score_threshold"] == meta["calibration"]["threshold"]
+    scored = decisions[decisions["reason"] == ""]
+    assert (scored["score"] > meta["score_threshold"]).all()
+
+
+class _IntensityNet(torch.nn.Module):
+    """Stands in for a trained classifier: keep logit = gain * (intensity - centre), so its
+    scores are known; ``centre`` shifts them like a differently trained network's."""
+
+    def __init__(self, centre):
+        super().__init__()
+        self.centre = centre
+
+    def forward(self, x):
+        return 20.0 * (x[:, :1] - self.centre)
+
+
+def test_calibrated_threshold_follows_shifted_scores():
+    from nanoseg.classify import calibrate_threshold
+
+    samples = _synthetic_samples(2)  # kept squares are brighter (0.8) than discarded ones (0.5)
+    for centre in (0.45, 0.65, 0.85):  # 0.85: every score below 0.5, a fixed 0.5 would keep nothing
+        cal = calibrate_threshold(_IntensityNet(centre).eval(), samples)
+        assert cal["youden_j"] == pytest.approx(1.0)
+        assert cal["sensitivity"] == 1.0 and cal["specificity"] == 1.0
+        kept = torch.sigmoid(torch.tensor(20.0 * (0.8 - centre))).item()
+        discarded = torch.sigmoid(torch.tensor(20.0 * (0.5 - centre))).item()
+        assert discarded < cal["threshold"] < kept
+    assert cal["n_images"] == 2 and cal["n_particles"] == 2 * 16
+
+
+def test_calibration_with_one_kind_of_particle_falls_back_to_half():
+    from nanoseg.classify import calibrate_threshold
+
+    samples = [(image, binary, binary.copy()) for image, binary, _ in _synthetic_samples(1)]
+    cal = calibrate_threshold(_IntensityNet(0.5).eval(), samples)
+    assert cal["threshold"] == 0.5 and cal["youden_j"] is None and cal["n_particles"] == 16
+
+
+def test_fit_classifier_holds_out_the_calibration_pairs():
+    from nanoseg.classify import fit_classifier
+
+    samples = _synthetic_samples(4)
+    net, meta = fit_classifier(samples, _cfg(score_threshold="auto", calibration_fraction=0.25, steps=2))
+    assert meta["trained_images"] == 3 and meta["steps"] == 2
+    assert meta["calibration"]["held_out"] and meta["calibration"]["n_images"] == 1
+    assert 0 < meta["score_threshold"] < 1 and meta["score_threshold"] == meta["calibration"]["threshold"]
+    _, fixed = fit_classifier(samples, _cfg(score_threshold=0.3, steps=2))
+    assert fixed["trained_images"] == 4 and fixed["score_threshold"] == 0.3 and "calibration" not in fixed
+    _, alone = fit_classifier(samples[:1], _cfg(score_threshold="auto", steps=2))  # nothing to hold out
+    assert alone["trained_images"] == 1 and not alone["calibration"]["held_out"]
+
+
+def test_resolve_threshold_prefers_the_configuration(caplog):
+    from nanoseg.classify import resolve_threshold
+
+    assert resolve_threshold(_cfg(score_threshold=0.3), {"score_threshold": 0.7}).score_threshold == 0.3
+    assert resolve_threshold(_cfg(score_threshold="auto"), {"score_threshold": 0.7}).score_threshold == 0.7
+    assert resolve_threshold(_cfg(score_threshold="auto"), {}).score_threshold == 0.5
+    assert "no calibrated score threshold" in caplog.text
+    with pytest.raises(NanosegError, match="resolve_threshold"):
+        apply_rules(_particles(), _cfg(method="network", score_threshold="auto"), scores=np.full(6, 0.9))
+
+
+def test_counting_rule_states_the_calibration():
+    from nanoseg.classify import counting_rule
+
+    cal = {"threshold": 0.31, "youden_j": 0.7, "n_particles": 120, "n_images": 20, "held_out": True}
+    rule = counting_rule(_cfg(method="network", score_threshold=0.31), calibration=cal)
+    assert rule["classifier"]["score_threshold"] == 0.31
+    assert rule["classifier"]["threshold_source"] == ("calibrated on 120 particles of 20 held-out fake pairs, "
+                                                     "Youden's J 0.700")

@@ -64,7 +64,9 @@ def _results(tmp_path, pixel_size_nm=5.0, n_images=2):
     decisions["kept"] = decisions["score"] > 0.3
     decisions["reason"] = np.where(decisions["kept"], "", "score_below_threshold")
     particles = join_decisions(particles, decisions)
-    rule = counting_rule(build_config().classify, classifier_model="runs/x/classify/model.pt")
+    calibration = {"threshold": 0.3, "youden_j": 0.71, "n_particles": 310, "n_images": 20, "held_out": True}
+    rule = counting_rule(build_config().classify.model_copy(update={"score_threshold": 0.3}),
+                         classifier_model="runs/x/classify/model.pt", calibration=calibration)
     summary = write_results(particles, tmp_path, micrographs=images, labels=labels,
                             pixel_size_source="vendor TIFF metadata", size_prior={"masks.size_prior": "outlines"},
                             compare=("manual.csv", particles.assign(min_feret_nm=particles["min_feret_nm"] * 1.1)),
@@ -95,6 +97,7 @@ def test_report_has_images_tables_and_statements(tmp_path):
     # the counting rule in words, the warnings (escaped) and the uncertainty of the summary
     assert counting_rule_text(summary["counting_rule"]) in text
     assert "excluded by the keep/discard classifier (runs/x/classify/model.pt)" in text
+    assert "above 0.3 (calibrated on 310 particles of 20 held-out fake pairs, Youden's J 0.710)" in text
     assert "the <classifier> fell back" in text and "&lt;classifier&gt;" in html_text
     assert "median 95 % CI" in text and "bootstrap over images" in text
     lo, hi = summary["descriptors"]["ecd"]["median_ci95"]
@@ -103,12 +106,12 @@ def test_report_has_images_tables_and_statements(tmp_path):
 
 
 def test_counting_rule_text_states_each_choice():
-    cfg = build_config().classify
+    cfg = build_config().classify.model_copy(update={"score_threshold": 0.5})
     where = {"pixel_size_nm": 7.34, "pixel_size_source": "vendor TIFF metadata"}
     network = counting_rule_text({**counting_rule(cfg, classifier_model="m.pt"), **where})
     assert "touching the image border or the info bar were excluded" in network
     assert "Partly covered particles were excluded by the keep/discard classifier (m.pt)" in network
-    assert "keep score was above 0.5" in network
+    assert "keep score was above 0.5 (set in the configuration)" in network
     assert "'li' threshold" in network and "fragment" not in network
     assert "pixel size of 7.34 nm, from vendor TIFF metadata" in network
     rules = counting_rule_text({**counting_rule(cfg.model_copy(update={"method": "rules", "exclude_border": False,

@@ -8,7 +8,9 @@ Two complementary methods:
   states which rules ran, for the report.
 - **Network**: a MultiResUNet with two input channels (micrograph, binary mask) predicts per
   pixel whether the particle under it should be kept; a particle's score is the mean over its
-  pixels, and it is kept when the score is above ``classify.score_threshold``. Trained either
+  pixels, and it is kept when the score is above ``classify.score_threshold`` (by default the
+  threshold that best separates whole from partial particles on held-out fake pairs,
+  :func:`calibrate_threshold`, saved with the model). Trained either
   self-supervised from the fake training pairs (their ``whole`` masks mark the particles that
   are not occluded and do not touch the border: no annotation needed) or from manual
   keep/discard masks (white = kept particles), see :func:`load_manual_samples`.
@@ -165,7 +167,7 @@ def describe_rules(cfg: Any, *, with_micrographs: bool = True, classifier_ran: b
         columns["image_threshold"] = []
     checks = [(name, threshold) for name, threshold, _ in rule_checks(pd.DataFrame(columns), cfg)]
     if classifier_ran:
-        checks.append(("score_below_threshold", float(cfg.score_threshold)))
+        checks.append(("score_below_threshold", _numeric_threshold(cfg)))
     return [{"name": name, "threshold": threshold, "discards": _rule_phrase(name, threshold)}
             for name, threshold in checks]
 
@@ -175,6 +177,7 @@ def counting_rule(
     *,
     classifier_model: str | Path | None = None,
     with_micrographs: bool = True,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Which particles were counted: the rules and the classifier that decided, as data.
 
@@ -187,12 +190,15 @@ def counting_rule(
         The classifier's model file (stated in the report).
     with_micrographs : bool
         Whether the micrographs were available to the rules.
+    calibration : dict, optional
+        How the classifier's score threshold was calibrated (:func:`fit_classifier`'s meta),
+        when it was.
 
     Returns
     -------
     dict
         ``method``, ``rules`` (see :func:`describe_rules`), ``classifier`` (``ran``, ``model``,
-        ``score_threshold``), ``edge_particles_excluded``, ``partly_covered_excluded`` and
+        ``score_threshold``, ``threshold_source``), ``edge_particles_excluded``, ``partly_covered_excluded`` and
         ``partly_covered_excluded_by`` (what detects them, or None).
     """
     classifier_ran = cfg.method == "network"
@@ -202,12 +208,23 @@ def counting_rule(
         "method": cfg.method,
         "rules": rules,
         "classifier": {"ran": classifier_ran, "model": str(classifier_model) if classifier_model else None,
-                       "score_threshold": float(cfg.score_threshold) if classifier_ran else None},
+                       "score_threshold": _numeric_threshold(cfg) if classifier_ran else None,
+                       "threshold_source": _threshold_source(calibration) if classifier_ran else None},
         "edge_particles_excluded": "touches_border" in names,
         # no rule sees occlusion; only the classifier was trained to recognise partly covered particles
         "partly_covered_excluded": classifier_ran,
         "partly_covered_excluded_by": "classifier" if classifier_ran else None,
     }
+
+
+def _threshold_source(calibration: dict[str, Any] | None) -> str:
+    if not calibration:
+        return "set in the configuration"
+    if calibration.get("youden_j") is None:
+        return "0.5: the calibration particles were all of one kind"
+    where = "held-out fake pairs" if calibration.get("held_out") else "its training images"
+    return (f"calibrated on {calibration['n_particles']} particles of {calibration['n_images']} {where}, "
+            f"Youden's J {calibration['youden_j']:.3f}")
 
 
 def apply_rules(particles: pd.DataFrame, cfg: Any, scores: np.ndarray | None = None) -> pd.DataFrame:
@@ -235,7 +252,7 @@ def apply_rules(particles: pd.DataFrame, cfg: Any, scores: np.ndarray | None = N
     else:
         reasons = rule_reasons(particles, cfg)
         if scores is not None:
-            low = ~(score > cfg.score_threshold)
+            low = ~(score > _numeric_threshold(cfg))
             reasons = pd.Series([";".join(filter(None, (r, "score_below_threshold" if lo else "")))
                                  for r, lo in zip(reasons, low)], index=particles.index, dtype=object)
     image = particles["image"].astype(str).to_numpy() if "image" in particles else np.full(n, "")
@@ -601,6 +618,144 @@ def predict_keep_probability(net: Any, image: np.ndarray, binary: np.ndarray, *,
     return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
 
 
+def _numeric_threshold(cfg: Any) -> float:
+    if cfg.score_threshold == "auto":
+        raise NanosegError("classify.score_threshold is 'auto' but no calibrated threshold was given: load the "
+                           "classifier with resolve_threshold() first")
+    return float(cfg.score_threshold)
+
+
+def sample_particles(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """Instance labels of a sample's particles and whether each is to be kept.
+
+    The binary mask separates touching particles by 1-px lines (as the pairs and the manual
+    masks do), so its 4-connected components are the particles; a particle is to be kept when
+    most of its pixels are in the keep mask.
+
+    Returns
+    -------
+    labels : (H, W) int32 array
+    keep : (n,) bool array, in label order 1..n
+    """
+    from scipy import ndimage as ndi
+
+    from nanoseg.labels import label_binary
+
+    _, binary, keep = sample
+    labels = label_binary(binary > 0, 1)
+    n = int(labels.max())
+    if n == 0:
+        return labels, np.zeros(0, bool)
+    return labels, np.asarray(ndi.mean(keep > 0, labels=labels, index=np.arange(1, n + 1))) > 0.5
+
+
+def calibrate_threshold(net: Any, samples: Sequence[Sample], *, device: Any = "cpu", bf16: bool = False) -> dict[str, Any]:
+    """The keep-score threshold that best separates whole from partial particles of ``samples``.
+
+    Every particle of every sample is scored like a segmented particle (mean keep probability
+    over its pixels); the threshold maximises Youden's J = sensitivity + specificity - 1 of
+    "keep" over those particles. It lies halfway between the lowest score still kept and the
+    next lower one, so ``score > threshold`` reproduces the optimum.
+
+    Parameters
+    ----------
+    net : nn.Module
+        Trained keep/discard network.
+    samples : sequence of (image, binary, keep)
+        Samples the network was not trained on.
+
+    Returns
+    -------
+    dict
+        ``threshold``, ``youden_j``, ``sensitivity``, ``specificity``, ``n_particles``,
+        ``n_images``. When the samples hold only one class of particle, J is undefined: the
+        threshold is 0.5 and ``youden_j`` is None.
+    """
+    from nanoseg.metrics import youden_index
+
+    scores, targets = [], []
+    for sample in samples:
+        labels, keep = sample_particles(sample)
+        if keep.size == 0:
+            continue
+        prob = predict_keep_probability(net, sample[0], (sample[1] > 0).astype(np.float32), device=device, bf16=bf16)
+        scores.append(instance_scores(prob, labels, np.arange(1, keep.size + 1)))
+        targets.append(keep)
+    score = np.concatenate(scores) if scores else np.zeros(0)
+    target = np.concatenate(targets) if targets else np.zeros(0, bool)
+    out: dict[str, Any] = {"n_particles": int(score.size), "n_images": len(samples)}
+    if target.all() or not target.any():
+        return {**out, "threshold": 0.5, "youden_j": None, "sensitivity": None, "specificity": None}
+    j, best = youden_index(score, target)
+    below = score[score < best]
+    threshold = float((best + below.max()) / 2) if below.size else float(best) / 2
+    kept = score > threshold
+    return {**out, "threshold": threshold, "youden_j": float(j), "sensitivity": float(kept[target].mean()),
+            "specificity": float((~kept[~target]).mean())}
+
+
+def fit_classifier(
+    samples: Sequence[Sample],
+    cfg: Any,
+    *,
+    device: Any = "cpu",
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+) -> tuple[Any, dict[str, Any]]:
+    """Train the keep/discard network and settle its score threshold; what the model file keeps.
+
+    With ``cfg.score_threshold='auto'`` the last ``calibration_fraction`` of the samples (at
+    least one) are held out of training and the threshold is calibrated on them
+    (:func:`calibrate_threshold`); with fewer than two samples, or a fraction of 0, on the
+    training samples. A number in ``cfg.score_threshold`` is used as it is.
+
+    Returns
+    -------
+    net : nn.Module
+    meta : dict
+        ``steps``, ``final_loss``, ``score_threshold`` (a number) and, when calibrated,
+        ``calibration`` (see :func:`calibrate_threshold`, plus ``held_out``).
+    """
+    auto = cfg.score_threshold == "auto"
+    n_held = max(1, round(cfg.calibration_fraction * len(samples))) if auto and cfg.calibration_fraction > 0 else 0
+    if len(samples) - n_held < 1:
+        n_held = 0
+    train_samples = list(samples[:len(samples) - n_held])
+    net, losses = train_classifier(train_samples, cfg, device=device, checkpoint=checkpoint, seed=seed)
+    tail = losses[-max(1, len(losses) // 10):]
+    meta: dict[str, Any] = {"steps": len(losses), "final_loss": float(np.mean(tail)), "trained_images": len(train_samples)}
+    if not auto:
+        return net, {**meta, "score_threshold": float(cfg.score_threshold)}
+    held = list(samples[len(samples) - n_held:]) if n_held else train_samples
+    calibration = calibrate_threshold(net, held, device=device, bf16=cfg.bf16)
+    calibration["held_out"] = bool(n_held)
+    if calibration["youden_j"] is None:
+        logger.warning("classify: the calibration pairs hold only %s particles; score threshold 0.5",
+                       "whole" if held and sample_particles(held[0])[1].all() else "one kind of")
+    else:
+        logger.info("classify: score threshold %.3f from %d %s particles (Youden's J %.3f, sensitivity %.3f, "
+                    "specificity %.3f)", calibration["threshold"], calibration["n_particles"],
+                    "held-out" if n_held else "training", calibration["youden_j"], calibration["sensitivity"],
+                    calibration["specificity"])
+    return net, {**meta, "score_threshold": calibration["threshold"], "calibration": calibration}
+
+
+def resolve_threshold(cfg: Any, meta: dict[str, Any] | None) -> Any:
+    """``cfg`` with a numeric ``score_threshold``: 'auto' becomes the threshold saved with the model.
+
+    A number in the configuration wins over the model's; a model saved without a threshold
+    (trained before calibration existed) gets 0.5.
+    """
+    if cfg.score_threshold != "auto":
+        return cfg
+    saved = (meta or {}).get("score_threshold")
+    if not isinstance(saved, (int, float)):
+        logger.warning("classify: the classifier model records no calibrated score threshold (an older nanoseg "
+                       "trained it, or the model file is missing); using 0.5")
+        saved = 0.5
+    return cfg.model_copy(update={"score_threshold": float(saved)})
+
+
 def network_binary(labels: np.ndarray) -> np.ndarray:
     """The network's mask channel for a label image: foreground with 1-px lines between touching
     particles, as in the training pairs and the manual masks (float32 0/1)."""
@@ -704,17 +859,17 @@ def run_stage(ctx: Any) -> None:
     net = None
     model_path = ctx.out_dir / "model.pt"
     if cfg.method == "network" and model_path.is_file():  # an interrupted attempt finished training
-        net, _ = nets.load(model_path, ctx.device)
+        net, meta = nets.load(model_path, ctx.device)
+        cfg = resolve_threshold(cfg, meta)
     elif cfg.method == "network":
         samples = load_pair_samples(ctx.stage_dir("pairs"))
         ckpt = ctx.out_dir / CHECKPOINT_NAME
-        net, losses = train_classifier(samples, cfg, device=ctx.device, checkpoint=ckpt, seed=ctx.config.seed)
-        tail = losses[-max(1, len(losses) // 10):]
-        nets.save(net, model_path,
-                  meta={"task": "classify", "trained_on": "pairs", "steps": len(losses),
-                        "final_loss": float(np.mean(tail)), "score_threshold": cfg.score_threshold})
+        net, meta = fit_classifier(samples, cfg, device=ctx.device, checkpoint=ckpt, seed=ctx.config.seed)
+        nets.save(net, model_path, meta={"task": "classify", "trained_on": "pairs", **meta})
         ckpt.unlink(missing_ok=True)
-        ctx.log.info("classify: trained %d steps on %d pairs, final loss %.4f", len(losses), len(samples), np.mean(tail))
+        cfg = resolve_threshold(cfg, meta)
+        ctx.log.info("classify: trained %d steps on %d pairs, final loss %.4f, score threshold %.3f", meta["steps"],
+                     meta["trained_images"], meta["final_loss"], cfg.score_threshold)
     items = label_items(load_micrographs(ctx.config.data), ctx.stage_dir("adapt") / "labels",
                         fix="rerun with --from segment")
     decisions = classify_images(items, cfg, net=net, device=ctx.device)

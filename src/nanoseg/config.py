@@ -244,7 +244,14 @@ class ClassifyConfig(_Section):
     batch_size: int = Field(4, ge=1, description="Tiles per training step.")
     steps: int = Field(500, ge=1, description="Training steps.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    score_threshold: float = Field(0.5, ge=0, le=1, description="Particles with a mean keep score above this are kept.")
+    score_threshold: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal["auto"] = Field(
+        "auto", description="Particles with a mean keep score above this are kept. 'auto': the threshold that best "
+        "separates whole from partial particles (Youden's J) on fake pairs held out from the classifier's training, "
+        "found when the classifier is trained and saved with it; a network's scores shift from one training run to "
+        "the next, a fixed 0.5 does not follow them.")
+    calibration_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of the training pairs held out to calibrate score_threshold='auto' "
+        "(at least one pair; 0, or a single pair, calibrates on the training pairs themselves).")
     min_area_px: int = Field(0, ge=0, description="Rule: discard particles smaller than this many px.")
     max_area_px: int | None = Field(None, ge=1, description="Rule: discard particles larger than this many px.")
     min_solidity: float = Field(0.0, ge=0, le=1, description="Rule: discard particles with lower solidity (area / convex area).")

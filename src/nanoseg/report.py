@@ -141,7 +141,8 @@ def counting_rule_text(rule: Mapping[str, Any]) -> str:
             model = classifier.get("model") or "model file not recorded"
             parts.append(f"Partly covered particles were excluded by the keep/discard classifier ({model}): a "
                          f"particle was counted only when its mean keep score was above "
-                         f"{classifier.get('score_threshold'):g}.")
+                         f"{classifier.get('score_threshold'):.3g}"
+                         + (f" ({classifier['threshold_source']})" if classifier.get("threshold_source") else "") + ".")
         else:
             parts.append("Partly covered particles were not excluded: no classifier ran, and no rule detects "
                          "occlusion.")

@@ -38,7 +38,9 @@ def train(
     """Train the keep/discard network (inputs: micrograph + binary mask; output: keep score per pixel).
 
     Train either on the fake training pairs (no annotation needed) or on manual keep/discard
-    masks. Settings: classify.steps, classify.tile_size_px, classify.batch_size, classify.bf16, ...
+    masks. With classify.score_threshold 'auto' (default) a tenth of the images is held out to
+    calibrate the score threshold, which is saved with the model.
+    Settings: classify.steps, classify.tile_size_px, classify.batch_size, classify.bf16, ...
     Run the same command again after an interruption to resume from the checkpoint.
 
     Example:
@@ -57,7 +59,7 @@ def train(
         raise NanosegError("classify train: give --pairs DIR, --manual DIR, or all of --images, --masks and --classes")
     dev = common.prepare_torch(cfg)
     from nanoseg import nets
-    from nanoseg.classify import load_manual_samples, load_pair_samples, train_classifier
+    from nanoseg.classify import fit_classifier, load_manual_samples, load_pair_samples
 
     if pairs is not None:
         samples, source = load_pair_samples(pairs), f"pairs {pairs}"
@@ -66,12 +68,11 @@ def train(
         source = f"manual classes {classes}"
     typer.echo(f"{len(samples)} training images from {source}")
     ckpt = out.with_name(out.name + ".ckpt")
-    net, losses = train_classifier(samples, cfg.classify, device=dev, checkpoint=ckpt, seed=cfg.seed)
-    tail = losses[-max(1, len(losses) // 10):]
-    nets.save(net, out, meta={"task": "classify", "trained_on": source, "steps": len(losses),
-                              "final_loss": sum(tail) / len(tail), "score_threshold": cfg.classify.score_threshold})
+    net, meta = fit_classifier(samples, cfg.classify, device=dev, checkpoint=ckpt, seed=cfg.seed)
+    nets.save(net, out, meta={"task": "classify", "trained_on": source, **meta})
     ckpt.unlink(missing_ok=True)
-    typer.echo(f"model: {out} ({len(losses)} steps, final loss {sum(tail) / len(tail):.4f})")
+    typer.echo(f"model: {out} ({meta['steps']} steps, final loss {meta['final_loss']:.4f}, "
+               f"score threshold {meta['score_threshold']:.3f})")
 
 
 @app.command()
@@ -92,7 +93,8 @@ def predict(
 
     Rules (classify.min_area_px, max_area_px, min_solidity, exclude_border, min_mean_intensity)
     are always applied; with --classifier, particles with a mean keep score at or below
-    classify.score_threshold are discarded too.
+    classify.score_threshold ('auto': the threshold calibrated when the classifier was trained)
+    are discarded too.
 
     Example:
 
@@ -116,8 +118,10 @@ def predict(
     if classifier is not None:
         from nanoseg import nets
 
-        net, _ = nets.load(classifier, dev)
-        cls_cfg = cls_cfg.model_copy(update={"method": "network"})
+        from nanoseg.classify import resolve_threshold
+
+        net, meta = nets.load(classifier, dev)
+        cls_cfg = resolve_threshold(cls_cfg.model_copy(update={"method": "network"}), meta)
     elif cls_cfg.method == "network":
         logger.warning("classify: classify.method is 'network' but no --classifier was given: particles are kept "
                        "by the rules alone, so partly covered particles are not excluded")

@@ -269,6 +269,14 @@ def run_stage(ctx: Any) -> None:
     cls_cfg = cfg.classify
     warnings: list[str] = []
     classifier_model = ctx.stage_dir("classify") / "model.pt" if cls_cfg.method == "network" else None
+    calibration = None
+    if classifier_model is not None:
+        from nanoseg import nets
+        from nanoseg.classify import resolve_threshold
+
+        meta = nets.load(classifier_model)[1] if classifier_model.is_file() else {}
+        calibration = meta.get("calibration") if cls_cfg.score_threshold == "auto" else None
+        cls_cfg = resolve_threshold(cls_cfg, meta)
     decisions = read_decisions(ctx.stage_dir("classify") / "decisions.csv")
     if decisions is None:
         if cls_cfg.method == "network":
@@ -287,7 +295,8 @@ def run_stage(ctx: Any) -> None:
         fit=cfg.measure.fit_lognormal, report=cfg.measure.report,
         pixel_size_source=pixel_size_source(micrographs),
         size_prior=prior, report_rows=cfg.measure.report_rows, report_overlays=cfg.measure.report_overlays,
-        counting_rule=counting_rule(cls_cfg, classifier_model=classifier_model), warnings=warnings, seed=cfg.seed,
+        counting_rule=counting_rule(cls_cfg, classifier_model=classifier_model, calibration=calibration),
+        warnings=warnings, seed=cfg.seed,
         extra={"size_prior_configured": cfg.masks.size_prior, "classify_method": cls_cfg.method, "failures": failures,
                "realism": _read_realism(Path(ctx.run_dir)), "adaptation": _read_adaptation(Path(ctx.run_dir))},
     )
@@ -422,12 +431,14 @@ def measure_files(
     items = None if labels_dir is None else _paired_labels(micrographs, Path(labels_dir), failures)
     cls_cfg = config.classify
     warnings: list[str] = []
-    net = None
+    net, calibration = None, None
     if classifier is not None:
         from nanoseg import nets
+        from nanoseg.classify import resolve_threshold
 
-        net, _ = nets.load(classifier, device)
-        cls_cfg = cls_cfg.model_copy(update={"method": "network"})
+        net, meta = nets.load(classifier, device)
+        cls_cfg = resolve_threshold(cls_cfg.model_copy(update={"method": "network"}), meta)
+        calibration = meta.get("calibration") if config.classify.score_threshold == "auto" else None
     elif cls_cfg.method == "network":
         text = ("classify.method is 'network' but no --classifier was given: particles were kept by the rules "
                 "alone, so partly covered particles were not excluded")
@@ -464,7 +475,8 @@ def measure_files(
         report_overlays=config.measure.report_overlays,
         extra={"classify_method": cls_cfg.method, "failures": failures or [],
                "realism": _read_realism(Path(model).resolve().parent.parent) if model is not None else None},
-        counting_rule=counting_rule(cls_cfg, classifier_model=classifier), warnings=warnings, seed=config.seed,
+        counting_rule=counting_rule(cls_cfg, classifier_model=classifier, calibration=calibration),
+        warnings=warnings, seed=config.seed,
     )
 
 
