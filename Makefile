@@ -12,7 +12,7 @@ $(BIN)/nanoseg: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test,onnx]"
+	$(BIN)/pip install -q -e ".[test,onnx,napari]"
 	touch $@
 
 venv: $(BIN)/nanoseg

@@ -241,6 +241,62 @@ _SOURCE_WORDS = {"override": "set by the user (data.pixel_size_nm / --pixel-size
                  "ome": "OME-TIFF metadata", "imagej": "ImageJ TIFF metadata", "tiff": "TIFF resolution tags"}
 
 
+def load_classifier(classifier: str | Path | None, cls_cfg: Any, device: Any = "cpu", *, option: str = "--classifier"
+                    ) -> tuple[Any, Any, dict[str, Any] | None, list[str]]:
+    """The keep/discard network and the classify settings to decide with.
+
+    ``option`` names, in the warning, what the user leaves out to get no classifier.
+
+    Returns
+    -------
+    net : nn.Module or None
+    cls_cfg : ClassifyConfig
+        ``method`` 'network' with the model's calibrated threshold when a classifier is given;
+        'rules' (with a warning) when the settings ask for a network but none is given.
+    calibration : dict or None
+        How the threshold was calibrated, for :func:`nanoseg.classify.counting_rule`.
+    warnings : list of str
+    """
+    warnings: list[str] = []
+    if classifier is not None:
+        from nanoseg import nets
+        from nanoseg.classify import resolve_threshold
+
+        net, meta = nets.load(classifier, device)
+        calibration = meta.get("calibration") if cls_cfg.score_threshold == "auto" else None
+        return net, resolve_threshold(cls_cfg.model_copy(update={"method": "network"}), meta), calibration, warnings
+    if cls_cfg.method == "network":
+        text = (f"classify.method is 'network' but no {option} was given: particles were kept by the rules "
+                "alone, so partly covered particles were not excluded")
+        logger.warning("measure: %s", text)
+        warnings.append(text)
+        cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
+    return None, cls_cfg, None, warnings
+
+
+def measure_and_decide(items: Sequence[tuple[str, np.ndarray, np.ndarray | None, float | None]], cls_cfg: Any, *,
+                       net: Any = None, device: Any = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Measure label images and decide which particles count: the particle table and the decisions.
+
+    Parameters
+    ----------
+    items : sequence of (image name, labels, micrograph or None, pixel size in nm or None)
+    cls_cfg : ClassifyConfig
+        With a numeric score threshold when ``net`` is given (:func:`load_classifier`).
+
+    Returns
+    -------
+    particles : pandas.DataFrame
+        :func:`nanoseg.particles.measure_images` joined with ``score``, ``kept`` and ``reason``.
+    decisions : pandas.DataFrame
+    """
+    from nanoseg.classify import classify_images
+
+    particles = measure_images(items)
+    decisions = classify_images(items, cls_cfg, net=net, device=device, particles=particles)
+    return join_decisions(particles, decisions), decisions
+
+
 def pixel_size_source(micrographs: Sequence[Any]) -> str:
     """One phrase saying where the micrographs' pixel sizes came from."""
     sources = [getattr(m, "pixel_size_source", "none") if m.pixel_size_nm is not None else "none" for m in micrographs]
@@ -414,7 +470,7 @@ def measure_files(
     dict
         The summary written to ``summary.json``.
     """
-    from nanoseg.classify import classify_images, counting_rule, write_decisions
+    from nanoseg.classify import counting_rule, write_decisions
     from nanoseg.io import list_images, read_micrographs
 
     out_dir = Path(out_dir)
@@ -429,22 +485,7 @@ def measure_files(
     failures: list[dict[str, str]] | None = None if strict else []
     micrographs = read_micrographs(paths, config.data, failures=failures)
     items = None if labels_dir is None else _paired_labels(micrographs, Path(labels_dir), failures)
-    cls_cfg = config.classify
-    warnings: list[str] = []
-    net, calibration = None, None
-    if classifier is not None:
-        from nanoseg import nets
-        from nanoseg.classify import resolve_threshold
-
-        net, meta = nets.load(classifier, device)
-        cls_cfg = resolve_threshold(cls_cfg.model_copy(update={"method": "network"}), meta)
-        calibration = meta.get("calibration") if config.classify.score_threshold == "auto" else None
-    elif cls_cfg.method == "network":
-        text = ("classify.method is 'network' but no --classifier was given: particles were kept by the rules "
-                "alone, so partly covered particles were not excluded")
-        logger.warning("measure: %s", text)
-        warnings.append(text)
-        cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
+    net, cls_cfg, calibration, warnings = load_classifier(classifier, config.classify, device)
     compare = None
     if compare_csv is not None:
         # Checked now, not when the comparison is drawn: a bad table then leaves no outputs behind.
@@ -464,10 +505,8 @@ def measure_files(
     warnings += left_out_warning(failures or [], len(paths))
     images_by_name = {stem: image for stem, _, image, _ in items}
     labels_by_name = {stem: lab for stem, lab, _, _ in items}
-    particles = measure_images(items)
-    decisions = classify_images(items, cls_cfg, net=net, device=device, particles=particles)
+    particles, decisions = measure_and_decide(items, cls_cfg, net=net, device=device)
     write_decisions(decisions, out_dir / "decisions.csv")
-    particles = join_decisions(particles, decisions)
     return write_results(
         particles, out_dir, micrographs=images_by_name, labels=labels_by_name, bins=config.measure.histogram_bins,
         fit=config.measure.fit_lognormal, report=config.measure.report, pixel_size_source=pixel_size_source(micrographs),
