@@ -111,6 +111,17 @@ def disc_micrograph():
 
 
 @pytest.fixture
+def four_squares() -> tuple[np.ndarray, np.ndarray]:
+    """A 64x64 float32 image (0.1 background, 0.8 squares) with four 15-px squares, and their int32 labels."""
+    img = np.full((64, 64), 0.1, np.float32)
+    inst = np.zeros((64, 64), np.int32)
+    for i, (r, c) in enumerate([(5, 5), (5, 35), (35, 10), (35, 40)]):
+        inst[r:r + 15, c:c + 15] = i + 1
+        img[r:r + 15, c:c + 15] = 0.8
+    return img, inst
+
+
+@pytest.fixture
 def batch(tmp_path) -> Path:
     """images/a.tif, b.tif, c.tif (2 nm pixels) with labels/<stem>.tif; returns tmp_path."""
     from nanoseg.io import write_tiff

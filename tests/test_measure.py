@@ -488,7 +488,7 @@ def test_shared_manual_masks_give_about_140_particles(shared_data):
     assert 90 < np.mean(counts) < 200, counts
 
 
-def test_measure_files_segments_with_a_model(tmp_path):
+def test_measure_files_segments_with_a_model(tmp_path, four_squares):
     """The --model path: a (barely trained) segmentation model, then classify and measure."""
     torch = pytest.importorskip("torch")
     from nanoseg.config import build_config
@@ -497,11 +497,7 @@ def test_measure_files_segments_with_a_model(tmp_path):
     from nanoseg.segment import Pair, train
 
     torch.manual_seed(0)
-    img = np.full((64, 64), 0.1, np.float32)
-    inst = np.zeros((64, 64), np.int32)
-    for i, (r, c) in enumerate([(5, 5), (5, 35), (35, 10), (35, 40)]):
-        inst[r:r + 15, c:c + 15] = i + 1
-        img[r:r + 15, c:c + 15] = 0.8
+    img, inst = four_squares
     seg = build_config({"segment": {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 32,
                                     "batch_size": 2, "steps": 2, "val_every": 1}}, profile="demo").segment
     model = train([Pair(img, inst, "a"), Pair(img, inst, "b")], seg, tmp_path / "seg", rng=np.random.default_rng(0))

@@ -11,6 +11,7 @@ from skimage.draw import disk
 
 from nanoseg import nets
 from nanoseg.config import build_config
+from nanoseg.errors import NanosegError
 from nanoseg.metrics import detection_scores
 from nanoseg.segment import (
     BACKGROUND,
@@ -283,8 +284,6 @@ def test_load_pairs_reads_npz_and_image_mask_folders(tmp_path):
 
 
 def test_load_pairs_empty_folder_is_a_user_error(tmp_path):
-    from nanoseg.errors import NanosegError
-
     with pytest.raises(NanosegError, match="no training pairs"):
         load_pairs(tmp_path)
 
@@ -413,3 +412,38 @@ def test_agreement_comes_with_the_tta_probabilities():
     _, agreement = predict_with_agreement(Directional(), np.full((32, 32), 0.5, np.float32), "three_class",
                                           bf16=False)
     np.testing.assert_allclose(agreement[2:-2, 2:-2], 1.0)  # no slope inside: every view says background
+
+
+def test_onnx_export_segments_like_the_torch_model(tmp_path, cli, four_squares):
+    """The exported file carries the model's meta: segment predict gives the same labels from either."""
+    pytest.importorskip("onnxruntime")
+    import tifffile
+
+    from nanoseg.segment import load_segmenter
+
+    torch.manual_seed(0)
+    img, inst = four_squares
+    seg = build_config({"segment": {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 32,
+                                    "batch_size": 2, "steps": 20, "val_every": 10, "bf16": False}},
+                       profile="demo").segment
+    model = train([Pair(img, inst, "a"), Pair(img, inst, "b")], seg, tmp_path / "seg", rng=np.random.default_rng(0),
+                  pixel_size_nm=2.0)
+    onnx_path = export_onnx(model, tmp_path / "m.onnx")
+    _, meta = load_segmenter(onnx_path)
+    assert meta["target"] == nets.load(model)[1]["target"] and meta["pixel_size_nm"] == 2.0
+    (tmp_path / "images").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "x.tif", (img * 255).astype(np.uint8))
+    for name, path in (("pt", model), ("onnx", onnx_path)):
+        res = cli("segment", "predict", tmp_path / "images", "--model", path, "--out", tmp_path / name,
+                  "--pixel-size", "2", "--set", "data.info_bar_rows=0", "--set", "segment.bf16=false")
+        assert res.code == 0, res.output
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "pt" / "labels" / "x.tif"),
+                                  tifffile.imread(tmp_path / "onnx" / "labels" / "x.tif"))
+    bare = tmp_path / "bare.onnx"
+    import onnx
+
+    graph = onnx.load(str(onnx_path))
+    del graph.metadata_props[:]
+    onnx.save(graph, str(bare))
+    with pytest.raises(NanosegError, match="no nanoseg metadata"):
+        load_segmenter(bare)

@@ -124,9 +124,9 @@ def resolve_model_config(
     profile's ``segment`` section, and only ``--set segment.*`` overrides it. ``segment predict``
     and ``measure`` both go through here, so one model gives one segmentation.
     """
-    from nanoseg import nets
+    from nanoseg.segment import load_segmenter
 
-    _, meta = nets.load(model)
+    _, meta = load_segmenter(model)
     segment_values = dict(meta.get("config", {}))
     for text in sets or []:
         segment_values = deep_merge(segment_values, parse_assignment(text).get("segment", {}))

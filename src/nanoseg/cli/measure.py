@@ -19,7 +19,7 @@ OWNED = ("particles.csv", "decisions.csv", "summary.json", "report.html", "hist_
 
 def command(
     images: list[Path] = typer.Argument(..., help="Micrographs and/or folders of micrographs."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Segmentation model (e.g. RUN/adapt/model.pt)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Segmentation model (e.g. RUN/adapt/model.pt) or its ONNX export."),
     labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="Folder of instance label images <stem>.tif "
                                           "to measure instead of segmenting."),
     classifier: Optional[Path] = typer.Option(None, "--classifier", help="Keep/discard network (e.g. "

@@ -59,7 +59,7 @@ def train(
 @app.command()
 def predict(
     images: list[Path] = typer.Argument(..., help="Micrographs and/or folders of micrographs."),
-    model: Path = typer.Option(..., "--model", "-m", help="Model written by `nanoseg segment train` (model.pt)."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model written by `nanoseg segment train` (model.pt), or its ONNX export."),
     out: Path = typer.Option(Path("segmented"), "--out", "-o", help="Output folder."),
     config: Optional[Path] = common.ConfigOpt,
     profile: Optional[str] = common.ProfileOpt,

@@ -78,7 +78,8 @@ class SegmentAndMeasure(_Results):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
         self.image = create_widget(annotation="napari.layers.Image", label="micrograph")
-        self.model = FileEdit(label="model", filter="*.pt", tooltip="A segmentation model: RUN/adapt/model.pt")
+        self.model = FileEdit(label="model", filter="*.pt *.onnx",
+                              tooltip="A segmentation model: RUN/adapt/model.pt, or its ONNX export")
         self.classifier = FileEdit(label="classifier", filter="*.pt",
                                    tooltip="Optional keep/discard network: RUN/classify/model.pt")
         self.run_button = PushButton(text="Segment and measure")

@@ -117,8 +117,8 @@ def segment_and_measure(name: str, image: np.ndarray, pixel_size_nm: float | Non
                         classifier: str | Path | None = None, config: Any = None, device: Any = "cpu") -> Measured:
     """Segment a micrograph with a trained model, then :func:`measure_labels`.
 
-    The model's own segment settings apply (saved beside it at training), as in
-    ``nanoseg segment predict``.
+    ``model`` is a nanoseg ``.pt`` model or its ONNX export. The model's own segment settings
+    apply (saved with it at training), as in ``nanoseg segment predict``.
     """
     steps = segment_and_measure_steps(name, image, pixel_size_nm, model, classifier, config, device)
     while True:
@@ -133,14 +133,14 @@ def segment_and_measure_steps(name: str, image: np.ndarray, pixel_size_nm: float
                               ) -> Generator[int, None, Measured]:
     """:func:`segment_and_measure` as a generator that yields the index in :data:`STEPS` of each
     step as it starts (a worker thread's progress) and returns the :class:`Measured`."""
-    from nanoseg import nets
     from nanoseg.config import SegmentConfig
-    from nanoseg.segment import segment_image
+    from nanoseg.segment import load_segmenter, segment_image
 
     yield 0
     if not Path(model).is_file():
-        raise NanosegError(f"{model}: no such model file (pick the model.pt of a run, e.g. RUN/adapt/model.pt)")
-    net, meta = nets.load(model, device)
+        raise NanosegError(f"{model}: no such model file (pick the model.pt of a run, e.g. RUN/adapt/model.pt, "
+                           "or its ONNX export)")
+    net, meta = load_segmenter(model, device)
     if meta.get("task", "segment") != "segment" or "target" not in meta:
         raise NanosegError(f"{model}: not a segmentation model (pick RUN/adapt/model.pt or RUN/segment/model.pt)")
     yield 1

@@ -11,7 +11,7 @@ Public functions
 - :func:`train`: training with validation, best checkpoint, resume and a loss/IoU plot.
 - :func:`predict_probabilities`, :func:`particle_probability`, :func:`instances_from_probabilities`,
   :func:`segment_image`, :func:`segment_micrographs`: inference on whole images of any size.
-- :func:`export_onnx`, :func:`run_stage`.
+- :func:`export_onnx`, :func:`load_segmenter` (a ``.pt`` model or its ONNX export), :func:`run_stage`.
 
 Modules: :mod:`~nanoseg.segment.data` (pairs, targets), :mod:`~nanoseg.segment.training`,
 :mod:`~nanoseg.segment.infer` (tiled probabilities, TTA, whole micrographs),
@@ -39,6 +39,7 @@ from nanoseg.segment.instances import (
     resize_labels,
 )
 from nanoseg.segment.infer import (
+    load_segmenter,
     overlay,
     particle_probability,
     predict_probabilities,
@@ -58,13 +59,13 @@ from nanoseg.segment.training import (
     train,
     training_fingerprint,
 )
-from nanoseg.segment.export import export_onnx
+from nanoseg.segment.export import OnnxModel, export_onnx, load_onnx
 from nanoseg.segment.stage import run_stage
 
 __all__ = [
-    "BACKGROUND", "BOUNDARY", "IGNORE", "INFERENCE_SETTINGS", "INTERIOR", "Pair", "TRAINING_PLOT", "TargetKind",
-    "choose_threshold", "class_weights", "export_onnx", "foreground_mask", "instances_from_probabilities",
-    "interior_markers", "load_pairs", "make_target", "n_outputs", "overlay", "particle_probability",
+    "BACKGROUND", "BOUNDARY", "IGNORE", "INFERENCE_SETTINGS", "INTERIOR", "OnnxModel", "Pair", "TRAINING_PLOT",
+    "TargetKind", "choose_threshold", "class_weights", "export_onnx", "foreground_mask", "instances_from_probabilities",
+    "interior_markers", "load_onnx", "load_pairs", "load_segmenter", "make_target", "n_outputs", "overlay", "particle_probability",
     "predict_probabilities", "predict_with_agreement", "probabilities_from_logits", "random_tile", "resize_labels",
     "run_stage", "segment_image", "segment_micrographs", "segmentation_loss", "to_model_scale", "train",
     "training_fingerprint",

@@ -16,10 +16,14 @@ def export_onnx(model_path: str | Path, onnx_path: str | Path, opset: int = 18) 
 
     Batch, height and width are dynamic (sides of at least the network's multiple,
     ``2**depth`` px); the graph includes the reflect padding to that multiple and the softmax
-    (three-class) or sigmoid (binary).
+    (three-class) or sigmoid (binary). The model's meta (target, training pixel size,
+    post-processing config) goes into the file's metadata as ``nanoseg`` (JSON), so that
+    :func:`load_onnx` segments with it as with the ``.pt`` model.
     """
+    import json
     import warnings
 
+    import onnx
     import torch
 
     from nanoseg import nets
@@ -48,7 +52,59 @@ def export_onnx(model_path: str | Path, onnx_path: str | Path, opset: int = 18) 
                                         output_names=["probabilities"], dynamic_shapes={"x": dims},
                                         opset_version=opset, verbose=False)
             program.save(str(tmp))
+        graph = onnx.load(str(tmp))
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = META_KEY, json.dumps(meta, default=str)
+        onnx.save(graph, str(tmp))
     return onnx_path
+
+
+META_KEY = "nanoseg"
+
+
+class OnnxModel:
+    """An exported segmentation net run by ONNX Runtime: what :func:`nanoseg.segment.segment_image`
+    takes in place of a torch net (it already outputs probabilities)."""
+
+    def __init__(self, path: str | Path) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def probabilities(self, tile: Any) -> Any:
+        """(H, W) float32 -> (C, H, W) probabilities."""
+        import numpy as np
+
+        x = np.ascontiguousarray(tile, dtype=np.float32)[None, None]
+        return self.session.run(None, {self.input_name: x})[0][0]
+
+
+def load_onnx(path: str | Path) -> tuple[OnnxModel, dict[str, Any]]:
+    """An exported model and the meta :func:`export_onnx` stored in it.
+
+    Raises
+    ------
+    NanosegError
+        If the file is not an ONNX model or was not exported by nanoseg (no meta).
+    """
+    import json
+
+    from nanoseg.errors import NanosegError
+
+    try:
+        model = OnnxModel(path)
+    except ImportError as exc:
+        raise NanosegError(f"{path}: ONNX models need onnxruntime (pip install 'nanoseg[onnx]')") from exc
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise NanosegError(f"{path}: not a readable ONNX model ({exc})") from exc
+    stored = model.session.get_modelmeta().custom_metadata_map.get(META_KEY)
+    if stored is None:
+        raise NanosegError(f"{path}: no nanoseg metadata in this ONNX file; export it with `nanoseg segment export`")
+    return model, json.loads(stored)
 
 
 def _probability_module_class() -> type:

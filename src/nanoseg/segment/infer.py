@@ -57,8 +57,24 @@ def _tile_starts(n: int, tile: int, overlap: int) -> list[int]:
     return sorted({min(i * stride, n - tile) for i in range(count)})
 
 
+def load_segmenter(path: str | Path, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A segmentation model and its meta: a nanoseg ``.pt`` file, or an ``.onnx`` file that
+    ``nanoseg segment export`` wrote (run by ONNX Runtime on the CPU)."""
+    from nanoseg import nets
+
+    if Path(path).suffix.lower() == ".onnx":
+        from nanoseg.segment.export import load_onnx
+
+        return load_onnx(path)
+    return nets.load(path, device)
+
+
 def _net_runner(net: Any, target: TargetKind, device: Any, bf16: bool) -> Any:
     """A function: one (H, W) float32 piece -> its (C, H, W) class probabilities."""
+    from nanoseg.segment.export import OnnxModel
+
+    if isinstance(net, OnnxModel):
+        return net.probabilities
     import torch
 
     from nanoseg.runtime import autocast
@@ -246,7 +262,7 @@ def segment_micrographs(
     Parameters
     ----------
     model_path : path-like
-        A model written by :func:`train`.
+        A model written by :func:`train`, or its ONNX export (:func:`load_segmenter`).
     micrographs : list of nanoseg.io.Micrograph
     out_dir : path-like
     config : SegmentConfig, optional
@@ -264,10 +280,10 @@ def segment_micrographs(
     list of dict
         Per image segmented: name, number of particles, seconds.
     """
-    from nanoseg import io, nets
+    from nanoseg import io
     from nanoseg.runtime import progress
 
-    net, meta = nets.load(model_path, device)
+    net, meta = load_segmenter(model_path, device)
     if config is None:
         config = SegmentConfig.model_validate(meta["config"])
     out_dir = Path(out_dir)
