@@ -1,6 +1,6 @@
 """The napari plugin: manifest, reader, writer and both widgets in a real (virtual-display) viewer.
 
-napari draws with OpenGL, which Qt's 'offscreen' platform does not provide with PyQt5, so the
+napari draws with OpenGL, which Qt's 'offscreen' platform does not provide, so the
 viewer tests run on a virtual X display (pytest-xvfb starts one; `.ci/run` installs Xvfb). The
 whole module is skipped where the ``napari`` extra is not installed.
 """
