@@ -68,6 +68,14 @@ def cli(capsys, monkeypatch):
     log.handlers[:], log.propagate, log.level = handlers, propagate, level
 
 
+@pytest.fixture(autouse=True, scope="session")
+def use_leak_safe_log_records():
+    """Overrides napari's pytest plugin fixture of this name (active wherever napari is installed):
+    it turns every log argument that is not a Python int or float into a string, so a numpy
+    integer logged with %d raised inside the code under test. Log records stay standard here."""
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _fresh_log_once():
     """Messages logged once per command (``runtime.log_once``) are new again in every test."""
