@@ -730,8 +730,8 @@ def fit_classifier(
     calibration = calibrate_threshold(net, held, device=device, bf16=cfg.bf16)
     calibration["held_out"] = bool(n_held)
     if calibration["youden_j"] is None:
-        logger.warning("classify: the calibration pairs hold only %s particles; score threshold 0.5",
-                       "whole" if held and sample_particles(held[0])[1].all() else "one kind of")
+        logger.warning("classify: the calibration pairs hold particles of one kind only (all whole or all "
+                       "partial); score threshold 0.5")
     else:
         logger.info("classify: score threshold %.3f from %d %s particles (Youden's J %.3f, sensitivity %.3f, "
                     "specificity %.3f)", calibration["threshold"], calibration["n_particles"],

@@ -5,7 +5,6 @@ Nothing heavy is imported at module level so that ``--help`` stays instant.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +14,6 @@ from nanoseg.cli import common
 from nanoseg.errors import NanosegError
 
 app = typer.Typer(no_args_is_help=True)
-logger = logging.getLogger("nanoseg.cli.classify")
 
 
 @app.command()
@@ -113,19 +111,9 @@ def predict(
         if not label_path.is_file():
             raise NanosegError(f"{label_path}: no label image for {mg.path}")
         items.append((Path(mg.path).stem, read_labels(label_path), mg.image, mg.pixel_size_nm))
-    net = None
-    cls_cfg = cfg.classify
-    if classifier is not None:
-        from nanoseg import nets
+    from nanoseg.measure import load_classifier
 
-        from nanoseg.classify import resolve_threshold
-
-        net, meta = nets.load(classifier, dev)
-        cls_cfg = resolve_threshold(cls_cfg.model_copy(update={"method": "network"}), meta)
-    elif cls_cfg.method == "network":
-        logger.warning("classify: classify.method is 'network' but no --classifier was given: particles are kept "
-                       "by the rules alone, so partly covered particles are not excluded")
-        cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
+    net, cls_cfg, _, _ = load_classifier(classifier, cfg.classify, dev)
     decisions = classify_images(items, cls_cfg, net=net, device=dev)
     write_decisions(decisions, out)
     typer.echo(f"kept {int(decisions['kept'].sum())} of {len(decisions)} particles -> {out}")

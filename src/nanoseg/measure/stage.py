@@ -241,6 +241,14 @@ _SOURCE_WORDS = {"override": "set by the user (data.pixel_size_nm / --pixel-size
                  "ome": "OME-TIFF metadata", "imagej": "ImageJ TIFF metadata", "tiff": "TIFF resolution tags"}
 
 
+def results_settings(config: Any) -> dict[str, Any]:
+    """The :func:`write_results` arguments that come from the config, the same for the pipeline,
+    ``nanoseg measure`` and the napari plugin."""
+    m = config.measure
+    return {"bins": m.histogram_bins, "fit": m.fit_lognormal, "report": m.report, "report_rows": m.report_rows,
+            "report_overlays": m.report_overlays, "seed": config.seed}
+
+
 def load_classifier(classifier: str | Path | None, cls_cfg: Any, device: Any = "cpu", *, option: str = "--classifier"
                     ) -> tuple[Any, Any, dict[str, Any] | None, list[str]]:
     """The keep/discard network and the classify settings to decide with.
@@ -268,7 +276,7 @@ def load_classifier(classifier: str | Path | None, cls_cfg: Any, device: Any = "
     if cls_cfg.method == "network":
         text = (f"classify.method is 'network' but no {option} was given: particles were kept by the rules "
                 "alone, so partly covered particles were not excluded")
-        logger.warning("measure: %s", text)
+        logger.warning(text)
         warnings.append(text)
         cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
     return None, cls_cfg, None, warnings
@@ -347,12 +355,9 @@ def run_stage(ctx: Any) -> None:
     warnings += left_out_warning(failures, len(micrographs) + len(failures))
     prior = _read_size_prior(Path(ctx.run_dir)) or "unknown"
     summary = write_results(
-        particles, ctx.out_dir, micrographs=images, labels=label_images, bins=cfg.measure.histogram_bins,
-        fit=cfg.measure.fit_lognormal, report=cfg.measure.report,
-        pixel_size_source=pixel_size_source(micrographs),
-        size_prior=prior, report_rows=cfg.measure.report_rows, report_overlays=cfg.measure.report_overlays,
-        counting_rule=counting_rule(cls_cfg, classifier_model=classifier_model, calibration=calibration),
-        warnings=warnings, seed=cfg.seed,
+        particles, ctx.out_dir, micrographs=images, labels=label_images, pixel_size_source=pixel_size_source(micrographs),
+        size_prior=prior, counting_rule=counting_rule(cls_cfg, classifier_model=classifier_model, calibration=calibration),
+        warnings=warnings, **results_settings(cfg),
         extra={"size_prior_configured": cfg.masks.size_prior, "classify_method": cls_cfg.method, "failures": failures,
                "realism": _read_realism(Path(ctx.run_dir)), "adaptation": _read_adaptation(Path(ctx.run_dir))},
     )
@@ -508,14 +513,12 @@ def measure_files(
     particles, decisions = measure_and_decide(items, cls_cfg, net=net, device=device)
     write_decisions(decisions, out_dir / "decisions.csv")
     return write_results(
-        particles, out_dir, micrographs=images_by_name, labels=labels_by_name, bins=config.measure.histogram_bins,
-        fit=config.measure.fit_lognormal, report=config.measure.report, pixel_size_source=pixel_size_source(micrographs),
-        size_prior=_size_prior_of_model(model), compare=compare, report_rows=config.measure.report_rows,
-        report_overlays=config.measure.report_overlays,
+        particles, out_dir, micrographs=images_by_name, labels=labels_by_name,
+        pixel_size_source=pixel_size_source(micrographs), size_prior=_size_prior_of_model(model), compare=compare,
         extra={"classify_method": cls_cfg.method, "failures": failures or [],
                "realism": _read_realism(Path(model).resolve().parent.parent) if model is not None else None},
         counting_rule=counting_rule(cls_cfg, classifier_model=classifier, calibration=calibration),
-        warnings=warnings, seed=config.seed,
+        warnings=warnings, **results_settings(config),
     )
 
 

@@ -55,15 +55,20 @@ class _Results(Container):
         if name in self._viewer.layers:
             layer = self._viewer.layers[name]
             layer.data = measured.labels
-            layer.features = kwargs["features"]
-            layer.colormap = _direct_colormap(kwargs["colormap"])
-            layer.metadata.update(kwargs["metadata"])
+            _restyle(layer, kwargs)
             return layer
         kwargs["colormap"] = _direct_colormap(kwargs["colormap"])
         return self._viewer.add_labels(measured.labels, **kwargs)
 
     def _error(self, exc: BaseException) -> None:
         self.status.value = f"error: {exc}"
+
+
+def _restyle(layer: Any, kwargs: dict[str, Any]) -> None:
+    """Give an existing Labels layer the features, colours and metadata of :func:`core.labels_layer_kwargs`."""
+    layer.features = kwargs["features"]
+    layer.colormap = _direct_colormap(kwargs["colormap"])
+    layer.metadata.update(kwargs["metadata"])
 
 
 def _direct_colormap(colors: dict) -> Any:
@@ -155,10 +160,7 @@ class MeasureLabels(_Results):
         except NanosegError as exc:
             self._error(exc)
             return None
-        kwargs = core.labels_layer_kwargs(measured, layer.name)
-        layer.features = kwargs["features"]
-        layer.colormap = _direct_colormap(kwargs["colormap"])
-        layer.metadata.update(kwargs["metadata"])
+        _restyle(layer, core.labels_layer_kwargs(measured, layer.name))
         self._show(measured, layer)
         return measured
 

@@ -181,7 +181,7 @@ def export(measured: Measured, out_dir: str | Path, image: np.ndarray | None, co
 
     from nanoseg.classify import write_decisions
     from nanoseg.config import build_config
-    from nanoseg.measure import pixel_size_source, write_results
+    from nanoseg.measure import pixel_size_source, results_settings, write_results
 
     config = config or build_config()
     sizes = measured.particles["pixel_size_nm"].dropna() if "pixel_size_nm" in measured.particles else []
@@ -192,11 +192,9 @@ def export(measured: Measured, out_dir: str | Path, image: np.ndarray | None, co
     write_decisions(measured.decisions, out_dir / "decisions.csv")
     return write_results(
         measured.particles, out_dir, micrographs=None if image is None else {name: image},
-        labels={name: measured.labels}, bins=config.measure.histogram_bins, fit=config.measure.fit_lognormal,
-        report=config.measure.report, pixel_size_source=where, size_prior="unknown",
-        report_rows=config.measure.report_rows, report_overlays=config.measure.report_overlays,
+        labels={name: measured.labels}, pixel_size_source=where, size_prior="unknown",
         extra={"classify_method": measured.counting_rule["method"], "failures": [], "realism": None},
-        counting_rule=measured.counting_rule, warnings=measured.warnings, seed=config.seed)
+        counting_rule=measured.counting_rule, warnings=measured.warnings, **results_settings(config))
 
 
 def size_histogram(particles: pd.DataFrame, ax: Any, bins: int = 30) -> None:
