@@ -308,3 +308,56 @@ def test_image_smaller_than_a_tile_is_named(tmp_path, toy_stages):
     data["outlines"] = _outlines(tmp_path / "one", 1)
     with pytest.raises(NanosegError, match="WGAN needs at least 2 outlines, found 1"):
         pipeline.check_inputs(build_config({"data": data}, profile="demo"))
+
+
+def toy_pairs(ctx):
+    """Training pairs for the real segment stage: the batch fixture's micrographs and labels."""
+    import shutil
+
+    for sub, to in (("images", "images"), ("labels", "masks")):
+        shutil.copytree(ctx.config.data.images.parent / sub, ctx.out_dir / to)
+
+
+def test_inference_settings_alone_re_segment_without_retraining(batch, monkeypatch, pipeline_log):
+    stages = (Stage("pairs", f"{__name__}:toy_pairs", ("seed", "data")),
+              next(s for s in pipeline.STAGES if s.name == "segment"))
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(s.name for s in stages))
+    tiny = {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 48, "batch_size": 2, "steps": 4,
+            "val_every": 2, "bf16": False, "tta": False}
+    run = batch / "run"
+    pipeline_log.set_level(logging.INFO, logger="nanoseg")  # the segment stage's own lines too
+
+    def config(**segment):
+        return build_config({"data": {"images": str(batch / "images")}, "segment": {**tiny, **segment}},
+                            profile="demo")
+
+    pipeline.run_pipeline(config(), run, check=False)
+    history = (run / "segment" / "history.json").read_bytes()
+    labels = (run / "segment" / "labels" / "a.tif").stat().st_mtime_ns
+    pipeline_log.clear()
+
+    # TTA and post-processing change how the net is applied, not what it learned: the stage
+    # reruns (new labels) from its finished training.
+    outcome = pipeline.run_pipeline(config(tta=True, min_size_px=3), run, check=False)
+    assert outcome == {"pairs": "skipped", "segment": "ran"}
+    assert "resuming segmentation training at step 4/4" in pipeline_log.text
+    assert (run / "segment" / "history.json").read_bytes() == history
+    assert (run / "segment" / "labels" / "a.tif").stat().st_mtime_ns != labels
+    assert json.loads((run / "segment" / "summary.json").read_text())["images"]
+    pipeline_log.clear()
+
+    # What the net learns from changed: the kept checkpoint is refused and training starts over.
+    pipeline.run_pipeline(config(tta=True, min_size_px=3, learning_rate=5e-4), run, check=False)
+    assert "starting fresh" in pipeline_log.text and "resuming" not in pipeline_log.text
+    pipeline_log.clear()
+
+    # --force means from scratch: nothing is kept.
+    pipeline.run_pipeline(config(tta=True, min_size_px=3, learning_rate=5e-4), run, check=False, force=True)
+    assert "starts from its earlier" not in pipeline_log.text and "resuming" not in pipeline_log.text
+    pipeline_log.clear()
+
+    # A damaged stage is never trusted, its checkpoint included.
+    (run / "segment" / "model.pt").unlink()
+    pipeline.run_pipeline(config(tta=True, min_size_px=3, learning_rate=5e-4), run, check=False)
+    assert "model.pt is missing" in pipeline_log.text and "resuming" not in pipeline_log.text

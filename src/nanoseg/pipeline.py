@@ -6,7 +6,8 @@ produced it: the config sections it reads, the input files it reads and the hash
 before it, and with the size and SHA-256 of every file the stage wrote. A stage counts as
 finished only when that marker exists, its hash matches and its files are still those it wrote,
 so a process killed at any moment leaves at worst an unfinished stage, which the next run redoes
-(training stages resume from their last checkpoint when the hash is unchanged), and a deleted or
+(training stages resume from their last checkpoint when the hash is unchanged; the segment stage
+keeps its trained net when only its inference settings changed), and a deleted or
 edited output is made again rather than reported. Whenever a stage runs, the markers of the
 stages after it are removed first: they were made from the files it is about to replace.
 """
@@ -44,6 +45,11 @@ class Stage:
     sections: tuple[str, ...]  # config fields whose change makes the stage stale
     inputs: tuple[str, ...] = ()  # data fields (folders/files) whose content makes it stale
     summary: str = ""
+    # Files an outdated stage starts from instead of an empty folder. Only for files that check
+    # themselves: a training checkpoint carries a fingerprint of what it learned from and is
+    # resumed only when that still matches, so a change of inference settings alone re-segments
+    # without retraining, while any change of the pairs or training settings trains afresh.
+    keep: tuple[str, ...] = ()
 
 
 STAGES: tuple[Stage, ...] = (
@@ -56,7 +62,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("pairs", "nanoseg.translate:run_pairs_stage", ("seed", "data", "translate"), ("images",),
           "4. generate fake micrographs, filter artifact particles, write training pairs"),
     Stage("segment", "nanoseg.segment:run_stage", ("seed", "data", "segment"), ("images",),
-          "5. train the segmentation net, segment the micrographs, watershed into particles"),
+          "5. train the segmentation net, segment the micrographs, watershed into particles",
+          keep=("checkpoint.pt", "best.pt", "history.json", "training.png")),
     Stage("adapt", "nanoseg.adapt:run_stage", ("seed", "data", "segment", "adapt"), ("images",),
           "5b. self-train the net on the real micrographs' confident particles (off unless adapt.rounds > 0)"),
     Stage("classify", "nanoseg.classify:run_stage", ("seed", "data", "classify"), ("images",),
@@ -243,11 +250,12 @@ def _load_target(target: str) -> Callable[[StageContext], Any]:
     return getattr(importlib.import_module(module_name), func_name)
 
 
-def _prepare_stage_dir(stage_dir: Path, stage_hash: str, force: bool) -> bool:
+def _prepare_stage_dir(stage_dir: Path, stage_hash: str, force: bool, keep: tuple[str, ...] = ()) -> bool:
     """Empty the folder unless it holds an interrupted attempt with the same hash; True if resuming.
 
     A kept folder loses the temporary files of writes the interruption cut short (nothing
-    else): they are hidden, and would otherwise pile up with every killed attempt.
+    else): they are hidden, and would otherwise pile up with every killed attempt. The files
+    named in ``keep`` survive the emptying (see :attr:`Stage.keep`).
     """
     started = stage_dir / STARTED_MARKER
     resuming = False
@@ -264,11 +272,23 @@ def _prepare_stage_dir(stage_dir: Path, stage_hash: str, force: bool) -> bool:
                 logger.info("%-9s removed %d temporary file(s) left by an interrupted write",
                             stage_dir.name, len(removed))
         else:
-            shutil.rmtree(stage_dir)
+            _empty_except(stage_dir, () if force else keep)
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / DONE_MARKER).unlink(missing_ok=True)
     write_json(started, {"hash": stage_hash, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     return resuming
+
+
+def _empty_except(stage_dir: Path, keep: tuple[str, ...]) -> None:
+    kept = [name for name in keep if (stage_dir / name).is_file()]
+    if not kept:
+        shutil.rmtree(stage_dir)
+        return
+    for p in stage_dir.iterdir():
+        if p.name not in kept:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    logger.info("%-9s starts from its earlier %s (used only if they fit the new settings and data)",
+                stage_dir.name, ", ".join(kept))
 
 
 def _invalidate_later_stages(run_dir: Path, stage: str) -> None:
@@ -394,7 +414,8 @@ def run_pipeline(
             if state in ("outdated", "damaged"):
                 logger.log(logging.WARNING if state == "damaged" else logging.INFO,
                            "%s: %s; rerunning the stage", stage.name, why)
-            resuming = _prepare_stage_dir(stage_dir, hashes[stage.name], redo)
+            resuming = _prepare_stage_dir(stage_dir, hashes[stage.name], redo,
+                                          stage.keep if state == "outdated" else ())
             _invalidate_later_stages(run_dir, stage.name)
             logger.info("%-9s %s%s", stage.name, stage.summary, " (resuming)" if resuming else "")
             seed_everything(config.seed)
