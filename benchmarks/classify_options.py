@@ -14,7 +14,8 @@ classifier with its score threshold calibrated on the last tenth of its pairs: i
 whose classifier trained on all of them, a cheap preview of ``auto``), ``size`` (``size_balance``),
 ``contact`` (``size_balance`` and ``contact_balance``), ``zoom`` (``zoom_range`` 0.6-1.6),
 ``plain`` (neither balance), ``auto`` (``score_threshold`` 'auto': retrained without its held-out
-pairs, threshold calibrated on them), named on the command line. A trained model is kept in
+pairs, threshold calibrated on them), ``ema`` / ``ema995`` (``auto`` with the moving average of the
+weights, ``ema_decay`` 0.99 / 0.995), named on the command line. A trained model is kept in
 ``--work-dir`` and reused by a later call.
 
     python benchmarks/classify_options.py --runs benchmarks/work/workflow_quick --seeds 0,1,2 --variants base,size
@@ -51,6 +52,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "contact": {"size_balance": True, "contact_balance": True},
     "zoom": {"size_balance": False, "zoom_range": (0.6, 1.6)},
     "plain": {"size_balance": False},
+    "ema": {"score_threshold": "auto", "ema_decay": 0.99},
+    "ema995": {"score_threshold": "auto", "ema_decay": 0.995},
 }
 
 

@@ -354,6 +354,25 @@ def test_training_resumes_from_checkpoint_exactly(tmp_path):
     np.testing.assert_allclose(resumed, full, rtol=1e-4)
 
 
+def test_weight_average_is_what_training_returns_and_survives_a_resume(tmp_path):
+    samples = _synthetic_samples()
+    torch.manual_seed(0)
+    last, _ = train_classifier(samples, _cfg(), steps=4, seed=3)
+    torch.manual_seed(0)
+    averaged, _ = train_classifier(samples, _cfg(ema_decay=0.5), steps=4, seed=3)
+    # Same iterates (same seeds), but the returned weights are their average, not the last ones.
+    assert any(not torch.equal(a, b) for a, b in zip(averaged.state_dict().values(), last.state_dict().values()))
+    assert type(averaged) is type(last) and averaged.init_kwargs == last.init_kwargs  # saved like any net
+
+    cfg = _cfg(ema_decay=0.5, checkpoint_every=2)
+    torch.manual_seed(0)
+    train_classifier(samples, cfg, steps=4, seed=3, checkpoint=tmp_path / "a.pt")  # checkpoint at step 2
+    torch.manual_seed(0)
+    resumed, _ = train_classifier(samples, cfg, steps=4, seed=3, checkpoint=tmp_path / "a.pt")
+    for a, b in zip(resumed.state_dict().values(), averaged.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_bf16_training_step_runs():
     net, losses = train_classifier(_synthetic_samples(1), _cfg(bf16=True), steps=2)
     assert len(losses) == 2 and np.isfinite(losses).all()

@@ -540,7 +540,7 @@ def train_classifier(
     cfg : ClassifyConfig
         Uses ``base_width``, ``depth``, ``tile_size_px``, ``batch_size``, ``steps``,
         ``learning_rate``, ``size_balance``, ``contact_balance``, ``zoom_range``, ``balance_classes``,
-        ``checkpoint_every``, ``bf16``.
+        ``ema_decay``, ``checkpoint_every``, ``bf16``.
     device : torch.device or str
     checkpoint : path, optional
         Checkpoint file written every ``cfg.checkpoint_every`` steps (atomically) and read on
@@ -555,11 +555,13 @@ def train_classifier(
     Returns
     -------
     net : nn.Module
-        The trained network, in eval mode.
+        The trained network, in eval mode: with ``cfg.ema_decay`` > 0 the exponential moving
+        average of its weights (and batch-norm statistics) over the training steps.
     losses : list of float
         Training loss per step (including the steps before a resume).
     """
     import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from nanoseg.atomic import atomic_path
     from nanoseg.runtime import autocast, progress
@@ -569,6 +571,10 @@ def train_classifier(
     steps = cfg.steps if steps is None else steps
     net = (net if net is not None else make_classifier(cfg)).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    # The average of the last ~1/(1 - decay) steps' weights: one training run's final weights
+    # depend on its last few batches, and so does which particles it keeps.
+    average = (AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+               if cfg.ema_decay > 0 else None)
     rng = np.random.default_rng(seed)
     losses: list[float] = []
     start = 0
@@ -580,6 +586,10 @@ def train_classifier(
         rng.bit_generator.state = state["rng"]
         losses = list(state["losses"])
         start = int(state["step"])
+        if average is not None and state.get("average") is not None:
+            average.load_state_dict(state["average"])
+        elif average is not None and start:
+            logger.warning("classify: %s holds no weight average; averaging from step %d on", checkpoint, start)
         logger.info("classify: resuming training from step %d (%s)", start, checkpoint)
     weights = (balanced_weights(samples, n_bins=8 if cfg.size_balance else 1, by_contact=cfg.contact_balance)
                if cfg.size_balance or cfg.contact_balance else None)
@@ -595,12 +605,17 @@ def train_classifier(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update_parameters(net)
         losses.append(float(loss.detach()))
         done = step + 1
         if checkpoint is not None and (done % cfg.checkpoint_every == 0) and done < steps:
             with atomic_path(checkpoint) as tmp:
                 torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
-                            "losses": losses, "step": done}, tmp)
+                            "losses": losses, "step": done,
+                            "average": average.state_dict() if average is not None else None}, tmp)
+    if average is not None and int(average.n_averaged) > 0:
+        net = average.module
     net.eval()
     return net, losses
 

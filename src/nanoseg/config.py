@@ -285,6 +285,10 @@ class ClassifyConfig(_Section):
     zoom_range: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         (1.0, 1.0), description="Training tiles are magnified by a factor drawn log-uniformly from this range, so "
         "that particle size in pixels stops being a cue; (1, 1) turns it off.")
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="Keep the exponential moving average of the network's weights over the "
+        "training steps with this decay (0.99: about the last 100 steps) and use it instead of the last weights; "
+        "0 turns it off.")
     checkpoint_every: int = Field(100, ge=1, description="Save a training checkpoint every this many steps.")
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
 
