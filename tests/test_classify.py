@@ -281,7 +281,7 @@ def _contact_confounded_sample():
 def test_contact_balanced_weights_equalise_classes_among_touching_particles():
     from scipy import ndimage as ndi
 
-    from nanoseg.classify import _touching
+    from nanoseg.classify.data import _touching
 
     sample = _contact_confounded_sample()
     _, binary, keep = sample

@@ -1,0 +1,294 @@
+"""The keep/discard network: training (optionally weight-averaged), scoring, threshold calibration."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nanoseg.classify.data import Sample, balanced_weights, sample_batch
+from nanoseg.errors import NanosegError
+
+logger = logging.getLogger("nanoseg.classify")
+
+
+def make_classifier(cfg: Any) -> Any:
+    """A fresh MultiResUNet with inputs (micrograph, binary mask) and one keep-logit output."""
+    from nanoseg import nets
+
+    return nets.create("multiresunet", in_channels=2, out_channels=1, base_width=cfg.base_width, depth=cfg.depth)
+
+
+def masked_bce(logits: Any, target: Any, weight: Any, balance: bool = False) -> Any:
+    """Binary cross-entropy averaged over the weighted (particle) pixels.
+
+    With ``balance`` the kept and the discarded pixels of the batch get equal total weight, so
+    that the large share of kept pixels does not push every score above the threshold.
+    """
+    import torch.nn.functional as F
+
+    if balance:
+        pos = (target * weight).sum()
+        neg = ((1 - target) * weight).sum()
+        if pos > 0 and neg > 0:
+            total = pos + neg
+            weight = weight * (target * (0.5 * total / pos) + (1 - target) * (0.5 * total / neg))
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight, reduction="sum")
+    return loss / weight.sum().clamp(min=1.0)
+
+
+def train_classifier(
+    samples: Sequence[Sample],
+    cfg: Any,
+    *,
+    device: Any = "cpu",
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    net: Any = None,
+) -> tuple[Any, list[float]]:
+    """Train the keep/discard network on samples; resumes from ``checkpoint`` when it exists.
+
+    Parameters
+    ----------
+    samples : sequence of (image, binary, keep)
+        From :func:`load_pair_samples` or :func:`load_manual_samples`.
+    cfg : ClassifyConfig
+        Uses ``base_width``, ``depth``, ``tile_size_px``, ``batch_size``, ``steps``,
+        ``learning_rate``, ``size_balance``, ``contact_balance``, ``zoom_range``, ``balance_classes``,
+        ``ema_decay``, ``checkpoint_every``, ``bf16``.
+    device : torch.device or str
+    checkpoint : path, optional
+        Checkpoint file written every ``cfg.checkpoint_every`` steps (atomically) and read on
+        start to resume an interrupted training.
+    seed : int
+        Seed of the tile sampling.
+    steps : int, optional
+        Override of ``cfg.steps``.
+    net : nn.Module, optional
+        Start from this network instead of a fresh one.
+
+    Returns
+    -------
+    net : nn.Module
+        The trained network, in eval mode: with ``cfg.ema_decay`` > 0 the exponential moving
+        average of its weights (and batch-norm statistics) over the training steps.
+    losses : list of float
+        Training loss per step (including the steps before a resume).
+    """
+    import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from nanoseg.atomic import atomic_path
+    from nanoseg.runtime import autocast, progress
+
+    if not samples:
+        raise NanosegError("classify: no training samples")
+    steps = cfg.steps if steps is None else steps
+    net = (net if net is not None else make_classifier(cfg)).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    # The average of the last ~1/(1 - decay) steps' weights: one training run's final weights
+    # depend on its last few batches, and so does which particles it keeps.
+    average = (AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+               if cfg.ema_decay > 0 else None)
+    rng = np.random.default_rng(seed)
+    losses: list[float] = []
+    start = 0
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        losses = list(state["losses"])
+        start = int(state["step"])
+        if average is not None and state.get("average") is not None:
+            average.load_state_dict(state["average"])
+        elif average is not None and start:
+            logger.warning("classify: %s holds no weight average; averaging from step %d on", checkpoint, start)
+        logger.info("classify: resuming training from step %d (%s)", start, checkpoint)
+    weights = (balanced_weights(samples, n_bins=8 if cfg.size_balance else 1, by_contact=cfg.contact_balance)
+               if cfg.size_balance or cfg.contact_balance else None)
+    use_bf16 = bool(cfg.bf16)
+    net.train()
+    for step in progress(range(start, steps), total=steps - start, desc="classify train"):
+        batch = sample_batch(samples, cfg.tile_size_px, cfg.batch_size, rng, weights=weights,
+                             zoom_range=tuple(cfg.zoom_range))
+        x, y, w = (torch.from_numpy(a).to(device) for a in batch)
+        with autocast(device, use_bf16):
+            logits = net(x)
+        loss = masked_bce(logits, y, w, balance=cfg.balance_classes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if average is not None:
+            average.update_parameters(net)
+        losses.append(float(loss.detach()))
+        done = step + 1
+        if checkpoint is not None and (done % cfg.checkpoint_every == 0) and done < steps:
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
+                            "losses": losses, "step": done,
+                            "average": average.state_dict() if average is not None else None}, tmp)
+    if average is not None and int(average.n_averaged) > 0:
+        net = average.module
+    net.eval()
+    return net, losses
+
+
+def predict_keep_probability(net: Any, image: np.ndarray, binary: np.ndarray, *, device: Any = "cpu", bf16: bool = False) -> np.ndarray:
+    """Per-pixel keep probability of a whole micrograph (float32, same shape)."""
+    import torch
+
+    from nanoseg.runtime import autocast
+
+    x = torch.from_numpy(np.stack([image, binary]).astype(np.float32)[None]).to(device)
+    net.eval()
+    with torch.inference_mode(), autocast(device, bf16):
+        logits = net(x)
+    return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+
+
+def sample_particles(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """Instance labels of a sample's particles and whether each is to be kept.
+
+    The binary mask separates touching particles by 1-px lines (as the pairs and the manual
+    masks do), so its 4-connected components are the particles; a particle is to be kept when
+    most of its pixels are in the keep mask.
+
+    Returns
+    -------
+    labels : (H, W) int32 array
+    keep : (n,) bool array, in label order 1..n
+    """
+    from scipy import ndimage as ndi
+
+    from nanoseg.labels import label_binary
+
+    _, binary, keep = sample
+    labels = label_binary(binary > 0, 1)
+    n = int(labels.max())
+    if n == 0:
+        return labels, np.zeros(0, bool)
+    return labels, np.asarray(ndi.mean(keep > 0, labels=labels, index=np.arange(1, n + 1))) > 0.5
+
+
+def calibrate_threshold(net: Any, samples: Sequence[Sample], *, device: Any = "cpu", bf16: bool = False) -> dict[str, Any]:
+    """The keep-score threshold that best separates whole from partial particles of ``samples``.
+
+    Every particle of every sample is scored like a segmented particle (mean keep probability
+    over its pixels); the threshold maximises Youden's J = sensitivity + specificity - 1 of
+    "keep" over those particles. It lies halfway between the lowest score still kept and the
+    next lower one, so ``score > threshold`` reproduces the optimum.
+
+    Parameters
+    ----------
+    net : nn.Module
+        Trained keep/discard network.
+    samples : sequence of (image, binary, keep)
+        Samples the network was not trained on.
+
+    Returns
+    -------
+    dict
+        ``threshold``, ``youden_j``, ``sensitivity``, ``specificity``, ``n_particles``,
+        ``n_images``. When the samples hold only one class of particle, J is undefined: the
+        threshold is 0.5 and ``youden_j`` is None.
+    """
+    from nanoseg.metrics import youden_index
+
+    scores, targets = [], []
+    for sample in samples:
+        labels, keep = sample_particles(sample)
+        if keep.size == 0:
+            continue
+        prob = predict_keep_probability(net, sample[0], (sample[1] > 0).astype(np.float32), device=device, bf16=bf16)
+        scores.append(instance_scores(prob, labels, np.arange(1, keep.size + 1)))
+        targets.append(keep)
+    score = np.concatenate(scores) if scores else np.zeros(0)
+    target = np.concatenate(targets) if targets else np.zeros(0, bool)
+    out: dict[str, Any] = {"n_particles": int(score.size), "n_images": len(samples)}
+    if target.all() or not target.any():
+        return {**out, "threshold": 0.5, "youden_j": None, "sensitivity": None, "specificity": None}
+    j, best = youden_index(score, target)
+    below = score[score < best]
+    threshold = float((best + below.max()) / 2) if below.size else float(best) / 2
+    kept = score > threshold
+    return {**out, "threshold": threshold, "youden_j": float(j), "sensitivity": float(kept[target].mean()),
+            "specificity": float((~kept[~target]).mean())}
+
+
+def fit_classifier(
+    samples: Sequence[Sample],
+    cfg: Any,
+    *,
+    device: Any = "cpu",
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+) -> tuple[Any, dict[str, Any]]:
+    """Train the keep/discard network and settle its score threshold; what the model file keeps.
+
+    With ``cfg.score_threshold='auto'`` the last ``calibration_fraction`` of the samples (at
+    least one) are held out of training and the threshold is calibrated on them
+    (:func:`calibrate_threshold`); with fewer than two samples, or a fraction of 0, on the
+    training samples. A number in ``cfg.score_threshold`` is used as it is.
+
+    Returns
+    -------
+    net : nn.Module
+    meta : dict
+        ``steps``, ``final_loss``, ``score_threshold`` (a number) and, when calibrated,
+        ``calibration`` (see :func:`calibrate_threshold`, plus ``held_out``).
+    """
+    auto = cfg.score_threshold == "auto"
+    n_held = max(1, round(cfg.calibration_fraction * len(samples))) if auto and cfg.calibration_fraction > 0 else 0
+    if len(samples) - n_held < 1:
+        n_held = 0
+    train_samples = list(samples[:len(samples) - n_held])
+    net, losses = train_classifier(train_samples, cfg, device=device, checkpoint=checkpoint, seed=seed)
+    tail = losses[-max(1, len(losses) // 10):]
+    meta: dict[str, Any] = {"steps": len(losses), "final_loss": float(np.mean(tail)), "trained_images": len(train_samples)}
+    if not auto:
+        return net, {**meta, "score_threshold": float(cfg.score_threshold)}
+    held = list(samples[len(samples) - n_held:]) if n_held else train_samples
+    calibration = calibrate_threshold(net, held, device=device, bf16=cfg.bf16)
+    calibration["held_out"] = bool(n_held)
+    if calibration["youden_j"] is None:
+        logger.warning("classify: the calibration pairs hold particles of one kind only (all whole or all "
+                       "partial); score threshold 0.5")
+    else:
+        logger.info("classify: score threshold %.3f from %d %s particles (Youden's J %.3f, sensitivity %.3f, "
+                    "specificity %.3f)", calibration["threshold"], calibration["n_particles"],
+                    "held-out" if n_held else "training", calibration["youden_j"], calibration["sensitivity"],
+                    calibration["specificity"])
+    return net, {**meta, "score_threshold": calibration["threshold"], "calibration": calibration}
+
+
+def resolve_threshold(cfg: Any, meta: dict[str, Any] | None) -> Any:
+    """``cfg`` with a numeric ``score_threshold``: 'auto' becomes the threshold saved with the model.
+
+    A number in the configuration wins over the model's; a model saved without a threshold
+    (trained before calibration existed) gets 0.5.
+    """
+    if cfg.score_threshold != "auto":
+        return cfg
+    saved = (meta or {}).get("score_threshold")
+    if not isinstance(saved, (int, float)):
+        logger.warning("classify: the classifier model records no calibrated score threshold (an older nanoseg "
+                       "trained it, or the model file is missing); using 0.5")
+        saved = 0.5
+    return cfg.model_copy(update={"score_threshold": float(saved)})
+
+
+def instance_scores(probability: np.ndarray, labels: np.ndarray, label_ids: Sequence[int] | None = None) -> np.ndarray:
+    """Mean probability over each instance's pixels (in the order of ``label_ids``)."""
+    from scipy import ndimage as ndi
+
+    if label_ids is None:
+        label_ids = np.unique(labels[labels > 0])
+    if len(label_ids) == 0:
+        return np.zeros(0)
+    return np.asarray(ndi.mean(probability, labels=labels, index=np.asarray(label_ids)), dtype=float)
