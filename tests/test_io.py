@@ -469,6 +469,30 @@ def test_float_series_shares_one_range(tmp_path):
     assert a.bit_depth is None and b.image.max() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("kind", ["16-bit", "float", "dark 8-bit"])
+def test_series_read_one_at_a_time_matches_the_whole_series(tmp_path, kind):
+    """A batch reads each image alone, after a first pass for the scale: same images as reading them together."""
+    from nanoseg.io import read_in_series, scan_micrograph, series_scale
+
+    if kind == "16-bit":
+        folder, cfg = _series(tmp_path, 3000, 5000), {}
+    else:
+        folder, cfg = tmp_path / "f", {"dark_particles": kind.startswith("dark")}
+        folder.mkdir()
+        base = np.random.default_rng(0).random((64, 64))
+        for name, factor in (("a", 100), ("b", 200)):
+            data = (base * factor).astype(np.float32) if kind == "float" else (base * factor).astype(np.uint8)
+            tifffile.imwrite(folder / f"{name}.tif", data)
+    data = DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0, **cfg)
+    together = load_micrographs(data)
+    paths = list_images(folder)
+    scale = series_scale([scan_micrograph(p, data) for p in paths], data.bit_depth)
+    for path, mg in zip(paths, together):
+        alone = read_in_series(path, data, scale)
+        np.testing.assert_array_equal(alone.image, mg.image)
+        assert alone.bit_depth == mg.bit_depth and alone.pixel_size_nm == mg.pixel_size_nm
+
+
 # --------------------------------------------------------------------------- annotations
 
 

@@ -155,7 +155,6 @@ def read_micrographs(paths: Sequence[str | Path], data_config: Any, *,
         As :func:`read_micrograph` (with ``failures``: only when no file can be read); or if an
         image holds values above an explicit bit depth.
     """
-    bit_depth = getattr(data_config, "bit_depth", "auto")
     frames = []
     for p in paths:
         try:
@@ -164,19 +163,11 @@ def read_micrographs(paths: Sequence[str | Path], data_config: Any, *,
             skip_or_raise(failures, p, exc)
     if failures and not frames:
         raise nothing_usable(failures)
-    raws = [raw for raw, _ in frames]
-    bits, source = _series_bits(raws, [mg.path for _, mg in frames], bit_depth)
-    value_range = _series_float_range(raws)
-    scale = _scale_text(raws, bits, source, value_range)
-    micrographs = []
-    for raw, mg in frames:
-        _finish(mg, raw, bits, value_range)
-        if data_config.dark_particles:
-            mg.image = (1.0 - mg.image).astype(np.float32)
-        micrographs.append(mg)
-    del frames, raws
+    scale = series_scale([frame_stats(raw, mg.path) for raw, mg in frames], getattr(data_config, "bit_depth", "auto"))
+    micrographs = [_finish(mg, raw, scale, data_config.dark_particles) for raw, mg in frames]
+    del frames
     if micrographs:
-        _say_once(logging.INFO, "intensity scale for %d micrograph(s): %s", len(micrographs), scale)
+        _say_once(logging.INFO, "intensity scale for %d micrograph(s): %s", len(micrographs), scale.text)
     _warn_dark_particles(micrographs, bool(data_config.dark_particles))
     sizes = {m.pixel_size_nm for m in micrographs}
     if len(sizes) > 1:
@@ -184,6 +175,65 @@ def read_micrographs(paths: Sequence[str | Path], data_config: Any, *,
         _say_once(logging.WARNING, "micrographs in %s have different pixel sizes: %s nm", folder,
                   ", ".join("none" if s is None else f"{s:g}" for s in sorted(sizes, key=lambda s: s or 0)))
     return micrographs
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """What the common intensity scale of a series needs from one of its images."""
+
+    path: Path
+    dtype: str
+    top: float | None  # largest value, for wide unsigned images
+    stated_bits: int | None  # bit depth the file states beyond its container
+    finite_range: tuple[float, float] | None  # float images: lowest and highest finite value
+
+
+@dataclass(frozen=True)
+class SeriesScale:
+    """How every image of a series is scaled to [0, 1] (:func:`series_scale`)."""
+
+    bits: int | None  # divisor 2**bits - 1 of wide unsigned images
+    value_range: tuple[float, float] | None  # float images outside [0, 1]: the series' range
+    text: str  # for the log
+
+
+def frame_stats(raw: np.ndarray, path: Path) -> FrameStats:
+    """The numbers of one image (info bar cropped) that :func:`series_scale` combines."""
+    wide = _is_wide_unsigned(raw) and raw.size > 0
+    finite_range = None
+    if raw.dtype.kind == "f":
+        finite = raw[np.isfinite(raw)]
+        finite_range = (float(finite.min()), float(finite.max())) if finite.size else None
+    return FrameStats(path=Path(path), dtype=raw.dtype.str, top=float(raw.max()) if wide else None,
+                      stated_bits=_stated_bit_depth(Path(path), raw.dtype) if wide else None,
+                      finite_range=finite_range)
+
+
+def scan_micrograph(path: str | Path, data_config: Any) -> FrameStats:
+    """Read one file of a series for its :class:`FrameStats` only (a batch's first pass).
+
+    Raises
+    ------
+    NanosegError
+        As :func:`read_micrograph`.
+    """
+    raw, mg = _read_frame(Path(path), data_config.pixel_size_nm, data_config.info_bar_rows, quiet=True)
+    return frame_stats(raw, mg.path)
+
+
+def read_in_series(path: str | Path, data_config: Any, scale: SeriesScale) -> Micrograph:
+    """Read one micrograph of a series with the series' scale: the image :func:`read_micrographs`
+    gives for it, without the other images in memory (a batch's second pass).
+
+    Raises
+    ------
+    NanosegError
+        As :func:`read_micrograph`.
+    """
+    raw, mg = _read_frame(Path(path), data_config.pixel_size_nm, data_config.info_bar_rows)
+    mg = _finish(mg, raw, scale, data_config.dark_particles)
+    _warn_dark_particles([mg], bool(data_config.dark_particles))
+    return mg
 
 
 def skip_or_raise(failures: list[dict[str, str]] | None, path: str | Path, exc: NanosegError) -> None:
@@ -253,13 +303,17 @@ def read_micrograph(
         ``bit_depth``.
     """
     raw, mg = _read_frame(Path(path), pixel_size_nm, info_bar_rows)
-    bits, _ = _series_bits([raw], [mg.path], bit_depth)
-    return _finish(mg, raw, bits, None)
+    scale = series_scale([frame_stats(raw, mg.path)], bit_depth)
+    # Alone, a float image is taken as stored: there is no series whose range could scale it.
+    return _finish(mg, raw, SeriesScale(scale.bits, None, scale.text), dark_particles=False)
 
 
-def _read_frame(path: Path, pixel_size_nm: float | None, info_bar_rows: int | Literal["auto"]
+def _read_frame(path: Path, pixel_size_nm: float | None, info_bar_rows: int | Literal["auto"], *, quiet: bool = False
                 ) -> tuple[np.ndarray, Micrograph]:
-    """The stored values without the info bar, and a Micrograph still without its image."""
+    """The stored values without the info bar, and a Micrograph still without its image.
+
+    ``quiet``: no warning about a missing pixel size (a first pass that reads the file again).
+    """
     raw = read_raw(path)
     if info_bar_rows == "auto":
         bar = detect_info_bar(raw)
@@ -279,7 +333,7 @@ def _read_frame(path: Path, pixel_size_nm: float | None, info_bar_rows: int | Li
         size, source = float(pixel_size_nm), "override"
     else:
         size, source = _find_pixel_size(path)
-        if size is None:
+        if size is None and not quiet:
             _say_once(logging.WARNING, "%s: no pixel size in the metadata; sizes will be reported in px "
                       "(set data.pixel_size_nm or pass --pixel-size)", path)
     mg = Micrograph(image=np.empty((0, 0), np.float32), pixel_size_nm=size, info_bar_rows=bar, path=path,
@@ -287,9 +341,9 @@ def _read_frame(path: Path, pixel_size_nm: float | None, info_bar_rows: int | Li
     return (raw[: raw.shape[0] - bar] if bar else raw), mg
 
 
-def _finish(mg: Micrograph, raw: np.ndarray, bits: int | None,
-            value_range: tuple[float, float] | None) -> Micrograph:
-    """Scale ``raw`` into ``mg.image``, warning about replaced and blank pixels."""
+def _finish(mg: Micrograph, raw: np.ndarray, scale: SeriesScale, dark_particles: bool) -> Micrograph:
+    """Scale ``raw`` into ``mg.image`` (inverted for dark particles), warning about replaced and blank pixels."""
+    bits, value_range = scale.bits, scale.value_range
     if raw.dtype.kind == "f":
         bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
         if bad:
@@ -303,6 +357,8 @@ def _finish(mg: Micrograph, raw: np.ndarray, bits: int | None,
         value = f"{float(np.median(finite)):g}" if finite.size else "NaN"
         _say_once(logging.WARNING, "%s: image is blank (all pixels %s); no particles can be found "
                   "(check the acquisition or leave the file out)", mg.path, value)
+    if dark_particles:
+        mg.image = (1.0 - mg.image).astype(np.float32)
     return mg
 
 
@@ -324,63 +380,70 @@ def bits_for_max(value: float) -> int:
     return next((b for b in _DETECTOR_BITS if value <= 2.0**b - 1), 64)
 
 
-def _series_bits(raws: Sequence[np.ndarray], paths: Sequence[Path], bit_depth: int | Literal["auto"]
-                 ) -> tuple[int | None, str]:
+def series_scale(stats: Sequence[FrameStats], bit_depth: int | Literal["auto"] = "auto") -> SeriesScale:
+    """One intensity scale for a series of images (see :func:`read_micrographs`).
+
+    Raises
+    ------
+    NanosegError
+        If an image holds values above an explicit ``bit_depth``.
+    """
+    bits, source = _series_bits(stats, bit_depth)
+    value_range = _series_float_range(stats)
+    return SeriesScale(bits, value_range, _scale_text(stats, bits, source, value_range))
+
+
+def _series_bits(stats: Sequence[FrameStats], bit_depth: int | Literal["auto"]) -> tuple[int | None, str]:
     """One bit depth for the wide unsigned images of a series, and where it came from."""
-    wide = [(raw, path) for raw, path in zip(raws, paths) if _is_wide_unsigned(raw) and raw.size]
+    wide = [st for st in stats if st.top is not None]
     if not wide:
         return None, "none"
     if bit_depth != "auto":
         bits = int(bit_depth)
-        for raw, path in wide:
-            top = int(raw.max())
+        for st in wide:
+            top = int(st.top)
             if top > 2**bits - 1:
                 raise NanosegError(
-                    f"{path}: values reach {top}, more than {bits}-bit data can hold; "
+                    f"{st.path}: values reach {top}, more than {bits}-bit data can hold; "
                     f"set data.bit_depth to the detector's bit depth (at least {top.bit_length()}) or 'auto'"
                 )
         return bits, "data.bit_depth"
-    tops = [float(raw.max()) for raw, _ in wide]
+    tops = [st.top for st in wide]
     needed = bits_for_max(max(tops))
-    stated = [s for s in (_stated_bit_depth(path, raw.dtype) for raw, path in wide) if s is not None]
+    stated = [st.stated_bits for st in wide if st.stated_bits is not None]
     if not stated:
         return needed, "largest value" if len(wide) == 1 else "largest value of the series"
     if needed > max(stated):
         _say_once(logging.WARNING, "%s: the metadata states %d-bit data but values reach %g; scaling by %d bits "
-                  "instead (set data.bit_depth to choose the scale)", wide[int(np.argmax(tops))][1], max(stated),
+                  "instead (set data.bit_depth to choose the scale)", wide[int(np.argmax(tops))].path, max(stated),
                   max(tops), needed)
         return needed, "largest value (the metadata's bit depth is too small)"
     return max(stated), "file metadata"
 
 
-def _series_float_range(raws: Sequence[np.ndarray]) -> tuple[float, float] | None:
+def _series_float_range(stats: Sequence[FrameStats]) -> tuple[float, float] | None:
     """Common range of a series' float images, when any of them lies outside [0, 1]."""
-    ranges = []
-    for raw in raws:
-        if raw.dtype.kind != "f":
-            continue
-        finite = raw[np.isfinite(raw)]
-        if finite.size:
-            ranges.append((float(finite.min()), float(finite.max())))
+    ranges = [st.finite_range for st in stats if st.finite_range is not None]
     if not ranges:
         return None
     lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
     return None if lo >= 0.0 and hi <= 1.0 else (lo, hi)
 
 
-def _scale_text(raws: Sequence[np.ndarray], bits: int | None, source: str,
+def _scale_text(stats: Sequence[FrameStats], bits: int | None, source: str,
                 value_range: tuple[float, float] | None) -> str:
     """How a series' images were scaled to [0, 1], for the log."""
+    kinds = {np.dtype(st.dtype) for st in stats}
     parts = []
     if bits is not None:
         parts.append(f"{bits}-bit (from the {source}): 16/32-bit values / {2**bits - 1}")
-    if any(raw.dtype == np.uint8 for raw in raws):
+    if np.dtype(np.uint8) in kinds:
         parts.append("8-bit values / 255")
-    if any(raw.dtype.kind == "i" for raw in raws):
+    if any(k.kind == "i" for k in kinds):
         parts.append("signed values over their dtype's range")
     if value_range is not None:
         parts.append(f"float values from [{value_range[0]:g}, {value_range[1]:g}] (the series' range)")
-    elif any(raw.dtype.kind == "f" for raw in raws):
+    elif any(k.kind == "f" for k in kinds):
         parts.append("float values as stored in [0, 1]")
     return "; ".join(parts) or "binary images as 0 and 1"
 
