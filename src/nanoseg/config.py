@@ -286,9 +286,9 @@ class ClassifyConfig(_Section):
         (1.0, 1.0), description="Training tiles are magnified by a factor drawn log-uniformly from this range, so "
         "that particle size in pixels stops being a cue; (1, 1) turns it off.")
     ema_decay: float = Field(
-        0.0, ge=0, lt=1, description="Keep the exponential moving average of the network's weights over the "
-        "training steps with this decay (0.99: about the last 100 steps) and use it instead of the last weights; "
-        "0 turns it off.")
+        0.99, ge=0, lt=1, description="Keep the exponential moving average of the network's weights over the "
+        "training steps with this decay (0.99: about the last 100 steps) and use it instead of the last weights, "
+        "whose keep decisions depend on the last few batches; 0 turns it off.")
     checkpoint_every: int = Field(100, ge=1, description="Save a training checkpoint every this many steps.")
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
 
@@ -356,7 +356,8 @@ _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "translate": {"method": "render", "steps": 300, "n_pairs": 48, "tile_size_px": 128, "realism_steps": 100},
         "segment": {"architecture": "unet", "base_width": 8, "steps": 300, "tile_size_px": 192, "val_every": 100,
                     "lr_decay_every": 200},
-        "classify": {"steps": 80, "tile_size_px": 128, "base_width": 4, "checkpoint_every": 40},
+        # ema_decay 0: an average over ~100 steps would lag far behind a training of 80.
+        "classify": {"steps": 80, "tile_size_px": 128, "base_width": 4, "checkpoint_every": 40, "ema_decay": 0.0},
     },
     "paper": {
         "shapes": {"steps": 20000, "generator_width": 64, "critic_width": 64, "latent_dim": 128,
