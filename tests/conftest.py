@@ -141,3 +141,19 @@ def batch(tmp_path) -> Path:
         write_tiff(tmp_path / "images" / f"{stem}.tif", image, pixel_size_nm=2.0)
         write_tiff(tmp_path / "labels" / f"{stem}.tif", labels)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory, disc_micrograph) -> Path:
+    """A tiny segmentation model trained on the ``batch`` discs (40 steps on 64x64 images: a few seconds)."""
+    from nanoseg.config import build_config
+    from nanoseg.segment import Pair, train
+
+    pairs = []
+    for seed in range(3):
+        image, labels = disc_micrograph(seed)
+        pairs.append(Pair(image.astype(np.float32) / 255, labels.astype(np.int32), f"p{seed}"))
+    cfg = build_config({"segment": {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 48,
+                                    "batch_size": 2, "val_every": 10, "bf16": False}}).segment
+    return train(pairs, cfg, tmp_path_factory.mktemp("model"), steps=40, rng=np.random.default_rng(1),
+                 pixel_size_nm=2.0)

@@ -11,10 +11,14 @@ from typing import Optional
 import typer
 
 from nanoseg.cli import common
+from nanoseg.errors import NanosegError
 
-#: What `nanoseg measure` writes into --out; a rerun into the same folder replaces exactly these.
+#: What `nanoseg measure` writes into --out; a rerun into the same folder replaces exactly these,
+#: except the per-image outputs of nanoseg.measure.batch.PER_IMAGE_DIRS, which it reuses where
+#: they are still valid (so a killed batch resumes).
 OWNED = ("particles.csv", "decisions.csv", "summary.json", "report.html", "hist_*.png", "hist_*.svg",
-         "compare_*.png", "compare_*.svg", "overlays", "segment")
+         "compare_*.png", "compare_*.svg", "overlays", "segment", "particles.parquet", "markers")
+RESUMABLE = ("overlays", "segment", "particles.parquet", "markers")
 
 
 def command(
@@ -35,6 +39,14 @@ def command(
     device: Optional[str] = common.DeviceOpt,
     pixel_size: Optional[str] = common.PixelSizeOpt,
     strict: bool = common.StrictOpt,
+    overlays: bool = typer.Option(False, "--overlays", help="Draw OUT/overlays/<stem>.png for every micrograph "
+                                  "(default: only for those the report shows, measure.report_overlays)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Measure on N local worker "
+                                          "processes (Dask LocalCluster), the cores shared among them; default: "
+                                          "one image after another in this process."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler "
+                                            "(e.g. tcp://10.0.0.5:8786) whose workers see the same files; "
+                                            "instead of --workers."),
 ) -> None:
     """Segment, classify and measure particles; write the table, size distribution and HTML report.
 
@@ -48,17 +60,26 @@ def command(
     A micrograph that cannot be read or segmented is left out: the others are measured, every
     one left out is listed at the end and in summary.json (failures), and the exit status is 1
     (--strict stops at the first instead). OUT must be new, empty, or an earlier `nanoseg
-    measure` output, whose files are then replaced.
+    measure` output, whose files are then replaced; its micrographs that were measured with the
+    same settings and models are not measured again, so a killed batch resumes where it stopped.
+
+    Each micrograph is one task: with --workers N on N processes of this machine, with
+    --scheduler on an existing Dask cluster. Per image it writes OUT/segment/labels/<stem>.tif,
+    OUT/particles.parquet/<stem>.parquet and OUT/markers/<stem>.json.
 
     Example:
 
       nanoseg measure ../shared/data/bam-tio2/sem --model runs/tio2/adapt/model.pt --classifier runs/tio2/classify/model.pt --out tio2-sizes
 
       nanoseg measure img.tif --labels my-labels/ --pixel-size 7.34nm --compare manual/particles.csv --out compared
+
+      nanoseg measure series/ --model model.pt --workers 2 --out series-sizes
     """
     paths = common.expand_images(images)
     inputs = [p for p in (*paths, labels, compare, model, classifier) if p is not None]
-    stale = common.outputs_to_replace(out, "measure", OWNED, inputs)
+    if workers is not None and scheduler is not None:
+        raise NanosegError("--workers and --scheduler: give one of them (a new local cluster, or an existing one)")
+    stale = [p for p in common.outputs_to_replace(out, "measure", OWNED, inputs) if p.name not in RESUMABLE]
     if model is not None and labels is None:
         cfg = common.resolve_model_config(model, config, profile, sets, device, pixel_size)
     else:
@@ -69,8 +90,8 @@ def command(
     configure_torch(cfg.num_threads)
     summary = measure_files(paths, out, cfg, model=model, labels_dir=labels, classifier=classifier,
                             compare_csv=compare, device=select_device(cfg.device),
-                            probabilities=probabilities, strict=strict,
-                            before_writing=lambda: common.replace_outputs(out, "measure", stale))
+                            probabilities=probabilities, strict=strict, overlays=overlays, workers=workers,
+                            scheduler=scheduler, before_writing=lambda: common.replace_outputs(out, "measure", stale))
     for warning in summary.get("warnings", []):
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"kept {summary['n_kept']} of {summary['n_particles']} particles in {summary['n_images']} images")

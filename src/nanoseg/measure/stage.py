@@ -102,6 +102,7 @@ def write_results(
     *,
     micrographs: Mapping[str, np.ndarray] | None = None,
     labels: Mapping[str, np.ndarray] | None = None,
+    overlay_files: Mapping[str, Path] | None = None,
     bins: int = 30,
     fit: bool = True,
     report: bool = True,
@@ -126,6 +127,8 @@ def write_results(
         Output folder.
     micrographs, labels : mapping of image name -> array, optional
         For the overlay PNGs (kept green, discarded red).
+    overlay_files : mapping of image name -> path, optional
+        Overlay PNGs drawn already (by a batch's tasks), for the report.
     bins : int
         Histogram bins.
     fit : bool
@@ -216,7 +219,7 @@ def write_results(
                                 xlabel=f"minimum Feret diameter / {_unit(col)}", bins=bins, ks=ks)
         figures["comparison"] = paths[0]
         summary["comparison"] = ks
-    overlays: dict[str, Path] = {}
+    overlays: dict[str, Path] = dict(overlay_files or {})
     if micrographs and labels:
         for name, image in micrographs.items():
             if name not in labels:
@@ -438,17 +441,25 @@ def measure_files(
     device: Any = "cpu",
     probabilities: bool = False,
     strict: bool = True,
+    overlays: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
     before_writing: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Segment (or read labels of), classify and measure micrographs; write all results.
+
+    One task per micrograph (:mod:`nanoseg.measure.batch`), in this process or on a Dask
+    cluster; an image measured by an earlier call into ``out_dir`` with the same settings is
+    not measured again. The pooled table, summary and report come from the per-image results.
 
     Parameters
     ----------
     images : sequence of path
         Micrograph files or folders of them.
     out_dir : path
-        Output folder: ``particles.csv``, ``decisions.csv``, ``summary.json``, histograms,
-        ``overlays/``, ``report.html`` (and ``segment/`` when segmenting).
+        Output folder: ``particles.csv``, ``particles.parquet/``, ``decisions.csv``,
+        ``summary.json``, histograms, ``overlays/``, ``report.html`` (and ``segment/labels/``
+        when segmenting), ``markers/`` (one per image done).
     config : Config
         Uses ``data`` (pixel size, info bar, dark particles), ``segment``, ``classify``, ``measure``.
     model : path, optional
@@ -466,17 +477,27 @@ def measure_files(
         Raise at the first micrograph that cannot be read, segmented or paired with its labels.
         Otherwise such a micrograph is left out with a warning and listed in the summary's
         ``failures`` (``{"image": path, "error": reason}``); it raises only when none is left.
+    overlays : bool
+        Draw ``overlays/<stem>.png`` for every micrograph; otherwise only for those the report
+        shows (``measure.report_overlays``).
+    workers : int, optional
+        Local Dask worker processes; default: every image in this process.
+    scheduler : str, optional
+        Address of an existing Dask scheduler to run the images on.
     before_writing : callable, optional
-        Called once every input has been read, before the first file is written: the place to
-        clear an earlier run's outputs, which an input error then leaves as they were.
+        Called once every input has been checked, before the first file is written: the place
+        to clear an earlier run's outputs, which an input error then leaves as they were.
 
     Returns
     -------
     dict
         The summary written to ``summary.json``.
     """
-    from nanoseg.classify import counting_rule, write_decisions
-    from nanoseg.io import list_images, read_micrographs
+    from types import SimpleNamespace
+
+    from nanoseg.classify import DECISION_COLUMNS, counting_rule, write_decisions
+    from nanoseg.io import list_images
+    from nanoseg.measure.batch import measure_batch
 
     out_dir = Path(out_dir)
     # Folders are listed; files are kept as given, so that a wrong one fails alone when not strict.
@@ -487,39 +508,43 @@ def measure_files(
         raise NanosegError("measure: give --model (a segmentation model) or --labels (a folder of label images)")
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise NanosegError(f"--labels {labels_dir}: no such folder (give the folder of label images <stem>.tif)")
-    failures: list[dict[str, str]] | None = None if strict else []
-    micrographs = read_micrographs(paths, config.data, failures=failures)
-    items = None if labels_dir is None else _paired_labels(micrographs, Path(labels_dir), failures)
-    net, cls_cfg, calibration, warnings = load_classifier(classifier, config.classify, device)
+    _, cls_cfg, calibration, warnings = load_classifier(classifier, config.classify, device)
     compare = None
     if compare_csv is not None:
         # Checked now, not when the comparison is drawn: a bad table then leaves no outputs behind.
-        column = nm_column("min_feret") if all(mg.pixel_size_nm is not None for mg in micrographs) else "min_feret_px"
+        column = nm_column("min_feret") if config.data.pixel_size_nm is not None or _all_calibrated(paths) \
+            else "min_feret_px"
         compare = (Path(compare_csv).name, read_particles_csv(compare_csv, column))
-    if before_writing is not None:
-        before_writing()
-    if items is None:
-        from nanoseg.segment import segment_micrographs
-
-        segmented = segment_micrographs(model, micrographs, out_dir / "segment", config.segment, device=device,
-                                        probabilities=probabilities, failures=failures)
-        done = {row["image"] for row in segmented}
-        items = _paired_labels([mg for mg in micrographs if mg.stem in done], out_dir / "segment" / "labels", failures)
-    measured = {stem for stem, _, _, _ in items}
-    micrographs = [mg for mg in micrographs if mg.stem in measured]
-    warnings += left_out_warning(failures or [], len(paths))
-    images_by_name = {stem: image for stem, _, image, _ in items}
-    labels_by_name = {stem: lab for stem, lab, _, _ in items}
-    particles, decisions = measure_and_decide(items, cls_cfg, net=net, device=device)
-    write_decisions(decisions, out_dir / "decisions.csv")
+    batch = measure_batch(paths, out_dir, config, model=model, labels_dir=labels_dir, classifier=classifier,
+                          device=device, probabilities=probabilities, overlays=overlays, strict=strict,
+                          workers=workers, scheduler=scheduler, before_writing=before_writing)
+    particles = batch.particles(out_dir)
+    write_decisions(particles[DECISION_COLUMNS], out_dir / "decisions.csv")
+    warnings += left_out_warning(batch.failures, len(paths))
+    measured = [SimpleNamespace(pixel_size_nm=m["pixel_size_nm"], pixel_size_source=m["pixel_size_source"])
+                for m in batch.markers]
+    overlay_files = {m["image"]: p for m in batch.markers if (p := out_dir / "overlays" / f"{m['image']}.png").is_file()}
     return write_results(
-        particles, out_dir, micrographs=images_by_name, labels=labels_by_name,
-        pixel_size_source=pixel_size_source(micrographs), size_prior=_size_prior_of_model(model), compare=compare,
-        extra={"classify_method": cls_cfg.method, "failures": failures or [],
+        particles, out_dir, overlay_files=overlay_files,
+        pixel_size_source=pixel_size_source(measured), size_prior=_size_prior_of_model(model), compare=compare,
+        extra={"classify_method": cls_cfg.method, "failures": batch.failures,
                "realism": _read_realism(Path(model).resolve().parent.parent) if model is not None else None},
         counting_rule=counting_rule(cls_cfg, classifier_model=classifier, calibration=calibration),
         warnings=warnings, **results_settings(config),
     )
+
+
+def _all_calibrated(paths: Sequence[Path]) -> bool:
+    """Whether every readable micrograph states its pixel size (the column a comparison uses)."""
+    from nanoseg.io import pixel_size_with_source
+
+    sizes = []
+    for p in paths:
+        try:
+            sizes.append(pixel_size_with_source(p)[0])
+        except (NanosegError, OSError):
+            continue
+    return bool(sizes) and all(s is not None for s in sizes)
 
 
 def left_out_warning(failures: Sequence[dict[str, str]], n_images: int) -> list[str]:
