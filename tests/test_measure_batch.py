@@ -53,6 +53,17 @@ def test_local_cluster_gives_the_results_of_one_process(batch, model):
             int((particles_two["image"] == stem).sum())
 
 
+def test_an_existing_cluster_is_reached_by_its_address(batch, model):
+    """--scheduler: the tasks run on a cluster started elsewhere (here: in the test)."""
+    from distributed import LocalCluster
+
+    measure_files([batch / "images"], batch / "one", _config(), model=model)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        measure_files([batch / "images"], batch / "remote", _config(), model=model,
+                      scheduler=cluster.scheduler_address)
+    pd.testing.assert_frame_equal(_tables(batch / "one")[0], _tables(batch / "remote")[0])
+
+
 def test_rerun_measures_only_what_changed(batch, model, batch_log):
     out = batch / "out"
     measure_files([batch / "images"], out, _config(), model=model)
