@@ -1,0 +1,160 @@
+"""Where the time of `nanoseg measure` goes, per 1024x768 micrograph, step by step.
+
+For each shared TiO2 micrograph (or the first ``--images``) the steps of one batch task
+(:func:`nanoseg.measure.batch.measure_one`) are timed one by one with the quick model of a run
+folder: reading (with the series' scale), the network (with and without test-time augmentation),
+the post-processing (threshold, markers, watershed), the keep/discard rules, the measurements and
+the writes (labels TIFF, Parquet rows, overlay PNG). Then `nanoseg measure` itself is timed end to
+end on the same images (rules only, as the issue's target states it), with and without TTA, in a
+fresh process: wall time per image including start-up.
+
+    python benchmarks/bench_measure.py --run benchmarks/work/workflow_quick/seed0/run --images 10
+
+Results: ``benchmarks/results/bench_measure.json`` and ``.md``. Measure on a quiet machine; the
+load average at the start is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bam_tio2 as bt  # noqa: E402
+
+STEPS = ("read", "network", "network_tta", "post_processing", "rules", "measure", "write")
+
+
+def time_steps(paths: list[Path], model: Path, config: Any) -> dict[str, list[float]]:
+    """Seconds per image of each step, one image at a time."""
+    from nanoseg import io, nets
+    from nanoseg.classify import classify_images
+    from nanoseg.measure.figures import overlay_kept
+    from nanoseg.particles import measure_images
+    from nanoseg.segment import instances_from_probabilities, predict_probabilities, to_model_scale
+
+    net, meta = nets.load(model)
+    seg = config.segment
+    rules = config.classify.model_copy(update={"method": "rules"})
+    scale = io.series_scale([io.scan_micrograph(p, config.data) for p in paths], config.data.bit_depth)
+    times: dict[str, list[float]] = {s: [] for s in STEPS}
+    out = Path(tempfile.mkdtemp(prefix="bench_measure_"))
+    try:
+        for path in paths:
+            t = time.perf_counter()
+            mg = io.read_in_series(path, config.data, scale)
+            times["read"].append(time.perf_counter() - t)
+            work, _ = to_model_scale(mg.image, mg.pixel_size_nm, meta)
+            for step, tta in (("network", False), ("network_tta", True)):
+                t = time.perf_counter()
+                probs = predict_probabilities(net, work, meta["target"], bf16=seg.bf16, tile_px=seg.inference_tile_px,
+                                              overlap_px=seg.tile_overlap_px, tta=tta)
+                times[step].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            threshold = seg.threshold if seg.threshold != "auto" else float(meta.get("threshold", 0.5))
+            labels = instances_from_probabilities(probs, meta["target"], seg, threshold=threshold)
+            times["post_processing"].append(time.perf_counter() - t)
+            items = [(path.stem, labels, mg.image, mg.pixel_size_nm)]
+            t = time.perf_counter()
+            particles = measure_images(items)
+            times["measure"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            decisions = classify_images(items, rules, particles=particles)
+            times["rules"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            io.write_tiff(out / f"{path.stem}.tif", labels, pixel_size_nm=mg.pixel_size_nm, ome=True)
+            particles.assign(kept=decisions["kept"].to_numpy()).to_parquet(out / f"{path.stem}.parquet")
+            kept = decisions.loc[decisions["kept"], "label"]
+            io.write_png(out / f"{path.stem}.png", overlay_kept(mg.image, labels, kept))
+            times["write"].append(time.perf_counter() - t)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return times
+
+
+def time_command(paths: list[Path], model: Path, config_file: Path, tta: bool) -> float:
+    """Wall seconds of one `nanoseg measure` process on ``paths`` (rules only)."""
+    with tempfile.TemporaryDirectory(prefix="bench_measure_") as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        for p in paths:
+            (folder / p.name).symlink_to(p)
+        cmd = [sys.executable, "-c", "from nanoseg.cli import main; main()", "measure", str(folder),
+               "--model", str(model), "--config", str(config_file), "--set", "classify.method=rules",
+               "--set", f"segment.tta={str(tta).lower()}",
+               "--out", str(Path(tmp) / "out")]
+        env = dict(os.environ, NANOSEG_NO_PROGRESS="1")
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, capture_output=True)
+        return time.perf_counter() - t
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = ["# Where the time of `nanoseg measure` goes (quick model, per 1024x768 micrograph)", "",
+             f"Made by `benchmarks/bench_measure.py` on {results['date']}, commit {results['commit']}; "
+             f"{results['machine']}; load average at start {results['load_at_start']}. Model: `{results['model']}`; "
+             f"{results['n_images']} shared TiO2 micrographs, one at a time in one process.", "",
+             "| step | median s / image | share of a plain task |", "| --- | --- | --- |"]
+    med = results["median_s"]
+    plain = sum(v for k, v in med.items() if k != "network_tta")
+    for step in STEPS:
+        share = "" if step == "network_tta" else f"{100 * med[step] / plain:.0f} %"
+        lines.append(f"| {step.replace('_', ' ')} | {med[step]:.3f} | {share} |")
+    lines += [f"| **plain task (without TTA)** | **{plain:.3f}** | 100 % |", "",
+              "`nanoseg measure` end to end (a fresh process, rules only, start-up included):", "",
+              "| segment.tta | wall s | s / image |", "| --- | --- | --- |"]
+    for key, wall in results["command_s"].items():
+        lines.append(f"| {key} | {wall:.1f} | {wall / results['n_images']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_run = bt.ROOT / "benchmarks" / "work" / "workflow_quick" / "seed0" / "run"
+    parser.add_argument("--run", type=Path, default=default_run,
+                        help="A finished quick run folder (its adapt/model.pt and config.yaml are used).")
+    parser.add_argument("--images", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=bt.RESULTS / "bench_measure.md")
+    args = parser.parse_args(argv)
+    if not bt.DATA.is_dir():
+        raise SystemExit(f"error: {bt.DATA} not found; the benchmark needs the shared TiO2 data")
+    model, config_file = args.run / "adapt" / "model.pt", args.run / "config.yaml"
+    if not model.is_file():
+        raise SystemExit(f"error: {model} not found; give --run a finished quick run folder")
+    from nanoseg.config import load_config
+    from nanoseg.runtime import configure_torch
+
+    configure_torch(None)
+    config = load_config(config_file)
+    paths = [bt.DATA / "sem" / f"{i}.tif" for i in bt.ALL_IDS[:args.images]]
+    load = os.getloadavg()
+    times = time_steps(paths, model, config)
+    command = {tta: time_command(paths, model, config_file, tta == "on") for tta in ("off", "on")}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bt.ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
+               "machine": f"{platform.machine()}, {bt._cpu_count()} CPU cores",
+               "load_at_start": " / ".join(f"{v:.2f}" for v in load),
+               "model": str(model.relative_to(bt.ROOT)) if model.is_relative_to(bt.ROOT) else str(model),
+               "n_images": len(paths), "seconds": times,
+               "median_s": {k: float(np.median(v)) for k, v in times.items()}, "command_s": command}
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(render(results) + "\n")
+    print(render(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
