@@ -11,9 +11,12 @@ definition check and the KS comparison), :mod:`nanoseg.measure.figures` (histogr
 comparison plots and the kept/discarded overlays) and :mod:`nanoseg.measure.stage` (joining
 the classify decisions, writing the results and the report, the pipeline stage
 :func:`run_stage`, :func:`measure_files` for ``nanoseg measure`` and
-:func:`read_particles_csv`). Everything is imported from ``nanoseg.measure`` itself.
+:func:`read_particles_csv`) and :mod:`nanoseg.measure.batch` (one task per micrograph, in this
+process or on Dask workers, with per-image markers so a batch resumes). Everything is imported
+from ``nanoseg.measure`` itself.
 """
 
+from nanoseg.measure.batch import BatchResult, measure_batch
 from nanoseg.measure.distributions import (
     BOOTSTRAP_RESAMPLES,
     EC_LIMIT_NM,
@@ -48,6 +51,7 @@ from nanoseg.measure.stage import (
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
+    "BatchResult",
     "DISCARDED_RGB",
     "EC_LIMIT_NM",
     "KEPT_RGB",
@@ -64,6 +68,7 @@ __all__ = [
     "load_classifier",
     "logger",
     "measure_and_decide",
+    "measure_batch",
     "measure_files",
     "median_window",
     "overlay_kept",

@@ -556,21 +556,6 @@ def left_out_warning(failures: Sequence[dict[str, str]], n_images: int) -> list[
             "(the reasons are under failures in summary.json)"]
 
 
-def _paired_labels(micrographs: Sequence[Any], labels_dir: Path, failures: list[dict[str, str]] | None
-                   ) -> list[tuple[str, np.ndarray, np.ndarray, float | None]]:
-    """:func:`label_items` one micrograph at a time, so that a missing or mismatched label image
-    leaves out that micrograph alone when ``failures`` is a list (see :func:`nanoseg.io.skip_or_raise`)."""
-    from nanoseg.io import nothing_usable, skip_or_raise
-
-    items = []
-    for mg in micrographs:
-        try:
-            items.extend(label_items([mg], labels_dir, fix="check data.info_bar_rows"))
-        except NanosegError as exc:
-            skip_or_raise(failures, mg.path, exc)
-    if failures and not items:
-        raise nothing_usable(failures)
-    return items
 
 
 def _size_prior_of_model(model: str | Path | None) -> Any:
