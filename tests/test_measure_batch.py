@@ -70,7 +70,7 @@ def test_rerun_measures_only_what_changed(batch, model, batch_log):
     first = _tables(out)[0]
     batch_log.clear()
     measure_files([batch / "images"], out, _config(), model=model)
-    assert "3 of 3 micrographs were measured by an earlier call" in batch_log.text
+    assert "3 of 3 micrographs were done by an earlier call" in batch_log.text
     pd.testing.assert_frame_equal(_tables(out)[0], first)
 
     # An image file written again is measured again; the others are not.
@@ -79,13 +79,13 @@ def test_rerun_measures_only_what_changed(batch, model, batch_log):
     os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))
     batch_log.clear()
     measure_files([batch / "images"], out, _config(), model=model)
-    assert "2 of 3 micrographs were measured by an earlier call" in batch_log.text
+    assert "2 of 3 micrographs were done by an earlier call" in batch_log.text
     pd.testing.assert_frame_equal(_tables(out)[0], first)
 
     # Another setting that a task reads: everything again.
     batch_log.clear()
     measure_files([batch / "images"], out, _config(min_area_px=5), model=model)
-    assert "measured by an earlier call" not in batch_log.text
+    assert "done by an earlier call" not in batch_log.text
 
 
 _KILL_AFTER_TWO = """
@@ -132,7 +132,7 @@ def test_batch_killed_halfway_resumes_without_losing_or_repeating_an_image(batch
     res = cli("measure", batch / "images", "--model", model, "--out", out, "--profile", "demo",
               "--set", "classify.method=rules", *PX)
     assert res.code == 0, res.output
-    assert "2 of 6 micrographs were measured by an earlier call" in res.output
+    assert "2 of 6 micrographs were done by an earlier call" in res.output
     resumed = pd.read_csv(out / "particles.csv")
     res = cli("measure", batch / "images", "--model", model, "--out", batch / "whole", "--profile", "demo",
               "--set", "classify.method=rules", *PX)

@@ -32,6 +32,17 @@ DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda.")
 PixelSizeOpt = typer.Option(None, "--pixel-size", help="Pixel size override, e.g. 7.34nm, 0.5um, 3.1e-9m.")
 StrictOpt = typer.Option(False, "--strict", help="Stop at the first micrograph that cannot be read or processed "
                          "(default: leave it out, list it at the end and exit with status 1).")
+WorkersOpt = typer.Option(None, "--workers", "-w", min=1, help="Process the micrographs on N local worker "
+                          "processes (a Dask LocalCluster; the cores are shared among them); default: one after "
+                          "another in this process.")
+SchedulerOpt = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler (e.g. "
+                            "tcp://10.0.0.5:8786) whose workers see the same files; instead of --workers.")
+
+
+def check_workers(workers: int | None, scheduler: str | None) -> None:
+    """--workers and --scheduler exclude each other."""
+    if workers is not None and scheduler is not None:
+        raise NanosegError("--workers and --scheduler: give one of them (a new local cluster, or an existing one)")
 
 #: Written into an output folder by the command that owns it; a rerun clears only a folder marked so.
 OUT_MARKER = ".nanoseg-outputs.json"

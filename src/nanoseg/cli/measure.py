@@ -11,7 +11,6 @@ from typing import Optional
 import typer
 
 from nanoseg.cli import common
-from nanoseg.errors import NanosegError
 
 #: What `nanoseg measure` writes into --out; a rerun into the same folder replaces exactly these,
 #: except the per-image outputs of nanoseg.measure.batch.PER_IMAGE_DIRS, which it reuses where
@@ -41,12 +40,8 @@ def command(
     strict: bool = common.StrictOpt,
     overlays: bool = typer.Option(False, "--overlays", help="Draw OUT/overlays/<stem>.png for every micrograph "
                                   "(default: only for those the report shows, measure.report_overlays)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Measure on N local worker "
-                                          "processes (Dask LocalCluster), the cores shared among them; default: "
-                                          "one image after another in this process."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a running Dask scheduler "
-                                            "(e.g. tcp://10.0.0.5:8786) whose workers see the same files; "
-                                            "instead of --workers."),
+    workers: Optional[int] = common.WorkersOpt,
+    scheduler: Optional[str] = common.SchedulerOpt,
 ) -> None:
     """Segment, classify and measure particles; write the table, size distribution and HTML report.
 
@@ -77,9 +72,11 @@ def command(
     """
     paths = common.expand_images(images)
     inputs = [p for p in (*paths, labels, compare, model, classifier) if p is not None]
-    if workers is not None and scheduler is not None:
-        raise NanosegError("--workers and --scheduler: give one of them (a new local cluster, or an existing one)")
+    common.check_workers(workers, scheduler)
     stale = [p for p in common.outputs_to_replace(out, "measure", OWNED, inputs) if p.name not in RESUMABLE]
+    # Per-image folders this call does not write are not left from another call either.
+    unwritten = [out / "segment"] if labels is not None else [] if probabilities else [out / "segment" / "probabilities"]
+    stale += [p for p in unwritten if p.is_dir()]
     if model is not None and labels is None:
         cfg = common.resolve_model_config(model, config, profile, sets, device, pixel_size)
     else:

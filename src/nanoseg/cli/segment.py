@@ -15,8 +15,10 @@ from nanoseg.errors import NanosegError
 
 app = typer.Typer(no_args_is_help=True)
 
-#: What `nanoseg segment predict` writes into --out; a rerun into the same folder replaces exactly these.
-PREDICT_OWNED = ("labels", "binary", "overlays", "probabilities", "summary.json")
+#: What `nanoseg segment predict` writes into --out; a rerun into the same folder replaces exactly these,
+#: except the per-image folders (nanoseg.segment.batch.PER_IMAGE_DIRS), which it reuses where still valid.
+PREDICT_OWNED = ("labels", "binary", "overlays", "probabilities", "markers", "summary.json")
+PREDICT_RESUMABLE = ("labels", "binary", "overlays", "probabilities", "markers")
 
 
 @app.command()
@@ -69,6 +71,8 @@ def predict(
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write OUT/probabilities/<stem>.tif, "
                                        "the particle probability (float32) that `nanoseg evaluate` scores."),
     strict: bool = common.StrictOpt,
+    workers: Optional[int] = common.WorkersOpt,
+    scheduler: Optional[str] = common.SchedulerOpt,
 ) -> None:
     """Segment micrographs of any size into particle instances.
 
@@ -81,7 +85,9 @@ def predict(
     A micrograph that cannot be read or segmented is left out: the others are segmented, every
     one left out is listed at the end, and the exit status is 1 (--strict stops at the first
     instead). OUT must be new, empty, or an earlier `segment predict` output, whose files are
-    then replaced.
+    then replaced; its micrographs segmented with the same model and settings are not segmented
+    again (OUT/markers/<stem>.json), so a killed batch resumes. --workers N runs the images on N
+    local processes, --scheduler on a running Dask cluster.
 
     Example:
 
@@ -91,26 +97,26 @@ def predict(
     """
     if not model.is_file():
         raise NanosegError(f"{model}: model file not found (train one with `nanoseg segment train`)")
+    common.check_workers(workers, scheduler)
     paths = common.expand_images(images)
-    stale = common.outputs_to_replace(out, "segment predict", PREDICT_OWNED, [*paths, model])
+    stale = [p for p in common.outputs_to_replace(out, "segment predict", PREDICT_OWNED, [*paths, model])
+             if p.name not in PREDICT_RESUMABLE or (p.name == "probabilities" and not probabilities)]
     cfg = common.resolve_model_config(model, config, profile, sets, device, pixel_size)
     dev = common.prepare_torch(cfg)
-    from nanoseg.io import read_micrographs
-    from nanoseg.segment import segment_micrographs
-
-    failures: list[dict[str, str]] | None = None if strict else []
-    micrographs = read_micrographs(paths, cfg.data, failures=failures)
-    common.replace_outputs(out, "segment predict", stale)
-    summary = segment_micrographs(model, micrographs, out, cfg.segment, device=dev, probabilities=probabilities,
-                                  failures=failures)
     from nanoseg.atomic import write_json
+    from nanoseg.segment.batch import segment_batch
 
+    batch = segment_batch(paths, out, cfg, model, device=dev, probabilities=probabilities, strict=strict,
+                          workers=workers, scheduler=scheduler,
+                          before_writing=lambda: common.replace_outputs(out, "segment predict", stale))
+    summary = [{"image": m["image"], "particles": m["particles"], "seconds": m["seconds"]} for m in batch.markers]
+    failures = batch.failures
     write_json(out / "summary.json", {"model": str(model), "n_images": len(paths), "n_segmented": len(summary),
-                                      "images": summary, "failures": failures or []})
+                                      "images": summary, "failures": failures})
     for row in summary:
         typer.echo(f"{row['image']}: {row['particles']} particles ({row['seconds']:.1f} s)")
     typer.echo(f"results: {out}")
-    common.report_failures(failures or [], len(paths))
+    common.report_failures(failures, len(paths))
 
 
 @app.command()

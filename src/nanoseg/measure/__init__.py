@@ -16,7 +16,7 @@ process or on Dask workers, with per-image markers so a batch resumes). Everythi
 from ``nanoseg.measure`` itself.
 """
 
-from nanoseg.measure.batch import BatchResult, measure_batch
+from nanoseg.measure.batch import measure_batch, pooled_particles
 from nanoseg.measure.distributions import (
     BOOTSTRAP_RESAMPLES,
     EC_LIMIT_NM,
@@ -51,7 +51,6 @@ from nanoseg.measure.stage import (
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
-    "BatchResult",
     "DISCARDED_RGB",
     "EC_LIMIT_NM",
     "KEPT_RGB",
@@ -69,6 +68,7 @@ __all__ = [
     "logger",
     "measure_and_decide",
     "measure_batch",
+    "pooled_particles",
     "measure_files",
     "median_window",
     "overlay_kept",

@@ -497,7 +497,7 @@ def measure_files(
 
     from nanoseg.classify import DECISION_COLUMNS, counting_rule, write_decisions
     from nanoseg.io import list_images
-    from nanoseg.measure.batch import measure_batch
+    from nanoseg.measure.batch import measure_batch, pooled_particles
 
     out_dir = Path(out_dir)
     # Folders are listed; files are kept as given, so that a wrong one fails alone when not strict.
@@ -518,7 +518,7 @@ def measure_files(
     batch = measure_batch(paths, out_dir, config, model=model, labels_dir=labels_dir, classifier=classifier,
                           device=device, probabilities=probabilities, overlays=overlays, strict=strict,
                           workers=workers, scheduler=scheduler, before_writing=before_writing)
-    particles = batch.particles(out_dir)
+    particles = pooled_particles(batch, out_dir)
     write_decisions(particles[DECISION_COLUMNS], out_dir / "decisions.csv")
     warnings += left_out_warning(batch.failures, len(paths))
     measured = [SimpleNamespace(pixel_size_nm=m["pixel_size_nm"], pixel_size_source=m["pixel_size_source"])

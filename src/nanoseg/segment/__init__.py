@@ -10,12 +10,14 @@ Public functions
 - :func:`make_target`, :func:`load_pairs`: training data.
 - :func:`train`: training with validation, best checkpoint, resume and a loss/IoU plot.
 - :func:`predict_probabilities`, :func:`particle_probability`, :func:`instances_from_probabilities`,
-  :func:`segment_image`, :func:`segment_micrographs`: inference on whole images of any size.
+  :func:`segment_image`, :func:`segment_micrographs`, :func:`write_segmentation`: inference on whole
+  images of any size.
 - :func:`export_onnx`, :func:`load_segmenter` (a ``.pt`` model or its ONNX export), :func:`run_stage`.
 
 Modules: :mod:`~nanoseg.segment.data` (pairs, targets), :mod:`~nanoseg.segment.training`,
 :mod:`~nanoseg.segment.infer` (tiled probabilities, TTA, whole micrographs),
-:mod:`~nanoseg.segment.instances` (watershed), :mod:`~nanoseg.segment.export` (ONNX) and
+:mod:`~nanoseg.segment.instances` (watershed), :mod:`~nanoseg.segment.export` (ONNX),
+:mod:`~nanoseg.segment.batch` (``segment predict`` on Dask workers, resumable) and
 :mod:`~nanoseg.segment.stage` (the pipeline stage).
 """
 
@@ -47,6 +49,7 @@ from nanoseg.segment.infer import (
     probabilities_from_logits,
     segment_image,
     segment_micrographs,
+    write_segmentation,
     to_model_scale,
 )
 from nanoseg.segment.training import (
@@ -67,6 +70,6 @@ __all__ = [
     "TargetKind", "choose_threshold", "class_weights", "export_onnx", "foreground_mask", "instances_from_probabilities",
     "interior_markers", "load_onnx", "load_pairs", "load_segmenter", "make_target", "n_outputs", "overlay", "particle_probability",
     "predict_probabilities", "predict_with_agreement", "probabilities_from_logits", "random_tile", "resize_labels",
-    "run_stage", "segment_image", "segment_micrographs", "segmentation_loss", "to_model_scale", "train",
+    "run_stage", "segment_image", "segment_micrographs", "segmentation_loss", "to_model_scale", "train", "write_segmentation",
     "training_fingerprint",
 ]

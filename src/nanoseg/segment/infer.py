@@ -247,6 +247,24 @@ def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
+def write_segmentation(out_dir: str | Path, mg: Any, labels: np.ndarray, probs: np.ndarray | None,
+                       target: TargetKind) -> list[Path]:
+    """Write one micrograph's ``labels/``, ``binary/``, ``overlays/`` (and, given ``probs``,
+    ``probabilities/``) files into ``out_dir``; returns their paths."""
+    from nanoseg import io
+
+    out_dir, stem = Path(out_dir), Path(mg.path).stem
+    written = []
+    if probs is not None:
+        written.append(io.write_tiff(out_dir / "probabilities" / f"{stem}.tif", particle_probability(probs, target),
+                                     pixel_size_nm=mg.pixel_size_nm))
+    written.append(io.write_tiff(out_dir / "labels" / f"{stem}.tif", labels, pixel_size_nm=mg.pixel_size_nm, ome=True))
+    written.append(io.write_tiff(out_dir / "binary" / f"{stem}.tif", separated_binary(labels),
+                                 pixel_size_nm=mg.pixel_size_nm))
+    written.append(io.write_png(out_dir / "overlays" / f"{stem}.png", overlay(mg.image, labels)))
+    return written
+
+
 def segment_micrographs(
     model_path: str | Path,
     micrographs: list[Any],
@@ -296,12 +314,7 @@ def segment_micrographs(
             io.skip_or_raise(failures, mg.path, exc)
             continue
         stem = Path(mg.path).stem
-        if probabilities:
-            io.write_tiff(out_dir / "probabilities" / f"{stem}.tif", particle_probability(probs, meta["target"]),
-                          pixel_size_nm=mg.pixel_size_nm)
-        io.write_tiff(out_dir / "labels" / f"{stem}.tif", labels, pixel_size_nm=mg.pixel_size_nm, ome=True)
-        io.write_tiff(out_dir / "binary" / f"{stem}.tif", separated_binary(labels), pixel_size_nm=mg.pixel_size_nm)
-        io.write_png(out_dir / "overlays" / f"{stem}.png", overlay(mg.image, labels))
+        write_segmentation(out_dir, mg, labels, probs if probabilities else None, meta["target"])
         seconds = time.perf_counter() - t0
         summary.append({"image": stem, "particles": int(labels.max()), "seconds": round(seconds, 2)})
         logger.info("%s: %d particles (%.1f s)", stem, labels.max(), seconds)
