@@ -49,6 +49,7 @@ import json
 import logging
 import platform
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -609,6 +610,22 @@ def main(argv: list[str] | None = None) -> None:
     write_json(out.with_suffix(".json"), _finite({"meta": meta, "config": config.model_dump(mode="json"),
                                                    "results": results}))
     print(report)
+
+
+def provenance(load: tuple[float, float, float]) -> dict[str, str]:
+    """Date, commit, machine and load average (at the start: ``os.getloadavg()`` then) of a results file."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
+            "machine": f"{platform.machine()}, Python {platform.python_version()}, {_cpu_count()} CPU cores",
+            "load_at_start": " / ".join(f"{v:.2f}" for v in load)}
+
+
+def save_results(out: Path, results: dict[str, Any], text: str) -> None:
+    """``out`` (Markdown ``text``) and ``out.json`` (``results``); prints the text."""
+    write_json(out.with_suffix(".json"), _finite(results))
+    write_text(out, text + "\n")
+    print(text)
 
 
 def _device_name() -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -204,16 +203,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "lost": args.images - len(after), "rows_differ": len(differ)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bt.ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
-               "machine": f"{platform.machine()}, Python {platform.python_version()}, {bt._cpu_count()} CPU cores",
-               "load_at_start": " / ".join(f"{v:.2f}" for v in load), "n_images": args.images,
-               "n_distinct": args.distinct, "runs": runs, "resume": resume,
+    results = {**bt.provenance(load), "n_images": args.images, "n_distinct": args.distinct, "runs": runs,
+               "resume": resume,
                "model": f"`{model_text}`" if model_text else "a quick-sized MultiResUNet trained 30 steps"}
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    args.out.write_text(render(results) + "\n")
-    print(render(results))
+    bt.save_results(args.out, results, render(results))
     return results
 
 

@@ -17,9 +17,7 @@ load average at the start is recorded.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -142,17 +140,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load = os.getloadavg()
     times = time_steps(paths, model, config)
     command = {tta: time_command(paths, model, config_file, tta == "on") for tta in ("off", "on")}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bt.ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
-               "machine": f"{platform.machine()}, {bt._cpu_count()} CPU cores",
-               "load_at_start": " / ".join(f"{v:.2f}" for v in load),
+    results = {**bt.provenance(load),
                "model": str(model.relative_to(bt.ROOT)) if model.is_relative_to(bt.ROOT) else str(model),
                "n_images": len(paths), "seconds": times,
                "median_s": {k: float(np.median(v)) for k, v in times.items()}, "command_s": command}
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    args.out.write_text(render(results) + "\n")
-    print(render(results))
+    bt.save_results(args.out, results, render(results))
     return results
 
 
