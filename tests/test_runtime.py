@@ -96,3 +96,20 @@ def test_progress_is_a_tqdm_bar_on_a_terminal(monkeypatch):
     monkeypatch.setattr(runtime, "_interactive", lambda: True)
     bar = runtime.progress(range(3), total=3, desc="x")
     assert not isinstance(bar, runtime.LoggedProgress) and list(bar) == [0, 1, 2]
+
+
+def test_device_choice_follows_what_torch_reports(monkeypatch):
+    """The GPU path is chosen from torch's answers; on this CPU machine they are faked."""
+    torch = pytest.importorskip("torch")
+    from nanoseg.errors import NanosegError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.select_device("auto").type == "cpu"
+    with pytest.raises(NanosegError, match="no CUDA device"):
+        runtime.select_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.select_device("auto").type == "cuda" and runtime.select_device("cpu").type == "cpu"
+    # Mixed precision on a GPU: bf16 autocast where the GPU runs bf16, float32 where it does not.
+    for supported in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: supported)
+        assert runtime.bf16_supported("cuda") is supported
