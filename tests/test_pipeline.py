@@ -345,6 +345,11 @@ def test_inference_settings_alone_re_segment_without_retraining(batch, monkeypat
     assert (run / "segment" / "history.json").read_bytes() == history
     assert (run / "segment" / "labels" / "a.tif").stat().st_mtime_ns != labels
     assert json.loads((run / "segment" / "summary.json").read_text())["images"]
+    from nanoseg import nets
+
+    # The model carries the settings it now segments with: `nanoseg measure` with it applies TTA too.
+    saved = nets.load(run / "segment" / "model.pt")[1]["config"]
+    assert saved["tta"] is True and saved["min_size_px"] == 3
     pipeline_log.clear()
 
     # What the net learns from changed: the kept checkpoint is refused and training starts over.

@@ -314,6 +314,9 @@ def train(
             plot_losses(history, out_dir / "training.png", TRAINING_PLOT)
 
     best, best_meta = nets.load(out_dir / "best.pt", device)
+    # The training settings are those of best.pt (the fingerprint says so); the inference settings
+    # must be this call's: a training resumed after only they changed applies them from now on.
+    best_meta["config"] = config.model_dump(mode="json")
     if config.threshold == "auto" and val_pairs:
         best_meta["threshold"] = choose_threshold(best, best_meta, val_pairs, config, device)
         logger.info("threshold chosen on %d validation pairs: %.2f", len(val_pairs), best_meta["threshold"])
