@@ -486,7 +486,9 @@ def test_series_read_one_at_a_time_matches_the_whole_series(tmp_path, kind):
     data = DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0, **cfg)
     together = load_micrographs(data)
     paths = list_images(folder)
-    scale = series_scale([scan_micrograph(p, data) for p in paths], data.bit_depth)
+    frames = [scan_micrograph(p, data) for p in paths]
+    assert [f.pixel_size_nm for f in frames] == [1.0, 1.0]
+    scale = series_scale(frames, data.bit_depth)
     for path, mg in zip(paths, together):
         alone = read_in_series(path, data, scale)
         np.testing.assert_array_equal(alone.image, mg.image)

@@ -46,3 +46,4 @@ def test_save_load_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x))
     assert meta["pixel_size_nm"] == 7.3
+    assert nets.load_meta(path) == meta  # without building the net

@@ -264,7 +264,7 @@ def run_batch(
     *,
     per_image_folders: Sequence[str] = (),
     check: Callable[[list[str], list[dict[str, str]], bool], list[str]] | None = None,
-    before_writing: Callable[[], None] | None = None,
+    before_writing: Callable[[list[Any]], None] | None = None,
     strict: bool = True,
     workers: int | None = None,
     scheduler: str | None = None,
@@ -290,7 +290,9 @@ def run_batch(
         ``check(readable paths, failures, strict) -> paths``: drops (or raises for) images that
         lack something the task needs, before anything is written.
     before_writing : callable, optional
-        Called once the inputs are checked, before the first output is written.
+        ``before_writing(frames)``, with the :class:`nanoseg.io.FrameStats` of the images to
+        process (their pixel sizes, for instance): called once the inputs are checked, before the
+        first output is written.
     strict : bool
         Stop at the first micrograph that cannot be used; otherwise leave it out and record it.
     workers, scheduler
@@ -328,7 +330,8 @@ def run_batch(
         if check is not None:
             readable = check(readable, failures, strict)
         if before_writing is not None:
-            before_writing()
+            chosen = set(readable)
+            before_writing([r["stats"] for r in stats if r["path"] in chosen])
         job = make_job(scale, readable, worker_threads(workers) if workers and scheduler is None else None)
         prune(out_dir, per_image_folders, {Path(p).stem for p in readable})
         done = {p: m for p in readable if (m := read_marker(out_dir, p, job.key)) is not None}

@@ -108,7 +108,7 @@ def predict(
 
     batch = segment_batch(paths, out, cfg, model, device=dev, probabilities=probabilities, strict=strict,
                           workers=workers, scheduler=scheduler,
-                          before_writing=lambda: common.replace_outputs(out, "segment predict", stale))
+                          before_writing=lambda _frames: common.replace_outputs(out, "segment predict", stale))
     summary = [{"image": m["image"], "particles": m["particles"], "seconds": m["seconds"]} for m in batch.markers]
     failures = batch.failures
     write_json(out / "summary.json", {"model": str(model), "n_images": len(paths), "n_segmented": len(summary),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,6 +186,7 @@ class FrameStats:
     top: float | None  # largest value, for wide unsigned images
     stated_bits: int | None  # bit depth the file states beyond its container
     finite_range: tuple[float, float] | None  # float images: lowest and highest finite value
+    pixel_size_nm: float | None = None  # as the image will be measured (None: not calibrated)
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ def scan_micrograph(path: str | Path, data_config: Any) -> FrameStats:
         As :func:`read_micrograph`.
     """
     raw, mg = _read_frame(Path(path), data_config.pixel_size_nm, data_config.info_bar_rows, quiet=True)
-    return frame_stats(raw, mg.path)
+    return replace(frame_stats(raw, mg.path), pixel_size_nm=mg.pixel_size_nm)
 
 
 def read_in_series(path: str | Path, data_config: Any, scale: SeriesScale) -> Micrograph:

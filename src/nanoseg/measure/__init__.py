@@ -35,6 +35,7 @@ from nanoseg.measure.distributions import (
 )
 from nanoseg.measure.figures import DISCARDED_RGB, KEPT_RGB, overlay_kept, plot_comparison, plot_histogram
 from nanoseg.measure.stage import (
+    classifier_settings,
     join_decisions,
     left_out_warning,
     load_classifier,
@@ -64,6 +65,7 @@ __all__ = [
     "fit_lognormal",
     "join_decisions",
     "left_out_warning",
+    "classifier_settings",
     "load_classifier",
     "logger",
     "measure_and_decide",

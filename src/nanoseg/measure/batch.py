@@ -142,7 +142,7 @@ def measure_batch(paths: Sequence[str | Path], out_dir: str | Path, config: Any,
                   labels_dir: str | Path | None = None, classifier: str | Path | None = None, device: Any = "cpu",
                   probabilities: bool = False, overlays: bool = False, strict: bool = True,
                   workers: int | None = None, scheduler: str | None = None,
-                  before_writing: Callable[[], None] | None = None) -> BatchResult:
+                  before_writing: Callable[[list[Any]], None] | None = None) -> BatchResult:
     """Run :func:`measure_one` for every micrograph not done yet (:func:`nanoseg.batch.run_batch`).
 
     Parameters
@@ -163,8 +163,8 @@ def measure_batch(paths: Sequence[str | Path], out_dir: str | Path, config: Any,
     scheduler : str, optional
         Address of a running Dask scheduler (e.g. ``tcp://10.0.0.5:8786``).
     before_writing : callable, optional
-        Called once the micrographs have been read (first pass) and their label images found,
-        before the first output is written.
+        ``before_writing(frames)`` (:func:`nanoseg.batch.run_batch`): called once the micrographs
+        have been read (first pass) and their label images found, before the first output is written.
     """
     from nanoseg.batch import settings_key
 
@@ -182,13 +182,13 @@ def measure_batch(paths: Sequence[str | Path], out_dir: str | Path, config: Any,
                           probabilities=probabilities, overlays=overlays,
                           report_stems=frozenset(Path(p).stem for p in readable[:config.measure.report_overlays]))
 
-    def clear() -> None:
+    def clear(frames: list[Any]) -> None:
         # Written by nanoseg measure before it ran on the batch engine, never since.
         for old in ("binary", "overlays"):
             if (out_dir / "segment" / old).is_dir():
                 shutil.rmtree(out_dir / "segment" / old)
         if before_writing is not None:
-            before_writing()
+            before_writing(frames)
 
     return run_batch(paths, out_dir, config, measure_one, make_job,
                      per_image_folders=(PARTS, "overlays", "segment/labels", "segment/probabilities"),

@@ -252,15 +252,14 @@ def results_settings(config: Any) -> dict[str, Any]:
             "report_overlays": m.report_overlays, "seed": config.seed}
 
 
-def load_classifier(classifier: str | Path | None, cls_cfg: Any, device: Any = "cpu", *, option: str = "--classifier"
-                    ) -> tuple[Any, Any, dict[str, Any] | None, list[str]]:
-    """The keep/discard network and the classify settings to decide with.
+def classifier_settings(classifier: str | Path | None, cls_cfg: Any, *, option: str = "--classifier"
+                        ) -> tuple[Any, dict[str, Any] | None, list[str]]:
+    """The classify settings to decide with, read from the keep/discard model's metadata only.
 
     ``option`` names, in the warning, what the user leaves out to get no classifier.
 
     Returns
     -------
-    net : nn.Module or None
     cls_cfg : ClassifyConfig
         ``method`` 'network' with the model's calibrated threshold when a classifier is given;
         'rules' (with a warning) when the settings ask for a network but none is given.
@@ -268,21 +267,34 @@ def load_classifier(classifier: str | Path | None, cls_cfg: Any, device: Any = "
         How the threshold was calibrated, for :func:`nanoseg.classify.counting_rule`.
     warnings : list of str
     """
-    warnings: list[str] = []
-    if classifier is not None:
-        from nanoseg import nets
+    from nanoseg import nets
+
+    return _settings(nets.load_meta(classifier) if classifier is not None else None, cls_cfg, option)
+
+
+def _settings(meta: dict[str, Any] | None, cls_cfg: Any, option: str) -> tuple[Any, dict[str, Any] | None, list[str]]:
+    if meta is not None:
         from nanoseg.classify import resolve_threshold
 
-        net, meta = nets.load(classifier, device)
         calibration = meta.get("calibration") if cls_cfg.score_threshold == "auto" else None
-        return net, resolve_threshold(cls_cfg.model_copy(update={"method": "network"}), meta), calibration, warnings
+        return resolve_threshold(cls_cfg.model_copy(update={"method": "network"}), meta), calibration, []
     if cls_cfg.method == "network":
         text = (f"classify.method is 'network' but no {option} was given: particles were kept by the rules "
                 "alone, so partly covered particles were not excluded")
         logger.warning(text)
-        warnings.append(text)
-        cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
-    return None, cls_cfg, None, warnings
+        return cls_cfg.model_copy(update={"method": "rules"}), None, [text]
+    return cls_cfg, None, []
+
+
+def load_classifier(classifier: str | Path | None, cls_cfg: Any, device: Any = "cpu", *, option: str = "--classifier"
+                    ) -> tuple[Any, Any, dict[str, Any] | None, list[str]]:
+    """The keep/discard network (None without ``classifier``) and :func:`classifier_settings`."""
+    net = meta = None
+    if classifier is not None:
+        from nanoseg import nets
+
+        net, meta = nets.load(classifier, device)
+    return (net, *_settings(meta, cls_cfg, option))
 
 
 def measure_and_decide(items: Sequence[tuple[str, np.ndarray, np.ndarray | None, float | None]], cls_cfg: Any, *,
@@ -508,16 +520,22 @@ def measure_files(
         raise NanosegError("measure: give --model (a segmentation model) or --labels (a folder of label images)")
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise NanosegError(f"--labels {labels_dir}: no such folder (give the folder of label images <stem>.tif)")
-    _, cls_cfg, calibration, warnings = load_classifier(classifier, config.classify, device)
+    cls_cfg, calibration, warnings = classifier_settings(classifier, config.classify)
     compare = None
-    if compare_csv is not None:
-        # Checked now, not when the comparison is drawn: a bad table then leaves no outputs behind.
-        column = nm_column("min_feret") if config.data.pixel_size_nm is not None or _all_calibrated(paths) \
-            else "min_feret_px"
-        compare = (Path(compare_csv).name, read_particles_csv(compare_csv, column))
+
+    def checked(frames: list[Any]) -> None:
+        nonlocal compare
+        if compare_csv is not None:
+            # Checked before anything is written: a bad table then leaves no outputs behind.
+            calibrated = all(f.pixel_size_nm is not None for f in frames)
+            compare = (Path(compare_csv).name,
+                       read_particles_csv(compare_csv, nm_column("min_feret") if calibrated else "min_feret_px"))
+        if before_writing is not None:
+            before_writing()
+
     batch = measure_batch(paths, out_dir, config, model=model, labels_dir=labels_dir, classifier=classifier,
                           device=device, probabilities=probabilities, overlays=overlays, strict=strict,
-                          workers=workers, scheduler=scheduler, before_writing=before_writing)
+                          workers=workers, scheduler=scheduler, before_writing=checked)
     particles = pooled_particles(batch, out_dir)
     write_decisions(particles[DECISION_COLUMNS], out_dir / "decisions.csv")
     warnings += left_out_warning(batch.failures, len(paths))
@@ -532,19 +550,6 @@ def measure_files(
         counting_rule=counting_rule(cls_cfg, classifier_model=classifier, calibration=calibration),
         warnings=warnings, **results_settings(config),
     )
-
-
-def _all_calibrated(paths: Sequence[Path]) -> bool:
-    """Whether every readable micrograph states its pixel size (the column a comparison uses)."""
-    from nanoseg.io import pixel_size_with_source
-
-    sizes = []
-    for p in paths:
-        try:
-            sizes.append(pixel_size_with_source(p)[0])
-        except (NanosegError, OSError):
-            continue
-    return bool(sizes) and all(s is not None for s in sizes)
 
 
 def left_out_warning(failures: Sequence[dict[str, str]], n_images: int) -> list[str]:

@@ -78,20 +78,31 @@ def save(net: Any, path: str | Path, meta: dict[str, Any] | None = None) -> Path
     return Path(path)
 
 
-def load(path: str | Path, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
-    """Load a network saved by :func:`save`; returns ``(net in eval mode, meta)``."""
+def _payload(path: str | Path, device: Any, mmap: bool = False) -> dict[str, Any]:
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise NanosegError(f"{path}: model file not found (check the path, or train the model first)")
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        payload = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types for corrupt files
         raise NanosegError(f"{path}: not a readable nanoseg model ({type(exc).__name__}); retrain or re-download it") from None
     if not isinstance(payload, dict) or payload.get("format") != "nanoseg-net/1":
         raise NanosegError(f"{path}: not a nanoseg model file (no 'nanoseg-net/1' header)")
+    return payload
+
+
+def load(path: str | Path, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Load a network saved by :func:`save`; returns ``(net in eval mode, meta)``."""
+    payload = _payload(path, device)
     net = create(payload["name"], **payload["kwargs"])
     net.load_state_dict(payload["state_dict"])
     net.to(device).eval()
     return net, payload["meta"]
+
+
+def load_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a network saved by :func:`save`, without building it or reading its weights
+    (memory-mapped, so a process that only decides *how* to use a model stays small)."""
+    return _payload(path, "cpu", mmap=True)["meta"]

@@ -51,7 +51,7 @@ def segment_one(path: str, job: SegmentJob) -> dict[str, Any]:
 
 def segment_batch(paths: Sequence[str | Path], out_dir: str | Path, config: Any, model: str | Path, *,
                   device: Any = "cpu", probabilities: bool = False, strict: bool = True, workers: int | None = None,
-                  scheduler: str | None = None, before_writing: Callable[[], None] | None = None) -> BatchResult:
+                  scheduler: str | None = None, before_writing: Callable[[list[Any]], None] | None = None) -> BatchResult:
     """Run :func:`segment_one` for every micrograph not done yet (:func:`nanoseg.batch.run_batch`).
 
     Parameters are those of :func:`nanoseg.batch.run_batch` and of ``nanoseg segment predict``;
