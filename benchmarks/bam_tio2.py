@@ -47,8 +47,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -288,9 +290,8 @@ def segment_validation(model: Path, config: Config, device: Any, run: BaselineRu
         micrographs = validation_micrographs()
         labels = {}
         for i, mg in micrographs.items():
-            labels[i], probs = segment.segment_image(net, meta, mg.image, config.segment,
-                                                     pixel_size_nm=mg.pixel_size_nm, device=device)
-            run.predictions[i] = segment.particle_probability(probs, meta["target"])
+            labels[i], run.predictions[i] = segment.segment_image(net, meta, mg.image, config.segment,
+                                                                  pixel_size_nm=mg.pixel_size_nm, device=device)
     run.labels = labels
     return micrographs, labels
 
@@ -651,6 +652,44 @@ def _finite(tree: Any) -> Any:
     if isinstance(tree, float) and not np.isfinite(tree):
         return None
     return tree
+
+
+def tree_rss_mb(pid: int) -> float:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def timed_run(cmd: list[str], *, kill_when: Any = None) -> dict[str, Any]:
+    """Run ``cmd``; wall seconds, peak RSS of its process tree, and whether ``kill_when()`` killed it."""
+    env = dict(os.environ, NANOSEG_NO_PROGRESS="1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    peak, killed = 0.0, False
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_mb(proc.pid))
+        if kill_when is not None and kill_when():
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.2)
+    output = proc.communicate()[0]
+    if not killed and proc.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} failed:\n{output[-2000:]}")
+    return {"wall_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(peak, 1), "killed": killed,
+            "output": output}
 
 
 if __name__ == "__main__":

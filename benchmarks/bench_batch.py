@@ -1,6 +1,6 @@
 """`nanoseg measure` on a large batch: throughput, latency, memory, and resuming after kill -9.
 
-Makes ``--distinct`` demo micrographs (1024x768, `nanoseg.demo`) and copies them to ``--images``
+Makes ``--distinct`` demo micrographs (``--shape``, default 1024x768, `nanoseg.demo`) and copies them to ``--images``
 files with their own names, then runs `nanoseg measure` on them (rules only; the segmentation
 model of a quick run folder, ``--run``, or else a quick-sized MultiResUNet trained for a few
 steps on the demo masks, which segments as slowly as a real one):
@@ -27,11 +27,8 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +41,11 @@ import bam_tio2 as bt  # noqa: E402
 NANOSEG = [sys.executable, "-m", "nanoseg"]
 
 
-def make_images(folder: Path, n_images: int, n_distinct: int) -> list[Path]:
-    """``n_images`` micrograph files, copies of ``n_distinct`` generated ones."""
+def make_images(folder: Path, n_images: int, n_distinct: int, shape: tuple[int, int]) -> list[Path]:
+    """``n_images`` micrograph files (``shape``: rows, columns), copies of ``n_distinct`` generated ones."""
     from nanoseg.demo import make_demo_data
 
-    demo = make_demo_data(folder / "demo", n_images=n_distinct, seed=0)
+    demo = make_demo_data(folder / "demo", n_images=n_distinct, seed=0, shape=shape)
     sources = sorted((demo / "images").glob("*.tif"))
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -72,48 +69,10 @@ def quick_model(folder: Path, run: Path | None) -> Path:
     return train(pairs, cfg, folder / "model", rng=np.random.default_rng(0), pixel_size_nm=None)
 
 
-def _tree_rss_mb(pid: int) -> float:
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total / 2**20
-
-
 def measure_cmd(images: Path, model: Path, out: Path, workers: int | None) -> list[str]:
     cmd = [*NANOSEG, "measure", str(images), "--model", str(model), "--profile", "quick", "--set",
            "classify.method=rules", "--set", "segment.tta=false", "--out", str(out)]
     return cmd + (["--workers", str(workers)] if workers else [])
-
-
-def timed_run(cmd: list[str], *, kill_when: Any = None) -> dict[str, Any]:
-    """Run ``cmd``; wall seconds, peak RSS of its process tree, and whether ``kill_when()`` killed it."""
-    env = dict(os.environ, NANOSEG_NO_PROGRESS="1")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    peak, killed = 0.0, False
-    while proc.poll() is None:
-        peak = max(peak, _tree_rss_mb(proc.pid))
-        if kill_when is not None and kill_when():
-            os.killpg(proc.pid, signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.2)
-    output = proc.communicate()[0]
-    if not killed and proc.returncode != 0:
-        raise SystemExit(f"error: {' '.join(cmd)} failed:\n{output[-2000:]}")
-    return {"wall_s": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(peak, 1), "killed": killed,
-            "output": output}
 
 
 def markers(out: Path) -> list[dict[str, Any]]:
@@ -139,7 +98,7 @@ def render(results: dict[str, Any]) -> str:
     lines = ["# `nanoseg measure` on a large batch", "",
              f"Made by `benchmarks/bench_batch.py` on {results['date']}, commit {results['commit']}; "
              f"{results['machine']}; load average at start {results['load_at_start']}. {results['n_images']} "
-             f"micrographs (1024x768; copies of {results['n_distinct']} generated demo micrographs), model "
+             f"micrographs ({results['shape']}; copies of {results['n_distinct']} generated demo micrographs), model "
              f"{results['model']}, rules only, no TTA.", "",
              "| workers | images | wall s | images / s | task s p50 | task s p90 | task s p99 | peak RSS MiB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -161,16 +120,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--distinct", type=int, default=20)
+    parser.add_argument("--shape", default="1024x768", help="Micrograph width x height in px.")
     parser.add_argument("--workers", default="0,2", help="Comma-separated worker counts; 0: in this process.")
     parser.add_argument("--run", type=Path,
                         default=bt.ROOT / "benchmarks" / "work" / "workflow_quick" / "seed0" / "run",
                         help="A finished quick run folder whose adapt/model.pt segments (else a briefly trained net).")
     parser.add_argument("--out", type=Path, default=bt.RESULTS / "bench_batch.md")
     args = parser.parse_args(argv)
+    try:
+        width, height = (int(v) for v in args.shape.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"error: --shape {args.shape!r}: expected WIDTHxHEIGHT in px, e.g. 512x384") from None
     load = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     try:
-        images = make_images(work, args.images, args.distinct)
+        images = make_images(work, args.images, args.distinct, (height, width))
         model = quick_model(work, args.run)
         model_text = str(args.run) if model.is_relative_to(args.run) else None
         runs = []
@@ -178,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for workers in (int(w) or None for w in args.workers.split(",")):
             for n in sizes:
                 out = work / f"out_w{workers or 0}_{n}"
-                r = timed_run(measure_cmd(subset(images, n, work), model, out, workers))
+                r = bt.timed_run(measure_cmd(subset(images, n, work), model, out, workers))
                 seconds = np.array([m["seconds"] for m in markers(out)])
                 percentiles = {f"task_s_p{q}": float(np.percentile(seconds, q)) for q in (50, 90, 99)}
                 runs.append({"workers": workers, "images": n, "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
@@ -188,10 +152,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         whole = work / f"out_w{workers or 0}_{args.images}"
         out = work / "out_killed"
         folder = subset(images, args.images, work)
-        killed = timed_run(measure_cmd(folder, model, out, workers),
+        killed = bt.timed_run(measure_cmd(folder, model, out, workers),
                            kill_when=lambda: len(marker_times(out)) >= args.images // 2)
         at_kill = marker_times(out)
-        rerun = timed_run(measure_cmd(folder, model, out, workers))
+        rerun = bt.timed_run(measure_cmd(folder, model, out, workers))
         after = marker_times(out)
         skipped = re.search(r"(\d+) of \d+ micrographs were done by an earlier call", rerun["output"])
         a, b = pd.read_csv(out / "particles.csv"), pd.read_csv(whole / "particles.csv")
@@ -203,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "lost": args.images - len(after), "rows_differ": len(differ)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    results = {**bt.provenance(load), "n_images": args.images, "n_distinct": args.distinct, "runs": runs,
+    results = {**bt.provenance(load), "n_images": args.images, "n_distinct": args.distinct,
+               "shape": f"{width}x{height}", "runs": runs,
                "resume": resume,
                "model": f"`{model_text}`" if model_text else "a quick-sized MultiResUNet trained 30 steps"}
     bt.save_results(args.out, results, render(results))

@@ -6,7 +6,9 @@ folder: reading (with the series' scale), the network (with and without test-tim
 the post-processing (threshold, markers, watershed), the keep/discard rules, the measurements and
 the writes (labels TIFF, Parquet rows, overlay PNG). Then `nanoseg measure` itself is timed end to
 end on the same images (rules only, as the issue's target states it), with and without TTA, in a
-fresh process: wall time per image including start-up.
+fresh process: wall time per image including start-up. Last, large micrographs (``--large``,
+default 4096 and 8192 px square, a shared micrograph mirrored to that size) go through the same
+command, one each: wall time and the peak resident memory of the process.
 
     python benchmarks/bench_measure.py --run benchmarks/work/workflow_quick/seed0/run --images 10
 
@@ -99,22 +101,55 @@ def time_command(paths: list[Path], model: Path, config_file: Path, tta: bool) -
         return time.perf_counter() - t
 
 
+def large_micrograph(path: Path, side: int) -> Path:
+    """A ``side`` x ``side`` micrograph: the first shared one (info bar cut) mirrored to that size."""
+    from nanoseg import io
+
+    mg = io.read_micrograph(bt.DATA / "sem" / f"{bt.ALL_IDS[0]}.tif")
+    raw = np.round(mg.image * 255).astype(np.uint8)
+    tiled = np.pad(raw, ((0, max(0, side - raw.shape[0])), (0, max(0, side - raw.shape[1]))), mode="symmetric")
+    return io.write_tiff(path, tiled[:side, :side], pixel_size_nm=mg.pixel_size_nm, ome=True)
+
+
+def time_large(sides: list[int], model: Path, config_file: Path) -> list[dict[str, Any]]:
+    """Wall time and peak memory of `nanoseg measure` on one large micrograph per side."""
+    rows = []
+    for side in sides:
+        with tempfile.TemporaryDirectory(prefix="bench_measure_large_") as tmp:
+            image = large_micrograph(Path(tmp) / "images" / f"large_{side}.tif", side)
+            cmd = [sys.executable, "-c", "from nanoseg.cli import main; main()", "measure", str(image.parent),
+                   "--model", str(model), "--config", str(config_file), "--set", "classify.method=rules",
+                   "--set", "segment.tta=false", "--set", "data.info_bar_rows=0", "--out", str(Path(tmp) / "out")]
+            r = bt.timed_run(cmd)
+            n = sum(1 for _ in open(Path(tmp) / "out" / "particles.csv")) - 1
+        rows.append({"side_px": side, "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"], "particles": n})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def render(results: dict[str, Any]) -> str:
     lines = ["# Where the time of `nanoseg measure` goes (quick model, per 1024x768 micrograph)", "",
              f"Made by `benchmarks/bench_measure.py` on {results['date']}, commit {results['commit']}; "
              f"{results['machine']}; load average at start {results['load_at_start']}. Model: `{results['model']}`; "
-             f"{results['n_images']} shared TiO2 micrographs, one at a time in one process.", "",
-             "| step | median s / image | share of a plain task |", "| --- | --- | --- |"]
-    med = results["median_s"]
-    plain = sum(v for k, v in med.items() if k != "network_tta")
-    for step in STEPS:
-        share = "" if step == "network_tta" else f"{100 * med[step] / plain:.0f} %"
-        lines.append(f"| {step.replace('_', ' ')} | {med[step]:.3f} | {share} |")
-    lines += [f"| **plain task (without TTA)** | **{plain:.3f}** | 100 % |", "",
-              "`nanoseg measure` end to end (a fresh process, rules only, start-up included):", "",
-              "| segment.tta | wall s | s / image |", "| --- | --- | --- |"]
-    for key, wall in results["command_s"].items():
-        lines.append(f"| {key} | {wall:.1f} | {wall / results['n_images']:.2f} |")
+             f"{results['n_images']} shared TiO2 micrographs, one at a time in one process."]
+    if "median_s" in results:
+        lines += ["", "| step | median s / image | share of a plain task |", "| --- | --- | --- |"]
+        med = results["median_s"]
+        plain = sum(v for k, v in med.items() if k != "network_tta")
+        for step in STEPS:
+            share = "" if step == "network_tta" else f"{100 * med[step] / plain:.0f} %"
+            lines.append(f"| {step.replace('_', ' ')} | {med[step]:.3f} | {share} |")
+        lines += [f"| **plain task (without TTA)** | **{plain:.3f}** | 100 % |", "",
+                  "`nanoseg measure` end to end (a fresh process, rules only, start-up included):", "",
+                  "| segment.tta | wall s | s / image |", "| --- | --- | --- |"]
+        for key, wall in results["command_s"].items():
+            lines.append(f"| {key} | {wall:.1f} | {wall / results['n_images']:.2f} |")
+    if results.get("large"):
+        lines += ["", "Large micrographs, one per `nanoseg measure` process (rules only, no TTA, "
+                  f"segment.block_px {results['block_px']}): peak resident memory of the process.", "",
+                  "| side px | wall s | peak RSS MiB | particles |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['side_px']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['particles']} |"
+                  for r in results["large"]]
     return "\n".join(lines)
 
 
@@ -124,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--run", type=Path, default=default_run,
                         help="A finished quick run folder (its adapt/model.pt and config.yaml are used).")
     parser.add_argument("--images", type=int, default=10)
+    parser.add_argument("--large", default="4096,8192", help="Sides in px of large micrographs to measure ('' for none).")
+    parser.add_argument("--only-large", action="store_true", help="Measure only the large micrographs.")
     parser.add_argument("--out", type=Path, default=bt.RESULTS / "bench_measure.md")
     args = parser.parse_args(argv)
     if not bt.DATA.is_dir():
@@ -138,12 +175,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = load_config(config_file)
     paths = [bt.DATA / "sem" / f"{i}.tif" for i in bt.ALL_IDS[:args.images]]
     load = os.getloadavg()
-    times = time_steps(paths, model, config)
-    command = {tta: time_command(paths, model, config_file, tta == "on") for tta in ("off", "on")}
     results = {**bt.provenance(load),
                "model": str(model.relative_to(bt.ROOT)) if model.is_relative_to(bt.ROOT) else str(model),
-               "n_images": len(paths), "seconds": times,
-               "median_s": {k: float(np.median(v)) for k, v in times.items()}, "command_s": command}
+               "n_images": len(paths), "block_px": config.segment.block_px}
+    if not args.only_large:
+        times = time_steps(paths, model, config)
+        command = {tta: time_command(paths, model, config_file, tta == "on") for tta in ("off", "on")}
+        results.update(seconds=times, median_s={k: float(np.median(v)) for k, v in times.items()}, command_s=command)
+    results["large"] = time_large([int(v) for v in args.large.split(",") if v.strip()], model, config_file)
     bt.save_results(args.out, results, render(results))
     return results
 

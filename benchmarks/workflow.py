@@ -399,9 +399,8 @@ def supervised_reference(profile: str, smoke: bool, truth: dict[str, tuple[np.nd
                               pixel_size_nm=bt.pixel_size_nm())
         net, meta = nets.load(model)
         for i in held_out:
-            labels[i], p = segment.segment_image(net, meta, micrographs[i].image, config.segment,
-                                                 pixel_size_nm=micrographs[i].pixel_size_nm)
-            probs[i] = segment.particle_probability(p, meta["target"])
+            labels[i], probs[i] = segment.segment_image(net, meta, micrographs[i].image, config.segment,
+                                                        pixel_size_nm=micrographs[i].pixel_size_nm)
         stages[f"fold {k}: train {config.segment.steps} steps + segment {len(held_out)}"] = {
             "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(bt.peak_rss_mb(), 1)}
     kept = bt.keep_discard(labels, micrographs, bt._rules_only(config))

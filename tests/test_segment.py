@@ -325,13 +325,50 @@ def test_post_processing_runs_at_the_model_scale():
     meta = {"target": "three_class", "pixel_size_nm": 2.0}
     medians = {}
     for scale in (0.5, 1.0, 2.0):
-        labels, probs = segment_image(_MorphologyNet(2), meta, _disc_scene(scale), cfg, pixel_size_nm=2.0 / scale)
-        assert labels.shape == probs.shape[1:] == (round(160 * scale),) * 2
+        labels, probability = segment_image(_MorphologyNet(2), meta, _disc_scene(scale), cfg, pixel_size_nm=2.0 / scale)
+        assert labels.shape == probability.shape == (round(160 * scale),) * 2
         particles = measure_particles(labels)
         assert len(particles) == 7
         medians[scale] = float(np.median(np.sqrt(4 * particles["area_px"] / np.pi))) * 2.0 / scale
     assert medians[0.5] == pytest.approx(medians[1.0], rel=0.02)
     assert medians[2.0] == pytest.approx(medians[1.0], rel=0.02)
+
+
+def _many_discs(shape: tuple[int, int], n: int, radius: tuple[float, float]) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    image = np.zeros(shape, np.float32)
+    for _ in range(n):
+        rr, cc = disk((rng.uniform(0, shape[0]), rng.uniform(0, shape[1])), rng.uniform(*radius), shape=shape)
+        image[rr, cc] = 1.0
+    return image
+
+
+def test_large_image_segmented_block_by_block_as_in_one_piece(caplog):
+    """Blocks (ragged at the right and bottom) with a margin give the particles of one whole-image pass."""
+    meta = {"target": "three_class", "pixel_size_nm": None}
+    image = _many_discs((700, 590), 160, (6, 14))
+    whole_cfg = build_config({"segment": {"bf16": False, "marker_h": 0, "block_px": 1024}}).segment
+    block_cfg = whole_cfg.model_copy(update={"block_px": 256, "block_margin_px": 40})
+    whole, p_whole = segment_image(_MorphologyNet(2), meta, image, whole_cfg)
+    with caplog.at_level("WARNING", logger="nanoseg"):
+        blocks, p_blocks = segment_image(_MorphologyNet(2), meta, image, block_cfg)
+    assert "block margin" not in caplog.text
+    assert whole.max() > 100 and blocks.max() == whole.max()
+    np.testing.assert_array_equal(blocks > 0, whole > 0)
+    # The same partition of the foreground: each particle of one is exactly one particle of the other.
+    fg = whole > 0
+    assert len(np.unique(np.stack([whole[fg], blocks[fg]]), axis=1)[0]) == whole.max()
+    np.testing.assert_allclose(p_blocks, p_whole, atol=1e-6)
+
+
+def test_particle_larger_than_the_block_margin_is_reported(caplog):
+    meta = {"target": "three_class", "pixel_size_nm": None}
+    image = np.zeros((600, 300), np.float32)
+    image[200:330, 100:200] = 1.0  # 130 px tall, across the block edge at 256, margin 20
+    cfg = build_config({"segment": {"bf16": False, "marker_h": 0, "block_px": 256, "block_margin_px": 20}}).segment
+    with caplog.at_level("WARNING", logger="nanoseg"):
+        segment_image(_MorphologyNet(2), meta, image, cfg)
+    assert "block margin" in caplog.text and "segment.block_margin_px" in caplog.text
 
 
 def test_checkpoint_of_other_data_is_not_resumed(tmp_path, caplog):

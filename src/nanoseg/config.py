@@ -203,6 +203,12 @@ class SegmentConfig(_Section):
         1024, ge=64, description="Images with a side larger than this are segmented in overlapping, smoothly blended tiles."
     )
     tile_overlap_px: int = Field(64, ge=0, description="Overlap of neighbouring inference tiles in px.")
+    block_px: int = Field(
+        2048, ge=256, description="Images with a side larger than this are segmented block by block, each block with "
+        "a margin of block_margin_px, and the particles joined: memory stays bounded whatever the image size.")
+    block_margin_px: int = Field(
+        128, ge=0, description="Margin around each block, in px; must exceed the largest particle's extent, so that "
+        "every particle lies whole in the block its centre falls in (a warning says when one did not).")
     tta: bool = Field(False, description="Test-time augmentation: average the probabilities over the 8 flips and "
                       "90-degree rotations of each image (8x the inference time). On in the quick and paper profiles.")
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")

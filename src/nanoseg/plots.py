@@ -1,4 +1,4 @@
-"""Figures the stages share: headless pyplot, atomic saving, and training-loss curves.
+"""Figures the stages share: headless pyplot, atomic saving, training-loss curves, label overlays.
 
 matplotlib is imported only when a figure is drawn, so importing a stage stays cheap.
 Stage-specific figures (size histograms, sample grids) stay in their stage's module and use
@@ -26,6 +26,22 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def in_row_strips(draw: Any, image: np.ndarray, labels: np.ndarray, rows: int = 512) -> np.ndarray:
+    """RGB uint8 overlay ``draw(image, labels)`` made strip by strip with a one-row halo.
+
+    ``draw`` works on float copies and boundary maps several times the image's size; strips
+    keep that bounded on large micrographs. Its result must depend on each pixel's direct
+    neighbours at most (outlines do), so that the strips join without seams.
+    """
+    h, w = labels.shape
+    out = np.empty((h, w, 3), np.uint8)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        a, b = max(0, r0 - 1), min(h, r1 + 1)
+        out[r0:r1] = draw(image[a:b], labels[a:b])[r0 - a : r1 - a]
+    return out
 
 
 def save_figure(fig: Any, paths: Sequence[str | Path], **savefig_kwargs: Any) -> None:

@@ -84,14 +84,13 @@ def measure_one(path: str, job: MeasureJob) -> dict[str, Any]:
             if job.labels_dir is not None:
                 items = label_items([mg], job.labels_dir, fix="check data.info_bar_rows")
             else:
-                from nanoseg.segment import particle_probability, segment_image
+                from nanoseg.segment import segment_image
 
                 seg_net, meta = segmenter
-                labels, probs = segment_image(seg_net, meta, mg.image, job.config.segment,
-                                              pixel_size_nm=mg.pixel_size_nm, device=job.device)
+                labels, probability = segment_image(seg_net, meta, mg.image, job.config.segment,
+                                                    pixel_size_nm=mg.pixel_size_nm, device=job.device)
                 if job.probabilities:
-                    outputs.append(io.write_tiff(out / "segment" / "probabilities" / f"{stem}.tif",
-                                                 particle_probability(probs, meta["target"]),
+                    outputs.append(io.write_tiff(out / "segment" / "probabilities" / f"{stem}.tif", probability,
                                                  pixel_size_nm=mg.pixel_size_nm))
                 outputs.append(io.write_tiff(out / "segment" / "labels" / f"{stem}.tif", labels,
                                              pixel_size_nm=mg.pixel_size_nm, ome=True))

@@ -83,15 +83,22 @@ def overlay_kept(image: np.ndarray, labels: np.ndarray, kept_labels: Sequence[in
     kept_labels : sequence of int
         Labels of the kept particles; every other non-zero label counts as discarded.
     """
+    from nanoseg.plots import in_row_strips
+
+    kept_labels = np.asarray(list(kept_labels), dtype=labels.dtype)
+    return in_row_strips(lambda im, lab: _draw_kept(im, lab, kept_labels, alpha), image, labels)
+
+
+def _draw_kept(image: np.ndarray, labels: np.ndarray, kept_labels: np.ndarray, alpha: float) -> np.ndarray:
     from skimage.segmentation import find_boundaries
 
-    gray = np.clip(np.asarray(image, dtype=float), 0, 1)
+    gray = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
     rgb = np.repeat(gray[..., None], 3, axis=2)
-    kept = np.isin(labels, np.asarray(list(kept_labels), dtype=labels.dtype)) & (labels > 0)
+    kept = np.isin(labels, kept_labels) & (labels > 0)
     discarded = (labels > 0) & ~kept
     edges = find_boundaries(labels, mode="inner")
     for region, color in ((kept, KEPT_RGB), (discarded, DISCARDED_RGB)):
-        c = np.asarray(color, dtype=float) / 255
+        c = np.asarray(color, dtype=np.float32) / 255
         rgb[region] = (1 - alpha) * rgb[region] + alpha * c
         rgb[region & edges] = c
     return (rgb * 255 + 0.5).astype(np.uint8)

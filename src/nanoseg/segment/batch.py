@@ -40,11 +40,11 @@ def segment_one(path: str, job: SegmentJob) -> dict[str, Any]:
             mg = io.read_in_series(path, job.config.data, job.scale)
             net, meta = worker_cache((job.key, job.model, job.device), lambda: load_segmenter(job.model, job.device),
                                      job.threads)
-            labels, probs = segment_image(net, meta, mg.image, job.config.segment, pixel_size_nm=mg.pixel_size_nm,
+            labels, probability = segment_image(net, meta, mg.image, job.config.segment, pixel_size_nm=mg.pixel_size_nm,
                                           device=job.device)
     except NanosegError as exc:
         return failed(path, exc)
-    written = write_segmentation(job.out_dir, mg, labels, probs if job.probabilities else None, meta["target"])
+    written = write_segmentation(job.out_dir, mg, labels, probability if job.probabilities else None)
     return finish(job, path, {"particles": int(labels.max()), "seconds": round(time.perf_counter() - t0, 2)},
                   written)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from nanoseg.config import SegmentConfig
 from nanoseg.errors import NanosegError
-from nanoseg.labels import separated_binary
+from nanoseg.labels import relabel, separated_binary
 from nanoseg.segment.data import BACKGROUND, TargetKind, foreground_mask, n_outputs
 from nanoseg.segment.instances import instances_from_probabilities, resize_labels
 
@@ -211,18 +211,30 @@ def segment_image(
     pixel_size_nm: float | None = None,
     device: Any = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Instance labels and probabilities of one image at its own size.
+    """Instance labels and particle probability of one image at its own size.
 
     If the image's and the model's training pixel sizes are both known and differ by more than
     5 %, the image is rescaled to the training pixel size for the network, the probabilities are
     split into particles at that scale (so every ``*_px`` post-processing setting means what it
     meant in training) and the labels and probabilities are resized back.
 
+    An image with a side larger than ``config.block_px`` is segmented block by block
+    (:func:`_segment_blocks`), so that memory does not grow with the image beyond its labels
+    and probability map.
+
     Returns
     -------
     labels : (H, W) uint16/uint32
-    probs : (C, H, W) float32
+    probability : (H, W) float32
+        :func:`particle_probability`.
     """
+    if max(image.shape) > config.block_px:
+        return _segment_blocks(net, meta, image, config, pixel_size_nm=pixel_size_nm, device=device)
+    return _segment_piece(net, meta, image, config, pixel_size_nm=pixel_size_nm, device=device)
+
+
+def _segment_piece(net: Any, meta: dict[str, Any], image: np.ndarray, config: SegmentConfig, *,
+                   pixel_size_nm: float | None, device: Any) -> tuple[np.ndarray, np.ndarray]:
     from skimage.transform import resize
 
     kind = meta["target"]
@@ -231,32 +243,87 @@ def segment_image(
                                   tile_px=config.inference_tile_px, overlap_px=config.tile_overlap_px, tta=config.tta)
     threshold = config.threshold if config.threshold != "auto" else float(meta.get("threshold", 0.5))
     labels = instances_from_probabilities(probs, kind, config, threshold=threshold)
-    if scale == 1.0:
-        return labels, probs
-    probs = resize(probs, (probs.shape[0], *image.shape), order=1, preserve_range=True).astype(np.float32)
-    return resize_labels(labels, foreground_mask(probs, kind, threshold)), probs
+    if scale != 1.0:
+        probs = resize(probs, (probs.shape[0], *image.shape), order=1, preserve_range=True).astype(np.float32)
+        labels = resize_labels(labels, foreground_mask(probs, kind, threshold))
+    return labels, particle_probability(probs, kind)
+
+
+def _segment_blocks(net: Any, meta: dict[str, Any], image: np.ndarray, config: SegmentConfig, *,
+                    pixel_size_nm: float | None, device: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`segment_image` of a large image, one ``block_px`` block at a time.
+
+    Each block is segmented with ``block_margin_px`` of its surroundings; of its particles it
+    keeps those whose centre lies in the block itself, whole (margin included), on pixels no
+    earlier block claimed. A particle is thus found once, in the block of its centre, with the
+    context a whole-image run gives it, as long as it is smaller than the margin.
+    """
+    from skimage.measure import regionprops
+
+    h, w = image.shape
+    block, margin = config.block_px, config.block_margin_px
+    labels = np.zeros((h, w), np.uint32)
+    probability = np.zeros((h, w), np.float32)
+    n, cut = 0, 0
+    for y0 in range(0, h, block):
+        for x0 in range(0, w, block):
+            y1, x1 = min(y0 + block, h), min(x0 + block, w)
+            py0, px0, py1, px1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
+            piece, prob = _segment_piece(net, meta, image[py0:py1, px0:px1], config, pixel_size_nm=pixel_size_nm,
+                                         device=device)
+            probability[y0:y1, x0:x1] = prob[y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
+            target = labels[py0:py1, px0:px1]
+            for region in regionprops(piece):
+                cy, cx = region.centroid
+                if not (y0 <= py0 + cy < y1 and x0 <= px0 + cx < x1):
+                    continue
+                r0, c0, r1, c1 = region.bbox
+                # Cut by the margin's outer edge (not the image's): larger than the margin.
+                cut += (r0 == 0 < py0) or (c0 == 0 < px0) or (r1 == piece.shape[0] and py1 < h) \
+                    or (c1 == piece.shape[1] and px1 < w)
+                window = target[r0:r1, c0:c1]
+                free = region.image & (window == 0)
+                if free.any():
+                    n += 1
+                    window[free] = n
+    if cut:
+        logger.warning("%d particle(s) reached the edge of their %d px block margin and may be cut: set "
+                       "segment.block_margin_px above the largest particle's extent in px", cut, margin)
+    return relabel(labels, config.min_size_px), probability
+
+
+# Tints of the particles (by label number, so that strips of one image agree).
+_TINTS = np.array([(1, 0, 0), (0, 0, 1), (0, 0.5, 0), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 0.65, 0), (0.5, 0, 0.5)],
+                  np.float32)
 
 
 def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """RGB uint8: the micrograph with tinted particles and yellow outlines."""
-    from skimage.color import label2rgb
+    from nanoseg.plots import in_row_strips
+
+    return in_row_strips(_draw_overlay, image, labels)
+
+
+def _draw_overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     from skimage.segmentation import find_boundaries
 
-    rgb = label2rgb(labels, image=np.clip(image, 0, 1), alpha=0.2, bg_label=0, image_alpha=1.0)
+    rgb = np.repeat(np.clip(np.asarray(image, np.float32), 0, 1)[..., None], 3, axis=2)
+    inside = labels > 0
+    rgb[inside] = 0.8 * rgb[inside] + 0.2 * _TINTS[(labels[inside] - 1) % len(_TINTS)]
     rgb[find_boundaries(labels, mode="inner")] = (1.0, 0.9, 0.0)
     return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
-def write_segmentation(out_dir: str | Path, mg: Any, labels: np.ndarray, probs: np.ndarray | None,
-                       target: TargetKind) -> list[Path]:
-    """Write one micrograph's ``labels/``, ``binary/``, ``overlays/`` (and, given ``probs``,
-    ``probabilities/``) files into ``out_dir``; returns their paths."""
+def write_segmentation(out_dir: str | Path, mg: Any, labels: np.ndarray,
+                       probability: np.ndarray | None = None) -> list[Path]:
+    """Write one micrograph's ``labels/``, ``binary/``, ``overlays/`` (and, given its particle
+    ``probability``, ``probabilities/``) files into ``out_dir``; returns their paths."""
     from nanoseg import io
 
     out_dir, stem = Path(out_dir), Path(mg.path).stem
     written = []
-    if probs is not None:
-        written.append(io.write_tiff(out_dir / "probabilities" / f"{stem}.tif", particle_probability(probs, target),
+    if probability is not None:
+        written.append(io.write_tiff(out_dir / "probabilities" / f"{stem}.tif", probability,
                                      pixel_size_nm=mg.pixel_size_nm))
     written.append(io.write_tiff(out_dir / "labels" / f"{stem}.tif", labels, pixel_size_nm=mg.pixel_size_nm, ome=True))
     written.append(io.write_tiff(out_dir / "binary" / f"{stem}.tif", separated_binary(labels),
@@ -309,12 +376,13 @@ def segment_micrographs(
     for mg in progress(micrographs, total=len(micrographs), desc="segment"):
         t0 = time.perf_counter()
         try:
-            labels, probs = segment_image(net, meta, mg.image, config, pixel_size_nm=mg.pixel_size_nm, device=device)
+            labels, probability = segment_image(net, meta, mg.image, config, pixel_size_nm=mg.pixel_size_nm,
+                                                device=device)
         except NanosegError as exc:
             io.skip_or_raise(failures, mg.path, exc)
             continue
         stem = Path(mg.path).stem
-        write_segmentation(out_dir, mg, labels, probs if probabilities else None, meta["target"])
+        write_segmentation(out_dir, mg, labels, probability if probabilities else None)
         seconds = time.perf_counter() - t0
         summary.append({"image": stem, "particles": int(labels.max()), "seconds": round(seconds, 2)})
         logger.info("%s: %d particles (%.1f s)", stem, labels.max(), seconds)
