@@ -2,7 +2,8 @@
 
 For each shared TiO2 micrograph (or the first ``--images``) the steps of one batch task
 (:func:`nanoseg.measure.batch.measure_one`) are timed one by one with the quick model of a run
-folder: reading (with the series' scale), the network (with and without test-time augmentation),
+folder: reading (with the series' scale), the network (with and without test-time augmentation,
+and exported to ONNX Runtime when the ``onnx`` extra is installed),
 the post-processing (threshold, markers, watershed), the keep/discard rules, the measurements and
 the writes (labels TIFF, Parquet rows, overlay PNG). Then `nanoseg measure` itself is timed end to
 end on the same images (rules only, as the issue's target states it), with and without TTA, in a
@@ -34,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bam_tio2 as bt  # noqa: E402
 
-STEPS = ("read", "network", "network_tta", "post_processing", "rules", "measure", "write")
+STEPS = ("read", "network", "network_tta", "network_onnx", "post_processing", "rules", "measure", "write")
+#: Alternatives to a step, not part of a plain task.
+ALTERNATIVES = ("network_tta", "network_onnx")
 
 
 def time_steps(paths: list[Path], model: Path, config: Any) -> dict[str, list[float]]:
@@ -47,20 +50,30 @@ def time_steps(paths: list[Path], model: Path, config: Any) -> dict[str, list[fl
 
     net, meta = nets.load(model)
     seg = config.segment
+    out = Path(tempfile.mkdtemp(prefix="bench_measure_"))
+    onnx = None
+    try:
+        from nanoseg.segment import export_onnx, load_onnx
+
+        onnx = load_onnx(export_onnx(model, out / "model.onnx"))[0]
+    except ImportError:  # onnxruntime is an extra
+        pass
     rules = config.classify.model_copy(update={"method": "rules"})
     scale = io.series_scale([io.scan_micrograph(p, config.data) for p in paths], config.data.bit_depth)
     times: dict[str, list[float]] = {s: [] for s in STEPS}
-    out = Path(tempfile.mkdtemp(prefix="bench_measure_"))
     try:
         for path in paths:
             t = time.perf_counter()
             mg = io.read_in_series(path, config.data, scale)
             times["read"].append(time.perf_counter() - t)
             work, _ = to_model_scale(mg.image, mg.pixel_size_nm, meta)
-            for step, tta in (("network", False), ("network_tta", True)):
+            for step, tta, runner in (("network_onnx", False, onnx), ("network_tta", True, net), ("network", False, net)):
+                if runner is None:
+                    times[step].append(float("nan"))
+                    continue
                 t = time.perf_counter()
-                probs = predict_probabilities(net, work, meta["target"], bf16=seg.bf16, tile_px=seg.inference_tile_px,
-                                              overlap_px=seg.tile_overlap_px, tta=tta)
+                probs = predict_probabilities(runner, work, meta["target"], bf16=seg.bf16,
+                                              tile_px=seg.inference_tile_px, overlap_px=seg.tile_overlap_px, tta=tta)
                 times[step].append(time.perf_counter() - t)
             t = time.perf_counter()
             threshold = seg.threshold if seg.threshold != "auto" else float(meta.get("threshold", 0.5))
@@ -135,9 +148,9 @@ def render(results: dict[str, Any]) -> str:
     if "median_s" in results:
         lines += ["", "| step | median s / image | share of a plain task |", "| --- | --- | --- |"]
         med = results["median_s"]
-        plain = sum(v for k, v in med.items() if k != "network_tta")
+        plain = sum(v for k, v in med.items() if k not in ALTERNATIVES)
         for step in STEPS:
-            share = "" if step == "network_tta" else f"{100 * med[step] / plain:.0f} %"
+            share = "(instead of network)" if step in ALTERNATIVES else f"{100 * med[step] / plain:.0f} %"
             lines.append(f"| {step.replace('_', ' ')} | {med[step]:.3f} | {share} |")
         lines += [f"| **plain task (without TTA)** | **{plain:.3f}** | 100 % |", "",
                   "`nanoseg measure` end to end (a fresh process, rules only, start-up included):", "",

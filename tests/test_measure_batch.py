@@ -53,6 +53,30 @@ def test_local_cluster_gives_the_results_of_one_process(batch, model):
             int((particles_two["image"] == stem).sum())
 
 
+def test_pooled_image_by_image_as_from_the_whole_table(batch):
+    """The batch writes the tables and summary from one image's rows at a time: as from the whole table."""
+    from nanoseg.measure import results_settings, write_results
+
+    first = measure_files([batch / "images"], batch / "parts", _config(), labels_dir=batch / "labels")
+    areas = pd.read_csv(batch / "parts" / "particles.csv")["area_px"]
+    # Some particles discarded (by size, by a threshold of their own), and a report table that spans images.
+    config = _config(min_area_px=int(areas.max()))
+    config = config.model_copy(update={"measure": config.measure.model_copy(update={"report_rows": 3})})
+    summary = measure_files([batch / "images"], batch / "parts", config, labels_dir=batch / "labels")
+    whole = pd.concat([pd.read_parquet(batch / "parts" / "particles.parquet" / f"{stem}.parquet") for stem in "abc"],
+                      ignore_index=True)
+    assert whole["image"].nunique() == 3 and 0 < summary["n_discarded"] < first["n_particles"]
+    again = write_results(whole, batch / "whole", pixel_size_source=summary["pixel_size_source"],
+                          **results_settings(config))
+    assert (batch / "parts" / "particles.csv").read_bytes() == (batch / "whole" / "particles.csv").read_bytes()
+    for key in ("n_images", "n_particles", "n_kept", "n_discarded", "discard_reasons", "pixel_size_nm", "descriptors"):
+        assert summary[key] == again[key], key
+    decisions = pd.read_csv(batch / "parts" / "decisions.csv")
+    pd.testing.assert_frame_equal(decisions, pd.read_csv(batch / "whole" / "particles.csv")[decisions.columns])
+    listed = [(batch / folder / "report.html").read_text().split("<h2>Particles")[1] for folder in ("parts", "whole")]
+    assert listed[0] == listed[1] and listed[0].startswith(f" (first 3 of {len(whole)};")
+
+
 def test_an_existing_cluster_is_reached_by_its_address(batch, model):
     """--scheduler: the tasks run on a cluster started elsewhere (here: in the test)."""
     from distributed import LocalCluster

@@ -348,7 +348,7 @@ def test_large_image_segmented_block_by_block_as_in_one_piece(caplog):
     meta = {"target": "three_class", "pixel_size_nm": None}
     image = _many_discs((700, 590), 160, (6, 14))
     whole_cfg = build_config({"segment": {"bf16": False, "marker_h": 0, "block_px": 1024}}).segment
-    block_cfg = whole_cfg.model_copy(update={"block_px": 256, "block_margin_px": 40})
+    block_cfg = whole_cfg.model_copy(update={"block_px": 256 + 80, "block_margin_px": 40})
     whole, p_whole = segment_image(_MorphologyNet(2), meta, image, whole_cfg)
     with caplog.at_level("WARNING", logger="nanoseg"):
         blocks, p_blocks = segment_image(_MorphologyNet(2), meta, image, block_cfg)
@@ -364,11 +364,14 @@ def test_large_image_segmented_block_by_block_as_in_one_piece(caplog):
 def test_particle_larger_than_the_block_margin_is_reported(caplog):
     meta = {"target": "three_class", "pixel_size_nm": None}
     image = np.zeros((600, 300), np.float32)
-    image[200:330, 100:200] = 1.0  # 130 px tall, across the block edge at 256, margin 20
-    cfg = build_config({"segment": {"bf16": False, "marker_h": 0, "block_px": 256, "block_margin_px": 20}}).segment
+    image[200:330, 100:200] = 1.0  # 130 px tall, across the core edge at 256, margin 20
+    cfg = build_config({"segment": {"bf16": False, "marker_h": 0, "block_px": 296, "block_margin_px": 20}}).segment
     with caplog.at_level("WARNING", logger="nanoseg"):
         segment_image(_MorphologyNet(2), meta, image, cfg)
     assert "block margin" in caplog.text and "segment.block_margin_px" in caplog.text
+    assert segment_image(_MorphologyNet(2), meta, image, cfg, probability=False)[1] is None
+    with pytest.raises(ValueError, match="leaves no core"):
+        cfg.model_copy(update={"block_margin_px": 148}).model_validate(cfg.model_dump() | {"block_margin_px": 148})
 
 
 def test_checkpoint_of_other_data_is_not_resumed(tmp_path, caplog):

@@ -204,14 +204,22 @@ class SegmentConfig(_Section):
     )
     tile_overlap_px: int = Field(64, ge=0, description="Overlap of neighbouring inference tiles in px.")
     block_px: int = Field(
-        2048, ge=256, description="Images with a side larger than this are segmented block by block, each block with "
-        "a margin of block_margin_px, and the particles joined: memory stays bounded whatever the image size.")
+        1984, ge=256, description="Images with a side larger than this are segmented in pieces of this side, "
+        "block_margin_px of which on each side is context, and the particles joined: memory stays bounded whatever "
+        "the image size. The default spans two 1024 px inference tiles.")
     block_margin_px: int = Field(
-        128, ge=0, description="Margin around each block, in px; must exceed the largest particle's extent, so that "
-        "every particle lies whole in the block its centre falls in (a warning says when one did not).")
+        128, ge=0, description="Context around each piece's core, in px; must exceed the largest particle's extent, so "
+        "that every particle lies whole in the piece its centre falls in (a warning says when one did not).")
     tta: bool = Field(False, description="Test-time augmentation: average the probabilities over the 8 flips and "
                       "90-degree rotations of each image (8x the inference time). On in the quick and paper profiles.")
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
+
+    @model_validator(mode="after")
+    def _block_has_a_core(self) -> SegmentConfig:
+        if self.block_px <= 2 * self.block_margin_px:
+            raise ValueError(f"segment.block_px {self.block_px} leaves no core inside two block_margin_px "
+                             f"{self.block_margin_px} margins: make it larger than {2 * self.block_margin_px}")
+        return self
 
 
 class AdaptConfig(_Section):

@@ -187,7 +187,8 @@ def render_report(
     summary : mapping
         The content of ``summary.json`` (see :func:`nanoseg.measure.write_results`).
     particles : pandas.DataFrame
-        Every particle with ``kept`` and ``reason``; the first ``max_rows`` are listed.
+        The particles with ``kept`` and ``reason`` (at least the first ``max_rows``, which are
+        listed; ``summary['n_particles']`` says how many there are in all).
     figures : mapping of name -> PNG path, optional
         Histograms (and the comparison plot), embedded in order.
     overlays : mapping of image name -> PNG path, optional
@@ -286,7 +287,7 @@ def render_report(
         if len(overlays) > max_overlays:
             parts.append(f"<p>{len(overlays) - max_overlays} more overlays are in the overlays/ folder.</p>")
 
-    n = len(particles)
-    parts += [f"<h2>Particles (first {min(max_rows, n)} of {n}; all in particles.csv)</h2>",
+    n = summary.get("n_particles", len(particles))
+    parts += [f"<h2>Particles (first {min(max_rows, len(particles), n)} of {n}; all in particles.csv)</h2>",
               _particle_table(particles, max_rows), "</body></html>"]
     return "\n".join(parts)

@@ -16,7 +16,7 @@ process or on Dask workers, with per-image markers so a batch resumes). Everythi
 from ``nanoseg.measure`` itself.
 """
 
-from nanoseg.measure.batch import measure_batch, pooled_particles
+from nanoseg.measure.batch import measure_batch, pooled_table
 from nanoseg.measure.distributions import (
     BOOTSTRAP_RESAMPLES,
     EC_LIMIT_NM,
@@ -35,6 +35,8 @@ from nanoseg.measure.distributions import (
 )
 from nanoseg.measure.figures import DISCARDED_RGB, KEPT_RGB, overlay_kept, plot_comparison, plot_histogram
 from nanoseg.measure.stage import (
+    KEPT_COLUMNS,
+    ParticleTable,
     classifier_settings,
     join_decisions,
     left_out_warning,
@@ -51,6 +53,8 @@ from nanoseg.measure.stage import (
 )
 
 __all__ = [
+    "KEPT_COLUMNS",
+    "ParticleTable",
     "BOOTSTRAP_RESAMPLES",
     "DISCARDED_RGB",
     "EC_LIMIT_NM",
@@ -70,7 +74,7 @@ __all__ = [
     "logger",
     "measure_and_decide",
     "measure_batch",
-    "pooled_particles",
+    "pooled_table",
     "measure_files",
     "median_window",
     "overlay_kept",

@@ -88,7 +88,8 @@ def measure_one(path: str, job: MeasureJob) -> dict[str, Any]:
 
                 seg_net, meta = segmenter
                 labels, probability = segment_image(seg_net, meta, mg.image, job.config.segment,
-                                                    pixel_size_nm=mg.pixel_size_nm, device=job.device)
+                                                    pixel_size_nm=mg.pixel_size_nm, device=job.device,
+                                                    probability=job.probabilities)
                 if job.probabilities:
                     outputs.append(io.write_tiff(out / "segment" / "probabilities" / f"{stem}.tif", probability,
                                                  pixel_size_nm=mg.pixel_size_nm))
@@ -109,12 +110,38 @@ def measure_one(path: str, job: MeasureJob) -> dict[str, Any]:
                               "seconds": round(time.perf_counter() - t0, 3)}, outputs)
 
 
-def pooled_particles(result: BatchResult, out_dir: str | Path) -> pd.DataFrame:
-    """The particle table of a batch's images, in input order, from their Parquet files."""
-    frames = [pd.read_parquet(part_path(out_dir, m["image"])) for m in result.markers]
-    if not frames:
+def pooled_table(result: BatchResult, out_dir: str | Path, head_rows: int) -> Any:
+    """Write ``particles.csv`` and ``decisions.csv`` from a batch's Parquet files, one image at a
+    time, and return the :class:`nanoseg.measure.ParticleTable` the summary and report use.
+
+    Memory holds one image's rows at a time and the kept particles' size columns, whatever the
+    number of images.
+    """
+    from collections import Counter
+
+    from nanoseg.atomic import atomic_path
+    from nanoseg.classify import DECISION_COLUMNS
+    from nanoseg.measure.stage import KEPT_COLUMNS, ParticleTable
+
+    out_dir = Path(out_dir)
+    if not result.markers:
         raise NanosegError("measure: no label images to measure")
-    return pd.concat(frames, ignore_index=True)
+    kept, head, reasons, sizes, n = [], [], Counter(), set(), 0
+    with atomic_path(out_dir / "particles.csv") as p_tmp, atomic_path(out_dir / "decisions.csv") as d_tmp, \
+            open(p_tmp, "w", newline="") as p_out, open(d_tmp, "w", newline="") as d_out:
+        for i, marker in enumerate(result.markers):
+            part = pd.read_parquet(part_path(out_dir, marker["image"]))
+            part.to_csv(p_out, index=False, header=i == 0, float_format="%.6g")
+            part[DECISION_COLUMNS].to_csv(d_out, index=False, header=i == 0, float_format="%.5g")
+            n += len(part)
+            if n - len(part) < head_rows:
+                head.append(part.head(head_rows - (n - len(part))))
+            kept.append(part.loc[part["kept"], [c for c in KEPT_COLUMNS if c in part.columns]])
+            reasons.update(part.loc[~part["kept"], "reason"].astype(str))
+            sizes.update(float(v) for v in part["pixel_size_nm"].dropna().unique())
+    return ParticleTable(kept=pd.concat(kept, ignore_index=True), head=pd.concat(head, ignore_index=True),
+                         n_particles=n, n_images=len({m["image"] for m in result.markers if m["n_particles"]}),
+                         reasons=dict(reasons.most_common()), pixel_sizes=sorted(sizes))
 
 
 def _with_labels(labels_dir: Path) -> Callable[[list[str], list[dict[str, str]], bool], list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,39 @@ def size_prior_fallbacks(size_prior: Any) -> list[str]:
     return out
 
 
+#: Columns of the kept particles that the summary, histograms and comparison use.
+KEPT_COLUMNS: tuple[str, ...] = ("image", "label", *(c for stem in MAIN_DESCRIPTORS
+                                                     for c in (f"{stem}_px", nm_column(stem))))
+
+
+@dataclass(frozen=True)
+class ParticleTable:
+    """What the summary and the report need of a particle table, without every row of it.
+
+    A batch of thousands of micrographs builds it image by image
+    (:func:`nanoseg.measure.batch.pooled_table`), so that memory grows with the kept particles'
+    few size columns only; :meth:`of` makes it from a whole table.
+    """
+
+    kept: pd.DataFrame  # the kept particles, KEPT_COLUMNS
+    head: pd.DataFrame  # the first rows of the table, every column (the report lists them)
+    n_particles: int
+    n_images: int
+    reasons: dict[str, int]  # discard reason -> particles
+    pixel_sizes: list[float]  # the distinct pixel sizes, nm
+
+    @classmethod
+    def of(cls, particles: pd.DataFrame, head_rows: int) -> ParticleTable:
+        kept = particles[particles["kept"]]
+        sizes = particles["pixel_size_nm"].dropna() if "pixel_size_nm" in particles else []
+        return cls(kept=kept[[c for c in KEPT_COLUMNS if c in kept.columns]], head=particles.head(head_rows),
+                   n_particles=len(particles), n_images=int(particles["image"].nunique()),
+                   reasons={str(k): int(v) for k, v in particles.loc[~particles["kept"], "reason"].value_counts().items()},
+                   pixel_sizes=sorted({float(v) for v in sizes}))
+
+
 def write_results(
-    particles: pd.DataFrame,
+    particles: pd.DataFrame | ParticleTable,
     out_dir: Path,
     *,
     micrographs: Mapping[str, np.ndarray] | None = None,
@@ -121,8 +153,10 @@ def write_results(
 
     Parameters
     ----------
-    particles : pandas.DataFrame
-        Every particle with ``image``, ``kept`` and ``reason`` (see :func:`join_decisions`).
+    particles : pandas.DataFrame or ParticleTable
+        Every particle with ``image``, ``kept`` and ``reason`` (see :func:`join_decisions`),
+        written to ``particles.csv``; or a :class:`ParticleTable` of a table whose
+        ``particles.csv`` its maker wrote.
     out_dir : path
         Output folder.
     micrographs, labels : mapping of image name -> array, optional
@@ -167,12 +201,15 @@ def write_results(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "particles.csv") as tmp:
-        particles.to_csv(tmp, index=False, float_format="%.6g")
-    kept = particles[particles["kept"]]
+    if isinstance(particles, pd.DataFrame):
+        with atomic_path(out_dir / "particles.csv") as tmp:
+            particles.to_csv(tmp, index=False, float_format="%.6g")
+        table = ParticleTable.of(particles, report_rows)
+    else:
+        table = particles
+    kept = table.kept
     summary_desc = size_summary(kept, MAIN_DESCRIPTORS, fit=fit, n_resamples=n_resamples, seed=seed)
-    reasons = particles.loc[~particles["kept"], "reason"].value_counts().to_dict()
-    pixel_sizes = sorted({float(v) for v in particles["pixel_size_nm"].dropna()}) if "pixel_size_nm" in particles else []
+    pixel_sizes = table.pixel_sizes
     pixel_size_nm = pixel_sizes[0] if len(pixel_sizes) == 1 else (pixel_sizes or None)
     rule = dict(counting_rule) if counting_rule is not None else {
         "method": None, "rules": None, "classifier": None, "edge_particles_excluded": None,
@@ -186,11 +223,11 @@ def write_results(
     ec = ec_definition_check(kept, "min_feret_nm", median_ci95_nm=min_feret.get("median_ci95")
                              if min_feret["column"] == "min_feret_nm" else None)
     summary: dict[str, Any] = {
-        "n_images": int(particles["image"].nunique()),
-        "n_particles": int(len(particles)),
+        "n_images": table.n_images,
+        "n_particles": table.n_particles,
         "n_kept": int(len(kept)),
-        "n_discarded": int(len(particles) - len(kept)),
-        "discard_reasons": {str(k): int(v) for k, v in reasons.items()},
+        "n_discarded": table.n_particles - len(kept),
+        "discard_reasons": table.reasons,
         "pixel_size_nm": pixel_size_nm,
         "pixel_size_source": pixel_size_source,
         "size_prior": size_prior,
@@ -224,7 +261,7 @@ def write_results(
         for name, image in micrographs.items():
             if name not in labels:
                 continue
-            keep_ids = particles.loc[(particles["image"] == name) & particles["kept"], "label"].to_numpy()
+            keep_ids = kept.loc[kept["image"] == name, "label"].to_numpy()
             path = out_dir / "overlays" / f"{name}.png"
             write_png(path, overlay_kept(image, labels[name], keep_ids))
             overlays[name] = path
@@ -235,7 +272,7 @@ def write_results(
         from nanoseg.atomic import write_text
         from nanoseg.report import render_report
 
-        write_text(out_dir / "report.html", render_report(summary, particles, figures=figures, overlays=overlays,
+        write_text(out_dir / "report.html", render_report(summary, table.head, figures=figures, overlays=overlays,
                                                                 max_rows=report_rows, max_overlays=report_overlays))
     return summary
 
@@ -507,9 +544,9 @@ def measure_files(
     """
     from types import SimpleNamespace
 
-    from nanoseg.classify import DECISION_COLUMNS, counting_rule, write_decisions
+    from nanoseg.classify import counting_rule
     from nanoseg.io import list_images
-    from nanoseg.measure.batch import measure_batch, pooled_particles
+    from nanoseg.measure.batch import measure_batch, pooled_table
 
     out_dir = Path(out_dir)
     # Folders are listed; files are kept as given, so that a wrong one fails alone when not strict.
@@ -536,14 +573,13 @@ def measure_files(
     batch = measure_batch(paths, out_dir, config, model=model, labels_dir=labels_dir, classifier=classifier,
                           device=device, probabilities=probabilities, overlays=overlays, strict=strict,
                           workers=workers, scheduler=scheduler, before_writing=checked)
-    particles = pooled_particles(batch, out_dir)
-    write_decisions(particles[DECISION_COLUMNS], out_dir / "decisions.csv")
+    table = pooled_table(batch, out_dir, config.measure.report_rows)
     warnings += left_out_warning(batch.failures, len(paths))
     measured = [SimpleNamespace(pixel_size_nm=m["pixel_size_nm"], pixel_size_source=m["pixel_size_source"])
                 for m in batch.markers]
     overlay_files = {m["image"]: p for m in batch.markers if (p := out_dir / "overlays" / f"{m['image']}.png").is_file()}
     return write_results(
-        particles, out_dir, overlay_files=overlay_files,
+        table, out_dir, overlay_files=overlay_files,
         pixel_size_source=pixel_size_source(measured), size_prior=_size_prior_of_model(model), compare=compare,
         extra={"classify_method": cls_cfg.method, "failures": batch.failures,
                "realism": _read_realism(Path(model).resolve().parent.parent) if model is not None else None},

@@ -145,7 +145,7 @@ def segment_and_measure_steps(name: str, image: np.ndarray, pixel_size_nm: float
         raise NanosegError(f"{model}: not a segmentation model (pick RUN/adapt/model.pt or RUN/segment/model.pt)")
     yield 1
     labels, _ = segment_image(net, meta, np.asarray(image, np.float32), SegmentConfig.model_validate(meta["config"]),
-                              pixel_size_nm=pixel_size_nm, device=device)
+                              pixel_size_nm=pixel_size_nm, device=device, probability=False)
     yield 2
     return measure_labels(name, labels, image, pixel_size_nm, config, classifier, device)
 

@@ -41,10 +41,10 @@ def segment_one(path: str, job: SegmentJob) -> dict[str, Any]:
             net, meta = worker_cache((job.key, job.model, job.device), lambda: load_segmenter(job.model, job.device),
                                      job.threads)
             labels, probability = segment_image(net, meta, mg.image, job.config.segment, pixel_size_nm=mg.pixel_size_nm,
-                                          device=job.device)
+                                                device=job.device, probability=job.probabilities)
     except NanosegError as exc:
         return failed(path, exc)
-    written = write_segmentation(job.out_dir, mg, labels, probability if job.probabilities else None)
+    written = write_segmentation(job.out_dir, mg, labels, probability)
     return finish(job, path, {"particles": int(labels.max()), "seconds": round(time.perf_counter() - t0, 2)},
                   written)
 

@@ -210,7 +210,8 @@ def segment_image(
     *,
     pixel_size_nm: float | None = None,
     device: Any = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
+    probability: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Instance labels and particle probability of one image at its own size.
 
     If the image's and the model's training pixel sizes are both known and differ by more than
@@ -218,19 +219,21 @@ def segment_image(
     split into particles at that scale (so every ``*_px`` post-processing setting means what it
     meant in training) and the labels and probabilities are resized back.
 
-    An image with a side larger than ``config.block_px`` is segmented block by block
+    An image with a side larger than ``config.block_px`` is segmented piece by piece
     (:func:`_segment_blocks`), so that memory does not grow with the image beyond its labels
-    and probability map.
+    (and probability map, when asked for).
 
     Returns
     -------
     labels : (H, W) uint16/uint32
-    probability : (H, W) float32
+    probability : (H, W) float32, or None unless ``probability``
         :func:`particle_probability`.
     """
     if max(image.shape) > config.block_px:
-        return _segment_blocks(net, meta, image, config, pixel_size_nm=pixel_size_nm, device=device)
-    return _segment_piece(net, meta, image, config, pixel_size_nm=pixel_size_nm, device=device)
+        return _segment_blocks(net, meta, image, config, pixel_size_nm=pixel_size_nm, device=device,
+                               probability=probability)
+    labels, prob = _segment_piece(net, meta, image, config, pixel_size_nm=pixel_size_nm, device=device)
+    return labels, prob if probability else None
 
 
 def _segment_piece(net: Any, meta: dict[str, Any], image: np.ndarray, config: SegmentConfig, *,
@@ -250,20 +253,22 @@ def _segment_piece(net: Any, meta: dict[str, Any], image: np.ndarray, config: Se
 
 
 def _segment_blocks(net: Any, meta: dict[str, Any], image: np.ndarray, config: SegmentConfig, *,
-                    pixel_size_nm: float | None, device: Any) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`segment_image` of a large image, one ``block_px`` block at a time.
+                    pixel_size_nm: float | None, device: Any, probability: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`segment_image` of a large image, one ``block_px`` piece at a time.
 
-    Each block is segmented with ``block_margin_px`` of its surroundings; of its particles it
-    keeps those whose centre lies in the block itself, whole (margin included), on pixels no
-    earlier block claimed. A particle is thus found once, in the block of its centre, with the
-    context a whole-image run gives it, as long as it is smaller than the margin.
+    The image is cut into cores of ``block_px - 2 * block_margin_px``; each core is segmented
+    with ``block_margin_px`` of its surroundings, and of the particles found there it keeps
+    those whose centre lies in the core, whole (margin included), on pixels no earlier piece
+    claimed. A particle is thus found once, in the piece of its centre, with the context a
+    whole-image run gives it, as long as it is smaller than the margin.
     """
     from skimage.measure import regionprops
 
     h, w = image.shape
-    block, margin = config.block_px, config.block_margin_px
+    margin = config.block_margin_px
+    block = config.block_px - 2 * margin
     labels = np.zeros((h, w), np.uint32)
-    probability = np.zeros((h, w), np.float32)
+    prob_map = np.zeros((h, w), np.float32) if probability else None
     n, cut = 0, 0
     for y0 in range(0, h, block):
         for x0 in range(0, w, block):
@@ -271,7 +276,9 @@ def _segment_blocks(net: Any, meta: dict[str, Any], image: np.ndarray, config: S
             py0, px0, py1, px1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
             piece, prob = _segment_piece(net, meta, image[py0:py1, px0:px1], config, pixel_size_nm=pixel_size_nm,
                                          device=device)
-            probability[y0:y1, x0:x1] = prob[y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
+            if prob_map is not None:
+                prob_map[y0:y1, x0:x1] = prob[y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
+            del prob
             target = labels[py0:py1, px0:px1]
             for region in regionprops(piece):
                 cy, cx = region.centroid
@@ -289,7 +296,7 @@ def _segment_blocks(net: Any, meta: dict[str, Any], image: np.ndarray, config: S
     if cut:
         logger.warning("%d particle(s) reached the edge of their %d px block margin and may be cut: set "
                        "segment.block_margin_px above the largest particle's extent in px", cut, margin)
-    return relabel(labels, config.min_size_px), probability
+    return relabel(labels, config.min_size_px), prob_map
 
 
 # Tints of the particles (by label number, so that strips of one image agree).
@@ -377,12 +384,12 @@ def segment_micrographs(
         t0 = time.perf_counter()
         try:
             labels, probability = segment_image(net, meta, mg.image, config, pixel_size_nm=mg.pixel_size_nm,
-                                                device=device)
+                                                device=device, probability=probabilities)
         except NanosegError as exc:
             io.skip_or_raise(failures, mg.path, exc)
             continue
         stem = Path(mg.path).stem
-        write_segmentation(out_dir, mg, labels, probability if probabilities else None)
+        write_segmentation(out_dir, mg, labels, probability)
         seconds = time.perf_counter() - t0
         summary.append({"image": stem, "particles": int(labels.max()), "seconds": round(seconds, 2)})
         logger.info("%s: %d particles (%.1f s)", stem, labels.max(), seconds)
