@@ -66,16 +66,13 @@ class RenderTranslator:
         return out
 
 
-class RefineTranslator:
+class RefineTranslator(GanTranslator):
     """Mask -> rendered micrograph -> refined micrograph (renderer, then a trained generator)."""
 
     def __init__(self, render: RenderTranslator, generator: Any, device: Any = "cpu", bf16: bool = False,
                  batch_size: int = 4) -> None:
+        super().__init__(generator, device, bf16, batch_size)
         self.render = render
-        self.generator = generator
-        self.device = device
-        self.bf16 = bf16
-        self.batch_size = batch_size
 
     def __call__(self, instances: Sequence[np.ndarray], rngs: Sequence[np.random.Generator]) -> list[np.ndarray]:
         return apply_generator(self.generator, self.render(instances, rngs), self.device, self.bf16, self.batch_size)
