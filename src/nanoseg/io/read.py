@@ -353,7 +353,7 @@ def _finish(mg: Micrograph, raw: np.ndarray, scale: SeriesScale, dark_particles:
                       mg.path, bad, raw.size)
     mg.image = to_float01(raw, bits if _is_wide_unsigned(raw) else None, value_range)
     mg.bit_depth = _scale_bits(raw, bits)
-    if float(mg.image.std()) < BLANK_STD:
+    if _std(mg.image) < BLANK_STD:
         finite = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw
         value = f"{float(np.median(finite)):g}" if finite.size else "NaN"
         _say_once(logging.WARNING, "%s: image is blank (all pixels %s); no particles can be found "
@@ -361,6 +361,15 @@ def _finish(mg: Micrograph, raw: np.ndarray, scale: SeriesScale, dark_particles:
     if dark_particles:
         mg.image = (1.0 - mg.image).astype(np.float32)
     return mg
+
+
+def _std(image: np.ndarray) -> float:
+    """Standard deviation of a 2-D image, a few rows at a time (no image-sized temporary)."""
+    mean = float(image.mean(dtype=np.float64))
+    step = max(1, (1 << 20) // max(1, image.shape[1]))
+    squares = sum(float(np.square(image[r : r + step] - mean, dtype=np.float64).sum())
+                  for r in range(0, image.shape[0], step))
+    return (squares / max(1, image.size)) ** 0.5
 
 
 def _is_wide_unsigned(raw: np.ndarray) -> bool:
@@ -479,7 +488,7 @@ def _stated_bit_depth(path: Path, dtype: np.dtype) -> int | None:
 def _warn_dark_particles(micrographs: Sequence[Micrograph], dark_particles: bool) -> None:
     """One warning for the images whose particles, as the workflow sees them, look dark."""
     flagged = [mg.path.name for mg in micrographs
-               if float(mg.image.std()) >= BLANK_STD and bright_fraction(mg.image) > 0.5]
+               if _std(mg.image) >= BLANK_STD and bright_fraction(mg.image) > 0.5]
     if not flagged:
         return
     names = ", ".join(flagged[:3]) + (", ..." if len(flagged) > 3 else "")

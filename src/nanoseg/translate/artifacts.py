@@ -17,6 +17,10 @@ from nanoseg.errors import NanosegError
 from nanoseg.translate.cyclegan import apply_generator
 
 THRESHOLD_METHODS = ("li", "otsu", "mean", "median")
+#: Larger images are thresholded from a regular grid of about this many of their pixels: the
+#: threshold methods copy the image several times over, which on a large micrograph costs
+#: gigabytes for a number that a grid of 4 million pixels already fixes.
+THRESHOLD_MAX_PX = 1 << 22
 
 
 def artifact_threshold(image: np.ndarray, method: str = "li") -> float:
@@ -24,6 +28,9 @@ def artifact_threshold(image: np.ndarray, method: str = "li") -> float:
     from skimage import filters
 
     image = np.asarray(image, dtype=np.float32)
+    if image.size > THRESHOLD_MAX_PX:
+        step = int(np.ceil(np.sqrt(image.size / THRESHOLD_MAX_PX)))
+        image = image[::step, ::step]
     if method == "li":
         return float(filters.threshold_li(image))
     if method == "otsu":
