@@ -241,32 +241,25 @@ def relabel(labels: np.ndarray, min_size_px: int = 0) -> np.ndarray:
     (H, W) uint16 array (uint32 when there are 65535 particles or more)
     """
     labels = np.asarray(labels)
-    if labels.dtype.kind not in "ui" or labels.ndim == 0 or labels.size == 0 or labels.min() < 0:
-        labels = labels.astype(np.int64, copy=False)
-        if min_size_px > 0 and labels.max(initial=0) > 0:
-            areas = np.bincount(labels.ravel())
-            small = areas < min_size_px
-            small[0] = False
-            labels = np.where(small[labels], 0, labels)
-        labels = consecutive_labels(labels)
-        dtype = np.uint16 if labels.max(initial=0) < np.iinfo(np.uint16).max else np.uint32
-        return labels.astype(dtype)
-    # Non-negative integers: a look-up table applied in strips of rows, so that a large
-    # micrograph's labels are never copied whole into int64 (numpy's index type).
-    n = int(labels.max(initial=0))
-    step = max(1, (1 << 22) // max(1, labels.size // max(1, len(labels))))
+    if labels.dtype.kind not in "ui" or (labels.size and labels.min() < 0):
+        labels = consecutive_labels(labels)  # non-negative, in the same order
+    # A look-up table applied in strips of rows, so that a large micrograph's labels are never
+    # copied whole into int64 (numpy's index type).
+    rows = np.atleast_1d(labels)
+    n = int(rows.max(initial=0))
+    step = max(1, (1 << 22) // max(1, rows.size // max(1, len(rows))))
     areas = np.zeros(n + 1, np.int64)
-    for r0 in range(0, len(labels), step):
-        areas += np.bincount(labels[r0 : r0 + step].ravel(), minlength=n + 1)
+    for r0 in range(0, len(rows), step):
+        areas += np.bincount(rows[r0 : r0 + step].ravel(), minlength=n + 1)
     keep = areas >= max(1, min_size_px)
     keep[0] = False
     count = int(keep.sum())
     lut = np.zeros(n + 1, np.uint16 if count < np.iinfo(np.uint16).max else np.uint32)
     lut[keep] = np.arange(1, count + 1)
-    out = np.empty(labels.shape, lut.dtype)
-    for r0 in range(0, len(labels), step):
-        out[r0 : r0 + step] = lut[labels[r0 : r0 + step]]
-    return out
+    out = np.empty(rows.shape, lut.dtype)
+    for r0 in range(0, len(rows), step):
+        out[r0 : r0 + step] = lut[rows[r0 : r0 + step]]
+    return out.reshape(labels.shape)
 
 
 def border_labels(instances: np.ndarray) -> np.ndarray:

@@ -117,31 +117,23 @@ def pooled_table(result: BatchResult, out_dir: str | Path, head_rows: int) -> An
     Memory holds one image's rows at a time and the kept particles' size columns, whatever the
     number of images.
     """
-    from collections import Counter
-
     from nanoseg.atomic import atomic_path
     from nanoseg.classify import DECISION_COLUMNS
-    from nanoseg.measure.stage import KEPT_COLUMNS, ParticleTable
+    from nanoseg.measure.stage import ParticleTable
 
     out_dir = Path(out_dir)
     if not result.markers:
         raise NanosegError("measure: no label images to measure")
-    kept, head, reasons, sizes, n = [], [], Counter(), set(), 0
+    tables, n = [], 0
     with atomic_path(out_dir / "particles.csv") as p_tmp, atomic_path(out_dir / "decisions.csv") as d_tmp, \
             open(p_tmp, "w", newline="") as p_out, open(d_tmp, "w", newline="") as d_out:
         for i, marker in enumerate(result.markers):
             part = pd.read_parquet(part_path(out_dir, marker["image"]))
             part.to_csv(p_out, index=False, header=i == 0, float_format="%.6g")
             part[DECISION_COLUMNS].to_csv(d_out, index=False, header=i == 0, float_format="%.5g")
+            tables.append(ParticleTable.of(part, max(0, head_rows - n)))
             n += len(part)
-            if n - len(part) < head_rows:
-                head.append(part.head(head_rows - (n - len(part))))
-            kept.append(part.loc[part["kept"], [c for c in KEPT_COLUMNS if c in part.columns]])
-            reasons.update(part.loc[~part["kept"], "reason"].astype(str))
-            sizes.update(float(v) for v in part["pixel_size_nm"].dropna().unique())
-    return ParticleTable(kept=pd.concat(kept, ignore_index=True), head=pd.concat(head, ignore_index=True),
-                         n_particles=n, n_images=len({m["image"] for m in result.markers if m["n_particles"]}),
-                         reasons=dict(reasons.most_common()), pixel_sizes=sorted(sizes))
+    return ParticleTable.combine(tables, head_rows)
 
 
 def _with_labels(labels_dir: Path) -> Callable[[list[str], list[dict[str, str]], bool], list[str]]:

@@ -127,6 +127,19 @@ class ParticleTable:
                    reasons={str(k): int(v) for k, v in particles.loc[~particles["kept"], "reason"].value_counts().items()},
                    pixel_sizes=sorted({float(v) for v in sizes}))
 
+    @classmethod
+    def combine(cls, tables: Sequence[ParticleTable], head_rows: int) -> ParticleTable:
+        """The table of several tables' rows, in their order (e.g. one per image of a batch)."""
+        reasons: dict[str, int] = {}
+        for t in tables:
+            for reason, count in t.reasons.items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        return cls(kept=pd.concat([t.kept for t in tables], ignore_index=True),
+                   head=pd.concat([t.head for t in tables], ignore_index=True).head(head_rows),
+                   n_particles=sum(t.n_particles for t in tables), n_images=sum(t.n_images for t in tables),
+                   reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+                   pixel_sizes=sorted({v for t in tables for v in t.pixel_sizes}))
+
 
 def write_results(
     particles: pd.DataFrame | ParticleTable,
