@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -201,12 +199,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mean[variant] = {k: float(np.mean([x[k] for x in sizes]))
                          for k in ("count_rel_error", "mean_rel_error", "median_rel_error")}
         mean[variant]["recall_matched"] = float(np.mean([seeds[s][variant]["keep"]["recall_matched"] for s in seeds]))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bt.ROOT, capture_output=True,
-                            text=True).stdout.strip()
     runs = args.runs.relative_to(bt.ROOT) if args.runs.is_relative_to(bt.ROOT) else args.runs
-    results = {"profile": args.profile, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
-               "machine": f"{platform.machine()}, {bt._cpu_count()} CPU cores",
-               "load_at_start": " / ".join(f"{v:.2f}" for v in load), "runs": str(runs), "images": list(image_ids),
+    results = {"profile": args.profile, **bt.provenance(load), "runs": str(runs), "images": list(image_ids),
                "variants": {v: {k: list(x) if isinstance(x, tuple) else x for k, x in VARIANTS[v].items()}
                             for v in variants},
                "seeds": seeds, "mean": mean}

@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mean = {name: {k: float(np.mean([s[name][k] for s in seeds.values()])) for k, _, _ in COLUMNS}
             for name in VARIANTS}
     mean["time_ratio"] = float(np.mean([s["tta"]["wall_s"] / s["plain"]["wall_s"] for s in seeds.values()]))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=bt.ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    results = {"profile": args.profile, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
-               "machine": f"{platform.machine()}, {bt._cpu_count()} CPU cores",
-               "load_at_start": " / ".join(f"{v:.2f}" for v in load),
+    results = {"profile": args.profile, **bt.provenance(load),
                "work_dir": str(args.work_dir.relative_to(bt.ROOT)) if args.work_dir.is_relative_to(bt.ROOT)
                else str(args.work_dir), "images": list(image_ids), "seeds": seeds, "mean": mean}
     out = args.out or bt.RESULTS / f"tta_{args.profile}.md"

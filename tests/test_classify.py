@@ -35,11 +35,13 @@ def _cfg(**kwargs):
 
 def _particles():
     return pd.DataFrame({
-        "image": "a", "label": [1, 2, 3, 4, 5, 6],
-        "area_px": [100, 5, 5000, 100, 100, 100],
-        "solidity": [0.95, 0.95, 0.95, 0.6, 0.95, 0.95],
-        "touches_border": [False, False, False, False, True, False],
-        "mean_intensity": [0.8, 0.8, 0.8, 0.8, 0.8, 0.1],
+        "image": "a", "label": [1, 2, 3, 4, 5, 6, 7, 8],
+        "area_px": [100, 5, 5000, 100, 100, 100, 100, 30],
+        "solidity": [0.95, 0.95, 0.95, 0.6, 0.95, 0.95, 0.95, 0.95],
+        "min_feret_px": [10.0, 2.0, 70.0, 10.0, 10.0, 10.0, 12.0, 4.5],
+        "inscribed_diameter_px": [9.0, 2.0, 61.0, 7.0, 9.0, 9.0, 4.0, 4.0],
+        "touches_border": [False, False, False, False, True, False, False, False],
+        "mean_intensity": [0.8, 0.8, 0.8, 0.8, 0.8, 0.1, 0.8, 0.8],
     })
 
 
@@ -51,16 +53,19 @@ def test_each_rule_records_its_reason():
                min_ecd_fraction=0)
     d = apply_rules(_particles(), cfg)
     assert list(d.columns) == ["image", "label", "score", "kept", "reason"]
-    assert d["reason"].tolist() == ["", "area_below_min", "area_above_max", "solidity_below_min", "touches_border",
-                                    "intensity_below_min"]
-    assert d["kept"].tolist() == [True, False, False, False, False, False]
+    assert d["reason"].tolist() == ["", "area_below_min;min_feret_below_min", "area_above_max", "solidity_below_min",
+                                    "touches_border", "intensity_below_min", "thin", "min_feret_below_min"]
+    assert d["kept"].tolist() == [True] + [False] * 7
+    # 12 px across and 4 px inscribed: 5 px with the grid's pixel of slack, above 0.4 x 12
+    assert apply_rules(_particles(), cfg.model_copy(update={"min_inscribed_fraction": 0.4}))["reason"][6] == ""
 
 
 def test_fragment_rule_compares_with_the_median_particle():
     # median area 100 px: ECD below half the median ECD means area below 25 px
-    d = apply_rules(_particles(), _cfg(method="rules", exclude_border=False, min_ecd_fraction=0.5))
-    assert d["reason"].tolist() == ["", "fragment", "", "", "", ""]
-    d = apply_rules(_particles(), _cfg(method="rules", exclude_border=False, min_ecd_fraction=0.2))
+    cfg = _cfg(method="rules", exclude_border=False, min_inscribed_fraction=0, min_feret_px=0, min_ecd_fraction=0.5)
+    d = apply_rules(_particles(), cfg)
+    assert d["reason"].tolist() == ["", "fragment", "", "", "", "", "", ""]
+    d = apply_rules(_particles(), cfg.model_copy(update={"min_ecd_fraction": 0.2}))
     assert d["kept"].all()  # 5 px is above 0.2**2 * 100 = 4 px
 
 
@@ -110,12 +115,14 @@ def test_counting_rule_states_what_ran():
 
     rule = counting_rule(_cfg(method="network", min_solidity=0.8, intensity_threshold="li"), classifier_model="c.pt")
     names = [r["name"] for r in rule["rules"]]
-    assert names == ["touches_border", "solidity_below_min", "intensity_below_li", "score_below_threshold"]
-    assert rule["rules"][1]["threshold"] == 0.8 and "solidity" in rule["rules"][1]["discards"]
+    assert names == ["touches_border", "min_feret_below_min", "solidity_below_min", "thin", "intensity_below_li",
+                     "score_below_threshold"]
+    assert rule["rules"][2]["threshold"] == 0.8 and "solidity" in rule["rules"][2]["discards"]
     assert rule["classifier"] == {"ran": True, "model": "c.pt", "score_threshold": 0.5,
                                   "threshold_source": "set in the configuration"}
     assert rule["edge_particles_excluded"] and rule["partly_covered_excluded"]
-    rules_only = counting_rule(_cfg(method="rules", exclude_border=False, min_ecd_fraction=0.3), with_micrographs=False)
+    rules_only = counting_rule(_cfg(method="rules", exclude_border=False, min_inscribed_fraction=0, min_feret_px=0,
+                                    min_ecd_fraction=0.3), with_micrographs=False)
     assert [r["name"] for r in rules_only["rules"]] == ["fragment"]
     assert not rules_only["edge_particles_excluded"] and not rules_only["partly_covered_excluded"]
     assert rules_only["classifier"]["ran"] is False
@@ -128,24 +135,25 @@ def test_counting_rule_names_every_reason_the_rules_give():
     cfg = _cfg(method="network", min_area_px=10, max_area_px=1000, min_solidity=0.8, min_mean_intensity=0.3,
                min_ecd_fraction=0.5, intensity_threshold="li")
     particles = _particles().assign(image_threshold=0.5)
-    d = apply_rules(particles, cfg, scores=np.array([0.9, 0.4, 0.6, 0.6, 0.2, 0.6]))
+    d = apply_rules(particles, cfg, scores=np.array([0.9, 0.4, 0.6, 0.6, 0.2, 0.6, 0.6, 0.6]))
     given = {r for reasons in d["reason"] for r in reasons.split(";") if r}
     stated = {r["name"] for r in counting_rule(cfg)["rules"]}
-    assert given <= stated and len(given) >= 6
+    assert given <= stated and len(given) >= 8
 
 
 def test_rules_off_and_method_none_keep_everything():
-    assert apply_rules(_particles(), _cfg(method="rules", exclude_border=False, min_ecd_fraction=0))["kept"].all()
+    off = _cfg(method="rules", exclude_border=False, min_ecd_fraction=0, min_feret_px=0, min_inscribed_fraction=0)
+    assert apply_rules(_particles(), off)["kept"].all()
     assert apply_rules(_particles(), _cfg(method="none", min_area_px=1000))["kept"].all()
 
 
 def test_scores_and_rules_combine():
-    cfg = _cfg(method="network", score_threshold=0.5, min_ecd_fraction=0.5)
-    d = apply_rules(_particles(), cfg, scores=np.array([0.9, 0.4, 0.6, 0.6, 0.2, 0.6]))
+    cfg = _cfg(method="network", score_threshold=0.5, min_ecd_fraction=0.5, min_feret_px=0, min_inscribed_fraction=0)
+    d = apply_rules(_particles(), cfg, scores=np.array([0.9, 0.4, 0.6, 0.6, 0.2, 0.6, 0.6, 0.6]))
     # the 5 px particle is also a fragment (ECD below half the median's)
     assert d["reason"].tolist()[:2] == ["", "fragment;score_below_threshold"]
     assert d["reason"][4] == "touches_border;score_below_threshold"
-    assert d["kept"].tolist() == [True, False, True, True, False, True]
+    assert d["kept"].tolist() == [True, False, True, True, False, True, True, True]
 
 
 def test_instance_scores_are_means_over_pixels():

@@ -139,6 +139,42 @@ def test_concave_shape_solidity_and_convexity():
     assert p.min_feret_px == pytest.approx(30.0)  # Feret diameters see only the hull
 
 
+def test_inscribed_diameter_of_strips_and_touching_particles():
+    lab = np.zeros((40, 60), np.int32)
+    lab[5:12, 5:50] = 1  # 7 px wide strip
+    lab[20:26, 5:50] = 2  # 6 px wide: the deepest pixel centre is half a pixel off the middle
+    lab[26:31, 5:50] = 3  # touches 2: its pixels are background for 2's inscribed circle
+    df = measure_particles(lab).set_index("label")
+    assert df.loc[1, "inscribed_diameter_px"] == pytest.approx(7.0)
+    assert df.loc[2, "inscribed_diameter_px"] == pytest.approx(5.0)
+    assert df.loc[3, "inscribed_diameter_px"] == pytest.approx(5.0)
+    assert _one(np.pad(np.ones((1, 1), np.int32), 3)).inscribed_diameter_px == pytest.approx(1.0)
+
+
+def test_convex_particles_are_thick_and_crescents_thin():
+    """Inscribed diameter / min Feret is at least 2/3 for a convex body (equality: the equilateral
+    triangle); on the pixel grid, with one pixel of slack, convex shapes keep that bound and a
+    crescent falls far below it (the ``thin`` rule of the keep/discard step)."""
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(200):
+        lab = np.zeros((80, 80), np.int32)
+        n = int(rng.integers(3, 7))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+        radius = rng.uniform(4, 30)
+        rr, cc = polygon(40 + radius * np.sin(angles), 40 + radius * np.cos(angles) * rng.uniform(0.5, 1.0), lab.shape)
+        lab[rr, cc] = 1
+        if lab.sum() < 3:
+            continue
+        p = _one(lab)
+        ratios.append((p.inscribed_diameter_px + 1) / p.min_feret_px)
+    assert min(ratios) >= 0.66
+    yy, xx = np.mgrid[:80, :80]
+    crescent = ((yy - 40) ** 2 + (xx - 40) ** 2 <= 25**2) & ((yy - 40) ** 2 + (xx - 44) ** 2 > 23**2)
+    p = _one(crescent.astype(np.int32))
+    assert (p.inscribed_diameter_px + 1) / p.min_feret_px < 0.3
+
+
 def test_pixel_size_converts_lengths_and_areas():
     lab = np.zeros((40, 60), np.int32)
     lab[10:20, 5:35] = 1
@@ -146,7 +182,7 @@ def test_pixel_size_converts_lengths_and_areas():
     px = measure_particles(lab)
     nm = measure_particles(lab, pixel_size_nm=2.5)
     assert "min_feret_nm" not in px.columns and "area_nm2" not in px.columns
-    for stem in ("perimeter", "ecd", "min_feret", "max_feret", "centroid_row", "centroid_col"):
+    for stem in ("perimeter", "ecd", "min_feret", "max_feret", "inscribed_diameter", "centroid_row", "centroid_col"):
         np.testing.assert_allclose(nm[f"{stem}_nm"], px[f"{stem}_px"] * 2.5)
     np.testing.assert_allclose(nm["area_nm2"], px["area_px"] * 6.25)
     assert nm.loc[0, "min_feret_nm"] == pytest.approx(25.0)
@@ -461,7 +497,8 @@ def test_cli_measure_with_labels_and_compare(tmp_path):
     assert "warning:" in first.output and "--classifier" in first.output
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["counting_rule"]["method"] == "rules" and summary["counting_rule"]["edge_particles_excluded"]
-    assert [r["name"] for r in summary["counting_rule"]["rules"]] == ["touches_border", "intensity_below_li"]
+    assert [r["name"] for r in summary["counting_rule"]["rules"]] == ["touches_border", "min_feret_below_min", "thin",
+                                                                      "intensity_below_li"]
     assert len(summary["warnings"]) == 1 and "--classifier" in summary["warnings"][0]
     second = runner.invoke(app, ["measure", str(images), "--labels", str(labels), "--out", str(tmp_path / "b"),
                                  "--set", "data.info_bar_rows=0", "--compare", str(tmp_path / "a" / "particles.csv")])

@@ -269,6 +269,17 @@ class ClassifyConfig(_Section):
     min_area_px: int = Field(0, ge=0, description="Rule: discard particles smaller than this many px.")
     max_area_px: int | None = Field(None, ge=1, description="Rule: discard particles larger than this many px.")
     min_solidity: float = Field(0.0, ge=0, le=1, description="Rule: discard particles with lower solidity (area / convex area).")
+    min_feret_px: float = Field(
+        5.0, ge=0, allow_inf_nan=False,
+        description="Rule: discard particles whose min Feret diameter is below this many px: too few pixels across "
+        "to be sized (at 5 px one pixel is a fifth of the size), and far smaller than any particle the networks "
+        "learned from. Specks of substrate texture are the particles it discards; 0 turns it off.")
+    min_inscribed_fraction: float = Field(
+        0.5, ge=0, lt=1,
+        description="Rule: discard particles whose largest inscribed circle, plus one pixel for the pixel grid, is "
+        "narrower than this fraction of their min Feret diameter. No convex particle falls below 2/3 (the equilateral triangle's ratio, "
+        "Steinhagen's inequality), while thin crescents segmented along the bright rims of substrate features, "
+        "and slivers left between particles, fall far below it; 0 turns it off.")
     min_ecd_fraction: float = Field(
         0.0, ge=0, lt=1,
         description="Rule: discard fragments whose ECD is below this fraction of the median ECD of the particles "

@@ -14,8 +14,8 @@ DECISION_COLUMNS = ["image", "label", "score", "kept", "reason"]
 
 
 #: The classify settings the rules read (:func:`rule_checks`); the rest configure the network.
-RULE_SETTINGS = ("exclude_border", "min_area_px", "max_area_px", "min_ecd_fraction", "min_solidity",
-                 "intensity_threshold", "min_mean_intensity")
+RULE_SETTINGS = ("exclude_border", "min_area_px", "max_area_px", "min_feret_px", "min_ecd_fraction", "min_solidity",
+                 "min_inscribed_fraction", "intensity_threshold", "min_mean_intensity")
 
 
 def rule_checks(particles: pd.DataFrame, cfg: Any) -> list[tuple[str, float | None, np.ndarray]]:
@@ -28,8 +28,9 @@ def rule_checks(particles: pd.DataFrame, cfg: Any) -> list[tuple[str, float | No
     Parameters
     ----------
     particles : pandas.DataFrame
-        Columns ``area_px``, ``solidity``, ``touches_border``, ``mean_intensity``, optionally
-        ``image`` and ``image_threshold`` (see :func:`rule_reasons`).
+        Columns ``area_px``, ``solidity``, ``min_feret_px``, ``inscribed_diameter_px``,
+        ``touches_border``, ``mean_intensity``, optionally ``image`` and ``image_threshold`` (see
+        :func:`rule_reasons`).
     cfg : ClassifyConfig
 
     Returns
@@ -45,6 +46,9 @@ def rule_checks(particles: pd.DataFrame, cfg: Any) -> list[tuple[str, float | No
         checks.append(("area_below_min", float(cfg.min_area_px), area < cfg.min_area_px))
     if cfg.max_area_px is not None:
         checks.append(("area_above_max", float(cfg.max_area_px), area > cfg.max_area_px))
+    if cfg.min_feret_px > 0:
+        checks.append(("min_feret_below_min", float(cfg.min_feret_px),
+                       particles["min_feret_px"].to_numpy(dtype=float) < cfg.min_feret_px))
     if cfg.min_ecd_fraction > 0:
         # Per image, never over the batch: one image's decisions must not depend on which
         # other images were classified with it. ECD scales with sqrt(area), so compare areas
@@ -55,6 +59,11 @@ def rule_checks(particles: pd.DataFrame, cfg: Any) -> list[tuple[str, float | No
     if cfg.min_solidity > 0:
         checks.append(("solidity_below_min", float(cfg.min_solidity),
                        particles["solidity"].to_numpy(dtype=float) < cfg.min_solidity))
+    if cfg.min_inscribed_fraction > 0:
+        # one pixel of slack: on the pixel grid a convex particle 3 px wide can measure 1 px inscribed
+        inscribed = particles["inscribed_diameter_px"].to_numpy(dtype=float) + 1.0
+        checks.append(("thin", float(cfg.min_inscribed_fraction),
+                       inscribed < cfg.min_inscribed_fraction * particles["min_feret_px"].to_numpy(dtype=float)))
     if cfg.intensity_threshold != "none" and "image_threshold" in particles:
         below = particles["mean_intensity"].to_numpy(dtype=float) <= particles["image_threshold"].to_numpy(dtype=float)
         checks.append((f"intensity_below_{cfg.intensity_threshold}", None, below))
@@ -71,12 +80,13 @@ def rule_reasons(particles: pd.DataFrame, cfg: Any) -> pd.Series:
     Parameters
     ----------
     particles : pandas.DataFrame
-        Columns ``area_px``, ``solidity``, ``touches_border``, ``mean_intensity`` (as from
+        Columns ``area_px``, ``solidity``, ``min_feret_px``, ``inscribed_diameter_px``,
+        ``touches_border``, ``mean_intensity`` (as from
         :func:`nanoseg.particles.measure_particles` with ``exclude_border=False``), and
         ``image`` when the rows come from several micrographs.
     cfg : ClassifyConfig
-        Uses ``min_area_px``, ``max_area_px``, ``min_ecd_fraction`` (against the median ECD of
-        the rows of the same ``image``), ``min_solidity``, ``exclude_border``,
+        Uses ``min_area_px``, ``max_area_px``, ``min_feret_px``, ``min_ecd_fraction`` (against the median ECD of
+        the rows of the same ``image``), ``min_solidity``, ``min_inscribed_fraction``, ``exclude_border``,
         ``min_mean_intensity`` and ``intensity_threshold`` (compared with the column
         ``image_threshold``, the automatic threshold of each particle's micrograph, when present).
 
@@ -97,8 +107,12 @@ _RULE_PHRASES = {
     "touches_border": "touching the image border or the info bar (their size is unknown)",
     "area_below_min": "smaller than {t:g} px",
     "area_above_max": "larger than {t:g} px",
+    "min_feret_below_min": "with a min Feret diameter below {t:g} px (too few pixels across to be sized: one pixel "
+                           "is more than a fifth of it at 5 px)",
     "fragment": "with an ECD below {t:g} times the median ECD of the particles of the same image (taken for fragments)",
     "solidity_below_min": "with a solidity (area / convex area) below {t:g}",
+    "thin": "whose largest inscribed circle, plus one pixel, is narrower than {t:g} times their min Feret diameter "
+            "(arcs and slivers: no convex particle is below 2/3)",
     "intensity_below_min": "with a mean intensity (0-1) below {t:g}",
     "score_below_threshold": "with a classifier keep score at or below {t:g} (judged partly covered, cut or "
                              "otherwise not whole)",
@@ -133,7 +147,8 @@ def describe_rules(cfg: Any, *, with_micrographs: bool = True, classifier_ran: b
     """
     if cfg.method == "none":
         return []
-    columns = {"image": [], "area_px": [], "solidity": [], "touches_border": [], "mean_intensity": []}
+    columns = {"image": [], "area_px": [], "solidity": [], "min_feret_px": [], "inscribed_diameter_px": [],
+               "touches_border": [], "mean_intensity": []}
     if with_micrographs:
         columns["image_threshold"] = []
     checks = [(name, threshold) for name, threshold, _ in rule_checks(pd.DataFrame(columns), cfg)]

@@ -89,7 +89,8 @@ def predict(
 ) -> None:
     """Decide for every segmented particle whether it is kept, and why not.
 
-    Rules (classify.min_area_px, max_area_px, min_solidity, exclude_border, min_mean_intensity)
+    Rules (classify.min_area_px, max_area_px, min_feret_px, min_solidity, min_inscribed_fraction, exclude_border,
+    intensity_threshold, min_mean_intensity)
     are always applied; with --classifier, particles with a mean keep score at or below
     classify.score_threshold ('auto': the threshold calibrated when the classifier was trained)
     are discarded too.
