@@ -277,9 +277,9 @@ class ClassifyConfig(_Section):
     min_inscribed_fraction: float = Field(
         0.5, ge=0, lt=1,
         description="Rule: discard particles whose largest inscribed circle, plus one pixel for the pixel grid, is "
-        "narrower than this fraction of their min Feret diameter. No convex particle falls below 2/3 (the equilateral triangle's ratio, "
-        "Steinhagen's inequality), while thin crescents segmented along the bright rims of substrate features, "
-        "and slivers left between particles, fall far below it; 0 turns it off.")
+        "narrower than this fraction of their min Feret diameter. No convex particle falls below 2/3 (the "
+        "equilateral triangle's ratio, Steinhagen's inequality), while thin crescents segmented along the bright "
+        "rims of substrate features, and slivers left between particles, fall far below it; 0 turns it off.")
     min_ecd_fraction: float = Field(
         0.0, ge=0, lt=1,
         description="Rule: discard fragments whose ECD is below this fraction of the median ECD of the particles "

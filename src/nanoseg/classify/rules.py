@@ -108,7 +108,7 @@ _RULE_PHRASES = {
     "area_below_min": "smaller than {t:g} px",
     "area_above_max": "larger than {t:g} px",
     "min_feret_below_min": "with a min Feret diameter below {t:g} px (too few pixels across to be sized: one pixel "
-                           "is more than a fifth of it at 5 px)",
+                           "is more than 1/{t:g} of it)",
     "fragment": "with an ECD below {t:g} times the median ECD of the particles of the same image (taken for fragments)",
     "solidity_below_min": "with a solidity (area / convex area) below {t:g}",
     "thin": "whose largest inscribed circle, plus one pixel, is narrower than {t:g} times their min Feret diameter "
