@@ -613,6 +613,11 @@ def main(argv: list[str] | None = None) -> None:
     print(report)
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as a results file records it: relative to the project root when inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def provenance(load: tuple[float, float, float]) -> dict[str, str]:
     """Date, commit, machine and load average (at the start: ``os.getloadavg()`` then) of a results file."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,

@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configure_torch(None)
     load = os.getloadavg()
     seeds = {int(s): seed_times(args.runs / f"seed{s}" / "run") for s in args.seeds.split(",")}
-    runs = args.runs.relative_to(bt.ROOT) if args.runs.is_relative_to(bt.ROOT) else args.runs
-    results = {**bt.provenance(load), "runs": str(runs), "seeds": seeds}
+    results = {**bt.provenance(load), "runs": bt.shown_path(args.runs), "seeds": seeds}
     bt.save_results(args.out, results, render(results))
     return results
 

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     paths = [bt.DATA / "sem" / f"{i}.tif" for i in bt.ALL_IDS[:args.images]]
     load = os.getloadavg()
     results = {**bt.provenance(load),
-               "model": str(model.relative_to(bt.ROOT)) if model.is_relative_to(bt.ROOT) else str(model),
+               "model": bt.shown_path(model),
                "n_images": len(paths), "block_px": config.segment.block_px}
     if not args.only_large:
         times = time_steps(paths, model, config)

@@ -199,8 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mean[variant] = {k: float(np.mean([x[k] for x in sizes]))
                          for k in ("count_rel_error", "mean_rel_error", "median_rel_error")}
         mean[variant]["recall_matched"] = float(np.mean([seeds[s][variant]["keep"]["recall_matched"] for s in seeds]))
-    runs = args.runs.relative_to(bt.ROOT) if args.runs.is_relative_to(bt.ROOT) else args.runs
-    results = {"profile": args.profile, **bt.provenance(load), "runs": str(runs), "images": list(image_ids),
+    results = {"profile": args.profile, **bt.provenance(load), "runs": bt.shown_path(args.runs), "images": list(image_ids),
                "variants": {v: {k: list(x) if isinstance(x, tuple) else x for k, x in VARIANTS[v].items()}
                             for v in variants},
                "seeds": seeds, "mean": mean}

@@ -146,8 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             mean[variant][key] = float(values.mean())
             mean[variant][f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
             mean[variant][f"worst_{key}"] = float(values[np.argmax(np.abs(values))])
-    runs = args.runs.relative_to(bt.ROOT) if args.runs.is_relative_to(bt.ROOT) else args.runs
-    results = {"profile": args.profile, **bt.provenance(load), "runs": str(runs), "images": list(image_ids),
+    results = {"profile": args.profile, **bt.provenance(load), "runs": bt.shown_path(args.runs), "images": list(image_ids),
                "expert_cost": expert_cost, "seeds": seeds, "mean": mean}
     out = args.out or bt.RESULTS / f"keep_rules_{args.profile}.md"
     write_json(out.with_suffix(".json"), json.loads(json.dumps(results, default=float)))

@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for name in VARIANTS}
     mean["time_ratio"] = float(np.mean([s["tta"]["wall_s"] / s["plain"]["wall_s"] for s in seeds.values()]))
     results = {"profile": args.profile, **bt.provenance(load),
-               "work_dir": str(args.work_dir.relative_to(bt.ROOT)) if args.work_dir.is_relative_to(bt.ROOT)
-               else str(args.work_dir), "images": list(image_ids), "seeds": seeds, "mean": mean}
+               "work_dir": bt.shown_path(args.work_dir), "images": list(image_ids), "seeds": seeds, "mean": mean}
     out = args.out or bt.RESULTS / f"tta_{args.profile}.md"
     write_json(out.with_suffix(".json"), results)
     write_text(out, render(results) + "\n")

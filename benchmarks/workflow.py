@@ -656,7 +656,7 @@ def write_overlays(measure_dir: Path, image_ids: tuple[str, ...], out_dir: Path)
         rgb[expert] = (0, 220, 255)
         path = out_dir / f"overlay_{i}.png"
         write_png(path, rgb)
-        written.append(str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path))
+        written.append(bt.shown_path(path))
     return written
 
 
@@ -796,8 +796,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "measure_command": "nanoseg measure DATA/sem --model RUN/adapt/model.pt --classifier RUN/classify/model.pt "
                            "--config RUN/config.yaml --probabilities --out M",
         "total_wall_s": round(time.perf_counter() - t_start, 1),
-        "supervised_file": str(supervised_path.relative_to(ROOT)) if supervised_path.is_relative_to(ROOT)
-        else str(supervised_path),
+        "supervised_file": bt.shown_path(supervised_path),
     }
     results = {"meta": meta, "seeds": per_seed, "aggregate": aggregate(per_seed), "supervised": supervised,
                "overlays": overlays}
