@@ -77,7 +77,10 @@ HEADLINE = (("strict", "f1"), ("strict", "image_iou"), ("paper", "image_iou"), (
 
 
 def nanoseg_cli(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run ``python -m nanoseg ARGS`` (the installed CLI); returns its wall time and peak RSS.
+    """Run ``python -m nanoseg ARGS`` (the installed CLI); returns its wall time, CPU time and peak RSS.
+
+    The CPU time (user + system) is what the process would need alone on one core: with
+    ``--jobs`` > 1 the wall time is that of a shared machine, the CPU time is not.
 
     Raises NanosegError naming the log when the command fails.
     """
@@ -94,7 +97,8 @@ def nanoseg_cli(args: list[str], log_path: Path, env: dict[str, str] | None = No
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
         raise NanosegError(f"nanoseg {args[0]} failed (exit {proc.returncode}); see {log_path}: {' | '.join(tail)}")
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
 def smoke_sets(profile: str) -> list[str]:
@@ -122,8 +126,13 @@ def data_folder(image_ids: tuple[str, ...], work_dir: Path) -> Path:
 
 
 def run_seed(seed: int, profile: str, sets: list[str], data: Path, seed_dir: Path,
-             env: dict[str, str] | None = None) -> dict[str, Any]:
-    """``nanoseg run`` then ``nanoseg measure`` for one seed; returns stage times and memory."""
+             env: dict[str, str] | None = None, resume: bool = False) -> dict[str, Any]:
+    """``nanoseg run`` then ``nanoseg measure`` for one seed; returns stage times and memory.
+
+    With ``resume`` the measure folder of an earlier call is kept: ``nanoseg measure`` itself
+    skips the images it finished with the same model and settings, so its time is that of the
+    remaining images.
+    """
     run_dir, measure_dir = seed_dir / "run", seed_dir / "measure"
     set_args = [a for s in sets for a in ("--set", s)]
     logger.info("seed %d", seed)
@@ -134,7 +143,7 @@ def run_seed(seed: int, profile: str, sets: list[str], data: Path, seed_dir: Pat
         rec = json.loads(marker.read_text())
         stages[f"run: {marker.parent.name}"] = {"wall_s": rec["seconds"], "peak_rss_mb": rec.get("peak_rss_mb")}
     stages["nanoseg run (whole process)"] = run_res
-    if measure_dir.exists():
+    if measure_dir.exists() and not resume:
         shutil.rmtree(measure_dir)
     measure_args = ["measure", str(data / "sem"), "--model", str(run_dir / "adapt" / "model.pt"),
                     "--config", str(run_dir / "config.yaml"), "--out", str(measure_dir), "--probabilities"]
@@ -576,10 +585,11 @@ def render_report(results: dict[str, Any]) -> str:
                                 "IoU on held-out synthetic pairs after the round"]), ""]
     parts += ["## Wall time and peak memory", "",
               "Stage times from the run folder's `.done.json` markers; peak RSS is the process's running maximum "
-              "at the end of the stage.", ""]
+              "at the end of the stage. A whole process also shows its CPU time (user + system), where recorded: "
+              "with several seeds at once the wall time is that of a shared machine, the CPU time is what the "
+              "process needs alone on one core.", ""]
     names = list(next(iter(seeds.values()))["stages"])
-    rows = [[n, *[f"{_fmt(r['stages'].get(n, {}).get('wall_s'))} s / {_fmt(r['stages'].get(n, {}).get('peak_rss_mb'))} MiB"
-                  for r in seeds.values()]] for n in names]
+    rows = [[n, *[_stage_cell(r["stages"].get(n, {})) for r in seeds.values()]] for n in names]
     if sup:
         rows += [[f"supervised {n}", f"{v['wall_s']} s / {v['peak_rss_mb']} MiB"] + [""] * (len(seeds) - 1)
                  for n, v in sup["stages"].items()]
@@ -590,6 +600,11 @@ def render_report(results: dict[str, Any]) -> str:
                   "magenta), written to " + ", ".join(f"`{p}`" for p in results["overlays"]) + ". They show the "
                   "CC BY-NC-ND micrographs and are not committed: run the script to see them.", ""]
     return "\n".join(parts)
+
+
+def _stage_cell(rec: dict[str, Any]) -> str:
+    cpu = f" (CPU {_fmt(rec['cpu_s'])} s)" if rec.get("cpu_s") is not None else ""
+    return f"{_fmt(rec.get('wall_s'))} s{cpu} / {_fmt(rec.get('peak_rss_mb'))} MiB"
 
 
 def _missed_text(missed: dict[str, int] | None) -> str:
@@ -702,7 +717,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--jobs", type=int, default=1, help="Seeds run at once (default 1). Each `nanoseg` "
                         "process then gets cores/jobs torch threads; stage times are those of a shared machine.")
     parser.add_argument("--resume", action="store_true", help="Keep the run folders of an interrupted call: "
-                        "`nanoseg run` skips its finished stages (their times are those of the earlier call).")
+                        "`nanoseg run` skips its finished stages (their times are those of the earlier call), "
+                        "`nanoseg measure` its finished images.")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="Pass `--set KEY=VALUE` to every `nanoseg run` (repeatable): an experiment against the "
                         "profile's defaults. Give it its own --out and --work-dir; the report shows the command.")
@@ -766,7 +782,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.jobs > 1:
         env = dict(os.environ, OMP_NUM_THREADS=str(max(1, bt._cpu_count() // args.jobs)))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {seed: pool.submit(run_seed, seed, args.profile, sets, data, work_dir / f"seed{seed}", env)
+        futures = {seed: pool.submit(run_seed, seed, args.profile, sets, data, work_dir / f"seed{seed}", env,
+                                      args.resume)
                    for seed in seeds}
         seed_runs = {seed: f.result() for seed, f in futures.items()}
     for seed in seeds:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -102,7 +103,9 @@ def test_smoke_run_end_to_end(shared_data, tmp_path):
         assert {"strict", "paper", "sizes", "keep", "synthetic", "stages"} <= set(scored)
         assert 0.0 <= scored["strict"]["mean"]["image_iou"] <= 1.0
         assert scored["stages"]["run: segment"]["wall_s"] > 0
-        assert scored["stages"]["nanoseg measure (whole process)"]["peak_rss_mb"] > 50
+        measured = scored["stages"]["nanoseg measure (whole process)"]
+        assert measured["peak_rss_mb"] > 50
+        assert 0 < measured["cpu_s"] <= 2 * os.cpu_count() * measured["wall_s"] + 1  # its own CPU, not the sum
         # The run folder is what `nanoseg run` wrote, with the profile's settings and this seed.
         config = (tmp_path / "work" / f"seed{seed}" / "run" / "config.yaml").read_text()
         assert f"seed: {seed}" in config and "profile: demo" in config
@@ -131,3 +134,10 @@ def test_smoke_run_end_to_end(shared_data, tmp_path):
     html = (run_measure / "report.html").read_text()
     assert "id='counting-rule'" in html and "median 95 % CI" in html
     assert 0.0 <= summary["realism"]["classifier_accuracy"] <= 1.0
+    # A resumed call keeps finished work: `nanoseg measure` skips the images it already measured.
+    markers = sorted((tmp_path / "work" / "seed0" / "measure" / "markers").glob("*.json"))
+    assert len(markers) == 2
+    before = {m: m.stat().st_mtime_ns for m in markers}
+    workflow.main(["--profile", "demo", "--smoke", "--seeds", "0", "--images", "2", "--no-supervised", "--resume",
+                   "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "results" / "resumed.md")])
+    assert {m: m.stat().st_mtime_ns for m in markers} == before
