@@ -618,6 +618,20 @@ def shown_path(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def add_run_folder_arguments(parser: Any, holds: str) -> None:
+    """``--runs`` (a workflow benchmark's work folder) and ``--seeds`` (parsed to a list of ints),
+    for the scripts that re-read that benchmark's run folders; ``holds`` says what they read there."""
+    def seed_list(text: str) -> list[int]:
+        try:
+            return [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+    parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "work" / "workflow_quick",
+                        help=f"Work folder of a workflow benchmark call (holds {holds}).")
+    parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="Comma-separated seeds (default 0,1,2).")
+
+
 def provenance(load: tuple[float, float, float]) -> dict[str, str]:
     """Date, commit, machine and load average (at the start: ``os.getloadavg()`` then) of a results file."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,

@@ -77,16 +77,14 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=bt.ROOT / "benchmarks" / "work" / "workflow_quick",
-                        help="Work folder of a workflow benchmark run (holds seed<S>/run).")
-    parser.add_argument("--seeds", default="0,1,2")
+    bt.add_run_folder_arguments(parser, "seed<S>/run")
     parser.add_argument("--out", type=Path, default=bt.RESULTS / "bench_markers.md")
     args = parser.parse_args(argv)
     from nanoseg.runtime import configure_torch
 
     configure_torch(None)
     load = os.getloadavg()
-    seeds = {int(s): seed_times(args.runs / f"seed{s}" / "run") for s in args.seeds.split(",")}
+    seeds = {int(s): seed_times(args.runs / f"seed{s}" / "run") for s in args.seeds}
     results = {**bt.provenance(load), "runs": bt.shown_path(args.runs), "seeds": seeds}
     bt.save_results(args.out, results, render(results))
     return results

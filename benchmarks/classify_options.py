@@ -164,10 +164,8 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=bt.ROOT / "benchmarks" / "work" / "workflow_quick",
-                        help="Work folder of a workflow benchmark run (holds seed<S>/run and seed<S>/measure).")
+    bt.add_run_folder_arguments(parser, "seed<S>/run and seed<S>/measure")
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default="base,size")
     parser.add_argument("--work-dir", type=Path, default=bt.ROOT / "benchmarks" / "work" / "classify_options")
     parser.add_argument("--out", type=Path, default=None)
@@ -184,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load = os.getloadavg()
     out = args.out or bt.RESULTS / f"classify_options_{args.profile}.md"
     seeds: dict[int, dict[str, Any]] = {}
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in args.seeds:
         seeds[seed] = {}
         for variant in variants:
             result = run_variant(args.runs / f"seed{seed}", variant, args.work_dir / f"seed{seed}" / variant,

@@ -106,10 +106,8 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=bt.ROOT / "benchmarks" / "work" / "workflow_quick",
-                        help="Work folder of a workflow benchmark run (holds seed<S>/measure).")
+    bt.add_run_folder_arguments(parser, "seed<S>/measure")
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     image_ids = bt.ALL_IDS
@@ -126,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     expert_labels = {i: label_binary(truth[i][0] > 0, 1) for i in image_ids}
     seeds: dict[int, dict[str, Any]] = {}
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in args.seeds:
         labels, kept = read_seed_outputs(args.runs / f"seed{seed}" / "measure", image_ids, probabilities=False)
         tables = measured(kept)
         seeds[seed] = {}
