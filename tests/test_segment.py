@@ -129,6 +129,26 @@ def test_h_maxima_within_region_equal_those_of_the_whole_image(threshold, h):
     assert got.any() == (h < 1)  # the test can fail: there are maxima to find
 
 
+@pytest.mark.parametrize("distance", [1, 3, 6])
+def test_expand_within_foreground_equals_whole_image_expand(distance):
+    from scipy import ndimage as ndi
+    from skimage.measure import label
+    from skimage.segmentation import expand_labels
+
+    from nanoseg.segment.instances import _expand_within
+
+    rng = np.random.default_rng(distance)
+    field = ndi.gaussian_filter(rng.random((150, 170)), 2.5)
+    foreground = field > np.quantile(field, 0.7)  # many blobs, some a pixel or two apart
+    markers = label(foreground & (field > np.quantile(field, 0.85)) & (rng.random(field.shape) > 0.3)).astype(np.int32)
+    markers[0:2, 0:2] = markers.max() + 1  # a marker outside the foreground, in a corner
+    markers[75, 60], markers[75, 66], foreground[74:77, 58:69] = 500, 501, True  # a tie at (75, 63)
+    expected = expand_labels(markers, distance=distance) * foreground
+    got = _expand_within(markers, foreground, distance)
+    np.testing.assert_array_equal(got, expected)
+    assert (got != markers * foreground).any()  # the test can fail: the bands do grow
+
+
 def test_small_fragments_removed():
     cfg = build_config({"segment": {"target": "binary", "min_size_px": 20}}).segment
     probs = np.zeros((1, 40, 40), np.float32)
