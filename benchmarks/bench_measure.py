@@ -5,9 +5,11 @@ For each shared TiO2 micrograph (or the first ``--images``) the steps of one bat
 folder: reading (with the series' scale), the network (with and without test-time augmentation,
 and exported to ONNX Runtime when the ``onnx`` extra is installed),
 the post-processing (threshold, markers, watershed), the keep/discard rules, the measurements and
-the writes (labels TIFF, Parquet rows, overlay PNG). Then `nanoseg measure` itself is timed end to
-end on the same images (rules only, as the issue's target states it), with and without TTA, in a
-fresh process: wall time per image including start-up. Last, large micrographs (``--large``,
+the writes every task makes (labels TIFF, Parquet rows) and the overlay PNG (drawn only with
+``--overlays`` and for the report's first images, so not part of a plain task). Then `nanoseg
+measure` itself is timed end to end on the same images (rules only, as the issue's target states
+it), with and without TTA, in a fresh process: wall time per image including start-up, and the
+median time of one image's task as its marker records it. Last, large micrographs (``--large``,
 default 4096 and 8192 px square, a shared micrograph mirrored to that size) go through the same
 command, one each: wall time and the peak resident memory of the process.
 
@@ -20,6 +22,7 @@ load average at the start is recorded.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -35,9 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bam_tio2 as bt  # noqa: E402
 
-STEPS = ("read", "network", "network_tta", "network_onnx", "post_processing", "rules", "measure", "write")
-#: Alternatives to a step, not part of a plain task.
-ALTERNATIVES = ("network_tta", "network_onnx")
+STEPS = ("read", "network", "network_tta", "network_onnx", "post_processing", "rules", "measure", "write", "overlay")
+#: Alternatives to a step, or optional work: not part of a plain task.
+ALTERNATIVES = ("network_tta", "network_onnx", "overlay")
+_SHARE = {"network_tta": "(instead of network)", "network_onnx": "(instead of network)",
+          "overlay": "(only with --overlays)"}
 
 
 def time_steps(paths: list[Path], model: Path, config: Any) -> dict[str, list[float]]:
@@ -89,16 +94,19 @@ def time_steps(paths: list[Path], model: Path, config: Any) -> dict[str, list[fl
             t = time.perf_counter()
             io.write_tiff(out / f"{path.stem}.tif", labels, pixel_size_nm=mg.pixel_size_nm, ome=True)
             particles.assign(kept=decisions["kept"].to_numpy()).to_parquet(out / f"{path.stem}.parquet")
+            times["write"].append(time.perf_counter() - t)
+            t = time.perf_counter()
             kept = decisions.loc[decisions["kept"], "label"]
             io.write_png(out / f"{path.stem}.png", overlay_kept(mg.image, labels, kept))
-            times["write"].append(time.perf_counter() - t)
+            times["overlay"].append(time.perf_counter() - t)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return times
 
 
-def time_command(paths: list[Path], model: Path, config_file: Path, tta: bool) -> float:
-    """Wall seconds of one `nanoseg measure` process on ``paths`` (rules only)."""
+def time_command(paths: list[Path], model: Path, config_file: Path, tta: bool) -> dict[str, float]:
+    """One `nanoseg measure` process on ``paths`` (rules only): its wall seconds, and the median
+    seconds of one image's task (read to marker, as the markers record it: no start-up)."""
     with tempfile.TemporaryDirectory(prefix="bench_measure_") as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
@@ -111,7 +119,9 @@ def time_command(paths: list[Path], model: Path, config_file: Path, tta: bool) -
         env = dict(os.environ, NANOSEG_NO_PROGRESS="1")
         t = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, capture_output=True)
-        return time.perf_counter() - t
+        wall = time.perf_counter() - t
+        tasks = [json.loads(m.read_text())["seconds"] for m in (Path(tmp) / "out" / "markers").glob("*.json")]
+        return {"wall_s": wall, "task_s_median": float(np.median(tasks))}
 
 
 def large_micrograph(path: Path, side: int) -> Path:
@@ -144,19 +154,22 @@ def render(results: dict[str, Any]) -> str:
     lines = ["# Where the time of `nanoseg measure` goes (quick model, per 1024x768 micrograph)", "",
              f"Made by `benchmarks/bench_measure.py` on {results['date']}, commit {results['commit']}; "
              f"{results['machine']}; load average at start {results['load_at_start']}. Model: `{results['model']}`; "
-             f"{results['n_images']} shared TiO2 micrographs, one at a time in one process."]
+             f"{results['n_images']} shared TiO2 micrographs, one at a time in one process, "
+             f"{results.get('torch_threads', '?')} torch threads."]
     if "median_s" in results:
         lines += ["", "| step | median s / image | share of a plain task |", "| --- | --- | --- |"]
         med = results["median_s"]
         plain = sum(v for k, v in med.items() if k not in ALTERNATIVES)
         for step in STEPS:
-            share = "(instead of network)" if step in ALTERNATIVES else f"{100 * med[step] / plain:.0f} %"
+            share = _SHARE.get(step) or f"{100 * med[step] / plain:.0f} %"
             lines.append(f"| {step.replace('_', ' ')} | {med[step]:.3f} | {share} |")
         lines += [f"| **plain task (without TTA)** | **{plain:.3f}** | 100 % |", "",
                   "`nanoseg measure` end to end (a fresh process, rules only, start-up included):", "",
-                  "| segment.tta | wall s | s / image |", "| --- | --- | --- |"]
-        for key, wall in results["command_s"].items():
-            lines.append(f"| {key} | {wall:.1f} | {wall / results['n_images']:.2f} |")
+                  "| segment.tta | wall s | wall s / image | one image's task, median s (its marker) |",
+                  "| --- | --- | --- | --- |"]
+        for key, rec in results["command_s"].items():
+            lines.append(f"| {key} | {rec['wall_s']:.1f} | {rec['wall_s'] / results['n_images']:.2f} | "
+                         f"{rec['task_s_median']:.3f} |")
     if results.get("large"):
         lines += ["", "Large micrographs, one per `nanoseg measure` process (rules only, no TTA, "
                   f"segment.block_px {results['block_px']}): peak resident memory of the process.", "",
@@ -184,13 +197,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from nanoseg.config import load_config
     from nanoseg.runtime import configure_torch
 
+    import torch
+
     configure_torch(None)
     config = load_config(config_file)
     paths = [bt.DATA / "sem" / f"{i}.tif" for i in bt.ALL_IDS[:args.images]]
     load = os.getloadavg()
     results = {**bt.provenance(load),
                "model": bt.shown_path(model),
-               "n_images": len(paths), "block_px": config.segment.block_px}
+               "n_images": len(paths), "block_px": config.segment.block_px, "torch_threads": torch.get_num_threads()}
     if not args.only_large:
         times = time_steps(paths, model, config)
         command = {tta: time_command(paths, model, config_file, tta == "on") for tta in ("off", "on")}
