@@ -9,9 +9,9 @@ the writes every task makes (labels TIFF, Parquet rows) and the overlay PNG (dra
 ``--overlays`` and for the report's first images, so not part of a plain task). Then `nanoseg
 measure` itself is timed end to end on all 30 images (``--command-images``; rules only, as the
 issue's target states it), with and without TTA, in a fresh process: wall time per image including
-start-up, and the median time of one image's task as its marker records it. Last, large micrographs (``--large``,
-default 4096 and 8192 px square, a shared micrograph mirrored to that size) go through the same
-command, one each: wall time and the peak resident memory of the process.
+start-up, and the median time of one image's task as its marker records it. Last, large
+micrographs (``--large``, default 4096 and 8192 px square, a shared micrograph mirrored to that
+size) go through the same command, one each: wall time and the peak resident memory of the process.
 
     python benchmarks/bench_measure.py --run benchmarks/work/workflow_quick/seed0/run --images 10
 
@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bam_tio2 as bt  # noqa: E402
 
 STEPS = ("read", "network", "network_tta", "network_onnx", "post_processing", "rules", "measure", "write", "overlay")
-#: Alternatives to a step, or optional work: not part of a plain task.
-ALTERNATIVES = ("network_tta", "network_onnx", "overlay")
+#: Alternatives to a step, or optional work: not part of a plain task (with what the table says instead of a share).
 _SHARE = {"network_tta": "(instead of network)", "network_onnx": "(instead of network)",
           "overlay": "(only with --overlays)"}
+ALTERNATIVES = tuple(_SHARE)
 
 
 def time_steps(paths: list[Path], model: Path, config: Any) -> dict[str, list[float]]:
