@@ -591,7 +591,7 @@ def render_report(results: dict[str, Any]) -> str:
     names = list(next(iter(seeds.values()))["stages"])
     rows = [[n, *[_stage_cell(r["stages"].get(n, {})) for r in seeds.values()]] for n in names]
     if sup:
-        rows += [[f"supervised {n}", f"{v['wall_s']} s / {v['peak_rss_mb']} MiB"] + [""] * (len(seeds) - 1)
+        rows += [[f"supervised {n}", _stage_cell(v)] + [""] * (len(seeds) - 1)
                  for n, v in sup["stages"].items()]
     parts += [_table(rows, ["stage", *[f"seed {s}" for s in seeds]]), ""]
     if results.get("overlays"):
