@@ -66,6 +66,30 @@ def test_pseudo_labels_keep_confident_convex_particles_only():
     assert 0 < stats["ignored_fraction"] < 0.5
 
 
+def test_pseudo_labels_leave_out_particles_a_finer_split_divides():
+    # a small particle on a big one: one region, its interior maximum only faintly separate
+    labels = np.zeros((60, 80), np.int32)
+    labels[disk((30, 30), 10)] = 1
+    labels[disk((30, 44), 7)] = 1
+    probs = _three_class(labels)
+    h = _config().segment.marker_h
+    probs[INTERIOR][probs[INTERIOR] > 0.5] = 0.9 - 0.75 * h   # the saddle: 0.75 h below the small one's top
+    probs[INTERIOR][disk((30, 28), 4)] = 0.96
+    probs[INTERIOR][disk((30, 46), 2)] = 0.9
+    agreement = np.ones(labels.shape, np.float32)
+    off, on = _config(split_check=1.0), _config(split_check=0.5)
+    _, _, stats_off = pseudo_labels(probs, agreement, "three_class", off.segment, off.adapt, (50.0, 2000.0))
+    instances, target, stats_on = pseudo_labels(probs, agreement, "three_class", on.segment, on.adapt, (50.0, 2000.0))
+    assert stats_off["particles"] == stats_on["particles"] == 1 and stats_off["confident"] == 1
+    assert stats_on["confident"] == 0 and instances.max() == 0 and np.all(target[labels == 1] == IGNORE)
+    # a particle with one clear maximum is not touched by the check
+    single = np.zeros((40, 40), np.int32)
+    single[disk((20, 20), 9)] = 1
+    _, _, stats = pseudo_labels(_three_class(single), np.ones(single.shape, np.float32), "three_class", on.segment,
+                                on.adapt, (50.0, 2000.0))
+    assert stats["confident"] == 1
+
+
 def test_prior_area_range_uses_the_whole_particles(tmp_path):
     import pandas as pd
 

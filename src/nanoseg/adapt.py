@@ -10,6 +10,8 @@ A particle is a pseudo-label (:func:`pseudo_labels`) when
 - the 8 views agree on its pixels' classes (mean share of agreeing views >= ``min_agreement``),
 - it is convex enough (solidity >= ``min_solidity``): merged particles are not, and a merge
   learned as one particle would teach the net to merge more,
+- it stays one particle when the post-processing splits more readily (``split_check``): a
+  small particle merged into a neighbour often shows as a faint second maximum,
 - its area is plausible under the size prior (``area_range`` times the median area of the whole
   particles of the fake masks).
 
@@ -61,7 +63,7 @@ def pseudo_labels(
     segment_cfg : SegmentConfig
         Post-processing that splits ``probs`` into particles, and the boundary width.
     adapt_cfg : AdaptConfig
-        ``min_agreement``, ``min_solidity``.
+        ``min_agreement``, ``min_solidity``, ``split_check``.
     area_range_px : (float, float), optional
         Plausible particle areas in px; None: any.
 
@@ -81,10 +83,11 @@ def pseudo_labels(
     from nanoseg.segment import instances_from_probabilities, particle_probability
 
     labels = instances_from_probabilities(probs, target, segment_cfg)
+    nearly_split = _nearly_split(labels, probs, target, segment_cfg, adapt_cfg.split_check)
     confident_ids = []
     for region in regionprops(labels, intensity_image=agreement):
         area_ok = area_range_px is None or area_range_px[0] <= region.area <= area_range_px[1]
-        if (area_ok and region.solidity >= adapt_cfg.min_solidity
+        if (area_ok and region.solidity >= adapt_cfg.min_solidity and not nearly_split[region.label]
                 and region.intensity_mean >= adapt_cfg.min_agreement):
             confident_ids.append(region.label)
     confident = np.isin(labels, confident_ids)
@@ -101,6 +104,33 @@ def pseudo_labels(
     stats = {"particles": int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0)),
              "confident": len(confident_ids), "ignored_fraction": round(float(ignore.mean()), 4)}
     return instances, training_target, stats
+
+
+def _nearly_split(labels: np.ndarray, probs: np.ndarray, target: str, segment_cfg: Any, fraction: float,
+                  min_share: float = 0.1) -> np.ndarray:
+    """Per label 0..max: whether a more readily splitting post-processing divides the particle.
+
+    The marker height (three-class) or marker distance (binary) is scaled by ``fraction``; a
+    particle counts as split when a second particle of that segmentation covers at least
+    ``min_share`` of it (a neighbour's outline shifts by a pixel or two, which is not a split).
+    """
+    from nanoseg.segment import instances_from_probabilities
+
+    split = np.zeros(int(labels.max()) + 1, bool)
+    if fraction >= 1 or split.size < 2:
+        return split
+    if target == "three_class":
+        finer_cfg = segment_cfg.model_copy(update={"marker_h": segment_cfg.marker_h * fraction})
+    else:
+        finer_cfg = segment_cfg.model_copy(update={"min_distance_px": max(1, round(segment_cfg.min_distance_px * fraction))})
+    finer = instances_from_probabilities(probs, target, finer_cfg)
+    both = (labels > 0) & (finer > 0)
+    pairs, counts = np.unique(np.stack([labels[both], finer[both]]), axis=1, return_counts=True)
+    area = np.bincount(labels.ravel(), minlength=split.size)
+    for label in np.unique(pairs[0]):
+        shares = np.sort(counts[pairs[0] == label])[::-1] / area[label]
+        split[label] = shares.size > 1 and shares[1] >= min_share
+    return split
 
 
 def prior_area_range(masks_dir: Path, factors: tuple[float, float]) -> tuple[float, float] | None:

@@ -240,6 +240,11 @@ class AdaptConfig(_Section):
     area_range: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         (0.25, 4.0), description="Pseudo-labels' area must lie in this range times the median area of the whole "
         "particles of the fake masks (the size prior).")
+    split_check: float = Field(
+        0.5, gt=0, le=1, description="Pseudo-labels must stay one particle when the post-processing splits more "
+        "readily: at this fraction of segment.marker_h (binary target: of segment.min_distance_px). A particle it "
+        "then splits is often a small particle merged into a neighbour, and a merge learned teaches the net to "
+        "merge; 1 turns the check off.")
 
     @model_validator(mode="after")
     def _area_in_order(self) -> AdaptConfig:
