@@ -12,11 +12,11 @@ area (does a variant drop small whole particles?).
 Variants: ``base`` (the run's own classifier, not retrained), ``base_auto`` (the run's own
 classifier with its score threshold calibrated on the last tenth of its pairs: in-sample for a run
 whose classifier trained on all of them, a cheap preview of ``auto``), ``size`` (``size_balance``),
-``contact`` (``size_balance`` and ``contact_balance``), ``zoom`` (``zoom_range`` 0.6-1.6),
-``plain`` (neither balance), ``auto`` (``score_threshold`` 'auto': retrained without its held-out
-pairs, threshold calibrated on them), ``ema`` / ``ema995`` (``auto`` with the moving average of the
-weights, ``ema_decay`` 0.99 / 0.995), named on the command line. A trained model is kept in
-``--work-dir`` and reused by a later call.
+``contact`` (``size_balance`` and ``contact_balance``), ``zoom`` (``zoom_range`` 0.6-1.6 without
+``size_balance``), ``size_zoom`` (both), ``plain`` (neither balance), ``auto`` (``score_threshold``
+'auto': retrained without its held-out pairs, threshold calibrated on them), ``ema`` / ``ema995``
+(``auto`` with the moving average of the weights, ``ema_decay`` 0.99 / 0.995), named on the
+command line. A trained model is kept in ``--work-dir`` and reused by a later call.
 
     python benchmarks/classify_options.py --runs benchmarks/work/workflow_quick --seeds 0,1,2 --variants base,size
 
@@ -49,6 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "size": {"size_balance": True},
     "contact": {"size_balance": True, "contact_balance": True},
     "zoom": {"size_balance": False, "zoom_range": (0.6, 1.6)},
+    "size_zoom": {"size_balance": True, "zoom_range": (0.6, 1.6)},
     "plain": {"size_balance": False},
     "ema": {"score_threshold": "auto", "ema_decay": 0.99},
     "ema995": {"score_threshold": "auto", "ema_decay": 0.995},
