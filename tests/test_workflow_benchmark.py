@@ -59,6 +59,21 @@ def test_size_table_is_exact_for_identical_particles_and_sees_a_bias():
     assert rec["mean_pred"] > rec["mean_gt"]
 
 
+def test_size_error_by_stage_separates_misses_outlines_and_keep():
+    expert_kept = np.where(np.isin(EXPERT, [1, 2, 3]), EXPERT, 0)
+    # Ours: particle 1 exact, 2 one pixel too wide all round, 3 (the smallest kept) missed, 4 exact.
+    ours = _labels(SHAPE, [((30, 30), 10), ((30, 90), 13), ((85, 120), 11)]) * 5
+    st = workflow.size_error_by_stage({"a": ours}, {"a": EXPERT}, {"a": expert_kept}, 1.0)
+    found, perfect = st["found"], st["perfect_keep"]
+    assert found["n_pred"] == perfect["n_pred"] == 2 and found["n_gt"] == 3
+    # the miss alone: the expert's own outlines of particles 1 and 2 against 1, 2 and 3
+    assert found["mean_rel_error"] == pytest.approx(np.mean([20, 24]) / np.mean([20, 24, 18]) - 1, abs=0.02)
+    # plus our outlines: particle 2 two pixels wider
+    assert perfect["mean_rel_error"] == pytest.approx(np.mean([20, 26]) / np.mean([20, 24, 18]) - 1, abs=0.02)
+    exact = workflow.size_error_by_stage({"a": EXPERT}, {"a": EXPERT}, {"a": expert_kept}, 1.0)
+    assert exact["found"]["mean_rel_error"] == exact["perfect_keep"]["mean_rel_error"] == pytest.approx(0, abs=1e-12)
+
+
 def test_score_images_perfect_prediction():
     truth = {"a": (EXPERT > 0, EXPERT)}
     prob = (EXPERT > 0).astype(np.float32)
@@ -68,6 +83,7 @@ def test_score_images_perfect_prediction():
     assert scored["keep"]["precision"] == scored["keep"]["recall"] == 1.0
     head = workflow.headline(scored)
     assert head["strict_f1"] == 1.0 and head["count_rel_error"] == 0
+    assert scored["size_by_stage"]["perfect_keep"]["mean_rel_error"] == pytest.approx(0, abs=1e-12)
     n = int(EXPERT.max())
     assert scored["strict"]["missed"] == {"n_gt": n, "matched": n, "merged": 0, "not_found": 0, "outline": 0}
 
