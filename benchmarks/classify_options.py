@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bam_tio2 as bt  # noqa: E402
-from workflow import expert_truth, keep_precision_recall, read_seed_outputs, size_table  # noqa: E402
+from workflow import expert_truth, keep_precision_recall, matched_labels, read_seed_outputs, size_table  # noqa: E402
 
 from nanoseg.atomic import write_json, write_text  # noqa: E402
 
@@ -59,23 +59,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def recall_by_area(labels: dict[str, np.ndarray], kept: dict[str, np.ndarray],
                    truth: dict[str, tuple[np.ndarray, np.ndarray]], n_bins: int = 5) -> list[dict[str, float]]:
     """Keep recall of the expert-kept particles matched at IoU 0.5, per fifth of their area."""
-    from skimage.segmentation import relabel_sequential
-
     from nanoseg.labels import label_binary
-    from nanoseg.metrics import iou_matrix, match_instances
 
     areas, kept_flags = [], []
     for i, (mask, expert_kept) in truth.items():
-        gt, _, inverse = relabel_sequential(label_binary(mask > 0, 1))
-        pred, _, pred_inverse = relabel_sequential(np.asarray(labels[i]))
-        g_idx, p_idx = match_instances(iou_matrix(pred, gt), 0.5)
+        gt = label_binary(mask > 0, 1)
         expert_ids = set(np.unique(expert_kept)) - {0}
         ours = set(np.unique(kept[i])) - {0}
         gt_area = np.bincount(gt.ravel())
-        for g, p in zip(g_idx + 1, p_idx + 1):
-            if int(inverse[g]) in expert_ids:
-                areas.append(gt_area[g])
-                kept_flags.append(int(pred_inverse[p]) in ours)
+        for a, b in matched_labels(labels[i], gt):
+            if b in expert_ids:
+                areas.append(gt_area[b])
+                kept_flags.append(a in ours)
     areas, kept_flags = np.asarray(areas, float), np.asarray(kept_flags, bool)
     edges = np.quantile(areas, np.linspace(0, 1, n_bins + 1))
     rows = []

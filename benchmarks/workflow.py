@@ -195,6 +195,18 @@ def size_table(kept: dict[str, np.ndarray], expert_kept: dict[str, np.ndarray],
     return records
 
 
+def matched_labels(pred: np.ndarray, gt: np.ndarray, min_iou: float = 0.5) -> list[tuple[int, int]]:
+    """(our label, expert label) of the particles matched one to one at IoU >= ``min_iou``."""
+    from skimage.segmentation import relabel_sequential
+
+    from nanoseg.metrics import iou_matrix, match_instances
+
+    gt_seq, _, gt_inverse = relabel_sequential(np.asarray(gt))
+    pred_seq, _, pred_inverse = relabel_sequential(np.asarray(pred))
+    g_idx, p_idx = match_instances(iou_matrix(pred_seq, gt_seq), min_iou)
+    return [(int(pred_inverse[p + 1]), int(gt_inverse[g + 1])) for g, p in zip(g_idx, p_idx)]
+
+
 def keep_precision_recall(labels: dict[str, np.ndarray], kept: dict[str, np.ndarray],
                           expert: dict[str, np.ndarray], expert_kept: dict[str, np.ndarray]) -> dict[str, float]:
     """How well "kept" agrees with the expert's classes, on particles matched at IoU > 0.5.
@@ -206,24 +218,16 @@ def keep_precision_recall(labels: dict[str, np.ndarray], kept: dict[str, np.ndar
     ``expert`` holds the manual particles' labels, ``expert_kept`` those the expert kept, with
     the same label numbers.
     """
-    from skimage.segmentation import relabel_sequential
-
-    from nanoseg.metrics import iou_matrix, match_instances
-
     tp = n_kept = n_expert = 0
     m_kept = m_expert = 0
     for i in expert:
-        gt, forward_gt, _ = relabel_sequential(np.asarray(expert[i]))
-        gt_kept = np.zeros(int(gt.max()) + 1, bool)
-        gt_kept[np.asarray(forward_gt[np.unique(expert_kept[i])])] = True
-        pred, forward, _ = relabel_sequential(np.asarray(labels[i]))
-        pred_kept = np.zeros(int(pred.max()) + 1, bool)
-        pred_kept[np.asarray(forward[np.unique(kept[i])])] = True
-        gt_kept[0] = pred_kept[0] = False
-        g_idx, p_idx = match_instances(iou_matrix(pred, gt), 0.5)
-        pk, gk = pred_kept[p_idx + 1], gt_kept[g_idx + 1]
-        n_kept += int(pred_kept.sum())
-        n_expert += int(gt_kept.sum())
+        ours_kept = set(np.unique(kept[i]).tolist()) - {0}
+        expert_ids = set(np.unique(expert_kept[i]).tolist()) - {0}
+        pairs = matched_labels(labels[i], expert[i])
+        pk = np.array([a in ours_kept for a, _ in pairs], bool)
+        gk = np.array([b in expert_ids for _, b in pairs], bool)
+        n_kept += len(ours_kept)
+        n_expert += len(expert_ids)
         tp += int((pk & gk).sum())
         m_kept += int(pk.sum())
         m_expert += int(gk.sum())
@@ -244,19 +248,12 @@ def size_error_by_stage(labels: dict[str, np.ndarray], expert: dict[str, np.ndar
     outlines: what the distribution would be with a perfect keep decision. The rest of the kept
     particles' error is the keep decision's. Min Feret rows of :func:`size_table`.
     """
-    from skimage.segmentation import relabel_sequential
-
-    from nanoseg.metrics import iou_matrix, match_instances
-
     ours_matched, theirs_matched = {}, {}
     for i in expert:
-        gt, _, gt_inverse = relabel_sequential(np.asarray(expert[i]))
-        pred, _, inverse = relabel_sequential(np.asarray(labels[i])[: gt.shape[0]])
-        g_idx, p_idx = match_instances(iou_matrix(pred, gt), 0.5)
+        rows = expert[i].shape[0]  # the manual masks may lack the info bar's rows
         kept_ids = set(np.unique(expert_kept[i]).tolist()) - {0}
-        pairs = [(int(inverse[p + 1]), int(gt_inverse[g + 1])) for g, p in zip(g_idx, p_idx)
-                 if int(gt_inverse[g + 1]) in kept_ids]
-        ours_matched[i] = np.where(np.isin(labels[i][: gt.shape[0]], [a for a, _ in pairs]), labels[i][: gt.shape[0]], 0)
+        pairs = [(a, b) for a, b in matched_labels(labels[i][:rows], expert[i]) if b in kept_ids]
+        ours_matched[i] = np.where(np.isin(labels[i][:rows], [a for a, _ in pairs]), labels[i][:rows], 0)
         theirs_matched[i] = np.where(np.isin(expert_kept[i], [b for _, b in pairs]), expert_kept[i], 0)
 
     def min_feret(kept: dict[str, np.ndarray]) -> dict[str, Any]:
