@@ -114,6 +114,7 @@ def _nearly_split(labels: np.ndarray, probs: np.ndarray, target: str, segment_cf
     particle counts as split when a second particle of that segmentation covers at least
     ``min_share`` of it (a neighbour's outline shifts by a pixel or two, which is not a split).
     """
+    from nanoseg.metrics import contingency_table
     from nanoseg.segment import instances_from_probabilities
 
     split = np.zeros(int(labels.max()) + 1, bool)
@@ -124,12 +125,13 @@ def _nearly_split(labels: np.ndarray, probs: np.ndarray, target: str, segment_cf
     else:
         finer_cfg = segment_cfg.model_copy(update={"min_distance_px": max(1, round(segment_cfg.min_distance_px * fraction))})
     finer = instances_from_probabilities(probs, target, finer_cfg)
-    both = (labels > 0) & (finer > 0)
-    pairs, counts = np.unique(np.stack([labels[both], finer[both]]), axis=1, return_counts=True)
+    # pixels of each particle (row) in each particle of the finer split (column), background left out
+    overlap = contingency_table(finer, labels)[:, 1:].toarray()
+    if overlap.shape[1] < 2:
+        return split
+    second = np.sort(overlap, axis=1)[:, -2]
     area = np.bincount(labels.ravel(), minlength=split.size)
-    for label in np.unique(pairs[0]):
-        shares = np.sort(counts[pairs[0] == label])[::-1] / area[label]
-        split[label] = shares.size > 1 and shares[1] >= min_share
+    split[1:] = second[1:] >= min_share * area[1:]
     return split
 
 
