@@ -38,7 +38,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bam_tio2 as bt  # noqa: E402
-from workflow import expert_truth, keep_precision_recall, matched_labels, read_seed_outputs, size_table  # noqa: E402
+from workflow import (  # noqa: E402
+    expert_truth, keep_precision_recall, label_ids, matched_labels, min_feret_row, read_seed_outputs, size_table,
+)
 
 from nanoseg.atomic import write_json, write_text  # noqa: E402
 
@@ -64,8 +66,7 @@ def recall_by_area(labels: dict[str, np.ndarray], kept: dict[str, np.ndarray],
     areas, kept_flags = [], []
     for i, (mask, expert_kept) in truth.items():
         gt = label_binary(mask > 0, 1)
-        expert_ids = set(np.unique(expert_kept)) - {0}
-        ours = set(np.unique(kept[i])) - {0}
+        expert_ids, ours = label_ids(expert_kept), label_ids(kept[i])
         gt_area = np.bincount(gt.ravel())
         for a, b in matched_labels(labels[i], gt):
             if b in expert_ids:
@@ -141,7 +142,7 @@ def render(results: dict[str, Any]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, by_variant in results["seeds"].items():
         for variant, r in by_variant.items():
-            s = next(x for x in r["sizes"] if x["descriptor"] == "min_feret_nm")
+            s = min_feret_row(r["sizes"])
             k, a = r["keep"], r["recall_by_area"]
             lines.append(f"| {seed} | {variant} | {r.get('score_threshold', 0.5):.3f} | {s['n_pred']} / {s['n_gt']} | {100 * s['count_rel_error']:+.1f} % | "
                          f"{100 * s['mean_rel_error']:+.1f} % | {100 * s['median_rel_error']:+.1f} % | "
@@ -184,12 +185,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result = run_variant(args.runs / f"seed{seed}", variant, args.work_dir / f"seed{seed}" / variant,
                                  image_ids, truth)
             seeds[seed][variant] = result
-            size = next(x for x in result["sizes"] if x["descriptor"] == "min_feret_nm")
+            size = min_feret_row(result["sizes"])
             print(f"seed {seed} {variant}: kept {size['n_pred']}, mean min Feret {size['mean_rel_error']:+.3f}, "
                   f"keep recall {result['keep']['recall_matched']:.3f}", flush=True)
     mean = {}
     for variant in variants:
-        sizes = [next(x for x in seeds[s][variant]["sizes"] if x["descriptor"] == "min_feret_nm") for s in seeds]
+        sizes = [min_feret_row(seeds[s][variant]["sizes"]) for s in seeds]
         mean[variant] = {k: float(np.mean([x[k] for x in sizes]))
                          for k in ("count_rel_error", "mean_rel_error", "median_rel_error")}
         mean[variant]["recall_matched"] = float(np.mean([seeds[s][variant]["keep"]["recall_matched"] for s in seeds]))

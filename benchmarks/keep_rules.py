@@ -34,7 +34,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bam_tio2 as bt  # noqa: E402
-from workflow import expert_truth, keep_precision_recall, read_seed_outputs, size_table  # noqa: E402
+from workflow import expert_truth, keep_precision_recall, min_feret_row, read_seed_outputs, size_table  # noqa: E402
 
 from nanoseg.atomic import write_json, write_text  # noqa: E402
 
@@ -85,7 +85,7 @@ def render(results: dict[str, Any]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for seed, by_variant in results["seeds"].items():
         for variant, r in by_variant.items():
-            s = next(x for x in r["sizes"] if x["descriptor"] == "min_feret_nm")
+            s = min_feret_row(r["sizes"])
             k = r["keep"]
             lines.append(f"| {seed} | {variant} | {s['n_pred']} / {s['n_gt']} | {100 * s['count_rel_error']:+.1f} % | "
                          f"{100 * s['mean_rel_error']:+.1f} % | {100 * s['median_rel_error']:+.1f} % | "
@@ -132,12 +132,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             k = apply_rule(kept, tables, rule)
             seeds[seed][variant] = {"sizes": size_table(k, expert_kept, bt.pixel_size_nm()),
                                     "keep": keep_precision_recall(labels, k, expert_labels, expert_kept)}
-            size = next(x for x in seeds[seed][variant]["sizes"] if x["descriptor"] == "min_feret_nm")
+            size = min_feret_row(seeds[seed][variant]["sizes"])
             print(f"seed {seed} {variant}: kept {size['n_pred']}, mean min Feret {size['mean_rel_error']:+.3f}, "
                   f"median {size['median_rel_error']:+.3f}", flush=True)
     mean = {}
     for variant in RULES:
-        sizes = [next(x for x in seeds[s][variant]["sizes"] if x["descriptor"] == "min_feret_nm") for s in seeds]
+        sizes = [min_feret_row(seeds[s][variant]["sizes"]) for s in seeds]
         mean[variant] = {}
         for key in ("count_rel_error", "mean_rel_error", "median_rel_error"):
             values = np.array([x[key] for x in sizes], float)

@@ -195,6 +195,16 @@ def size_table(kept: dict[str, np.ndarray], expert_kept: dict[str, np.ndarray],
     return records
 
 
+def min_feret_row(sizes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The min Feret row of a :func:`size_table`."""
+    return next(r for r in sizes if r["descriptor"] == "min_feret_nm")
+
+
+def label_ids(labels: np.ndarray) -> set[int]:
+    """The particle labels of a label image (0, the background, left out)."""
+    return set(np.unique(labels).tolist()) - {0}
+
+
 def matched_labels(pred: np.ndarray, gt: np.ndarray, min_iou: float = 0.5) -> list[tuple[int, int]]:
     """(our label, expert label) of the particles matched one to one at IoU >= ``min_iou``."""
     from skimage.segmentation import relabel_sequential
@@ -221,8 +231,7 @@ def keep_precision_recall(labels: dict[str, np.ndarray], kept: dict[str, np.ndar
     tp = n_kept = n_expert = 0
     m_kept = m_expert = 0
     for i in expert:
-        ours_kept = set(np.unique(kept[i]).tolist()) - {0}
-        expert_ids = set(np.unique(expert_kept[i]).tolist()) - {0}
+        ours_kept, expert_ids = label_ids(kept[i]), label_ids(expert_kept[i])
         pairs = matched_labels(labels[i], expert[i])
         pk = np.array([a in ours_kept for a, _ in pairs], bool)
         gk = np.array([b in expert_ids for _, b in pairs], bool)
@@ -251,13 +260,13 @@ def size_error_by_stage(labels: dict[str, np.ndarray], expert: dict[str, np.ndar
     ours_matched, theirs_matched = {}, {}
     for i in expert:
         rows = expert[i].shape[0]  # the manual masks may lack the info bar's rows
-        kept_ids = set(np.unique(expert_kept[i]).tolist()) - {0}
+        kept_ids = label_ids(expert_kept[i])
         pairs = [(a, b) for a, b in matched_labels(labels[i][:rows], expert[i]) if b in kept_ids]
         ours_matched[i] = np.where(np.isin(labels[i][:rows], [a for a, _ in pairs]), labels[i][:rows], 0)
         theirs_matched[i] = np.where(np.isin(expert_kept[i], [b for _, b in pairs]), expert_kept[i], 0)
 
     def min_feret(kept: dict[str, np.ndarray]) -> dict[str, Any]:
-        return next(r for r in size_table(kept, expert_kept, pixel_size_nm) if r["descriptor"] == "min_feret_nm")
+        return min_feret_row(size_table(kept, expert_kept, pixel_size_nm))
 
     return {"found": min_feret(theirs_matched), "perfect_keep": min_feret(ours_matched)}
 
@@ -613,7 +622,7 @@ def render_report(results: dict[str, Any]) -> str:
                   "particles' remaining error is the keep decision's.", ""]
         rows = []
         for s, st in by_stage.items():
-            kept_row = next(x for x in seeds[s]["sizes"] if x["descriptor"] == "min_feret_nm")
+            kept_row = min_feret_row(seeds[s]["sizes"])
             rows.append([f"seed {s}", *[f"{_fmt(x.get('n_pred'))}: {_fmt(x.get('mean_rel_error'), 'rel_error')} / "
                                         f"{_fmt(x.get('median_rel_error'), 'rel_error')}"
                                         for x in (st["found"], st["perfect_keep"], kept_row)]])
