@@ -379,7 +379,7 @@ class Config(_Section):
 # field's own default stays off, so that code calling the segment functions directly does not pay
 # for it unasked. 'quick' refines the renderer's fakes with a CycleGAN: on the same shapes and
 # masks it raised strict F1 in every seed (benchmarks/results/workflow_quick_refine.md against
-# workflow_quick.md: 0.748 -> 0.782 in the mean), while translate + pairs took 1100 s instead of
+# workflow_quick_render.md: 0.748 -> 0.782 in the mean), while translate + pairs took 1100 s instead of
 # 160 s (three seeds sharing two cores); 'demo' keeps the renderer alone, which trains nothing.
 _PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
     "quick": {"translate": {"method": "refine"}, "segment": {"tta": True}},
