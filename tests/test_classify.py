@@ -119,7 +119,7 @@ def test_counting_rule_states_what_ran():
                      "score_below_threshold"]
     assert rule["rules"][2]["threshold"] == 0.8 and "solidity" in rule["rules"][2]["discards"]
     assert rule["classifier"] == {"ran": True, "model": "c.pt", "score_threshold": 0.5,
-                                  "threshold_source": "set in the configuration"}
+                                  "score_thresholds_by_area": None, "threshold_source": "set in the configuration"}
     assert rule["edge_particles_excluded"] and rule["partly_covered_excluded"]
     rules_only = counting_rule(_cfg(method="rules", exclude_border=False, min_inscribed_fraction=0, min_feret_px=0,
                                     min_ecd_fraction=0.3), with_micrographs=False)
@@ -571,3 +571,69 @@ def test_counting_rule_states_the_calibration():
     assert rule["classifier"]["score_threshold"] == 0.31
     assert rule["classifier"]["threshold_source"] == ("calibrated on 120 particles of 20 held-out fake pairs, "
                                                      "Youden's J 0.700")
+
+
+# ------------------------------------------------------------------ thresholds by particle area
+
+
+def _two_size_samples(n=2, size=120):
+    """Squares of side 4 (small) and 9 (large), whole and partial, brightness by size and class:
+    small whole 0.6 lies below large partial 0.65, so no single score threshold separates all."""
+    samples = []
+    for i in range(n):
+        image = np.full((size, size), 0.1, np.float32)
+        binary = np.zeros((size, size), np.uint8)
+        keep = np.zeros((size, size), np.uint8)
+        for k, r in enumerate(range(2, size - 11, 12)):
+            for j, c in enumerate(range(2, size - 11, 12)):
+                side = 4 if (k + j) % 2 else 9
+                whole = (k + i) % 2 == 0
+                binary[r:r + side, c:c + side] = 1
+                keep[r:r + side, c:c + side] = whole
+                image[r:r + side, c:c + side] = {(4, True): 0.6, (4, False): 0.45,
+                                                 (9, True): 0.8, (9, False): 0.65}[side, whole]
+        samples.append((image, binary, keep))
+    return samples
+
+
+def test_calibration_by_area_gives_small_particles_their_own_threshold():
+    from nanoseg.classify import area_thresholds, calibrate_threshold
+
+    net = _IntensityNet(0.6).eval()
+    samples = _two_size_samples()
+    one = calibrate_threshold(net, samples)
+    assert "by_area" not in one and one["youden_j"] < 1.0
+    two = calibrate_threshold(net, samples, n_bins=2)
+    assert two["threshold"] == one["threshold"]
+    (start_small, small), (start_large, large) = two["by_area"]
+    assert start_small == 0 and 16 < start_large <= 81
+    score = lambda v: torch.sigmoid(torch.tensor(20.0 * (v - 0.6))).item()  # noqa: E731
+    assert score(0.45) < small < score(0.6) and score(0.65) < large < score(0.8)
+    assert area_thresholds(np.array([16, 81]), two["by_area"]).tolist() == [small, large]
+    # too few particles of a kind in a bin: the overall threshold
+    few = calibrate_threshold(net, _two_size_samples(1, size=40), n_bins=2)  # 9 particles
+    assert [t for _, t in few["by_area"]] == [few["threshold"]] * 2
+
+
+def test_area_thresholds_decide_by_each_particles_area():
+    rules_off = {"min_ecd_fraction": 0, "min_feret_px": 0, "min_inscribed_fraction": 0, "exclude_border": False,
+                 "intensity_threshold": "none"}
+    cfg = _cfg(method="network", score_threshold=0.5, score_thresholds_by_area=[[0, 0.7], [1000, 0.2]], **rules_off)
+    d = apply_rules(_particles(), cfg, scores=np.full(8, 0.5))
+    assert d["kept"].tolist() == [False, False, True, False, False, False, False, False]  # only the 5000 px one
+    assert apply_rules(_particles(), _cfg(method="network", score_threshold=0.4, **rules_off),
+                       scores=np.full(8, 0.5))["kept"].all()
+
+
+def test_resolve_threshold_takes_the_models_area_thresholds_unless_configured():
+    from nanoseg.classify import counting_rule, resolve_threshold
+
+    meta = {"score_threshold": 0.4, "calibration": {"threshold": 0.4, "by_area": [[0.0, 0.3], [200.0, 0.5]]}}
+    cfg = resolve_threshold(_cfg(score_threshold="auto", method="network"), meta)
+    assert cfg.score_threshold == 0.4 and cfg.score_thresholds_by_area == [(0.0, 0.3), (200.0, 0.5)]
+    assert counting_rule(cfg)["classifier"]["score_thresholds_by_area"] == [[0.0, 0.3], [200.0, 0.5]]
+    own = resolve_threshold(_cfg(score_threshold="auto", score_thresholds_by_area=[[0, 0.9]]), meta)
+    assert own.score_thresholds_by_area == [(0.0, 0.9)]
+    assert resolve_threshold(_cfg(score_threshold=0.6), meta).score_thresholds_by_area is None
+    with pytest.raises(NanosegError, match="must start at 0 and rise"):
+        _cfg(score_thresholds_by_area=[[0, 0.3], [0, 0.5]])

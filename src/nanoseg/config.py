@@ -271,6 +271,16 @@ class ClassifyConfig(_Section):
     calibration_fraction: float = Field(
         0.1, ge=0, lt=1, description="Share of the training pairs held out to calibrate score_threshold='auto' "
         "(at least one pair; 0, or a single pair, calibrates on the training pairs themselves).")
+    calibration_bins: int = Field(
+        5, ge=1, description="With score_threshold 'auto', calibrate one threshold per bin of particle area "
+        "(equal-count bins of the held-out particles): a network that scores small whole particles lower than "
+        "large ones would otherwise lose them to a threshold set mostly by the common sizes. A bin holding fewer "
+        "than 10 whole or 10 partial particles takes the overall threshold; 1: one threshold for all sizes.")
+    score_thresholds_by_area: list[tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)],
+                                         Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]]] | None = Field(
+        None, description="Pairs (smallest area in px, score threshold), ascending, the first from 0: a particle's "
+        "score must exceed the threshold of its area's pair. With score_threshold 'auto' they come with the "
+        "classifier (see calibration_bins); set here, they win.")
     min_area_px: int = Field(0, ge=0, description="Rule: discard particles smaller than this many px.")
     max_area_px: int | None = Field(None, ge=1, description="Rule: discard particles larger than this many px.")
     min_solidity: float = Field(0.0, ge=0, le=1, description="Rule: discard particles with lower solidity (area / convex area).")
@@ -326,6 +336,12 @@ class ClassifyConfig(_Section):
     def _zoom_in_order(self) -> ClassifyConfig:
         if self.zoom_range[0] > self.zoom_range[1]:
             raise ValueError(f"classify.zoom_range {list(self.zoom_range)}: the first factor must not exceed the second")
+        pairs = self.score_thresholds_by_area
+        if pairs is not None:
+            starts = [a for a, _ in pairs]
+            if not pairs or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+                raise ValueError(f"classify.score_thresholds_by_area {[list(p) for p in pairs]}: the smallest areas "
+                                 "must start at 0 and rise")
         return self
 
 

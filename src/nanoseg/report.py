@@ -139,9 +139,11 @@ def counting_rule_text(rule: Mapping[str, Any]) -> str:
                  "Particles touching the image border were counted (their sizes may be truncated)."]
         if classifier.get("ran"):
             model = classifier.get("model") or "model file not recorded"
+            by_area = classifier.get("score_thresholds_by_area")
+            above = (f"{classifier.get('score_threshold'):.3g}" if not by_area else
+                     "the threshold of its area (" + ", ".join(f"{t:.3g} from {a:.0f} px" for a, t in by_area) + ")")
             parts.append(f"Partly covered particles were excluded by the keep/discard classifier ({model}): a "
-                         f"particle was counted only when its mean keep score was above "
-                         f"{classifier.get('score_threshold'):.3g}"
+                         f"particle was counted only when its mean keep score was above {above}"
                          + (f" ({classifier['threshold_source']})" if classifier.get("threshold_source") else "") + ".")
         else:
             parts.append("Partly covered particles were not excluded: no classifier ran, and no rule detects "

@@ -9,8 +9,8 @@ Two complementary methods:
 - **Network**: a MultiResUNet with two input channels (micrograph, binary mask) predicts per
   pixel whether the particle under it should be kept; a particle's score is the mean over its
   pixels, and it is kept when the score is above ``classify.score_threshold`` (by default the
-  threshold that best separates whole from partial particles on held-out fake pairs,
-  :func:`calibrate_threshold`, saved with the model). Trained either
+  threshold that best separates whole from partial particles on held-out fake pairs, one per
+  bin of particle area, :func:`calibrate_threshold`, saved with the model). Trained either
   self-supervised from the fake training pairs (their ``whole`` masks mark the particles that
   are not occluded and do not touch the border: no annotation needed) or from manual
   keep/discard masks (white = kept particles), see :func:`load_manual_samples`.
@@ -47,6 +47,7 @@ from nanoseg.classify.rules import (
     DECISION_COLUMNS,
     RULE_SETTINGS,
     apply_rules,
+    area_thresholds,
     counting_rule,
     describe_rules,
     rule_checks,
@@ -67,6 +68,7 @@ __all__ = [
     "RULE_SETTINGS",
     "Sample",
     "apply_rules",
+    "area_thresholds",
     "balanced_weights",
     "calibrate_threshold",
     "classify_images",

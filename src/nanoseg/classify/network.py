@@ -176,7 +176,22 @@ def sample_particles(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.asarray(ndi.mean(keep > 0, labels=labels, index=np.arange(1, n + 1))) > 0.5
 
 
-def calibrate_threshold(net: Any, samples: Sequence[Sample], *, device: Any = "cpu", bf16: bool = False) -> dict[str, Any]:
+def _youden_threshold(score: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """(threshold, J): the score threshold maximising Youden's J, halfway between the lowest score
+    still kept and the next lower one, so that ``score > threshold`` reproduces the optimum."""
+    from nanoseg.metrics import youden_index
+
+    j, best = youden_index(score, target)
+    below = score[score < best]
+    return (float((best + below.max()) / 2) if below.size else float(best) / 2), float(j)
+
+
+#: Fewest whole and fewest partial particles a calibration area bin needs for a threshold of its own.
+MIN_PARTICLES_PER_BIN = 10
+
+
+def calibrate_threshold(net: Any, samples: Sequence[Sample], *, device: Any = "cpu", bf16: bool = False,
+                        n_bins: int = 1) -> dict[str, Any]:
     """The keep-score threshold that best separates whole from partial particles of ``samples``.
 
     Every particle of every sample is scored like a segmented particle (mean keep probability
@@ -184,23 +199,30 @@ def calibrate_threshold(net: Any, samples: Sequence[Sample], *, device: Any = "c
     "keep" over those particles. It lies halfway between the lowest score still kept and the
     next lower one, so ``score > threshold`` reproduces the optimum.
 
+    With ``n_bins`` > 1 the particles are also split into that many equal-count bins of area and
+    each bin gets the threshold that maximises J within it: a network that scores small whole
+    particles lower than large ones (small whole particles are rare in the fake pairs, small
+    fragments common) keeps them at the rate it keeps large ones. A bin with fewer than
+    :data:`MIN_PARTICLES_PER_BIN` whole or partial particles takes the overall threshold.
+
     Parameters
     ----------
     net : nn.Module
         Trained keep/discard network.
     samples : sequence of (image, binary, keep)
         Samples the network was not trained on.
+    n_bins : int
+        Area bins with a threshold of their own (1: one threshold for all sizes).
 
     Returns
     -------
     dict
         ``threshold``, ``youden_j``, ``sensitivity``, ``specificity``, ``n_particles``,
-        ``n_images``. When the samples hold only one class of particle, J is undefined: the
-        threshold is 0.5 and ``youden_j`` is None.
+        ``n_images`` and, with ``n_bins`` > 1, ``by_area``: pairs (smallest area in px,
+        threshold) as ``classify.score_thresholds_by_area`` takes them. When the samples hold only
+        one class of particle, J is undefined: the threshold is 0.5 and ``youden_j`` is None.
     """
-    from nanoseg.metrics import youden_index
-
-    scores, targets = [], []
+    scores, targets, areas = [], [], []
     for sample in samples:
         labels, keep = sample_particles(sample)
         if keep.size == 0:
@@ -208,17 +230,28 @@ def calibrate_threshold(net: Any, samples: Sequence[Sample], *, device: Any = "c
         prob = predict_keep_probability(net, sample[0], (sample[1] > 0).astype(np.float32), device=device, bf16=bf16)
         scores.append(instance_scores(prob, labels, np.arange(1, keep.size + 1)))
         targets.append(keep)
+        areas.append(np.bincount(labels.ravel(), minlength=keep.size + 1)[1:])
     score = np.concatenate(scores) if scores else np.zeros(0)
     target = np.concatenate(targets) if targets else np.zeros(0, bool)
+    area = np.concatenate(areas) if areas else np.zeros(0)
     out: dict[str, Any] = {"n_particles": int(score.size), "n_images": len(samples)}
     if target.all() or not target.any():
         return {**out, "threshold": 0.5, "youden_j": None, "sensitivity": None, "specificity": None}
-    j, best = youden_index(score, target)
-    below = score[score < best]
-    threshold = float((best + below.max()) / 2) if below.size else float(best) / 2
+    threshold, j = _youden_threshold(score, target)
     kept = score > threshold
-    return {**out, "threshold": threshold, "youden_j": float(j), "sensitivity": float(kept[target].mean()),
-            "specificity": float((~kept[~target]).mean())}
+    out.update(threshold=threshold, youden_j=j, sensitivity=float(kept[target].mean()),
+               specificity=float((~kept[~target]).mean()))
+    if n_bins > 1:
+        starts = np.unique(np.concatenate([[0.0], np.quantile(area, np.linspace(0, 1, n_bins + 1)[1:-1])]))
+        bins = np.searchsorted(starts, area, side="right") - 1
+        by_area = []
+        for k, start in enumerate(starts):
+            inside = bins == k
+            n_whole = int(target[inside].sum())
+            enough = min(n_whole, int(inside.sum()) - n_whole) >= MIN_PARTICLES_PER_BIN
+            by_area.append((float(start), _youden_threshold(score[inside], target[inside])[0] if enough else threshold))
+        out["by_area"] = by_area
+    return out
 
 
 def fit_classifier(
@@ -254,7 +287,7 @@ def fit_classifier(
     if not auto:
         return net, {**meta, "score_threshold": float(cfg.score_threshold)}
     held = list(samples[len(samples) - n_held:]) if n_held else train_samples
-    calibration = calibrate_threshold(net, held, device=device, bf16=cfg.bf16)
+    calibration = calibrate_threshold(net, held, device=device, bf16=cfg.bf16, n_bins=cfg.calibration_bins)
     calibration["held_out"] = bool(n_held)
     if calibration["youden_j"] is None:
         logger.warning("classify: the calibration pairs hold particles of one kind only (all whole or all "
@@ -264,14 +297,19 @@ def fit_classifier(
                     "specificity %.3f)", calibration["threshold"], calibration["n_particles"],
                     "held-out" if n_held else "training", calibration["youden_j"], calibration["sensitivity"],
                     calibration["specificity"])
+        if calibration.get("by_area"):
+            logger.info("classify: score thresholds by particle area: %s", ", ".join(
+                f"{t:.3f} from {a:.0f} px" for a, t in calibration["by_area"]))
     return net, {**meta, "score_threshold": calibration["threshold"], "calibration": calibration}
 
 
 def resolve_threshold(cfg: Any, meta: dict[str, Any] | None) -> Any:
     """``cfg`` with a numeric ``score_threshold``: 'auto' becomes the threshold saved with the model.
 
-    A number in the configuration wins over the model's; a model saved without a threshold
-    (trained before calibration existed) gets 0.5.
+    With 'auto', the model's thresholds by particle area (``calibration['by_area']``) fill
+    ``score_thresholds_by_area`` unless the configuration sets them. A number in the
+    configuration wins over the model's; a model saved without a threshold (trained before
+    calibration existed) gets 0.5.
     """
     if cfg.score_threshold != "auto":
         return cfg
@@ -280,7 +318,11 @@ def resolve_threshold(cfg: Any, meta: dict[str, Any] | None) -> Any:
         logger.warning("classify: the classifier model records no calibrated score threshold (an older nanoseg "
                        "trained it, or the model file is missing); using 0.5")
         saved = 0.5
-    return cfg.model_copy(update={"score_threshold": float(saved)})
+    update: dict[str, Any] = {"score_threshold": float(saved)}
+    by_area = ((meta or {}).get("calibration") or {}).get("by_area")
+    if cfg.score_thresholds_by_area is None and by_area:
+        update["score_thresholds_by_area"] = [(float(a), float(t)) for a, t in by_area]
+    return cfg.model_copy(update=update)
 
 
 def instance_scores(probability: np.ndarray, labels: np.ndarray, label_ids: Sequence[int] | None = None) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,8 @@ def counting_rule(
         "rules": rules,
         "classifier": {"ran": classifier_ran, "model": str(classifier_model) if classifier_model else None,
                        "score_threshold": _numeric_threshold(cfg) if classifier_ran else None,
+                       "score_thresholds_by_area": ([list(p) for p in cfg.score_thresholds_by_area]
+                                                    if classifier_ran and cfg.score_thresholds_by_area else None),
                        "threshold_source": _threshold_source(calibration) if classifier_ran else None},
         "edge_particles_excluded": "touches_border" in names,
         # no rule sees occlusion; only the classifier was trained to recognise partly covered particles
@@ -222,7 +225,8 @@ def apply_rules(particles: pd.DataFrame, cfg: Any, scores: np.ndarray | None = N
         Measured particles with ``image`` and ``label`` (see :func:`rule_reasons`).
     cfg : ClassifyConfig
         ``method='none'`` keeps everything; otherwise rules are applied and scores at or
-        below ``score_threshold`` add the reason ``score_below_threshold``.
+        below ``score_threshold`` (with ``score_thresholds_by_area``: the threshold of the
+        particle's ``area_px``) add the reason ``score_below_threshold``.
     scores : array, optional
         Network keep score per particle (same order as ``particles``).
 
@@ -238,12 +242,26 @@ def apply_rules(particles: pd.DataFrame, cfg: Any, scores: np.ndarray | None = N
     else:
         reasons = rule_reasons(particles, cfg)
         if scores is not None:
-            low = ~(score > _numeric_threshold(cfg))
+            low = ~(score > particle_thresholds(particles, cfg))
             reasons = pd.Series([";".join(filter(None, (r, "score_below_threshold" if lo else "")))
                                  for r, lo in zip(reasons, low)], index=particles.index, dtype=object)
     image = particles["image"].astype(str).to_numpy() if "image" in particles else np.full(n, "")
     return pd.DataFrame({"image": image, "label": particles["label"].to_numpy(dtype=np.int64), "score": score,
                          "kept": (reasons == "").to_numpy(), "reason": reasons.to_numpy()})
+
+
+def area_thresholds(area_px: np.ndarray, by_area: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Each particle's score threshold: that of the last pair (smallest area, threshold) its area reaches."""
+    starts = np.array([a for a, _ in by_area], float)
+    values = np.array([t for _, t in by_area], float)
+    return values[np.maximum(np.searchsorted(starts, np.asarray(area_px, float), side="right") - 1, 0)]
+
+
+def particle_thresholds(particles: pd.DataFrame, cfg: Any) -> np.ndarray:
+    """The score threshold of each particle: by its ``area_px`` when ``cfg.score_thresholds_by_area`` is set."""
+    if cfg.score_thresholds_by_area is None:
+        return np.full(len(particles), _numeric_threshold(cfg))
+    return area_thresholds(particles["area_px"].to_numpy(), cfg.score_thresholds_by_area)
 
 
 def _numeric_threshold(cfg: Any) -> float:
