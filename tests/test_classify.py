@@ -576,9 +576,13 @@ def test_counting_rule_states_the_calibration():
 # ------------------------------------------------------------------ thresholds by particle area
 
 
-def _two_size_samples(n=2, size=120):
+_OVERLAPPING = {(4, True): 0.6, (4, False): 0.45, (9, True): 0.8, (9, False): 0.65}
+
+
+def _two_size_samples(n=2, size=120, brightness=_OVERLAPPING):
     """Squares of side 4 (small) and 9 (large), whole and partial, brightness by size and class:
-    small whole 0.6 lies below large partial 0.65, so no single score threshold separates all."""
+    by default small whole 0.6 lies below large partial 0.65, so no single score threshold
+    separates all."""
     samples = []
     for i in range(n):
         image = np.full((size, size), 0.1, np.float32)
@@ -590,8 +594,7 @@ def _two_size_samples(n=2, size=120):
                 whole = (k + i) % 2 == 0
                 binary[r:r + side, c:c + side] = 1
                 keep[r:r + side, c:c + side] = whole
-                image[r:r + side, c:c + side] = {(4, True): 0.6, (4, False): 0.45,
-                                                 (9, True): 0.8, (9, False): 0.65}[side, whole]
+                image[r:r + side, c:c + side] = brightness[side, whole]
         samples.append((image, binary, keep))
     return samples
 
@@ -608,7 +611,14 @@ def test_calibration_by_area_gives_small_particles_their_own_threshold():
     (start_small, small), (start_large, large) = two["by_area"]
     assert start_small == 0 and 16 < start_large <= 81
     score = lambda v: torch.sigmoid(torch.tensor(20.0 * (v - 0.6))).item()  # noqa: E731
-    assert score(0.45) < small < score(0.6) and score(0.65) < large < score(0.8)
+    assert score(0.45) < small < score(0.6) < two["threshold"]
+    assert large == pytest.approx(two["threshold"])
+    # separable overall, but the large squares alone would raise their threshold: a bin only lowers it
+    separable = _two_size_samples(brightness={(4, True): 0.6, (4, False): 0.45, (9, True): 0.8, (9, False): 0.58})
+    cal = calibrate_threshold(net, separable, n_bins=2)
+    assert cal["youden_j"] == pytest.approx(1.0) and score(0.58) < cal["threshold"] < score(0.6)
+    (_, small_sep), (_, large_sep) = cal["by_area"]
+    assert small_sep < cal["threshold"] and large_sep == pytest.approx(cal["threshold"])
     assert area_thresholds(np.array([16, 81]), two["by_area"]).tolist() == [small, large]
     # too few particles of a kind in a bin: the overall threshold
     few = calibrate_threshold(net, _two_size_samples(1, size=40), n_bins=2)  # 9 particles

@@ -273,9 +273,10 @@ class ClassifyConfig(_Section):
         "(at least one pair; 0, or a single pair, calibrates on the training pairs themselves).")
     calibration_bins: int = Field(
         5, ge=1, description="With score_threshold 'auto', calibrate one threshold per bin of particle area "
-        "(equal-count bins of the held-out particles): a network that scores small whole particles lower than "
-        "large ones would otherwise lose them to a threshold set mostly by the common sizes. A bin holding fewer "
-        "than 10 whole or 10 partial particles takes the overall threshold; 1: one threshold for all sizes.")
+        "(equal-count bins of the held-out particles), where it is lower than the overall one: a network that "
+        "scores small whole particles lower than large ones would otherwise lose them to a threshold set mostly by "
+        "the common sizes. A bin holding fewer than 10 whole or 10 partial particles takes the overall threshold; "
+        "1: one threshold for all sizes.")
     score_thresholds_by_area: list[tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)],
                                          Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]]] | None = Field(
         None, description="Pairs (smallest area in px, score threshold), ascending, the first from 0: a particle's "
