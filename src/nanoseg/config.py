@@ -337,6 +337,10 @@ class ClassifyConfig(_Section):
     def _zoom_in_order(self) -> ClassifyConfig:
         if self.zoom_range[0] > self.zoom_range[1]:
             raise ValueError(f"classify.zoom_range {list(self.zoom_range)}: the first factor must not exceed the second")
+        return self
+
+    @model_validator(mode="after")
+    def _area_thresholds_ascending(self) -> ClassifyConfig:
         pairs = self.score_thresholds_by_area
         if pairs is not None:
             starts = [a for a, _ in pairs]
