@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bam_tio2 as bt  # noqa: E402
-from workflow import (  # noqa: E402
+from workflow_scoring import (  # noqa: E402
     expert_truth, keep_precision_recall, label_ids, matched_labels, min_feret_row, read_seed_outputs, size_table,
 )
 

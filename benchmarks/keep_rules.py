@@ -34,7 +34,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bam_tio2 as bt  # noqa: E402
-from workflow import expert_truth, keep_precision_recall, min_feret_row, read_seed_outputs, size_table  # noqa: E402
+from workflow_scoring import expert_truth, keep_precision_recall, min_feret_row, read_seed_outputs, size_table  # noqa: E402
 
 from nanoseg.atomic import write_json, write_text  # noqa: E402
 

@@ -34,7 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bam_tio2 as bt  # noqa: E402
-from workflow import expert_truth, headline, nanoseg_cli, read_seed_outputs, score_images  # noqa: E402
+from workflow import nanoseg_cli  # noqa: E402
+from workflow_scoring import expert_truth, headline, read_seed_outputs, score_images  # noqa: E402
 
 from nanoseg.atomic import write_json, write_text  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""benchmarks/workflow.py: the scoring helpers on hand-made particles, and the smoke run end to end."""
+"""benchmarks/workflow.py with its scoring and report modules: hand-made particles, and the smoke run end to end."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import workflow  # noqa: E402
+import workflow_report  # noqa: E402
+import workflow_scoring  # noqa: E402
 
 
 def _disc(shape, centre, radius):
@@ -37,7 +39,7 @@ def test_keep_precision_recall_counts_matches_and_kept_flags():
     # discarded it); plus one false particle, kept. Label numbers differ from the expert's.
     ours = _labels(SHAPE, [((30, 30), 10), ((30, 91), 12), ((85, 120), 11), ((100, 20), 6)]) * 3
     kept = np.where(np.isin(ours, [3, 9, 12]), ours, 0)
-    res = workflow.keep_precision_recall({"a": ours}, {"a": kept}, {"a": EXPERT}, {"a": expert_kept})
+    res = workflow_scoring.keep_precision_recall({"a": ours}, {"a": kept}, {"a": EXPERT}, {"a": expert_kept})
     assert res["n_kept"] == 3 and res["n_expert_kept"] == 3
     assert res["precision"] == pytest.approx(1 / 3)  # only particle 1 is kept by both
     assert res["recall"] == pytest.approx(1 / 3)
@@ -47,14 +49,14 @@ def test_keep_precision_recall_counts_matches_and_kept_flags():
 
 
 def test_size_table_is_exact_for_identical_particles_and_sees_a_bias():
-    same = workflow.size_table({"a": EXPERT}, {"a": EXPERT}, 2.0)
-    assert [r["descriptor"] for r in same] == list(workflow.SIZE_DESCRIPTORS)
+    same = workflow_scoring.size_table({"a": EXPERT}, {"a": EXPERT}, 2.0)
+    assert [r["descriptor"] for r in same] == list(workflow_scoring.SIZE_DESCRIPTORS)
     for rec in same:
         assert rec["n_pred"] == rec["n_gt"] == 4 and rec["count_rel_error"] == 0
         for stat in ("mean", "median", "d10", "d90"):
             assert rec[f"{stat}_rel_error"] == pytest.approx(0.0, abs=1e-12)
     grown = _labels(SHAPE, [((30, 30), 12), ((30, 90), 14), ((80, 60), 11), ((85, 120), 13)])
-    rec = {r["descriptor"]: r for r in workflow.size_table({"a": grown}, {"a": EXPERT}, 2.0)}["ecd_nm"]
+    rec = {r["descriptor"]: r for r in workflow_scoring.size_table({"a": grown}, {"a": EXPERT}, 2.0)}["ecd_nm"]
     assert rec["mean_rel_error"] == pytest.approx(np.mean([24, 28, 22, 26]) / np.mean([20, 24, 18, 22]) - 1, abs=0.03)
     assert rec["mean_pred"] > rec["mean_gt"]
 
@@ -63,25 +65,25 @@ def test_size_error_by_stage_separates_misses_outlines_and_keep():
     expert_kept = np.where(np.isin(EXPERT, [1, 2, 3]), EXPERT, 0)
     # Ours: particle 1 exact, 2 one pixel too wide all round, 3 (the smallest kept) missed, 4 exact.
     ours = _labels(SHAPE, [((30, 30), 10), ((30, 90), 13), ((85, 120), 11)]) * 5
-    st = workflow.size_error_by_stage({"a": ours}, {"a": EXPERT}, {"a": expert_kept}, 1.0)
+    st = workflow_scoring.size_error_by_stage({"a": ours}, {"a": EXPERT}, {"a": expert_kept}, 1.0)
     found, perfect = st["found"], st["perfect_keep"]
     assert found["n_pred"] == perfect["n_pred"] == 2 and found["n_gt"] == 3
     # the miss alone: the expert's own outlines of particles 1 and 2 against 1, 2 and 3
     assert found["mean_rel_error"] == pytest.approx(np.mean([20, 24]) / np.mean([20, 24, 18]) - 1, abs=0.02)
     # plus our outlines: particle 2 two pixels wider
     assert perfect["mean_rel_error"] == pytest.approx(np.mean([20, 26]) / np.mean([20, 24, 18]) - 1, abs=0.02)
-    exact = workflow.size_error_by_stage({"a": EXPERT}, {"a": EXPERT}, {"a": expert_kept}, 1.0)
+    exact = workflow_scoring.size_error_by_stage({"a": EXPERT}, {"a": EXPERT}, {"a": expert_kept}, 1.0)
     assert exact["found"]["mean_rel_error"] == exact["perfect_keep"]["mean_rel_error"] == pytest.approx(0, abs=1e-12)
 
 
 def test_score_images_perfect_prediction():
     truth = {"a": (EXPERT > 0, EXPERT)}
     prob = (EXPERT > 0).astype(np.float32)
-    scored = workflow.score_images({"a": EXPERT}, {"a": prob}, {"a": EXPERT}, truth, 1.0)
+    scored = workflow_scoring.score_images({"a": EXPERT}, {"a": prob}, {"a": EXPERT}, truth, 1.0)
     assert scored["strict"]["mean"]["f1"] == 1.0
     assert scored["paper"]["mean"]["image_iou"] == pytest.approx(1.0)
     assert scored["keep"]["precision"] == scored["keep"]["recall"] == 1.0
-    head = workflow.headline(scored)
+    head = workflow_scoring.headline(scored)
     assert head["strict_f1"] == 1.0 and head["count_rel_error"] == 0
     assert scored["size_by_stage"]["perfect_keep"]["mean_rel_error"] == pytest.approx(0, abs=1e-12)
     n = int(EXPERT.max())
@@ -94,17 +96,17 @@ def test_missed_breakdown_counts_merges_across_images():
     mask[5:20, 5:20] = mask[5:20, 21:36] = True
     merged = np.zeros((40, 60), np.int32)
     merged[5:20, 5:36] = 1
-    out = workflow.missed_breakdown({"a": merged, "b": merged}, {"a": mask, "b": mask})
+    out = workflow_scoring.missed_breakdown({"a": merged, "b": merged}, {"a": mask, "b": mask})
     assert out == {"n_gt": 4, "matched": 0, "merged": 4, "not_found": 0, "outline": 0}
-    assert workflow._missed_text(out) == "100 % / 0 % / 0 % of 4"
+    assert workflow_report._missed_text(out) == "100 % / 0 % / 0 % of 4"
 
 
 def test_aggregate_mean_and_sample_sd_over_seeds():
-    stat = workflow.mean_sd([0.5, 0.7, None, float("nan")])
+    stat = workflow_scoring.mean_sd([0.5, 0.7, None, float("nan")])
     assert stat["mean"] == pytest.approx(0.6) and stat["sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert stat["n"] == 2
-    assert workflow.mean_sd([0.4])["sd"] is None
-    assert workflow.mean_sd([])["mean"] is None
+    assert workflow_scoring.mean_sd([0.4])["sd"] is None
+    assert workflow_scoring.mean_sd([])["mean"] is None
 
 
 @pytest.mark.slow
