@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
+    for s in args.seeds.split(","):
+        if not (args.work_dir / f"seed{s}" / "run" / "adapt" / "model.pt").is_file():
+            parser.error(f"{args.work_dir / f'seed{s}' / 'run'}: no finished run folder (adapt/model.pt); "
+                         "pass the --work-dir of a finished benchmarks/workflow.py call")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     seeds = {int(s): calibrate_seed(args.work_dir / f"seed{s}" / "run", bt.ALL_IDS) for s in args.seeds.split(",")}
     results = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
