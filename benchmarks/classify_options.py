@@ -15,8 +15,9 @@ whose classifier trained on all of them, a cheap preview of ``auto``), ``size`` 
 ``contact`` (``size_balance`` and ``contact_balance``), ``zoom`` (``zoom_range`` 0.6-1.6 without
 ``size_balance``), ``size_zoom`` (both), ``plain`` (neither balance), ``auto`` (``score_threshold``
 'auto': retrained without its held-out pairs, threshold calibrated on them), ``ema`` / ``ema995``
-(``auto`` with the moving average of the weights, ``ema_decay`` 0.99 / 0.995), named on the
-command line. A trained model is kept in ``--work-dir`` and reused by a later call.
+(``auto`` with the moving average of the weights, ``ema_decay`` 0.99 / 0.995), ``frag10`` /
+``frag25`` (a tenth / a quarter of the whole particles of each training tile cut in two and
+labelled discard, ``fragment_fraction``), named on the command line. A trained model is kept in ``--work-dir`` and reused by a later call.
 
     python benchmarks/classify_options.py --runs benchmarks/work/workflow_quick --seeds 0,1,2 --variants base,size
 
@@ -55,6 +56,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"size_balance": False},
     "ema": {"score_threshold": "auto", "ema_decay": 0.99},
     "ema995": {"score_threshold": "auto", "ema_decay": 0.995},
+    "frag10": {"fragment_fraction": 0.1},
+    "frag25": {"fragment_fraction": 0.25},
 }
 
 

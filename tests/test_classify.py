@@ -18,6 +18,7 @@ from nanoseg.classify import (  # noqa: E402
     masked_bce,
     predict_keep_probability,
     sample_batch,
+    split_whole,
     balanced_weights,
     train_classifier,
 )
@@ -335,6 +336,35 @@ def test_zoom_range_off_gives_the_unzoomed_batch():
     same = sample_batch(samples, 48, 3, np.random.default_rng(5), zoom_range=(1.0, 1.0))
     for a, b in zip(plain, same):
         np.testing.assert_array_equal(a, b)
+
+
+def test_split_whole_cuts_kept_particles_into_discarded_pieces():
+    from scipy import ndimage as ndi
+
+    rr, cc = np.mgrid[:64, :64]
+    binary = (((rr - 20) ** 2 + (cc - 20) ** 2 < 12 ** 2) | ((rr - 46) ** 2 + (cc - 46) ** 2 < 10 ** 2)).astype(np.uint8)
+    keep = (binary * ((rr - 20) ** 2 + (cc - 20) ** 2 < 12 ** 2)).astype(np.uint8)  # the second disc is partial
+    cut, cut_keep = split_whole(binary, keep, 1.0, np.random.default_rng(3))
+    assert ndi.label(binary)[1] == 2 and ndi.label(cut)[1] == 3  # only the whole disc is cut
+    assert 0 < binary.sum() - cut.sum() <= 2 * 12 * 1.5  # one line of about a diameter
+    assert cut_keep.sum() == 0 and keep.sum() > 0  # pieces discarded; the input untouched
+    pieces = ndi.label(cut[:34, :34])[0]
+    areas = np.bincount(pieces.ravel())[1:]
+    assert areas.min() > 0.1 * areas.sum()  # through the interior, no sliver
+    same, same_keep = split_whole(binary, keep, 0.0, np.random.default_rng(3))
+    assert same is binary and same_keep is keep
+
+
+def test_fragment_fraction_off_gives_the_same_batch_and_on_discards_cut_pieces():
+    samples = _synthetic_samples()
+    plain = sample_batch(samples, 48, 3, np.random.default_rng(5))
+    same = sample_batch(samples, 48, 3, np.random.default_rng(5), fragment_fraction=0.0)
+    for a, b in zip(plain, same):
+        np.testing.assert_array_equal(a, b)
+    x, y, w = sample_batch(samples, 48, 8, np.random.default_rng(5), fragment_fraction=1.0)
+    # every kept square cut, its pieces discarded, but for remnants too thin to cut at the tile's edge
+    # (about half the squares are kept)
+    assert x[:, 1].sum() > 0 and y.sum() < 0.05 * x[:, 1].sum()
 
 
 @pytest.mark.parametrize("options", [dict(size_balance=True, zoom_range=(0.7, 1.4)),

@@ -326,6 +326,10 @@ class ClassifyConfig(_Section):
     zoom_range: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         (1.0, 1.0), description="Training tiles are magnified by a factor drawn log-uniformly from this range, so "
         "that particle size in pixels stops being a cue; (1, 1) turns it off.")
+    fragment_fraction: float = Field(
+        0.0, ge=0, le=1, description="Share of the whole particles in each training tile cut in two along a random "
+        "chord, both pieces labelled discard: the pieces a segmentation net makes when it over-splits a particle, "
+        "which fake pairs never show (their partial particles are covered ones); 0 turns it off.")
     ema_decay: float = Field(
         0.99, ge=0, lt=1, description="Keep the exponential moving average of the network's weights over the "
         "training steps with this decay (0.99: about the last 100 steps) and use it instead of the last weights, "

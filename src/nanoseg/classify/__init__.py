@@ -31,6 +31,7 @@ from nanoseg.classify.data import (
     load_manual_samples,
     load_pair_samples,
     sample_batch,
+    split_whole,
 )
 from nanoseg.classify.network import (
     calibrate_threshold,
@@ -89,6 +90,7 @@ __all__ = [
     "run_stage",
     "sample_batch",
     "sample_particles",
+    "split_whole",
     "train_classifier",
     "write_decisions",
 ]

@@ -179,6 +179,55 @@ def _zoomed(stack: np.ndarray, tile: int) -> np.ndarray:
     return np.stack([image, binary, *(r * binary for r in rest)]).astype(np.float32)
 
 
+def split_whole(binary: np.ndarray, keep: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a random ``fraction`` of the whole particles in two along a chord; the pieces are discarded.
+
+    A segmentation net that over-splits cuts a whole particle with a 1-px line through its
+    interior, and each piece looks, in the mask channel, like a particle partly covered by its
+    neighbour. Fake pairs hold covered particles but never such pieces of a visible one, so a
+    classifier trained on them alone keeps the pieces (measured: the failing seed of the
+    workflow benchmark kept a D10 of min Feret 31 % below the expert's). The image shows what
+    tells them apart: no edge, no bright rim along the cut.
+
+    Parameters
+    ----------
+    binary, keep : (H, W) arrays
+        Mask (1-px lines between touching particles) and keep target of one tile.
+    fraction : float
+        Chance that each whole particle (a 4-connected component kept by majority) is cut.
+    rng : numpy Generator
+
+    Returns
+    -------
+    binary, keep : (H, W) arrays
+        Copies with the cut drawn as a 1-px background line and both pieces' keep target 0.
+    """
+    from scipy import ndimage as ndi
+
+    labels, n = ndi.label(binary > 0)
+    if n == 0 or fraction <= 0:
+        return binary, keep
+    binary, keep = binary.copy(), keep.copy()
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None or rng.random() >= fraction:
+            continue
+        inside = labels[box] == index
+        if keep[box][inside].mean() <= 0.5:
+            continue
+        depth = ndi.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]
+        # through the interior, so that neither piece is a sliver of a few pixels
+        rows, cols = np.nonzero(depth >= max(2.0, 0.3 * depth.max()))
+        if rows.size == 0:
+            continue
+        pick = rng.integers(rows.size)
+        angle = rng.uniform(0, np.pi)
+        rr, cc = np.mgrid[:inside.shape[0], :inside.shape[1]]
+        distance = (rr - rows[pick]) * np.cos(angle) - (cc - cols[pick]) * np.sin(angle)
+        binary[box][inside & (np.abs(distance) <= 0.5)] = 0
+        keep[box][inside] = 0
+    return binary, keep
+
+
 def sample_batch(
     samples: Sequence[Sample],
     tile_px: int,
@@ -187,6 +236,7 @@ def sample_batch(
     *,
     weights: Sequence[np.ndarray] | None = None,
     zoom_range: tuple[float, float] = (1.0, 1.0),
+    fragment_fraction: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random tiles with flips, 90-degree rotations and (optionally) a random zoom.
 
@@ -201,6 +251,9 @@ def sample_batch(
     zoom_range : (float, float)
         Each tile is magnified by a factor drawn log-uniformly from this range (below 1: the
         particles shrink), so that particle size in pixels stops being a cue.
+    fragment_fraction : float
+        Share of each tile's whole particles cut in two and labelled discard
+        (:func:`split_whole`); 0 leaves the tiles as they are and draws nothing from ``rng``.
 
     Returns
     -------
@@ -225,7 +278,10 @@ def sample_batch(
         r = rng.integers(image.shape[0] - side + 1)
         c = rng.integers(image.shape[1] - side + 1)
         window = (slice(r, r + side), slice(c, c + side))
-        stack = np.stack([image[window], binary[window], keep[window], weight[window]]).astype(np.float32)
+        tile_binary, tile_keep = binary[window], keep[window]
+        if fragment_fraction > 0:
+            tile_binary, tile_keep = split_whole(tile_binary, tile_keep, fragment_fraction, rng)
+        stack = np.stack([image[window], tile_binary, tile_keep, weight[window]]).astype(np.float32)
         if side != tile:
             stack = _zoomed(stack, tile)
         stack = np.rot90(stack, k=int(rng.integers(4)), axes=(1, 2))

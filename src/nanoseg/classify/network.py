@@ -58,8 +58,8 @@ def train_classifier(
         From :func:`load_pair_samples` or :func:`load_manual_samples`.
     cfg : ClassifyConfig
         Uses ``base_width``, ``depth``, ``tile_size_px``, ``batch_size``, ``steps``,
-        ``learning_rate``, ``size_balance``, ``contact_balance``, ``zoom_range``, ``balance_classes``,
-        ``ema_decay``, ``checkpoint_every``, ``bf16``.
+        ``learning_rate``, ``size_balance``, ``contact_balance``, ``zoom_range``, ``fragment_fraction``,
+        ``balance_classes``, ``ema_decay``, ``checkpoint_every``, ``bf16``.
     device : torch.device or str
     checkpoint : path, optional
         Checkpoint file written every ``cfg.checkpoint_every`` steps (atomically) and read on
@@ -116,7 +116,7 @@ def train_classifier(
     net.train()
     for step in progress(range(start, steps), total=steps - start, desc="classify train"):
         batch = sample_batch(samples, cfg.tile_size_px, cfg.batch_size, rng, weights=weights,
-                             zoom_range=tuple(cfg.zoom_range))
+                             zoom_range=tuple(cfg.zoom_range), fragment_fraction=cfg.fragment_fraction)
         x, y, w = (torch.from_numpy(a).to(device) for a in batch)
         with autocast(device, use_bf16):
             logits = net(x)
