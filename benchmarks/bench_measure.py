@@ -51,7 +51,7 @@ def time_steps(paths: list[Path], model: Path, config: Any) -> dict[str, list[fl
     from nanoseg.classify import classify_images
     from nanoseg.measure.figures import overlay_kept
     from nanoseg.particles import measure_images
-    from nanoseg.segment import instances_from_probabilities, predict_probabilities, to_model_scale
+    from nanoseg.segment import foreground_threshold, instances_from_probabilities, predict_probabilities, to_model_scale
 
     net, meta = nets.load(model)
     seg = config.segment
@@ -81,7 +81,7 @@ def time_steps(paths: list[Path], model: Path, config: Any) -> dict[str, list[fl
                                               tile_px=seg.inference_tile_px, overlap_px=seg.tile_overlap_px, tta=tta)
                 times[step].append(time.perf_counter() - t)
             t = time.perf_counter()
-            threshold = seg.threshold if seg.threshold != "auto" else float(meta.get("threshold", 0.5))
+            threshold = foreground_threshold(seg, meta)
             labels = instances_from_probabilities(probs, meta["target"], seg, threshold=threshold)
             times["post_processing"].append(time.perf_counter() - t)
             items = [(path.stem, labels, mg.image, mg.pixel_size_nm)]

@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bam_tio2 as bt  # noqa: E402
+from workflow_scoring import held_out_pairs  # noqa: E402
 
 from nanoseg.atomic import write_json, write_text  # noqa: E402
 
@@ -42,7 +43,7 @@ def run_probabilities(run_dir: Path, image_ids: tuple[str, ...]) -> tuple[dict, 
     from nanoseg import nets
     from nanoseg.config import load_config
     from nanoseg.io import read_micrograph
-    from nanoseg.segment.infer import predict_probabilities
+    from nanoseg.segment import foreground_threshold, predict_probabilities
 
     net, meta = nets.load(run_dir / "adapt" / "model.pt")
     cfg = load_config(run_dir / "config.yaml").segment
@@ -53,15 +54,14 @@ def run_probabilities(run_dir: Path, image_ids: tuple[str, ...]) -> tuple[dict, 
                                      overlap_px=cfg.tile_overlap_px, tta=cfg.tta)
 
     fake_p, fake_gt = {}, {}
-    for name in meta.get("val_pairs", []):
-        path = run_dir / "pairs" / (name if name.endswith(".npz") else f"{name}.npz")
+    for path in held_out_pairs(run_dir, meta):
         with np.load(path) as pair:
-            fake_p[name], fake_gt[name] = probs(pair["image"]), pair["instances"]
+            fake_p[path.stem], fake_gt[path.stem] = probs(pair["image"]), pair["instances"]
     real_p, real_gt = {}, {}
     for i in image_ids:
         real_p[i] = probs(read_micrograph(bt.DATA / "sem" / f"{i}.tif").image)
         real_gt[i] = bt.manual_mask(i)
-    return fake_p, fake_gt, real_p, real_gt, (cfg, kind, float(meta.get("threshold", 0.5)))
+    return fake_p, fake_gt, real_p, real_gt, (cfg, kind, foreground_threshold(cfg, meta))
 
 
 def f1_for(probs: dict, truths: dict, cfg: Any, kind: str, threshold: float) -> float:
@@ -75,8 +75,6 @@ def f1_for(probs: dict, truths: dict, cfg: Any, kind: str, threshold: float) -> 
 def calibrate_seed(run_dir: Path, image_ids: tuple[str, ...]) -> dict[str, Any]:
     t0 = time.perf_counter()
     fake_p, fake_gt, real_p, real_gt, (cfg, kind, thr) = run_probabilities(run_dir, image_ids)
-    if cfg.threshold != "auto":
-        thr = float(cfg.threshold)
     grid = []
     for mt in MARKER_THRESHOLDS:
         for mh in MARKER_HEIGHTS:

@@ -133,6 +133,12 @@ def size_error_by_stage(labels: dict[str, np.ndarray], expert: dict[str, np.ndar
     return {"found": min_feret(theirs_matched), "perfect_keep": min_feret(ours_matched)}
 
 
+def held_out_pairs(run_dir: Path, meta: dict[str, Any]) -> list[Path]:
+    """The fake pairs a run's segmenter held out for validation (``meta['val_pairs']``, names with or
+    without ``.npz``)."""
+    return [run_dir / "pairs" / (name if name.endswith(".npz") else f"{name}.npz") for name in meta.get("val_pairs", [])]
+
+
 def synthetic_f1(run_dir: Path, device: Any = "cpu") -> dict[str, float]:
     """The segmenter's strict scores on the synthetic pairs it held out for validation."""
     import pandas as pd
@@ -145,12 +151,10 @@ def synthetic_f1(run_dir: Path, device: Any = "cpu") -> dict[str, float]:
     net, meta = nets.load(run_dir / "segment" / "model.pt", device)
     cfg = SegmentConfig.model_validate(meta["config"])
     preds, gts = {}, {}
-    for name in meta.get("val_pairs", []):
-        path = run_dir / "pairs" / f"{name}.npz"
-        if not path.is_file():
-            path = run_dir / "pairs" / name
+    for path in held_out_pairs(run_dir, meta):
         with np.load(path) as pair:
             image, instances = pair["image"], pair["instances"]
+        name = path.stem
         preds[name], _ = segment_image(net, meta, image, cfg, pixel_size_nm=meta.get("pixel_size_nm"), device=device)
         gts[name] = instances
     if not preds:

@@ -36,6 +36,7 @@ from nanoseg.segment.data import (
     TargetKind,
 )
 from nanoseg.segment.instances import (
+    foreground_threshold,
     instances_from_probabilities,
     interior_markers,
     resize_labels,
@@ -67,7 +68,7 @@ from nanoseg.segment.stage import run_stage
 
 __all__ = [
     "BACKGROUND", "BOUNDARY", "IGNORE", "INFERENCE_SETTINGS", "INTERIOR", "OnnxModel", "Pair", "TRAINING_PLOT",
-    "TargetKind", "choose_threshold", "class_weights", "export_onnx", "foreground_mask", "instances_from_probabilities",
+    "TargetKind", "choose_threshold", "class_weights", "export_onnx", "foreground_mask", "foreground_threshold", "instances_from_probabilities",
     "interior_markers", "load_onnx", "load_pairs", "load_segmenter", "make_target", "n_outputs", "overlay", "particle_probability",
     "predict_probabilities", "predict_with_agreement", "probabilities_from_logits", "random_tile", "resize_labels",
     "run_stage", "segment_image", "segment_micrographs", "segmentation_loss", "to_model_scale", "train", "write_segmentation",

@@ -211,10 +211,11 @@ def documentation(net: Any, meta: dict[str, Any], model_name: str) -> str:
     """The package's README (Markdown), generated from the net and its metadata."""
     from nanoseg import __version__
     from nanoseg.config import SegmentConfig
+    from nanoseg.segment.instances import foreground_threshold
 
     target = meta["target"]
     cfg = SegmentConfig.model_validate(meta.get("config", {"target": target}))
-    threshold = cfg.threshold if cfg.threshold != "auto" else float(meta.get("threshold", 0.5))
+    threshold = foreground_threshold(cfg, meta)
     px = meta.get("pixel_size_nm")
     channels = "\n".join(f"| {i} | {name} | {what} |" for i, (name, what) in enumerate(CHANNELS[target].items()))
     if target == "three_class":

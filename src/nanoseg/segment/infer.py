@@ -14,7 +14,7 @@ from nanoseg.config import SegmentConfig
 from nanoseg.errors import NanosegError
 from nanoseg.labels import relabel, separated_binary
 from nanoseg.segment.data import BACKGROUND, TargetKind, foreground_mask, n_outputs
-from nanoseg.segment.instances import instances_from_probabilities, resize_labels
+from nanoseg.segment.instances import foreground_threshold, instances_from_probabilities, resize_labels
 
 logger = logging.getLogger("nanoseg.segment")
 
@@ -244,7 +244,7 @@ def _segment_piece(net: Any, meta: dict[str, Any], image: np.ndarray, config: Se
     work, scale = to_model_scale(image, pixel_size_nm, meta)
     probs = predict_probabilities(net, work, kind, device=device, bf16=config.bf16,
                                   tile_px=config.inference_tile_px, overlap_px=config.tile_overlap_px, tta=config.tta)
-    threshold = config.threshold if config.threshold != "auto" else float(meta.get("threshold", 0.5))
+    threshold = foreground_threshold(config, meta)
     labels = instances_from_probabilities(probs, kind, config, threshold=threshold)
     if scale != 1.0:
         probs = resize(probs, (probs.shape[0], *image.shape), order=1, preserve_range=True).astype(np.float32)

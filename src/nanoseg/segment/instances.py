@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -102,6 +103,14 @@ def interior_markers(interior: np.ndarray, foreground: np.ndarray, threshold: fl
     return relabel(markers, 2).astype(np.int32)
 
 
+def foreground_threshold(config: SegmentConfig, meta: dict[str, Any] | None = None) -> float:
+    """The foreground threshold a segmentation uses: ``config.threshold``, or with 'auto' the one
+    chosen on the validation pairs and saved in the model's ``meta`` (0.5 without one)."""
+    if config.threshold != "auto":
+        return float(config.threshold)
+    return float((meta or {}).get("threshold", 0.5))
+
+
 def instances_from_probabilities(
     probs: np.ndarray, target: TargetKind, config: SegmentConfig, *, threshold: float | None = None
 ) -> np.ndarray:
@@ -135,7 +144,7 @@ def instances_from_probabilities(
     from skimage.segmentation import watershed
 
     if threshold is None:
-        threshold = config.threshold if config.threshold != "auto" else 0.5
+        threshold = foreground_threshold(config)
     foreground = foreground_mask(probs, target, threshold)
     if target == "three_class":
         markers = interior_markers(probs[INTERIOR], foreground, config.marker_threshold, config.marker_h)
