@@ -234,6 +234,20 @@ def test_training_resumes_from_checkpoint(tmp_path):
     assert [h["step"] for h in history] == [4, 8]
 
 
+@pytest.mark.parametrize("select_by, step", [("val_loss", 8), ("val_iou", 4)])
+def test_the_selected_checkpoint_is_the_best_by_the_chosen_validation_number(tmp_path, monkeypatch, select_by, step):
+    """Foreground IoU can peak early while the loss (which scores the interior/boundary split too)
+    still falls: the saved model is the one the setting asks for."""
+    from nanoseg import segment
+
+    records = iter([{"val_loss": 0.30, "val_iou": 0.96}, {"val_loss": 0.10, "val_iou": 0.94}])
+    monkeypatch.setattr(segment.training, "_validate", lambda *args, **kwargs: next(records))
+    pairs, _, _ = _noisy_disc_pairs()
+    model = train(pairs, _tiny_config(select_by=select_by), tmp_path, steps=8, rng=np.random.default_rng(1))
+    meta = nets.load(model)[1]
+    assert meta["step"] == step and meta["val_loss"] == (0.10 if step == 8 else 0.30)
+
+
 def test_auto_threshold_is_the_one_the_validation_pairs_choose(tmp_path, monkeypatch):
     """threshold='auto' sweeps 0.05-0.95 on the validation pairs and stores the best threshold in the
     model. Particles at probability 0.18 on a background of 0.12 are found at 0.15 alone: the
@@ -245,7 +259,11 @@ def test_auto_threshold_is_the_one_the_validation_pairs_choose(tmp_path, monkeyp
     monkeypatch.setattr(segment.training, "predict_probabilities", lambda net, image, target, **kwargs: probs)
     cfg = _tiny_config(target="binary", threshold="auto")
     model = train(pairs, cfg, tmp_path, steps=2, rng=np.random.default_rng(1))
-    assert nets.load(model)[1]["threshold"] == 0.15
+    meta = nets.load(model)[1]
+    assert meta["threshold"] == 0.15
+    assert segment.foreground_threshold(cfg, meta) == 0.15  # what inference then uses
+    assert segment.foreground_threshold(cfg) == 0.5  # no model: the plain default
+    assert segment.foreground_threshold(_tiny_config(target="binary", threshold=0.3), meta) == 0.3  # configured wins
 
 
 def test_segment_micrographs_writes_probabilities_that_evaluate_reads(tmp_path):

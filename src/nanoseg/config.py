@@ -183,6 +183,10 @@ class SegmentConfig(_Section):
     lr_decay_factor: float = Field(0.5, gt=0, le=1, description="Learning-rate factor applied every lr_decay_every steps.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of pairs held out for validation.")
     val_every: int = Field(250, ge=1, description="Validate (loss, IoU) and checkpoint every this many steps.")
+    select_by: Literal["val_loss", "val_iou"] = Field(
+        "val_loss", description="Which validation checkpoint becomes the model: lowest loss on the held-out pairs "
+        "(every class, so the interior/boundary split that separates touching particles counts) or highest "
+        "foreground IoU (blind to that split: it chose an early, half-trained net that over-split particles).")
     threshold: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal["auto"] = Field(
         0.5, description="Probability threshold (0-1), or 'auto' to sweep 0.05-0.95 on the validation pairs.")
     min_distance_px: int = Field(9, ge=1, description="Minimum distance between watershed markers in px.")

@@ -249,7 +249,7 @@ def train(
     if extra:
         meta.update({"extra_pairs": [p.name for p in extra], "extra_fraction": extra_fraction,
                      "init_from": str(init_from) if init_from else None})
-    step, history, best_iou = 0, [], -1.0
+    step, history, best_score = 0, [], -np.inf
     ckpt_path = out_dir / "checkpoint.pt"
     fingerprint = training_fingerprint(pairs, config, pixel_size_nm, extra, extra_fraction, init_from)
     if ckpt_path.is_file():
@@ -266,7 +266,8 @@ def train(
             net.load_state_dict(state["net"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            step, history, best_iou = state["step"], state["history"], state["best_iou"]
+            step, history = state["step"], state["history"]
+            best_score = state.get("best_score", -np.inf)
             rng.bit_generator.state = state["rng"]
             logger.info("resuming segmentation training at step %d/%d", step, total_steps)
 
@@ -300,16 +301,17 @@ def train(
             if val_pairs:
                 record.update(_validate(net, val_pairs, val_targets, weights, config, device))
             history.append(record)
-            iou = record.get("val_iou", 0.0)
+            score = _selection_score(record, config.select_by)
             logger.info("step %d/%d  train loss %.4f  val loss %s  val IoU %s", done, total_steps, record["train_loss"],
                         _fmt(record.get("val_loss")), _fmt(record.get("val_iou")))
-            if not val_pairs or iou > best_iou:
-                best_iou = iou
-                nets.save(net, out_dir / "best.pt", meta={**meta, "step": done, "val_iou": iou})
+            if not val_pairs or score > best_score:
+                best_score = score
+                nets.save(net, out_dir / "best.pt", meta={**meta, "step": done, "val_iou": record.get("val_iou"),
+                                                          "val_loss": record.get("val_loss")})
             with atomic_path(ckpt_path) as tmp:
                 torch.save({"kwargs": net.init_kwargs, "target": kind, "fingerprint": fingerprint, "net": net.state_dict(),
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "step": done, "history": history, "best_iou": best_iou,
+                            "step": done, "history": history, "best_score": best_score,
                             "rng": rng.bit_generator.state}, tmp)
             write_json(out_dir / "history.json", history)
             plot_losses(history, out_dir / "training.png", TRAINING_PLOT)
@@ -322,6 +324,13 @@ def train(
         best_meta["threshold"] = choose_threshold(best, best_meta, val_pairs, config, device)
         logger.info("threshold chosen on %d validation pairs: %.2f", len(val_pairs), best_meta["threshold"])
     return nets.save(best, out_dir / "model.pt", meta=best_meta)
+
+
+def _selection_score(record: dict[str, float], select_by: str) -> float:
+    """Higher is better: the validation IoU, or the negated validation loss."""
+    if select_by == "val_loss":
+        return -record["val_loss"] if "val_loss" in record else -np.inf
+    return record.get("val_iou", 0.0)
 
 
 def _target_of(pair: Pair, kind: TargetKind, boundary_width_px: int) -> np.ndarray:
