@@ -204,8 +204,10 @@ def split_whole(binary: np.ndarray, keep: np.ndarray, fraction: float, rng: np.r
     """
     from scipy import ndimage as ndi
 
+    if fraction <= 0:
+        return binary, keep
     labels, n = ndi.label(binary > 0)
-    if n == 0 or fraction <= 0:
+    if n == 0:
         return binary, keep
     binary, keep = binary.copy(), keep.copy()
     for index, box in enumerate(ndi.find_objects(labels), start=1):
