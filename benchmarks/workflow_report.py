@@ -205,8 +205,14 @@ def readme_section(results: dict[str, Any], results_md: str) -> str:
     meta, agg, sup = results["meta"], results["aggregate"], results.get("supervised")
     sup_head = headline(sup) if sup else {}
     n_seeds = len(meta["seeds"])
-    run_walls = [r["stages"].get("nanoseg run (whole process)", {}).get("wall_s") for r in results["seeds"].values()]
-    wall = mean_sd(run_walls)
+    runs = [r["stages"].get("nanoseg run (whole process)", {}) for r in results["seeds"].values()]
+    wall = mean_sd([r.get("wall_s") for r in runs])
+    cpu = mean_sd([r.get("cpu_s") for r in runs])
+    jobs = meta.get("jobs", 1)
+    # With several seeds at once the wall time is the shared machine's; the CPU time is the run's own.
+    sharing = (f" with {jobs} runs at a time sharing the cores"
+               + (f", {_pm(cpu, 'wall_s')} s of CPU time each" if cpu["mean"] is not None else "")
+               if jobs > 1 else "")
     rows = [[label, _pm(agg.get(key, {"mean": None, "sd": None}), key), _fmt(sup_head.get(key), key)]
             for label, key in README_ROWS]
     folds = sup["notes"].split("-fold")[0].split()[-1] if sup else "-"
@@ -215,7 +221,7 @@ def readme_section(results: dict[str, Any], results_md: str) -> str:
         f"`nanoseg measure` with each run's models, and scored all {len(meta['images'])} shared TiO2 images against "
         "the expert's masks; sizes are the kept particles against the particles the expert kept "
         f"([{results_md}]({results_md}), {meta['date']}, commit {meta['commit'].split()[0]}). One `nanoseg run` took "
-        f"{_pm(wall, 'wall_s')} s on {meta['machine'].split(', ')[2]}"
+        f"{_pm(wall, 'wall_s')} s on {meta['machine'].split(', ')[2]}{sharing}"
         + (f" ({meta['note']})" if meta.get("note") else "") + ".",
         "",
         _table(rows, ["", f"annotation-free: mean +- sd over {n_seeds} seeds",
