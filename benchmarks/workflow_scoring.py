@@ -133,6 +133,76 @@ def size_error_by_stage(labels: dict[str, np.ndarray], expert: dict[str, np.ndar
     return {"found": min_feret(theirs_matched), "perfect_keep": min_feret(ours_matched)}
 
 
+#: Lower edges of the IoU bins of :func:`outline_error_by_match` (the last bin ends at 1).
+IOU_BIN_EDGES: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
+
+
+def matched_pair_sizes(labels: dict[str, np.ndarray], expert: dict[str, np.ndarray],
+                       expert_kept: dict[str, np.ndarray]) -> list[dict[str, float]]:
+    """Our outline and the expert's of every expert-kept particle one of ours matches (IoU 0.5).
+
+    One record per pair: ``iou``, ``min_feret_px`` and ``area_px`` of ours and of the expert's
+    (``*_ours``, ``*_expert``). Pairs where either particle touches the image border are left
+    out, as in :func:`size_table`.
+    """
+    from nanoseg.particles import measure_particles
+
+    records = []
+    for i in expert:
+        rows = expert[i].shape[0]  # the manual masks may lack the info bar's rows
+        ours, theirs = np.asarray(labels[i][:rows]), np.asarray(expert_kept[i])
+        kept_ids = label_ids(theirs)
+        pairs = [(a, b) for a, b in matched_labels(ours, expert[i]) if b in kept_ids]
+        if not pairs:
+            continue
+        po = measure_particles(ours).set_index("label")
+        pe = measure_particles(theirs).set_index("label")
+        # Intersections of all overlapping (ours, theirs) label pairs in one pass.
+        both = (ours > 0) & (theirs > 0)
+        keys, counts = np.unique(ours[both].astype(np.int64) * (int(theirs.max()) + 1) + theirs[both],
+                                 return_counts=True)
+        inter = dict(zip(keys.tolist(), counts.tolist()))
+        for a, b in pairs:
+            if a not in po.index or b not in pe.index:
+                continue
+            area_a, area_b = float(po.at[a, "area_px"]), float(pe.at[b, "area_px"])
+            common = inter.get(a * (int(theirs.max()) + 1) + b, 0)
+            records.append({"iou": common / (area_a + area_b - common),
+                            "min_feret_px_ours": float(po.at[a, "min_feret_px"]),
+                            "min_feret_px_expert": float(pe.at[b, "min_feret_px"]),
+                            "area_px_ours": area_a, "area_px_expert": area_b})
+    return records
+
+
+def outline_error_by_match(pairs: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """The matched pairs' min Feret error, split by how well ours matches the expert's outline.
+
+    Per IoU bin (:data:`IOU_BIN_EDGES`): ``n``, ``share`` of the pairs, ``mean_ratio`` (our mean
+    min Feret over the expert's), ``median_ratio`` (of the per-pair ratios), ``median_area_ratio``
+    and ``contribution``: the bin's summed min Feret difference over the expert's summed min
+    Feret of all pairs, so that the bins' contributions add up to the matched pairs' mean error.
+    A well-placed edge shows as ratios near 1 in the top bin; a piece of a neighbour taken in
+    (a partial merge) as large area ratios in the low bins.
+    """
+    if not pairs:
+        return []
+    iou = np.array([p["iou"] for p in pairs])
+    ours = np.array([p["min_feret_px_ours"] for p in pairs])
+    theirs = np.array([p["min_feret_px_expert"] for p in pairs])
+    area_ratio = np.array([p["area_px_ours"] / p["area_px_expert"] for p in pairs])
+    edges = (*IOU_BIN_EDGES, np.inf)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (iou >= lo) & (iou < hi)
+        n = int(sel.sum())
+        out.append({"iou_from": lo, "iou_to": min(hi, 1.0), "n": n, "share": n / len(pairs),
+                    "mean_ratio": float(ours[sel].mean() / theirs[sel].mean()) if n else float("nan"),
+                    "median_ratio": float(np.median(ours[sel] / theirs[sel])) if n else float("nan"),
+                    "median_area_ratio": float(np.median(area_ratio[sel])) if n else float("nan"),
+                    "contribution": float((ours[sel] - theirs[sel]).sum() / theirs.sum())})
+    return out
+
+
 def held_out_pairs(run_dir: Path, meta: dict[str, Any]) -> list[Path]:
     """The fake pairs a run's segmenter held out for validation (``meta['val_pairs']``, names with or
     without ``.npz``)."""

@@ -76,6 +76,28 @@ def test_size_error_by_stage_separates_misses_outlines_and_keep():
     assert exact["found"]["mean_rel_error"] == exact["perfect_keep"]["mean_rel_error"] == pytest.approx(0, abs=1e-12)
 
 
+def test_outline_error_by_match_separates_edge_bias_from_partial_merges():
+    expert_kept = np.where(np.isin(EXPERT, [1, 2, 3]), EXPERT, 0)
+    # Ours: particle 1 exact; 2 one pixel wider all round (an edge bias, IoU ~0.85); 3 merged
+    # with a blob beside it that widens it across (a partial merge, IoU ~0.6); 4 (not kept) exact.
+    ours = _labels(SHAPE, [((30, 30), 10), ((30, 90), 13), ((85, 120), 11)])
+    ours[_disc(SHAPE, (80, 60), 9) | _disc(SHAPE, (80, 72), 7)] = 7
+    pairs = workflow_scoring.matched_pair_sizes({"a": ours}, {"a": EXPERT}, {"a": expert_kept})
+    assert len(pairs) == 3  # particle 4 is matched but the expert did not keep it
+    by_iou = sorted(pairs, key=lambda p: p["iou"])
+    assert 0.5 <= by_iou[0]["iou"] < 0.7 and by_iou[0]["area_px_ours"] > 1.3 * by_iou[0]["area_px_expert"]
+    assert 0.8 <= by_iou[1]["iou"] < 0.9 and by_iou[2]["iou"] == 1.0
+    bins = {b["iou_from"]: b for b in workflow_scoring.outline_error_by_match(pairs)}
+    assert [bins[k]["n"] for k in workflow_scoring.IOU_BIN_EDGES] == [1, 0, 1, 1]
+    assert bins[0.9]["mean_ratio"] == 1.0 and bins[0.9]["contribution"] == 0.0
+    assert bins[0.8]["mean_ratio"] == pytest.approx(26 / 24, abs=0.03)
+    assert bins[0.5]["median_area_ratio"] > 1.3
+    # The contributions add up to the matched pairs' mean min Feret error.
+    total = sum(p["min_feret_px_ours"] for p in pairs) / sum(p["min_feret_px_expert"] for p in pairs) - 1
+    assert sum(b["contribution"] for b in bins.values()) == pytest.approx(total, abs=1e-12)
+    assert workflow_scoring.outline_error_by_match([]) == []
+
+
 def test_score_images_perfect_prediction():
     truth = {"a": (EXPERT > 0, EXPERT)}
     prob = (EXPERT > 0).astype(np.float32)
