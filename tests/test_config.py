@@ -20,7 +20,7 @@ def test_profiles_scale_with_the_machine():
     demo, quick, paper = (build_config(profile=p) for p in ("demo", "quick", "paper"))
     assert demo.segment.steps < quick.segment.steps < paper.segment.steps
     assert quick.translate.generator_width < paper.translate.generator_width
-    assert (demo.translate.method, quick.translate.method, paper.translate.method) == ("render", "refine", "cyclegan")
+    assert (demo.translate.method, quick.translate.method, paper.translate.method) == ("render", "refine", "refine")
 
 
 def test_unknown_key_is_named(tmp_path):
