@@ -62,6 +62,14 @@ MAIN_ROWS = (
 )
 
 
+def _size_prior_text(seeds: dict[int, dict[str, Any]]) -> str:
+    """The size prior of the seeds' runs: once when they agree, else per seed (each fits its own factor)."""
+    priors = {seed: str(scored.get("size_prior")) for seed, scored in seeds.items()}
+    if len(set(priors.values())) == 1:
+        return next(iter(priors.values()))
+    return "; ".join(f"seed {seed}: {prior}" for seed, prior in priors.items())
+
+
 def render_report(results: dict[str, Any]) -> str:
     """Markdown report; every number comes from ``results``."""
     meta, seeds = results["meta"], results["seeds"]
@@ -85,8 +93,7 @@ def render_report(results: dict[str, Any]) -> str:
         f"What ran, per seed ({', '.join(map(str, meta['seeds']))}): `{meta['run_command']}`, then "
         f"`{meta['measure_command']}`. Scored on {len(meta['images'])} images against the manual masks; sizes of "
         "the kept particles against the manual particles that the manual classes keep (pooled over the images, "
-        "particles touching the image border excluded on both sides). Size prior: "
-        f"{', '.join(sorted({str(s.get('size_prior')) for s in seeds.values()}))}.",
+        f"particles touching the image border excluded on both sides). Size prior: {_size_prior_text(seeds)}.",
         "",
         "## Annotation-free workflow vs supervised reference",
         "",

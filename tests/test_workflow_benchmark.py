@@ -123,6 +123,14 @@ def test_missed_breakdown_counts_merges_across_images():
     assert workflow_report._missed_text(out) == "100 % / 0 % / 0 % of 4"
 
 
+def test_size_prior_is_named_per_seed_when_the_seeds_differ():
+    same = {"size_prior": "outlines"}
+    assert workflow_report._size_prior_text({0: same, 1: dict(same)}) == "outlines"
+    seeds = {0: {"size_prior": {"masks.size_factor": 0.93}}, 1: {"size_prior": {"masks.size_factor": 0.9}}}
+    assert workflow_report._size_prior_text(seeds) == (
+        "seed 0: {'masks.size_factor': 0.93}; seed 1: {'masks.size_factor': 0.9}")
+
+
 def test_aggregate_mean_and_sample_sd_over_seeds():
     stat = workflow_scoring.mean_sd([0.5, 0.7, None, float("nan")])
     assert stat["mean"] == pytest.approx(0.6) and stat["sd"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
