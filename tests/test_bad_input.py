@@ -405,9 +405,11 @@ def _tree(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
-def test_bad_input_ends_cleanly(case, batch, cli, monkeypatch):
-    root = batch
+def check_case(case: Case, root: Path, cli, monkeypatch) -> None:
+    """Run ``case`` on the ``batch`` folder ``root`` and check that it ends as the table says.
+
+    The other ``test_bad_input_*.py`` files run their own tables through here.
+    """
     monkeypatch.chdir(root)  # a default output path would land here, where the tree comparison sees it
     args = case.setup(root, monkeypatch)
     before = _tree(root)
@@ -429,3 +431,8 @@ def test_bad_input_ends_cleanly(case, batch, cli, monkeypatch):
         words = " ".join(res.output.split())
         assert all(fragment in words for fragment in says), res.output
     assert [p for p in root.rglob("*") if is_temp_file(p)] == []
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_bad_input_ends_cleanly(case, batch, cli, monkeypatch):
+    check_case(case, batch, cli, monkeypatch)

@@ -21,6 +21,7 @@ import typer
 from nanoseg.atomic import is_temp_file, write_json
 from nanoseg.config import Config, deep_merge, load_config, parse_assignment
 from nanoseg.errors import NanosegError
+from nanoseg.units import UNIT_NM, check_pixel_size_nm
 
 logger = logging.getLogger("nanoseg.cli")
 
@@ -75,10 +76,9 @@ def reflow_help(app: typer.Typer) -> None:
 def parse_length_nm(text: str) -> float:
     """Parse ``'7.34nm'``, ``'0.5 um'``, ``'3.1e-9m'`` or a bare number (nm) into nm.
 
-    Units are those of :data:`nanoseg.io.UNIT_NM` (nm, um/µm/micron, m, mm, pm, A/Å, ...).
+    Units are those of :data:`nanoseg.units.UNIT_NM` (nm, um/µm/micron, m, mm, pm, A/Å, ...); the
+    length must be a plausible pixel size (:func:`nanoseg.units.check_pixel_size_nm`).
     """
-    from nanoseg.io import UNIT_NM  # here, not at the top: numpy stays out of `--help`
-
     match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([a-zA-Zµå]*)\s*", text)
     if not match:
         raise NanosegError(f"--pixel-size {text!r}: expected a number with a unit, e.g. 7.34nm")
@@ -90,10 +90,7 @@ def parse_length_nm(text: str) -> float:
     factor = 1.0 if unit == "" else UNIT_NM.get(unit)  # a bare number is in nm
     if factor is None:
         raise NanosegError(f"--pixel-size {text!r}: unknown unit '{unit}' (use nm, um or m)")
-    nm = value * factor
-    if not nm > 0 or nm != nm or nm == float("inf"):
-        raise NanosegError(f"--pixel-size {text!r}: must be a positive, finite length")
-    return nm
+    return check_pixel_size_nm(value * factor, f"--pixel-size {text!r}")
 
 
 def resolve_config(

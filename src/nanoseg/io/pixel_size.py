@@ -11,18 +11,7 @@ from typing import Any
 import numpy as np
 
 from nanoseg.io._common import _quiet, _say_once, logger
-
-#: Length units to nm: the one unit table (pixel-size metadata here, ``--pixel-size`` in the CLI).
-#: Keys are lower case, with the spellings ImageJ, OME and RosettaSciIO use.
-UNIT_NM: dict[str, float] = {
-    "m": 1e9, "meter": 1e9, "metre": 1e9,
-    "cm": 1e7, "centimeter": 1e7,
-    "mm": 1e6, "millimeter": 1e6,
-    "um": 1e3, "µm": 1e3, "μm": 1e3, "micron": 1e3, "microns": 1e3, "micrometer": 1e3, "\\u00b5m": 1e3,
-    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
-    "a": 0.1, "å": 0.1, "angstrom": 0.1, "ångström": 0.1,
-    "pm": 1e-3, "picometer": 1e-3,
-}
+from nanoseg.units import UNIT_NM
 
 
 def read_pixel_size_nm(path: str | Path) -> float | None:
