@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -24,11 +26,30 @@ from nanoseg.napari_plugin._writer import write_labels  # noqa: E402
 IMAGE_ID = "1908248"
 
 
-@pytest.fixture
-def display():
-    """Skips when no X display is there (pytest-xvfb found no Xvfb): Qt would abort the process."""
+def _qt_window_reason() -> str | None:
+    """Why Qt cannot open a window here, or None when it can.
+
+    Asked in a child process: without a display Qt aborts the whole process (pytest-qt's
+    session-wide QApplication would take the test worker down), so no test may try it in here.
+    pytest-xvfb has set DISPLAY by the time this module is collected, where Xvfb is installed.
+    """
     if not os.environ.get("DISPLAY"):
-        pytest.skip("no X display for napari's viewer: install Xvfb (Debian package xvfb) and pytest-xvfb")
+        return "no X display for napari's viewer: install Xvfb (Debian package xvfb); pytest-xvfb starts it"
+    probe = "from qtpy.QtWidgets import QApplication; QApplication([])"
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "Qt did not start a QApplication within 60 s"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"Qt cannot open a window on DISPLAY={os.environ['DISPLAY']}: {last}"
+    return None
+
+
+_NO_WINDOW = _qt_window_reason()
+# A marker, not a fixture: pytest-qt's session-scoped QApplication is made before any
+# function-scoped fixture could skip.
+needs_display = pytest.mark.skipif(_NO_WINDOW is not None, reason=_NO_WINDOW or "")
 
 
 def test_manifest_is_found_with_every_contribution():
@@ -96,7 +117,8 @@ def tiny_model(tmp_path_factory, shared_data):
                  pixel_size_nm=mg.pixel_size_nm)
 
 
-def test_segment_edit_remeasure_and_compare_with_the_cli(display, make_napari_viewer, qtbot, shared_data,
+@needs_display
+def test_segment_edit_remeasure_and_compare_with_the_cli(make_napari_viewer, qtbot, shared_data,
                                                          tiny_model, tmp_path, cli):
     from nanoseg.io import write_tiff
     from nanoseg.napari_plugin._widget import MeasureLabels, SegmentAndMeasure
@@ -159,7 +181,8 @@ def test_segment_edit_remeasure_and_compare_with_the_cli(display, make_napari_vi
     assert saved and get_reader(saved[0])(saved[0])[0][1]["scale"] == pytest.approx((7.34, 7.34), rel=1e-3)
 
 
-def test_measure_labels_says_what_is_missing(display, make_napari_viewer):
+@needs_display
+def test_measure_labels_says_what_is_missing(make_napari_viewer):
     from nanoseg.napari_plugin._widget import MeasureLabels, SegmentAndMeasure
 
     viewer = make_napari_viewer()
