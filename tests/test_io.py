@@ -234,9 +234,10 @@ def test_float32_kept_or_rescaled(tmp_path):
     np.testing.assert_allclose(image, (data - data.min()) / (data.max() - data.min()), atol=1e-5)
 
 
-def test_signed_integers_shifted():
-    data = np.array([[-32768, 0, 32767]], np.int16)
-    np.testing.assert_allclose(to_float01(data), [[0.0, 32768 / 65535, 1.0]], atol=1e-6)
+def test_signed_integers_scaled_by_their_range():
+    # Offset-corrected counts: over the dtype's 65536 levels they would be a flat gray.
+    data = np.linspace(-50, 950, 64 * 64).reshape(64, 64).astype(np.int16)
+    np.testing.assert_allclose(to_float01(data), (data + 50) / 1000.0, atol=1e-6)
 
 
 def test_rgb_and_rgba_to_gray(tmp_path):

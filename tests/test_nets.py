@@ -40,7 +40,7 @@ def test_multiresunet_block_widths_follow_alpha():
 def test_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
     net = nets.create("multiresunet", in_channels=1, out_channels=2, base_width=4, depth=2).eval()
-    path = nets.save(net, tmp_path / "m.pt", meta={"pixel_size_nm": 7.3})
+    path = nets.save(net, tmp_path / "m.pt", meta={"pixel_size_nm": 7.3}, kind="segmenter")
     loaded, meta = nets.load(path)
     x = torch.rand(1, 1, 20, 20)
     with torch.no_grad():

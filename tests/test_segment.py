@@ -303,7 +303,7 @@ def test_onnx_export_matches_torch(tmp_path, kind):
     torch.manual_seed(0)
     n_out = 3 if kind == "three_class" else 1
     net = nets.create("multiresunet", in_channels=1, out_channels=n_out, base_width=4, depth=2).eval()
-    model = nets.save(net, tmp_path / "m.pt", meta={"target": kind})
+    model = nets.save(net, tmp_path / "m.pt", meta={"target": kind}, kind="segmenter")
     onnx_path = export_onnx(model, tmp_path / "m.onnx")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     for shape in [(1, 1, 37, 53), (2, 1, 64, 40)]:

@@ -142,7 +142,7 @@ def test_cli_exports_a_binary_model_with_a_sample_crop(cli, tmp_path):
     torch.manual_seed(0)
     net = nets.create("multiresunet", in_channels=1, out_channels=1, base_width=4, depth=2).eval()
     model = nets.save(net, tmp_path / "m.pt", meta={"target": "binary", "pixel_size_nm": 2.0,
-                                                    "train_pairs": ["sem_001", "sem_002"]})
+                                                    "train_pairs": ["sem_001", "sem_002"]}, kind="segmenter")
     image = np.full((100, 90), 900, np.uint16)
     image[disk((40, 40), 15)] = 3000
     write_tiff(tmp_path / "sample.tif", image, pixel_size_nm=4.0)

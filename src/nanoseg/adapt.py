@@ -197,7 +197,7 @@ def run_stage(ctx: Any) -> None:
             rounds.append(json.loads(done.read_text()))
             model = round_dir / "model.pt"
             continue
-        net, meta = nets.load(model, ctx.device)
+        net, meta = nets.load(model, ctx.device, kind="segmenter")
         pseudo, shown_images, shown_targets, per_image = [], [], [], []
         for mg in micrographs:
             image, _ = to_model_scale(mg.image, mg.pixel_size_nm, meta)

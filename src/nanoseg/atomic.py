@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file beside the target, then rename.
 
-A process killed at any moment leaves either the old file or the new one, never half of one.
+A process killed at any moment leaves either the old file or the new one, never half of one;
+:func:`replacing` does the same for a set of files that belong together (a table and its
+summary, a report and its figures).
 """
 
 from __future__ import annotations
@@ -8,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,52 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextmanager
+def replacing(folder: str | Path, old: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Write a set of outputs that replaces an earlier set whole: all the new ones, or the old ones untouched.
+
+    Yields a new hidden folder inside ``folder`` to write the outputs into. When the block ends
+    without an exception, each entry written there is renamed into ``folder`` (replacing an entry
+    of that name), then the ``old`` paths the new entries did not replace are removed. An
+    exception (a full disk, an input found bad late) removes the new folder, and ``folder`` keeps
+    every earlier output as it was.
+
+    Parameters
+    ----------
+    folder : path
+        Where the outputs go; created if missing.
+    old : sequence of path
+        Earlier outputs (files or folders) this set replaces.
+
+    Yields
+    ------
+    Path
+        The folder to write the new outputs into.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Named like atomic_path's files, so that one a kill leaves behind is cleared as theirs are.
+    new = Path(tempfile.mkdtemp(prefix=".nanoseg-new.", suffix=".tmp", dir=folder))
+    try:
+        yield new
+        replaced = set()
+        for entry in sorted(new.iterdir()):
+            target = folder / entry.name
+            if entry.is_dir() and target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)  # a rename replaces an empty folder only
+            os.replace(entry, target)
+            replaced.add(entry.name)
+        for path in map(Path, old):
+            if path.name in replaced and path.parent.resolve() == folder.resolve():
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+
+
 # The names atomic_path creates: ".<stem>." + mkstemp's 8 random characters (lower-case letters,
 # digits, "_") + ".tmp<suffix>". Narrow on purpose: anything else in a folder is not ours to delete.
 _TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?")
@@ -48,6 +97,15 @@ _TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?")
 def is_temp_file(path: str | Path) -> bool:
     """True when ``path`` is named like a temporary file of :func:`atomic_path`."""
     return _TEMP_NAME.fullmatch(Path(path).name) is not None
+
+
+def user_path(path: str | Path) -> Path:
+    """``path`` without the temporary names of :func:`atomic_path` and :func:`replacing` in it.
+
+    What a user knows the path as: a temporary file stands for its folder, a file in the new
+    folder of :func:`replacing` for the file it becomes.
+    """
+    return Path(*(part for part in Path(path).parts if not is_temp_file(part)))
 
 
 def remove_temp_files(folder: str | Path) -> list[Path]:

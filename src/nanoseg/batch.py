@@ -11,9 +11,11 @@ predict`` (:mod:`nanoseg.segment.batch`). A batch
 3. returns the markers in input order, for the pooled results.
 
 A marker counts only when its key matches (the settings the task reads, the bytes of the
-models, the series' scale: :func:`settings_key`), the image file has the size and modification
-time it had, and the outputs it lists are there; a rerun or a batch resumed after a kill skips
-those images, so no image is done twice and none is lost.
+models, the series' scale: :func:`settings_key`), the image file has the size, modification
+time and content (SHA-256) it had, and the outputs it lists are there with the size and
+content they were written with. A rerun or a batch resumed after a kill skips those images,
+so no image is done twice and none is lost; an image whose input or outputs changed since
+(edited, truncated, replaced by another file of the same size) is done again, not trusted.
 
 Workers: none (default) runs the tasks here, one after another; ``workers=N`` starts a
 ``distributed.LocalCluster`` of N single-threaded processes, each with its share of the cores
@@ -93,10 +95,51 @@ def no_progress() -> Iterator[None]:
             os.environ["NANOSEG_NO_PROGRESS"] = before
 
 
-def source_stamp(path: str | Path) -> dict[str, int]:
-    """Size and modification time of an input file: a marker made from another file does not count."""
+def source_stamp(path: str | Path) -> dict[str, Any]:
+    """Size, modification time and content (SHA-256) of an input file, for its marker.
+
+    A marker made from another file does not count (:func:`read_marker`).
+
+    The content too: a micrograph replaced by another of the same size with its time restored
+    (``cp -p``, ``rsync -a``, ``tar``) is another input. Hashing the whole file costs little
+    beside processing it (1.5 s per GB on one core), and a partial hash would miss an edit in between.
+    """
     st = Path(path).stat()
-    return {"size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_digest(path)}
+
+
+def output_record(out_dir: Path, path: str | Path) -> dict[str, Any]:
+    """How a task's output file was written (path relative to ``out_dir``, size, SHA-256), for its marker."""
+    return {"path": Path(path).relative_to(out_dir).as_posix(), "size_bytes": Path(path).stat().st_size,
+            "sha256": file_digest(path)}
+
+
+def changed_output(out_dir: Path, outputs: Sequence[dict[str, Any]]) -> str | None:
+    """Why the outputs a marker records no longer hold (missing, other size, other content), or None.
+
+    Sizes of all first, so that a missing or truncated file is found without hashing the rest.
+    """
+    for rec in outputs:
+        path = out_dir / rec["path"]
+        if not path.is_file():
+            return f"{rec['path']} is missing"
+        if path.stat().st_size != rec["size_bytes"]:
+            return f"{rec['path']} changed since it was written ({rec['size_bytes']} -> {path.stat().st_size} bytes)"
+    for rec in outputs:
+        if file_digest(out_dir / rec["path"]) != rec["sha256"]:
+            return f"{rec['path']} changed since it was written (same size, other content)"
+    return None
+
+
+def text_name(name: str) -> str:
+    """A file name (or stem, or a message holding one) as text that every table, JSON file and report can hold.
+
+    The bytes of a file name that is not UTF-8 reach Python as lone surrogates
+    (:func:`os.fsdecode`), which no UTF-8 writer (Parquet, CSV, HTML) accepts; they become
+    ``\\xNN``, so that the name stays recognisable and distinct. Outputs on disk keep the
+    file's own name.
+    """
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def marker_path(out_dir: str | Path, stem: str) -> Path:
@@ -107,13 +150,14 @@ def finish(job: TaskJob, path: str, record: dict[str, Any], outputs: Sequence[Pa
     """Write the marker of a finished task (after its outputs) and return it.
 
     ``record`` is what the command needs later (counts, pixel size, seconds); ``outputs`` the
-    files the task wrote, which must all still be there for the marker to count.
+    files the task wrote, whose size and content are recorded: a marker counts only while they
+    are unchanged (:func:`read_marker`).
     """
     from nanoseg.atomic import write_json
 
     out = Path(job.out_dir)
     marker = {**record, "image": Path(path).stem, "path": str(path), "key": job.key, "source": source_stamp(path),
-              "outputs": [Path(p).relative_to(out).as_posix() for p in outputs]}
+              "outputs": [output_record(out, p) for p in outputs]}
     write_json(marker_path(out, Path(path).stem), marker)
     return marker
 
@@ -124,17 +168,28 @@ def failed(path: str, exc: NanosegError) -> dict[str, Any]:
 
 
 def read_marker(out_dir: str | Path, path: str | Path, key: str) -> dict[str, Any] | None:
-    """The marker of ``path``'s image when it still counts for ``key`` (see the module docstring), else None."""
+    """The marker of ``path``'s image when it still counts for ``key`` (see the module docstring), else None.
+
+    A marker of the same settings whose input or outputs changed is logged: the image is done
+    again rather than its outputs trusted.
+    """
     out_dir = Path(out_dir)
     try:
         marker = json.loads(marker_path(out_dir, Path(path).stem).read_text())
         if not isinstance(marker, dict) or marker.get("key") != key or marker.get("path") != str(path):
             return None
-        if marker.get("source") != source_stamp(path):
+        source, st = marker.get("source"), Path(path).stat()
+        # Size and time first: a changed file is found without reading it.
+        if not isinstance(source, dict) or [source.get("size_bytes"), source.get("mtime_ns")] \
+                != [st.st_size, st.st_mtime_ns] or source != source_stamp(path):
+            logger.info("%s: changed since it was done; doing it again", path)
             return None
-        if not all((out_dir / rel).is_file() for rel in marker.get("outputs", [None])):
-            return None
-    except (OSError, ValueError, TypeError):
+        why = changed_output(out_dir, marker["outputs"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        # No marker, or one unreadable or hand-edited (or from a version that recorded less).
+        return None
+    if why is not None:
+        logger.warning("%s: output %s; doing the image again", path, why)
         return None
     return marker
 
@@ -179,7 +234,7 @@ def dask_client(workers: int | None, scheduler: str | None) -> Iterator[Any]:
     if scheduler is not None:
         try:
             client = Client(scheduler, timeout="20s")
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: an address dask cannot parse
             raise NanosegError(f"--scheduler {scheduler}: cannot connect ({exc}); start the scheduler "
                                "(`dask scheduler`) and its workers, or use --workers N for this machine") from exc
         with client:
@@ -241,7 +296,8 @@ def usable(result: dict[str, Any], failures: list[dict[str, str]], strict: bool)
     if strict:
         raise NanosegError(f"{result['path']}: {result['error']}")
     logger.warning("%s: left out: %s", result["path"], result["error"])
-    failures.append({"image": result["path"], "error": result["error"]})
+    # Text: the list goes into summaries and reports, which cannot hold a file name that is not UTF-8.
+    failures.append({"image": text_name(result["path"]), "error": text_name(result["error"])})
     return False
 
 
@@ -316,7 +372,7 @@ def run_batch(
                            "stem, so rename one or process the folders separately")
     if workers is not None and workers < 1:
         raise NanosegError(f"--workers {workers}: give 1 or more worker processes")
-    order = {p: i for i, p in enumerate(paths)}
+    order = {name: i for i, p in enumerate(paths) for name in {p, text_name(p)}}
     failures: list[dict[str, str]] = []
     with dask_client(workers, scheduler) as client:
         stats = [r for r in run_tasks(_scan, paths, config.data, client=client, desc="read", stop_at_error=strict)
@@ -347,6 +403,6 @@ def run_batch(
             logger.info("%d micrograph(s) in %.1f s", len(todo), time.perf_counter() - t0)
     if not done:
         raise nothing_usable(failures)
-    failures.sort(key=lambda f: order.get(f["image"], 0))
+    failures.sort(key=lambda f: order.get(f["image"], 0))  # keyed by text_name, as usable records them
     return BatchResult(markers=[done[p] for p in readable if p in done], failures=failures,
                        skipped=len(readable) - len(todo))

@@ -7,7 +7,8 @@ A run is described by :class:`Config`, loaded from YAML on top of a named profil
 - ``quick``: sized for a laptop CPU, trains everything in under an hour.
 - ``paper``: the published defaults of Rühle et al. (2021), meant for a GPU.
 
-Unknown keys, wrong types and NaN/inf values are rejected with one line that names the key.
+Unknown keys, wrong types (true/false for a number too), NaN/inf values and duplicate YAML keys
+are rejected with one line that names the key.
 This module imports no torch so that the CLI can parse and validate before any heavy import.
 """
 
@@ -18,18 +19,48 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from nanoseg.errors import NanosegError
+from nanoseg.units import check_pixel_size_nm
 
 PROFILES = ("demo", "quick", "paper")
 
 
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The plain types a field annotation admits (``int | Literal['auto']`` -> ``{int, str}``)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _leaf_types(args[0])
+    if origin is Literal:
+        return {type(arg) for arg in args}
+    if args:  # a union, tuple or list: what its members admit
+        return set().union(*(_leaf_types(arg) for arg in args))
+    return {annotation}
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(item) for item in value)
+    return isinstance(value, bool)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1 and false as 0: `steps: true` would train 1 step.
+        if _holds_bool(value) and info.field_name is not None:
+            leaves = _leaf_types(cls.model_fields[info.field_name].annotation)
+            if bool not in leaves and leaves & {int, float}:
+                raise PydanticCustomError("bool_not_number", "Input should be a number, not true/false")
+        return value
 
 
 class DataConfig(_Section):
@@ -54,12 +85,24 @@ class DataConfig(_Section):
     dark_particles: bool = Field(
         False, description="Particles darker than the background (TEM/TSEM bright-field images)."
     )
+    # From an atom to a millimetre: outside it a unit slip, and the size in px can overflow.
     expected_size_nm: float | None = Field(
         None,
-        gt=0,
-        description="Expected equivalent circular diameter of a particle in nm; used as the size prior "
+        ge=0.1,
+        le=1e6,
+        description="Expected equivalent circular diameter of a particle in nm (0.1 to 1e6); used as the size prior "
         "when masks.size_prior is 'expected'.",
     )
+
+    @field_validator("pixel_size_nm")
+    @classmethod
+    def _plausible_pixel_size(cls, value: float | None) -> float | None:
+        if value is None:
+            return None
+        try:
+            return check_pixel_size_nm(value, "data.pixel_size_nm")
+        except NanosegError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class ShapesConfig(_Section):
@@ -206,23 +249,38 @@ class SegmentConfig(_Section):
     inference_tile_px: int = Field(
         1024, ge=64, description="Images with a side larger than this are segmented in overlapping, smoothly blended tiles."
     )
-    tile_overlap_px: int = Field(64, ge=0, description="Overlap of neighbouring inference tiles in px.")
+    tile_overlap_px: int = Field(64, ge=0, description="Overlap of neighbouring inference tiles in px; at most half of "
+                                 "inference_tile_px.")
     block_px: int = Field(
         1984, ge=256, description="Images with a side larger than this are segmented in pieces of this side, "
         "block_margin_px of which on each side is context, and the particles joined: memory stays bounded whatever "
         "the image size. The default spans two 1024 px inference tiles.")
     block_margin_px: int = Field(
         128, ge=0, description="Context around each piece's core, in px; must exceed the largest particle's extent, so "
-        "that every particle lies whole in the piece its centre falls in (a warning says when one did not).")
+        "that every particle lies whole in the piece its centre falls in (a warning says when one did not); at most a "
+        "quarter of block_px.")
     tta: bool = Field(False, description="Test-time augmentation: average the probabilities over the 8 flips and "
                       "90-degree rotations of each image (8x the inference time). On in the quick and paper profiles.")
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
 
+    # Both pairs set a step: tiles advance by inference_tile_px - tile_overlap_px, pieces by their core,
+    # block_px - 2 * block_margin_px. Near zero the step makes millions of tiles or pieces (a run that
+    # never ends), so each step must keep at least half its tile or piece.
+    @model_validator(mode="after")
+    def _tiles_advance(self) -> SegmentConfig:
+        if 2 * self.tile_overlap_px > self.inference_tile_px:
+            raise ValueError(f"segment.tile_overlap_px {self.tile_overlap_px} is more than half of "
+                             f"segment.inference_tile_px {self.inference_tile_px}, so tiles would advance by "
+                             f"{max(1, self.inference_tile_px - self.tile_overlap_px)} px: lower tile_overlap_px to "
+                             f"{self.inference_tile_px // 2} or raise inference_tile_px to {2 * self.tile_overlap_px}")
+        return self
+
     @model_validator(mode="after")
     def _block_has_a_core(self) -> SegmentConfig:
-        if self.block_px <= 2 * self.block_margin_px:
-            raise ValueError(f"segment.block_px {self.block_px} leaves no core inside two block_margin_px "
-                             f"{self.block_margin_px} margins: make it larger than {2 * self.block_margin_px}")
+        if 4 * self.block_margin_px > self.block_px:
+            raise ValueError(f"segment.block_px {self.block_px} leaves no core of at least half its side inside two "
+                             f"segment.block_margin_px {self.block_margin_px} margins: raise block_px to "
+                             f"{4 * self.block_margin_px} or lower block_margin_px to {self.block_px // 4}")
         return self
 
 
@@ -469,10 +527,17 @@ def _config_key(loc: tuple[Any, ...]) -> str:
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     unknown: list[str] = []
     bad: dict[str, tuple[list[str], Any]] = {}
+    checks: list[str] = []
     for err in exc.errors():
         key = _config_key(err["loc"])
         if err["type"] == "extra_forbidden":
             unknown.append(key)
+        elif err["type"] == "value_error":
+            # This module's validators: their messages name the keys (often two) and the fix.
+            checks.append(f"{source}: {err['ctx']['error']}")
+        elif err["type"] == "model_type":
+            checks.append(f"{source}: {key} is a section; set one of its keys (`nanoseg config docs` lists them), "
+                          f"not {err.get('input')!r}")
         else:
             bad.setdefault(key, ([], err.get("input")))[0].append(err["msg"])
     lines = [f"{source}: unknown key '{key}' (see `nanoseg config docs` for valid keys)" for key in unknown]
@@ -480,7 +545,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         # A union setting fails once per type it allows: one phrase for all of them.
         text = ", or ".join([messages[0]] + [m.removeprefix("Input ") for m in messages[1:]])
         lines.append(f"{source}: bad value for '{key}': {text} (got {value!r})")
-    return "; ".join(lines)
+    return "; ".join(lines + checks)
 
 
 def _reject_nonfinite(tree: Any, source: str, prefix: str = "") -> None:
@@ -525,6 +590,46 @@ def build_config(values: dict[str, Any] | None = None, profile: str | None = Non
         raise NanosegError(_format_validation_error(exc, source)) from None
 
 
+def segment_settings(values: dict[str, Any], source: str) -> SegmentConfig:
+    """The segment settings saved in a model, validated: one clear error naming ``source`` (the model
+    file) when they break today's rules, e.g. a model saved by an older nanoseg."""
+    try:
+        return SegmentConfig.model_validate(values)
+    except ValidationError as exc:
+        raise NanosegError(_format_validation_error(exc, f"{source}: saved segment settings")) from None
+
+
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A YAML mapping names one key twice (where the second one is, in ``problem_mark``)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, second: yaml.Mark) -> None:
+        super().__init__(problem=f"duplicate key {key!r}", problem_mark=second)
+        self.key, self.first_line, self.second_line = key, first.line + 1, second.line + 1
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping, where PyYAML keeps the last silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys are meant to be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader says what is wrong with it
+                continue
+            if first is not key_node.start_mark:
+                raise DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML config text safely, refusing duplicate keys (:class:`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config(path: str | Path | None = None, profile: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Load a YAML config file (optional) on top of a profile, then apply ``overrides``."""
     values: dict[str, Any] = {}
@@ -535,7 +640,12 @@ def load_config(path: str | Path | None = None, profile: str | None = None, over
         if not path.is_file():
             raise NanosegError(f"{path}: config file not found (create one with `nanoseg config init > {path.name}`)")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = load_yaml(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise NanosegError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        except DuplicateKeyError as exc:
+            raise NanosegError(f"{path}: key '{exc.key}' appears twice in one section (lines {exc.first_line} and "
+                               f"{exc.second_line}); keep one of them") from None
         except yaml.YAMLError as exc:
             raise NanosegError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(loaded, dict):
@@ -553,10 +663,18 @@ def parse_assignment(text: str) -> dict[str, Any]:
     if "=" not in text or not all(parts):
         raise NanosegError(f"--set {text!r}: expected KEY=VALUE, e.g. --set segment.steps=500")
     try:
-        value = yaml.safe_load(raw) if raw else None
+        value = load_yaml(raw) if raw else None
+    except DuplicateKeyError as exc:
+        raise NanosegError(f"--set {text!r}: key '{exc.key}' appears twice in the value; keep one of them") from None
     except yaml.YAMLError as exc:
         raise NanosegError(f"--set {text!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); "
                            "write it as YAML, e.g. --set masks.particles_per_tile=[80,120]") from None
+    field = Config.model_fields.get(parts[0])
+    section = field.annotation if field is not None and len(parts) == 1 else None
+    if isinstance(section, type) and issubclass(section, BaseModel) and not isinstance(value, dict):
+        example = next(iter(section.model_fields))
+        raise NanosegError(f"--set {text!r}: {parts[0]} is a section; set one of its keys, e.g. "
+                           f"--set {parts[0]}.{example}=VALUE (`nanoseg config docs` lists them)")
     out: dict[str, Any] = {}
     node = out
     for part in parts[:-1]:

@@ -44,6 +44,8 @@ logger = logging.getLogger("nanoseg.evaluate")
 Protocol = Literal["paper", "strict"]
 PROTOCOLS: tuple[str, ...] = ("paper", "strict")
 PREDICTION_SUFFIXES = (".tif", ".tiff", ".png", ".npz", ".bmp")
+#: Not read as predictions or ground truth: JPEG compression changes mask and label values at every edge.
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
 #: Name endings removed before pairing files (``1908248_m.tif`` pairs with ``1908248.tif``).
 _GT_ENDINGS = ("_m", "_mask", "_gt", "_labels")
 _PRED_ENDINGS = ("_prob", "_probability", "_pred", "_labels", "_binary", "_mask", "_m")
@@ -180,6 +182,9 @@ def _listing(folder: Path, endings: Sequence[str], what: str) -> dict[str, Path]
         raise NanosegError(f"{folder}: no such {what} folder")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in LOSSY_SUFFIXES:
+            logger.warning("%s: JPEG is not read as a %s (compression changes mask and label values); "
+                           "save it as TIFF or PNG", path, what)
         if path.is_file() and path.suffix.lower() in PREDICTION_SUFFIXES and not path.name.startswith("."):
             stem = _normal_stem(path.stem, endings)
             if stem in found:
@@ -209,6 +214,11 @@ def pair_files(pred_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path
     gts = _listing(gt_dir, _GT_ENDINGS, "ground-truth")
     stems = sorted(set(preds) & set(gts))
     if not stems:
+        lossy = [p for folder in (pred_dir, gt_dir) for p in sorted(folder.iterdir())
+                 if p.suffix.lower() in LOSSY_SUFFIXES]
+        if lossy:  # the stems may well match: the files are just not read
+            raise NanosegError(f"{lossy[0]}: JPEG files are not read as predictions or ground truth (compression "
+                               "changes mask and label values at every edge); save them as TIFF or PNG")
         raise NanosegError(
             f"{pred_dir} and {gt_dir}: no file names pair up (e.g. prediction 1908248.tif with ground truth "
             "1908248_m.tif); rename the files so their stems match"

@@ -263,6 +263,27 @@ def add_nm_columns(df: pd.DataFrame, pixel_size_nm: float | Sequence[float] | pd
     return df
 
 
+def to_other_grid(df: pd.DataFrame, measured_shape: tuple[int, int], shape: tuple[int, int]) -> pd.DataFrame:
+    """A particle table measured on an image of ``measured_shape``, in the pixels of the same field
+    sampled as ``shape``: lengths and areas scaled, centroids mapped pixel centre to pixel centre,
+    ``pixel_size_nm`` (when present) scaled so that the calibrated columns stay as they are."""
+    df = df.copy()
+    fy, fx = shape[0] / measured_shape[0], shape[1] / measured_shape[1]
+    f = float(np.sqrt(fy * fx))
+    for stem, power in LENGTH_DESCRIPTORS.items():
+        column = f"{stem}_px"
+        if stem == "centroid_row":
+            df[column] = (df[column] + 0.5) * fy - 0.5
+        elif stem == "centroid_col":
+            df[column] = (df[column] + 0.5) * fx - 0.5
+        else:
+            df[column] = df[column] * f**power
+    if "pixel_size_nm" in df:
+        df["pixel_size_nm"] = df["pixel_size_nm"] / f
+        df = add_nm_columns(df, df["pixel_size_nm"].to_numpy())
+    return df
+
+
 # --------------------------------------------------------------------------------------------
 # Sets of images
 # --------------------------------------------------------------------------------------------
@@ -282,6 +303,12 @@ def label_items(micrographs: Sequence[Any], labels_dir: str | Path, fix: str) ->
     -------
     list of (stem, labels, micrograph image, pixel size in nm or None)
         The items :func:`measure_images` and :func:`nanoseg.classify.classify_images` take.
+
+    Raises
+    ------
+    NanosegError
+        For a missing label image, one of another shape than its micrograph, or one that looks
+        like a binary mask or a micrograph (:func:`nanoseg.io.read_labels` with ``strict``).
     """
     from nanoseg.io import read_labels
 
@@ -293,7 +320,7 @@ def label_items(micrographs: Sequence[Any], labels_dir: str | Path, fix: str) ->
                      if (labels_dir / f"{stem}{suffix}").is_file()), None)
         if path is None:
             raise NanosegError(f"{labels_dir / (stem + '.tif')}: no label image for micrograph {mg.path} ({fix})")
-        lab = read_labels(path)
+        lab = read_labels(path, strict=True)
         if lab.shape != mg.image.shape:
             raise NanosegError(f"{path}: labels shape {lab.shape} differs from the cropped micrograph {mg.path} "
                                f"{mg.image.shape} ({fix})")

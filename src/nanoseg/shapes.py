@@ -693,7 +693,8 @@ def build_library(
 
         generator, losses = train_wgan(outlines, cfg, out_dir, device=device, seed=seed)
         nets.save(generator, out_dir / "generator.pt", meta={"threshold": 0.0, "steps": cfg.steps,
-                                                             "n_outlines": int(len(outlines))})
+                                                             "n_outlines": int(len(outlines))},
+                  kind="shape-generator")
         # Specks far below any outline's size are failed samples, not small particles.
         min_area = max(MIN_SHAPE_PX, int(0.1 * outline_summary["median_area_px"]))
         sigma = cfg.smooth_sigma_px

@@ -109,13 +109,13 @@ def run_stage(ctx: Any) -> None:
     net = None
     model_path = ctx.out_dir / "model.pt"
     if cfg.method == "network" and model_path.is_file():  # an interrupted attempt finished training
-        net, meta = nets.load(model_path, ctx.device)
+        net, meta = nets.load(model_path, ctx.device, kind="classifier")
         cfg = resolve_threshold(cfg, meta)
     elif cfg.method == "network":
         samples = load_pair_samples(ctx.stage_dir("pairs"))
         ckpt = ctx.out_dir / CHECKPOINT_NAME
         net, meta = fit_classifier(samples, cfg, device=ctx.device, checkpoint=ckpt, seed=ctx.config.seed)
-        nets.save(net, model_path, meta={"task": "classify", "trained_on": "pairs", **meta})
+        nets.save(net, model_path, meta={"task": "classify", "trained_on": "pairs", **meta}, kind="classifier")
         ckpt.unlink(missing_ok=True)
         cfg = resolve_threshold(cfg, meta)
         ctx.log.info("classify: trained %d steps on %d pairs, final loss %.4f, score threshold %.3f", meta["steps"],

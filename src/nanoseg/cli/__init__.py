@@ -6,6 +6,7 @@ Commands parse and validate before importing torch, so ``--help`` is instant.
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -38,6 +39,9 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 @app.callback()
 def _global(
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
@@ -46,6 +50,8 @@ def _global(
 ) -> None:
     from nanoseg.runtime import setup_logging
 
+    if log_level.upper() not in LOG_LEVELS:
+        raise NanosegError(f"--log-level {log_level!r}: not a log level; use one of {', '.join(LOG_LEVELS)}")
     setup_logging(log_level)
 
 
@@ -96,7 +102,8 @@ def run(
     from nanoseg.pipeline import run_pipeline
 
     failures: list[dict[str, str]] | None = None if strict else []
-    run_pipeline(cfg, out, from_stage=from_stage, to_stage=to_stage, force=force, failures=failures)
+    with common.out_lock(out):
+        run_pipeline(cfg, out, from_stage=from_stage, to_stage=to_stage, force=force, failures=failures)
     typer.echo(f"results: {out / 'measure'}")
     if failures:
         common.report_failures(failures, len(list_images(cfg.data.images)))
@@ -160,9 +167,12 @@ def config_init(
 
 
 @config_app.command("check")
-def config_check(path: Path = typer.Argument(..., help="YAML config file.")) -> None:
-    """Validate a config file and the data paths it names; prints the resolved config."""
-    cfg = common.resolve_config(path)
+def config_check(
+    path: Path = typer.Argument(..., help="YAML config file."),
+    sets: Optional[list[str]] = common.SetOpt,
+) -> None:
+    """Validate a config file (with any --set on top) and the data paths it names; prints the resolved config."""
+    cfg = common.resolve_config(path, sets=sets)
     # A wrong path is the commonest config error, and a run would only find it at its start.
     for key in ("images", "outlines"):
         value = getattr(cfg.data, key)
@@ -209,18 +219,34 @@ def os_error_line(exc: OSError) -> str:
     here is mostly a write: a folder without permission, a file where a folder should be, a
     full disk.
     """
-    from nanoseg.atomic import is_temp_file
+    from nanoseg.atomic import user_path
 
     path = exc.filename if exc.filename is not None else "an output file"
-    if exc.filename is not None and is_temp_file(exc.filename):
-        path = Path(exc.filename).parent  # the hidden name of an atomic write means nothing to the user
+    if exc.filename is not None and user_path(exc.filename) != Path(exc.filename):
+        # The hidden name of an atomic write means nothing to the user: name the file it was to
+        # replace (a rename's second name), else the path without the hidden names.
+        path = exc.filename2 if exc.filename2 is not None else user_path(exc.filename)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full while writing {path}; free space or choose another --out"
     if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
         return f"{path}: permission denied; choose another --out (or make the folder writable)"
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a folder where a file is needed; give a file name as --out"
     if isinstance(exc, (NotADirectoryError, FileExistsError)):
         return f"{path} is a file where a folder is needed; give a folder as --out"
     return f"{path}: {exc.strerror or exc}"
+
+
+#: The exception classes of the click that typer runs on: click itself, or (typer >= 0.20) its own copy.
+click_errors = importlib.import_module(typer.BadParameter.__module__)
+
+
+def usage_error_line(exc: Exception) -> str:
+    """One line for a command-line usage error (a bad option value, an unknown option), with the
+    command whose ``--help`` lists the options."""
+    text = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    return f"{text} (see `{ctx.command_path} --help`)" if ctx is not None else text
 
 
 def main() -> None:
@@ -228,8 +254,23 @@ def main() -> None:
 
     Status 1 is a batch that finished without some of its images (listed); 130 an interrupt.
     """
+    # Not click's standalone mode: it prints a usage error as a framed box of usage and hints
+    # instead of the one `error:` line every other bad input gets.
+    no_args_help = getattr(click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
     try:
-        app()  # standalone mode: usage errors and --help exit through SystemExit
+        code = app(standalone_mode=False)  # --help and typer.Exit return their exit status
+        sys.exit(code if isinstance(code, int) else 0)
+    except no_args_help as exc:
+        # Bare `nanoseg` or `nanoseg config`: the help (already printed where rich formats it), status 2.
+        if exc.format_message():
+            print(exc.format_message(), file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        print(f"error: {usage_error_line(exc)}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, click_errors.UsageError) else exc.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         sys.exit(130)

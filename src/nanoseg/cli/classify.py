@@ -67,7 +67,7 @@ def train(
     typer.echo(f"{len(samples)} training images from {source}")
     ckpt = out.with_name(out.name + ".ckpt")
     net, meta = fit_classifier(samples, cfg.classify, device=dev, checkpoint=ckpt, seed=cfg.seed)
-    nets.save(net, out, meta={"task": "classify", "trained_on": source, **meta})
+    nets.save(net, out, meta={"task": "classify", "trained_on": source, **meta}, kind="classifier")
     ckpt.unlink(missing_ok=True)
     typer.echo(f"model: {out} ({meta['steps']} steps, final loss {meta['final_loss']:.4f}, "
                f"score threshold {meta['score_threshold']:.3f})")
@@ -101,17 +101,16 @@ def predict(
 
       nanoseg classify predict img.tif --labels labels/ --set classify.min_area_px=30 --out decisions.csv
     """
+    common.check_out_csv(out)
     cfg = common.resolve_config(config, profile, sets, None, device, pixel_size)
     dev = common.prepare_torch(cfg)
     from nanoseg.classify import classify_images, write_decisions
-    from nanoseg.io import list_images, read_labels, read_micrographs
+    from nanoseg.io import list_images, read_micrographs
+    from nanoseg.particles import label_items
 
-    items = []
-    for mg in read_micrographs([p for item in images for p in list_images(item)], cfg.data):
-        label_path = labels / f"{Path(mg.path).stem}.tif"
-        if not label_path.is_file():
-            raise NanosegError(f"{label_path}: no label image for {mg.path}")
-        items.append((Path(mg.path).stem, read_labels(label_path), mg.image, mg.pixel_size_nm))
+    micrographs = read_micrographs([p for item in images for p in list_images(item)], cfg.data)
+    items = label_items(micrographs, labels, fix="give the --labels folder `nanoseg segment predict` wrote for "
+                        "these micrographs")
     from nanoseg.measure import load_classifier
 
     net, cls_cfg, _, _ = load_classifier(classifier, cfg.classify, dev)

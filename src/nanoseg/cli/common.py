@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import re
-import shutil
-from collections.abc import Sequence
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,13 +42,24 @@ SchedulerOpt = typer.Option(None, "--scheduler", help="Address of a running Dask
                             "tcp://10.0.0.5:8786) whose workers see the same files; instead of --workers.")
 
 
+#: A Dask scheduler address: ``[protocol://]host[:port]``, the host a name, an IPv4 or a bracketed IPv6 address.
+SCHEDULER_ADDRESS = re.compile(r"([a-z][a-z0-9+.-]*://)?([\w.-]+|\[[0-9a-f:.]+\])(:\d{1,5})?", re.IGNORECASE)
+
+
 def check_workers(workers: int | None, scheduler: str | None) -> None:
-    """--workers and --scheduler exclude each other."""
+    """--workers and --scheduler exclude each other, and --scheduler must be an address.
+
+    Dask would take a malformed address apart only when connecting, with a traceback.
+    """
     if workers is not None and scheduler is not None:
         raise NanosegError("--workers and --scheduler: give one of them (a new local cluster, or an existing one)")
+    if scheduler is not None and not SCHEDULER_ADDRESS.fullmatch(scheduler.strip()):
+        raise NanosegError(f"--scheduler {scheduler!r}: not a scheduler address; give one like tcp://10.0.0.5:8786")
 
 #: Written into an output folder by the command that owns it; a rerun clears only a folder marked so.
 OUT_MARKER = ".nanoseg-outputs.json"
+#: Held in an output folder by the process writing into it (:func:`out_lock`).
+OUT_LOCK = ".nanoseg-lock.json"
 
 
 def reflow(doc: str) -> str:
@@ -169,6 +182,25 @@ def expand_images(items: Sequence[Path]) -> list[Path]:
     return paths
 
 
+def check_out_csv(out: Path, name: str = "--out", beside: str = "") -> None:
+    """Stop before any work unless ``out`` names a CSV file that can be written.
+
+    ``beside`` says what else is written next to it, for the message. A folder given where the
+    file belongs would otherwise fail only at the write, under the temporary file's name.
+
+    Raises
+    ------
+    NanosegError
+        If ``out`` is a folder or not named ``*.csv``, or its folder cannot be written
+        (:func:`check_out_folder`).
+    """
+    if out.is_dir():
+        raise NanosegError(f"{name} {out} is a folder; give a .csv file name, e.g. {out / 'results.csv'}")
+    if out.suffix.lower() != ".csv":
+        raise NanosegError(f"{name} {out}: give a .csv file name{beside}")
+    check_out_folder(out.parent, name)
+
+
 def check_out_folder(out: Path, name: str = "--out") -> None:
     """Stop before any work when ``out`` cannot be a folder this process writes into.
 
@@ -188,6 +220,87 @@ def check_out_folder(out: Path, name: str = "--out") -> None:
         raise NanosegError(f"{name} {out}: {existing} is a file; give a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise NanosegError(f"{name} {out}: permission denied in {existing}; choose another {name}")
+
+
+@contextmanager
+def out_lock(out: Path, name: str = "--out") -> Iterator[None]:
+    """Hold the output folder ``out`` for this process while the block writes into it.
+
+    Two commands writing into one folder mix their results, so the second is refused. The lock
+    is a file :data:`OUT_LOCK` in ``out`` with the holder's pid, host and start time; one left by
+    a process that is gone (a kill, a crash; same host, no such pid) is taken over with a
+    warning. It is removed when the block ends, however it ends, and so are the folders made
+    only to hold it when nothing else was written into them.
+
+    Parameters
+    ----------
+    out : Path
+        The output folder (created if missing).
+    name : str
+        How the error names the folder: the option or argument the user gave it as.
+
+    Raises
+    ------
+    NanosegError
+        If another nanoseg process holds ``out`` (or ``out`` cannot be a folder, see
+        :func:`check_out_folder`).
+    """
+    check_out_folder(out, name)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / OUT_LOCK
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        _take_lock(lock, mine, out, name)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: outputs were written
+                break
+
+
+def _take_lock(lock: Path, mine: dict[str, Any], out: Path, name: str) -> None:
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+                pid, host, since = int(holder["pid"]), str(holder["host"]), str(holder["since"])
+            except (OSError, ValueError, KeyError, TypeError):
+                # Unreadable: being written by its holder this very moment, or damaged.
+                raise NanosegError(f"{name} {out} is in use by another nanoseg ({lock}); wait for it or choose "
+                                   f"another {name} (if no nanoseg writes there, delete {lock})") from None
+            if host != mine["host"] or _pid_alive(pid):
+                other = "" if host == mine["host"] else f" (if it no longer runs there, delete {lock})"
+                raise NanosegError(f"{name} {out} is in use by nanoseg pid {pid} on {host} since {since}; "
+                                   f"wait for it or choose another {name}{other}")
+            logger.warning("%s %s: taking over the lock of nanoseg pid %d (since %s), which no longer runs",
+                           name, out, pid, since)
+            # Two commands started in the same instant on the same stale lock could both pass here;
+            # the O_EXCL create above is what keeps every other case to one holder.
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(mine, fh)
+        return
+    raise NanosegError(f"{name} {out} is in use by another nanoseg that has just started; "
+                       f"wait for it or choose another {name}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: checks the process exists, sends nothing
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def outputs_to_replace(out: Path, command: str, owned: Sequence[str], inputs: Sequence[Path] = ()) -> list[Path]:
@@ -211,10 +324,10 @@ def outputs_to_replace(out: Path, command: str, owned: Sequence[str], inputs: Se
     Returns
     -------
     list of Path
-        The entries to remove (by :func:`replace_outputs`) once the inputs have been read.
+        The entries to remove once the new outputs are complete (:func:`nanoseg.atomic.replacing`).
     """
     check_out_folder(out)
-    entries = sorted(out.iterdir()) if out.is_dir() else []
+    entries = sorted(e for e in out.iterdir() if e.name != OUT_LOCK) if out.is_dir() else []
     if not entries:
         return []
     try:
@@ -236,20 +349,17 @@ def outputs_to_replace(out: Path, command: str, owned: Sequence[str], inputs: Se
     return stale
 
 
-def replace_outputs(out: Path, command: str, stale: Sequence[Path]) -> None:
-    """Remove an earlier run's outputs (from :func:`outputs_to_replace`) and mark ``out`` as ``command``'s.
+def claim_outputs(out: Path, command: str, stale: Sequence[Path] = ()) -> None:
+    """Mark ``out`` as ``command``'s (:data:`OUT_MARKER`), so that a rerun may replace its outputs.
 
     Call it just before the first write, once the inputs are read: a command stopped by its
-    inputs then leaves the earlier outputs as they were.
+    inputs then leaves the folder as it was. The earlier outputs ``stale`` (from
+    :func:`outputs_to_replace`) are removed only once the new ones are complete
+    (:func:`nanoseg.atomic.replacing`); they are named here, before the work.
     """
-    for path in stale:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
     if stale:
-        logger.info("removed %d output(s) of an earlier `nanoseg %s` from %s (%s)", len(stale), command, out,
-                    ", ".join(p.name for p in stale))
+        logger.info("%d output(s) of an earlier `nanoseg %s` in %s (%s) are removed or replaced once the new "
+                    "ones are complete", len(stale), command, out, ", ".join(p.name for p in stale))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / OUT_MARKER, {"command": command})
 

@@ -58,7 +58,7 @@ def command(
     """
     import math
 
-    from nanoseg.atomic import atomic_path, write_json
+    from nanoseg.atomic import replacing, write_json
     from nanoseg.errors import NanosegError
     from nanoseg.evaluate import (PROTOCOLS, compare_sizes, evaluate_predictions, load_pairs, load_score_maps,
                                   summary_row)
@@ -67,8 +67,7 @@ def command(
         raise NanosegError(f"--protocol {protocol!r}: choose 'paper' or 'strict'")
     pixel_size_nm = common.parse_length_nm(pixel_size) if pixel_size is not None else None
     out = out or Path(f"evaluation_{protocol}.csv")
-    if out.suffix.lower() != ".csv":
-        raise NanosegError(f"--out {out}: give a .csv file name (the .json is written beside it)")
+    common.check_out_csv(out, beside=" (the .json is written beside it)")
 
     if scores is not None and protocol != "strict":
         raise NanosegError("--scores: only the strict protocol uses probability maps beside label images; "
@@ -79,19 +78,19 @@ def command(
     df = evaluate_predictions(predictions, ground_truths, protocol, threshold=threshold,
                               watershed_binary=watershed_binary, score_maps=score_maps, instances_out=instances)
     mean = summary_row(df)
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
     report = {"protocol": protocol, "threshold": df.attrs.get("threshold"),
               "thresholds_per_metric": df.attrs.get("thresholds"), "pred_dir": str(pred_dir),
               "gt_dir": str(gt_dir), "mean": mean, "images": df.to_dict(orient="records")}
     size_table = None
-    if sizes:
-        stem = out.with_suffix("")
-        size_table = compare_sizes(instances, pixel_size_nm, plot_stem=f"{stem}_hist")
-        with atomic_path(f"{stem}_sizes.csv") as tmp:
-            size_table.to_csv(tmp, index=False)
-        report["sizes"] = size_table.to_dict(orient="records")
-    write_json(out.with_suffix(".json"), _finite(report))
+    # The table, its JSON and the size files are one result: all of them replace an earlier one, or none.
+    with replacing(out.parent) as new:
+        df.to_csv(new / out.name, index=False)
+        if sizes:
+            stem = new / out.stem
+            size_table = compare_sizes(instances, pixel_size_nm, plot_stem=f"{stem}_hist")
+            size_table.to_csv(f"{stem}_sizes.csv", index=False)
+            report["sizes"] = size_table.to_dict(orient="records")
+        write_json(new / out.with_suffix(".json").name, _finite(report))
 
     _print_table(df, mean, _SHOWN[protocol], f"{protocol} protocol, threshold {df.attrs.get('threshold'):.2g}"
                  if not math.isnan(df.attrs.get("threshold", math.nan)) else f"{protocol} protocol")

@@ -73,22 +73,25 @@ def command(
     paths = common.expand_images(images)
     inputs = [p for p in (*paths, labels, compare, model, classifier) if p is not None]
     common.check_workers(workers, scheduler)
-    stale = [p for p in common.outputs_to_replace(out, "measure", OWNED, inputs) if p.name not in RESUMABLE]
-    # Per-image folders this call does not write are not left from another call either.
-    unwritten = [out / "segment"] if labels is not None else [] if probabilities else [out / "segment" / "probabilities"]
-    stale += [p for p in unwritten if p.is_dir()]
-    if model is not None and labels is None:
-        cfg = common.resolve_model_config(model, config, profile, sets, device, pixel_size)
-    else:
-        cfg = common.resolve_config(config, profile, sets, None, device, pixel_size)
-    from nanoseg.measure import measure_files
-    from nanoseg.runtime import configure_torch, select_device
+    with common.out_lock(out):
+        stale = [p for p in common.outputs_to_replace(out, "measure", OWNED, inputs) if p.name not in RESUMABLE]
+        # Per-image folders this call does not write are not left from another call either.
+        unwritten = ([out / "segment"] if labels is not None else [] if probabilities
+                     else [out / "segment" / "probabilities"])
+        stale += [p for p in unwritten if p.is_dir()]
+        if model is not None and labels is None:
+            cfg = common.resolve_model_config(model, config, profile, sets, device, pixel_size)
+        else:
+            cfg = common.resolve_config(config, profile, sets, None, device, pixel_size)
+        from nanoseg.measure import measure_files
+        from nanoseg.runtime import configure_torch, select_device
 
-    configure_torch(cfg.num_threads)
-    summary = measure_files(paths, out, cfg, model=model, labels_dir=labels, classifier=classifier,
-                            compare_csv=compare, device=select_device(cfg.device),
-                            probabilities=probabilities, strict=strict, overlays=overlays, workers=workers,
-                            scheduler=scheduler, before_writing=lambda: common.replace_outputs(out, "measure", stale))
+        configure_torch(cfg.num_threads)
+        summary = measure_files(paths, out, cfg, model=model, labels_dir=labels, classifier=classifier,
+                                compare_csv=compare, device=select_device(cfg.device),
+                                probabilities=probabilities, strict=strict, overlays=overlays, workers=workers,
+                                scheduler=scheduler, before_writing=lambda: common.claim_outputs(out, "measure", stale),
+                                replaces=stale)
     for warning in summary.get("warnings", []):
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"kept {summary['n_kept']} of {summary['n_particles']} particles in {summary['n_images']} images")

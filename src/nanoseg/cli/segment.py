@@ -37,7 +37,8 @@ def train(
 
     Writes OUT/model.pt (weights, config, target kind, training pixel size, threshold),
     best.pt, checkpoint.pt, history.json and training.png. Run the same command again to resume.
-    The pixel size stored in the model is --pixel-size, else data.pixel_size_nm.
+    The pixel size stored in the model is --pixel-size, else data.pixel_size_nm, else the
+    images' own (from their metadata; they must agree).
 
     Example:
 
@@ -51,7 +52,8 @@ def train(
     from nanoseg.segment import load_pairs
     from nanoseg.segment import train as train_net
 
-    loaded = load_pairs(pairs, invert=invert, info_bar_rows=cfg.data.info_bar_rows)
+    loaded = load_pairs(pairs, invert=invert, info_bar_rows=cfg.data.info_bar_rows,
+                        pixel_size_nm=cfg.data.pixel_size_nm)
     typer.echo(f"{len(loaded)} training pairs from {pairs}")
     model = train_net(loaded, cfg.segment, out, device=dev, rng=seed_everything(cfg.seed),
                       pixel_size_nm=cfg.data.pixel_size_nm)
@@ -99,20 +101,22 @@ def predict(
         raise NanosegError(f"{model}: model file not found (train one with `nanoseg segment train`)")
     common.check_workers(workers, scheduler)
     paths = common.expand_images(images)
-    stale = [p for p in common.outputs_to_replace(out, "segment predict", PREDICT_OWNED, [*paths, model])
-             if p.name not in PREDICT_RESUMABLE or (p.name == "probabilities" and not probabilities)]
-    cfg = common.resolve_model_config(model, config, profile, sets, device, pixel_size)
-    dev = common.prepare_torch(cfg)
-    from nanoseg.atomic import write_json
-    from nanoseg.segment.batch import segment_batch
+    with common.out_lock(out):
+        stale = [p for p in common.outputs_to_replace(out, "segment predict", PREDICT_OWNED, [*paths, model])
+                 if p.name not in PREDICT_RESUMABLE or (p.name == "probabilities" and not probabilities)]
+        cfg = common.resolve_model_config(model, config, profile, sets, device, pixel_size)
+        dev = common.prepare_torch(cfg)
+        from nanoseg.atomic import replacing, write_json
+        from nanoseg.segment.batch import segment_batch
 
-    batch = segment_batch(paths, out, cfg, model, device=dev, probabilities=probabilities, strict=strict,
-                          workers=workers, scheduler=scheduler,
-                          before_writing=lambda _frames: common.replace_outputs(out, "segment predict", stale))
-    summary = [{"image": m["image"], "particles": m["particles"], "seconds": m["seconds"]} for m in batch.markers]
-    failures = batch.failures
-    write_json(out / "summary.json", {"model": str(model), "n_images": len(paths), "n_segmented": len(summary),
-                                      "images": summary, "failures": failures})
+        batch = segment_batch(paths, out, cfg, model, device=dev, probabilities=probabilities, strict=strict,
+                              workers=workers, scheduler=scheduler,
+                              before_writing=lambda _frames: common.claim_outputs(out, "segment predict", stale))
+        summary = [{"image": m["image"], "particles": m["particles"], "seconds": m["seconds"]} for m in batch.markers]
+        failures = batch.failures
+        with replacing(out, stale) as new:
+            write_json(new / "summary.json", {"model": str(model), "n_images": len(paths),
+                                              "n_segmented": len(summary), "images": summary, "failures": failures})
     for row in summary:
         typer.echo(f"{row['image']}: {row['particles']} particles ({row['seconds']:.1f} s)")
     typer.echo(f"results: {out}")

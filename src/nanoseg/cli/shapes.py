@@ -94,7 +94,7 @@ def sample(
     import numpy as np
 
     dev = select_device(device or "auto")
-    net, _ = nets.load(generator, dev)
+    net, _ = nets.load(generator, dev, kind="shape-generator")
     shapes, dropped = sample_shapes(net, n, device=dev, seed=seed or 0)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "library.npz") as tmp:

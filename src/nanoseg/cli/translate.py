@@ -86,7 +86,7 @@ def generate(
     if has_gan:
         from nanoseg import nets
 
-        refines = nets.load(model / MASK_TO_IMAGE)[1].get("input") == "rendered micrograph"
+        refines = nets.load_meta(model / MASK_TO_IMAGE, kind="translator").get("input") == "rendered micrograph"
         if refines and not has_renderer:
             raise NanosegError(f"{model}: {MASK_TO_IMAGE} refines rendered images but {RENDERER} is missing "
                                "(copy the whole translate folder)")
@@ -137,7 +137,7 @@ def segment(
     from nanoseg.runtime import progress
     from nanoseg.translate import gan_segment_instances
 
-    generator, _ = nets.load(model, dev)
+    generator, _ = nets.load(model, dev, kind="translator")
     paths = list_images(images) if images.is_dir() else [images]
     micrographs = read_micrographs(paths, cfg.data)
     for path, mg in progress(zip(paths, micrographs), total=len(paths), desc="GAN segmentation"):

@@ -15,11 +15,16 @@ Pixel size, first found wins:
 6. a Hitachi or JEOL text file beside the image (same name, ``.txt``), for any image format.
 
 Inch-based resolution tags are print settings (72 dpi and the like), never a pixel size, and are
-ignored. Without any of these a warning is logged and sizes are reported in px.
+ignored. Without any of these a warning is logged and sizes are reported in px. A pixel size found
+in the metadata must be plausible (:func:`nanoseg.units.check_pixel_size_nm`) and, where the
+metadata has both axes, square (x and y within 1 %); otherwise reading that file fails with one
+clear error that asks for ``--pixel-size`` / ``data.pixel_size_nm``, which is taken as square.
+
+Images read through Pillow (PNG, JPEG, BMP) are turned upright by their EXIF orientation.
 
 The package's modules: :mod:`nanoseg.io.read` (the :class:`Micrograph`, listing and loading a
 run's images, reading one, bit-depth scaling with :func:`to_float01`, the raw TIFF and Pillow
-readers, info bar detection), :mod:`nanoseg.io.pixel_size` (the search above:
+readers, info bar detection, :func:`robust_range`), :mod:`nanoseg.io.pixel_size` (the search above:
 :func:`read_pixel_size_nm`, :func:`pixel_size_with_source`, :data:`UNIT_NM`),
 :mod:`nanoseg.io.annotations` (masks, label images, :func:`read_annotation`) and
 :mod:`nanoseg.io.write` (:func:`write_tiff`, :func:`write_png`); ``_common`` holds the logger
@@ -30,6 +35,7 @@ from nanoseg.io._common import logger
 from nanoseg.io.annotations import (
     ANNOTATION_KINDS,
     AnnotationKind,
+    label_image_doubt,
     looks_antialiased,
     read_annotation,
     read_labels,
@@ -53,6 +59,7 @@ from nanoseg.io.read import (
     read_in_series,
     read_micrographs,
     read_raw,
+    robust_range,
     scan_micrograph,
     series_scale,
     skip_or_raise,
@@ -72,6 +79,7 @@ __all__ = [
     "list_images",
     "load_micrographs",
     "logger",
+    "label_image_doubt",
     "looks_antialiased",
     "Micrograph",
     "MIN_SIDE_PX",
@@ -85,6 +93,7 @@ __all__ = [
     "read_micrographs",
     "read_pixel_size_nm",
     "read_raw",
+    "robust_range",
     "scan_micrograph",
     "series_scale",
     "SeriesScale",

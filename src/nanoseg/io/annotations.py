@@ -29,16 +29,57 @@ def read_mask(path: str | Path) -> np.ndarray:
     return raw > 0
 
 
-def read_labels(path: str | Path) -> np.ndarray:
+def read_labels(path: str | Path, *, strict: bool = False) -> np.ndarray:
     """Read an instance label image (0 = background) as an integer array (int32 or int64).
+
+    Parameters
+    ----------
+    path : path-like
+    strict : bool
+        Also refuse an image that looks like a binary mask or a micrograph rather than instance
+        labels (:func:`label_image_doubt`): for label images a user points at, where either
+        would be measured without complaint as one huge particle or thousands of specks.
 
     Raises
     ------
     NanosegError
-        If the image is not 2-D or holds negative or non-integer values.
+        If the image is not 2-D or holds negative or non-integer values, or (``strict``) does not
+        look like a label image.
     """
     path = Path(path)
-    return _as_label_image(read_raw(path, min_side_px=1), path)
+    labels = _as_label_image(read_raw(path, min_side_px=1), path)
+    doubt = label_image_doubt(labels) if strict else None
+    if doubt is not None:
+        fix = ("label its particles first (e.g. skimage.measure.label)" if "mask" in doubt else
+               "check that the labels folder is not the micrographs' folder")
+        raise NanosegError(f"{path}: looks like {doubt}, not a label image; give the label images `nanoseg segment "
+                           f"predict` writes (its labels/ folder), or {fix}")
+    return labels
+
+
+def label_image_doubt(labels: np.ndarray) -> str | None:
+    """What an image read as instance labels looks like instead ('a binary mask', ...), or None.
+
+    A label image gives each particle a value of its own, so each value lies in one patch (in
+    two, rarely, where resampling cuts a thin particle); more than twice as many patches as
+    values is something else. A binary mask has one value in many patches; a micrograph's grey
+    levels are scattered over thousands of patches. An anti-aliased mask is recognised as
+    :func:`read_annotation` recognises it.
+    """
+    from skimage.measure import label
+
+    labels = np.asarray(labels)
+    n_values = int(np.count_nonzero(np.unique(labels)))
+    if n_values == 0:
+        return None
+    if n_values > 1 and looks_antialiased(labels):
+        return "an anti-aliased binary mask"
+    patches = int(label(labels, background=0, connectivity=2).max())
+    if patches <= 2 * n_values:
+        return None
+    if n_values == 1:
+        return f"a binary mask (one value in {patches} separate particles)"
+    return f"a micrograph ({n_values} grey levels scattered over {patches} patches)"
 
 
 def _as_label_image(raw: np.ndarray, path: Path) -> np.ndarray:
@@ -105,19 +146,25 @@ def read_annotation(path: str | Path, kind: AnnotationKind = "auto") -> np.ndarr
         return raw > 0
     if looks_antialiased(raw):
         raise NanosegError(
-            f"{path}: looks like an anti-aliased binary mask ({values.size} grey levels); "
-            "threshold it at 128 or pass --labels if it is a label image"
+            f"{path}: looks like an anti-aliased binary mask ({values.size} grey levels); threshold it at 128 "
+            f"(only 0 and 255), or if it is a label image save it as 16-bit {_EIGHT_BIT_LABELS}"
         )
     if raw.dtype.itemsize == 1:
         raise NanosegError(
             f"{path}: 8-bit image with {values.size} grey levels is neither a binary mask nor a 16/32-bit label "
-            "image; pass --labels if it is a label image (0 = background), or save the mask with only 0 and 255"
+            f"image; save a mask with only 0 and 255, or labels as a 16-bit image (0 = background) "
+            f"{_EIGHT_BIT_LABELS}"
         )
     if raw.dtype.kind == "f" and np.any(values != np.round(values)):
         raise NanosegError(
             f"{path}: annotation holds fractional values (a probability map?); save a 0/255 mask or integer labels"
         )
     return _as_label_image(raw, path)
+
+
+# Only `evaluate` has an option to read 8-bit files as labels; `segment train` and the API callers
+# (kind='labels') must not be told to pass an option they do not have.
+_EIGHT_BIT_LABELS = "(`nanoseg evaluate --labels` also reads 8-bit labels)"
 
 
 def looks_antialiased(raw: np.ndarray) -> bool:

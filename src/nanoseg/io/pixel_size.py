@@ -10,14 +10,21 @@ from typing import Any
 
 import numpy as np
 
+from nanoseg.errors import NanosegError
 from nanoseg.io._common import _quiet, _say_once, logger
-from nanoseg.units import UNIT_NM
+from nanoseg.units import UNIT_NM, check_pixel_size_nm
 
 
 def read_pixel_size_nm(path: str | Path) -> float | None:
-    """Pixel size in nm from the file's metadata, or None (with a logged warning) if it has none."""
+    """Pixel size in nm from the file's metadata, or None (with a logged warning) if it has none.
+
+    Raises
+    ------
+    NanosegError
+        As :func:`pixel_size_with_source`.
+    """
     path = Path(path)
-    size, _ = _find_pixel_size(path)
+    size, _ = pixel_size_with_source(path)
     if size is None:
         _say_once(logging.WARNING, "%s: no pixel size in the metadata; sizes will be reported in px "
                   "(set data.pixel_size_nm or pass --pixel-size)", path)
@@ -25,28 +32,53 @@ def read_pixel_size_nm(path: str | Path) -> float | None:
 
 
 def pixel_size_with_source(path: str | Path) -> tuple[float | None, str]:
-    """Pixel size in nm and its source (see :class:`Micrograph`), without a warning when unknown."""
-    return _find_pixel_size(Path(path))
+    """Pixel size in nm and its source (see :class:`Micrograph`), without a warning when unknown.
 
+    The first metadata that holds a pixel size (see :mod:`nanoseg.io`) gives it; that value is
+    then checked, so a file with an absurd or non-square calibration fails here, for itself alone.
 
-# --------------------------------------------------------------------------- pixel size
-
-
-def _find_pixel_size(path: Path) -> tuple[float | None, str]:
-    finders: list[tuple[Any, str | None]] = [(_pixel_size_sidecar, None)]
+    Raises
+    ------
+    NanosegError
+        If the pixel size found is implausible (e.g. a print resolution: 72 dpi in centimetre
+        tags is 3.5e5 nm) or the pixels are not square (x and y differ by more than
+        :data:`SQUARE_TOLERANCE`); the message names the file and says to give the pixel size
+        with --pixel-size / data.pixel_size_nm.
+    """
+    path = Path(path)
+    finders: list[Any] = [_pixel_size_sidecar]
     if path.suffix.lower() in (".tif", ".tiff"):
-        finders = [(_pixel_size_rsciio, "rsciio"), (_pixel_size_tiff_tags, None)] + finders
-    for finder, source in finders:
+        finders = [_pixel_size_rsciio, _pixel_size_tiff_tags] + finders
+    for finder in finders:
         try:
             found = finder(path)
         except Exception as exc:  # metadata parsers choke on odd files; the image may still be fine
             logger.debug("%s: %s could not parse the metadata: %s", path, finder.__name__, exc)
             continue
-        if found is not None:
-            size, src = found if isinstance(found, tuple) else (found, source)
-            if np.isfinite(size) and size > 0:
-                return float(size), src
+        # A zero or NaN entry is an unset field, not a calibration: look further.
+        if found is not None and np.isfinite(found[0]) and found[0] > 0:
+            return _checked(path, *found)
     return None, "none"
+
+
+#: Pixels whose x and y sizes differ by more than this fraction are not square: the workflow
+#: measures in one size for both axes, so such an image would give wrong lengths along one.
+SQUARE_TOLERANCE = 0.01
+
+
+def _checked(path: Path, x_nm: float, y_nm: float | None, source: str) -> tuple[float, str]:
+    """The pixel size a finder found, once plausible and square (see :func:`pixel_size_with_source`)."""
+    what = f"{path}: pixel size in the metadata ({source})"
+    x_nm = check_pixel_size_nm(x_nm, what)
+    if y_nm is not None and y_nm != x_nm:
+        y_nm = check_pixel_size_nm(y_nm, what)
+        if abs(x_nm - y_nm) > SQUARE_TOLERANCE * min(x_nm, y_nm):
+            raise NanosegError(
+                f"{path}: pixels are not square (x {x_nm:g} nm, y {y_nm:g} nm, in the {source} metadata): "
+                "resample the image to square pixels (e.g. Fiji: Image > Scale) or give --pixel-size / "
+                "data.pixel_size_nm to override"
+            )
+    return x_nm, source
 
 
 def _unit_to_nm(unit: Any) -> float | None:
@@ -56,54 +88,72 @@ def _unit_to_nm(unit: Any) -> float | None:
     return UNIT_NM.get(key)
 
 
-def _pixel_size_rsciio(path: Path) -> float | None:
+# Each finder returns (x size in nm, y size in nm or None where the metadata has one size, source)
+# or None when its metadata holds no pixel size.
+_Found = tuple[float, float | None, str]
+
+
+def _pixel_size_rsciio(path: Path) -> _Found | None:
     from rsciio.tiff import file_reader
 
     with _quiet("rsciio", "tifffile"):
         signals = file_reader(str(path))
     if not signals:
         return None
-    axes = signals[0].get("axes", [])
-    # The last axis is x (width). Units RosettaSciIO could not determine come back as None and
+    # Axes are ordered (..., y, x). Units RosettaSciIO could not determine come back as None and
     # a scale of 1: not a calibration.
-    for axis in reversed(axes):
+    sizes = []
+    for axis in signals[0].get("axes", [])[-2:]:
         factor = _unit_to_nm(axis.get("units"))
-        if factor is not None and axis.get("scale"):
-            return float(axis["scale"]) * factor
-    return None
+        sizes.append(float(axis["scale"]) * factor if factor is not None and axis.get("scale") else None)
+    if not sizes or sizes[-1] is None:
+        return None
+    return sizes[-1], sizes[0] if len(sizes) == 2 else None, "rsciio"
 
 
-def _pixel_size_tiff_tags(path: Path) -> tuple[float, str] | None:
+def _pixel_size_tiff_tags(path: Path) -> _Found | None:
     import tifffile
 
     with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         if tif.is_ome and tif.ome_metadata:
-            size = _pixel_size_ome(tif.ome_metadata)
-            if size is not None:
-                return size, "ome"
+            found = _pixel_size_ome(tif.ome_metadata)
+            if found is not None:
+                return found
         tags = page.tags
-        xres = tags.get("XResolution")
-        if xres is None:
-            return None
-        value = xres.value
-        px_per_unit = value[0] / value[1] if isinstance(value, tuple) else float(value)
-        if not px_per_unit > 0:
+        px_per_unit = [_resolution(tags.get(name)) for name in ("XResolution", "YResolution")]
+        if px_per_unit[0] is None:
             return None
         imagej = tif.imagej_metadata or {}
         unit = imagej.get("unit")
-        if unit is not None and _unit_to_nm(unit.replace("\\u00B5", "µ")) is not None:
-            return _unit_to_nm(unit.replace("\\u00B5", "µ")) / px_per_unit, "imagej"
-        res_unit = tags.get("ResolutionUnit")
-        if res_unit is not None and int(res_unit.value) == 3:  # centimetre
-            return 1e7 / px_per_unit, "tiff"
+        factor = _unit_to_nm(unit.replace("\\u00B5", "µ")) if unit is not None else None
+        source = "imagej"
+        if factor is None:
+            res_unit = tags.get("ResolutionUnit")
+            if res_unit is None or int(res_unit.value) != 3:  # only centimetres: inches are print settings
+                return None
+            factor, source = 1e7, "tiff"
+        x_nm = factor / px_per_unit[0]
+        return x_nm, factor / px_per_unit[1] if px_per_unit[1] else None, source
     return None
+
+
+def _resolution(tag: Any) -> float | None:
+    """Pixels per unit of a TIFF resolution tag (a rational), or None when absent or not positive."""
+    if tag is None:
+        return None
+    value = tag.value
+    if isinstance(value, tuple):
+        px_per_unit = value[0] / value[1] if value[1] else 0.0
+    else:
+        px_per_unit = float(value)
+    return px_per_unit if px_per_unit > 0 else None
 
 
 _LENGTH_WITH_UNIT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Zµμå]+)\s*$")
 
 
-def _pixel_size_sidecar(path: Path) -> tuple[float, str] | None:
+def _pixel_size_sidecar(path: Path) -> _Found | None:
     """Hitachi and JEOL SEMs write the metadata to a text file beside the image (same stem, .txt).
 
     Hitachi: ``PixelSize=<nm>``. JEOL: ``$$SM_MICRON_BAR <px>`` and ``$$SM_MICRON_MARKER <length>``
@@ -122,7 +172,7 @@ def _pixel_size_sidecar(path: Path) -> tuple[float, str] | None:
         entries.setdefault(key.strip().lstrip("$").upper(), value.strip())
     if "PIXELSIZE" in entries:
         try:
-            return float(entries["PIXELSIZE"]), "hitachi-txt"
+            return float(entries["PIXELSIZE"]), None, "hitachi-txt"
         except ValueError:
             pass
     bar, marker = entries.get("SM_MICRON_BAR"), entries.get("SM_MICRON_MARKER")
@@ -134,19 +184,23 @@ def _pixel_size_sidecar(path: Path) -> tuple[float, str] | None:
         except ValueError:
             return None
         if factor is not None and bar_px > 0:
-            return float(match.group(1)) * factor / bar_px, "jeol-txt"
+            return float(match.group(1)) * factor / bar_px, None, "jeol-txt"
     return None
 
 
-def _pixel_size_ome(xml_text: str) -> float | None:
-    pixels = _ome_pixels_with(xml_text, "PhysicalSizeX")
+def _pixel_size_ome(xml_text: str) -> _Found | None:
+    pixels = ome_pixels_with(xml_text, "PhysicalSizeX")
     if pixels is None:
         return None
-    factor = _unit_to_nm(pixels.get("PhysicalSizeXUnit", "µm"))  # the OME schema's default unit
-    return None if factor is None else float(pixels["PhysicalSizeX"]) * factor
+    sizes = []
+    for axis in "XY":
+        factor = _unit_to_nm(pixels.get(f"PhysicalSize{axis}Unit", "µm"))  # the OME schema's default unit
+        value = pixels.get(f"PhysicalSize{axis}")
+        sizes.append(None if factor is None or value is None else float(value) * factor)
+    return None if sizes[0] is None else (sizes[0], sizes[1], "ome")
 
 
-def _ome_pixels_with(xml_text: str, attribute: str) -> dict[str, str] | None:
+def ome_pixels_with(xml_text: str, attribute: str) -> dict[str, str] | None:
     """Attributes of the first OME ``Pixels`` element that has ``attribute``."""
     for element in ET.fromstring(xml_text).iter():
         if element.tag.rsplit("}", 1)[-1] == "Pixels" and attribute in element.attrib:

@@ -12,7 +12,8 @@ import numpy as np
 
 from nanoseg.errors import NanosegError
 from nanoseg.io._common import _quiet, _say_once, logger
-from nanoseg.io.pixel_size import _find_pixel_size, _ome_pixels_with
+from nanoseg.io.pixel_size import ome_pixels_with, pixel_size_with_source
+from nanoseg.units import check_pixel_size_nm
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 MIN_SIDE_PX = 32
@@ -24,6 +25,14 @@ _BAR_ROW_WEAK_FRACTION = 0.4
 _DETECTOR_BITS = (8, 10, 12, 14, 16, 32, 64)
 #: An image whose [0, 1] intensities vary less than this (standard deviation) is blank.
 BLANK_STD = 1e-6
+#: Fraction of an image's values (at least one value) at each end that :func:`robust_range`
+#: looks past for its percentiles: 100 pixels of a 1-megapixel micrograph.
+OUTLIER_FRACTION = 1e-4
+# An extreme value further than this fraction of the percentiles' range beyond them is an outlier
+# (a hot or dead pixel, an overflow); closer, it is the image's own tail and bounds the range.
+_OUTLIER_TAIL = 0.1
+# An image whose values reach less than 1/this of its series' is scaled to look dim: warned about.
+_DIM_IN_SERIES = 2.0
 
 
 @dataclass
@@ -46,8 +55,8 @@ class Micrograph:
         Where the pixel size came from: 'override', 'rsciio', 'ome', 'imagej', 'tiff',
         'hitachi-txt', 'jeol-txt', or 'none'.
     bit_depth : int or None
-        Integer images: the stored values were divided by ``2**bit_depth - 1`` (signed ones
-        shifted by their dtype's minimum first). None for float images.
+        Unsigned integer images: the stored values were divided by ``2**bit_depth - 1``. None
+        for float and signed integer images, which are scaled by their values' range.
     """
 
     image: np.ndarray
@@ -127,7 +136,10 @@ def read_micrographs(paths: Sequence[str | Path], data_config: Any, *,
     Every image of a run is scaled by the same bit depth (``data.bit_depth``; 'auto': the depth
     the files state, else the smallest of 8, 10, 12, 14, 16 or 32 bits that holds the largest
     value of the whole series), so one detector count is one input value in every image. Float
-    images outside [0, 1] are scaled by the series' range likewise. The scale is logged once.
+    images outside [0, 1], and signed integer images, are scaled by the series' range likewise
+    (:func:`robust_range`: a few outlier pixels do not set it). The scale is logged once, each
+    image's range at debug level, and an image that reaches less than half the series' values
+    (it then looks dim) is warned about.
 
     Warns (logging) about images that look like their particles are dark on a bright
     background while ``data.dark_particles`` is false (or bright while it is true), and about
@@ -185,7 +197,7 @@ class FrameStats:
     dtype: str
     top: float | None  # largest value, for wide unsigned images
     stated_bits: int | None  # bit depth the file states beyond its container
-    finite_range: tuple[float, float] | None  # float images: lowest and highest finite value
+    value_range: tuple[float, float] | None  # robust_range of any but uint8 and bool images
     pixel_size_nm: float | None = None  # as the image will be measured (None: not calibrated)
 
 
@@ -194,20 +206,47 @@ class SeriesScale:
     """How every image of a series is scaled to [0, 1] (:func:`series_scale`)."""
 
     bits: int | None  # divisor 2**bits - 1 of wide unsigned images
-    value_range: tuple[float, float] | None  # float images outside [0, 1]: the series' range
+    value_range: tuple[float, float] | None  # float (outside [0, 1]) and signed images: the series' range
     text: str  # for the log
 
 
 def frame_stats(raw: np.ndarray, path: Path) -> FrameStats:
     """The numbers of one image (info bar cropped) that :func:`series_scale` combines."""
     wide = _is_wide_unsigned(raw) and raw.size > 0
-    finite_range = None
-    if raw.dtype.kind == "f":
-        finite = raw[np.isfinite(raw)]
-        finite_range = (float(finite.min()), float(finite.max())) if finite.size else None
+    value_range = robust_range(raw) if raw.dtype.kind in "uif" and raw.dtype != np.uint8 else None
     return FrameStats(path=Path(path), dtype=raw.dtype.str, top=float(raw.max()) if wide else None,
                       stated_bits=_stated_bit_depth(Path(path), raw.dtype) if wide else None,
-                      finite_range=finite_range)
+                      value_range=value_range)
+
+
+def robust_range(raw: np.ndarray) -> tuple[float, float] | None:
+    """The range of an image's finite values without its outlier pixels; None if it has none.
+
+    Each end is the extreme value, unless that lies beyond the :data:`OUTLIER_FRACTION`
+    percentile (taken inward: at least one value is looked past) by more than a tenth of the
+    range between the two percentiles: then it is a hot or dead pixel or an overflow (a value of
+    400 or 1e30 among values up to 255) and the percentile is the end. A clean image keeps its
+    exact minimum and maximum, so scaling it is not changed; values beyond the ends are clipped.
+
+    Parameters
+    ----------
+    raw : ndarray
+        Stored values of any numeric dtype; NaN and inf are left out.
+
+    Returns
+    -------
+    (float, float) or None
+        Low and high end.
+    """
+    values = raw[np.isfinite(raw)] if raw.dtype.kind == "f" else raw.ravel()
+    n = values.size
+    if n == 0:
+        return None
+    k = min(max(1, int(n * OUTLIER_FRACTION)), (n - 1) // 2)
+    ordered = np.partition(values, sorted({0, k, n - 1 - k, n - 1}))
+    low, p_low, p_high, high = (float(ordered[i]) for i in (0, k, n - 1 - k, n - 1))
+    tail = _OUTLIER_TAIL * (p_high - p_low)
+    return (low if low >= p_low - tail else p_low), (high if high <= p_high + tail else p_high)
 
 
 def scan_micrograph(path: str | Path, data_config: Any) -> FrameStats:
@@ -331,9 +370,10 @@ def _read_frame(path: Path, pixel_size_nm: float | None, info_bar_rows: int | Li
             "use the full-size micrograph or set data.info_bar_rows to 0"
         )
     if pixel_size_nm is not None:
-        size, source = float(pixel_size_nm), "override"
+        # An override is taken as square: it is how a user measures non-square or absurd metadata anyway.
+        size, source = check_pixel_size_nm(pixel_size_nm, "data.pixel_size_nm"), "override"
     else:
-        size, source = _find_pixel_size(path)
+        size, source = pixel_size_with_source(path)
         if size is None and not quiet:
             _say_once(logging.WARNING, "%s: no pixel size in the metadata; sizes will be reported in px "
                       "(set data.pixel_size_nm or pass --pixel-size)", path)
@@ -377,11 +417,11 @@ def _is_wide_unsigned(raw: np.ndarray) -> bool:
 
 
 def _scale_bits(raw: np.ndarray, bits: int | None) -> int | None:
-    """Bit depth the image was scaled by (None for floats)."""
+    """Bit depth the image was scaled by (None for float and signed images)."""
     if _is_wide_unsigned(raw):
         return bits
-    if raw.dtype.kind in "ui":
-        return raw.dtype.itemsize * 8
+    if raw.dtype == np.uint8:
+        return 8
     return 1 if raw.dtype == np.bool_ else None
 
 
@@ -399,7 +439,11 @@ def series_scale(stats: Sequence[FrameStats], bit_depth: int | Literal["auto"] =
         If an image holds values above an explicit ``bit_depth``.
     """
     bits, source = _series_bits(stats, bit_depth)
-    value_range = _series_float_range(stats)
+    value_range = _series_value_range(stats)
+    for st in stats:
+        if st.value_range is not None:
+            logger.debug("%s: values %g to %g (without outlier pixels)", st.path, *st.value_range)
+    _warn_dim_in_series(stats, bits, value_range)
     return SeriesScale(bits, value_range, _scale_text(stats, bits, source, value_range))
 
 
@@ -431,13 +475,44 @@ def _series_bits(stats: Sequence[FrameStats], bit_depth: int | Literal["auto"]) 
     return max(stated), "file metadata"
 
 
-def _series_float_range(stats: Sequence[FrameStats]) -> tuple[float, float] | None:
-    """Common range of a series' float images, when any of them lies outside [0, 1]."""
-    ranges = [st.finite_range for st in stats if st.finite_range is not None]
+def _series_value_range(stats: Sequence[FrameStats]) -> tuple[float, float] | None:
+    """Common range of a series' images scaled by range (float, signed), unless all lie in [0, 1]."""
+    ranges = [st.value_range for st in stats if st.value_range is not None and _scaled_by_range(st.dtype)]
     if not ranges:
         return None
     lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
     return None if lo >= 0.0 and hi <= 1.0 else (lo, hi)
+
+
+def _scaled_by_range(dtype: str | np.dtype) -> bool:
+    """Float and signed integer images have no detector bit depth: their values' range scales them."""
+    return np.dtype(dtype).kind in "fi"
+
+
+def _warn_dim_in_series(stats: Sequence[FrameStats], bits: int | None,
+                        value_range: tuple[float, float] | None) -> None:
+    """One warning for the images that reach less than half their series' values (:data:`_DIM_IN_SERIES`).
+
+    One scale for a series keeps a detector count one intensity in every image, but an image from
+    another detector or bit depth (values up to 1020 among 12-bit ones) then looks dim, and the
+    segmenter may find few or no particles in it.
+    """
+    dim = []
+    wide = [st for st in stats if st.top is not None and st.value_range is not None]
+    if bits is not None and len(wide) > 1:
+        top = max(st.value_range[1] for st in wide)
+        dim += [f"{st.path.name} reaches {st.value_range[1]:g} of the series' {top:g}, scaled / {2**bits - 1}"
+                for st in wide if st.value_range[1] * _DIM_IN_SERIES < top]
+    if value_range is not None:
+        lo, hi = value_range
+        dim += [f"{st.path.name} spans {st.value_range[0]:g} to {st.value_range[1]:g} of the series' {lo:g} to {hi:g}"
+                for st in stats if st.value_range is not None and _scaled_by_range(st.dtype)
+                and (st.value_range[1] - st.value_range[0]) * _DIM_IN_SERIES < hi - lo]
+    if dim:
+        _say_once(logging.WARNING, "%d micrograph(s) use less than half the intensity range of their series (%s): "
+                  "scaled with the series they look dim and may give few or no particles; if they come from "
+                  "another detector or bit depth, measure them separately (or set data.bit_depth)",
+                  len(dim), "; ".join(dim[:3]) + ("; ..." if len(dim) > 3 else ""))
 
 
 def _scale_text(stats: Sequence[FrameStats], bits: int | None, source: str,
@@ -449,10 +524,9 @@ def _scale_text(stats: Sequence[FrameStats], bits: int | None, source: str,
         parts.append(f"{bits}-bit (from the {source}): 16/32-bit values / {2**bits - 1}")
     if np.dtype(np.uint8) in kinds:
         parts.append("8-bit values / 255")
-    if any(k.kind == "i" for k in kinds):
-        parts.append("signed values over their dtype's range")
     if value_range is not None:
-        parts.append(f"float values from [{value_range[0]:g}, {value_range[1]:g}] (the series' range)")
+        parts.append(f"float and signed values from [{value_range[0]:g}, {value_range[1]:g}] (the series' range "
+                     "without outlier pixels; values beyond it clipped)")
     elif any(k.kind == "f" for k in kinds):
         parts.append("float values as stored in [0, 1]")
     return "; ".join(parts) or "binary images as 0 and 1"
@@ -472,7 +546,7 @@ def _stated_bit_depth(path: Path, dtype: np.dtype) -> int | None:
     container = np.dtype(dtype).itemsize * 8
     try:
         with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
-            pixels = _ome_pixels_with(tif.ome_metadata, "SignificantBits") if tif.is_ome and tif.ome_metadata else None
+            pixels = ome_pixels_with(tif.ome_metadata, "SignificantBits") if tif.is_ome and tif.ome_metadata else None
             if pixels is not None and 1 <= int(pixels["SignificantBits"]) < container:
                 return int(pixels["SignificantBits"])
             tag = tif.pages[0].tags.get("MaxSampleValue")
@@ -529,12 +603,14 @@ def to_float01(raw: np.ndarray, bit_depth: int | None = None,
         Unsigned integers wider than 8 bits are divided by ``2**bit_depth - 1``; default: by
         the smallest of 8, 10, 12, 14, 16, 32 or 64 bits that holds this image's maximum, so
         that 12-bit detector data in a 16-bit container is not nearly black. Give the series'
-        bit depth to scale every image of a run alike. uint8 is always divided by 255, signed
-        integers are shifted by their dtype minimum and divided by the dtype's range.
+        bit depth to scale every image of a run alike. uint8 is always divided by 255.
     value_range : (float, float), optional
-        Floats: the (low, high) mapped to 0 and 1, e.g. a series' range; default: floats in
-        [0, 1] are kept, others scaled from their own min-max range. NaN and inf are set to the
-        lowest finite value.
+        Floats and signed integers: the (low, high) mapped to 0 and 1, e.g. a series' range;
+        default: the image's own :func:`robust_range`, or values as stored when that lies in
+        [0, 1]. Values beyond are clipped; NaN and inf are set to the image's own low end.
+        Signed integers are scaled by range, not by their dtype's: they are offset-corrected
+        counts (e.g. a TEM camera's, small and partly negative), and the dtype's 65536 levels
+        would squeeze them into a flat gray.
 
     Raises
     ------
@@ -543,15 +619,12 @@ def to_float01(raw: np.ndarray, bit_depth: int | None = None,
     """
     if raw.dtype == np.bool_:
         return raw.astype(np.float32)
-    if raw.dtype.kind in "ui":
-        if raw.dtype == np.uint8:
-            return (raw / np.float32(255)).astype(np.float32, copy=False)
+    if raw.dtype == np.uint8:
+        return (raw / np.float32(255)).astype(np.float32, copy=False)
+    if raw.dtype.kind == "u":
         # float32 holds 16-bit values exactly and divides them correctly rounded, as float64 then
         # rounding would: half the memory on large micrographs.
         data = raw.astype(np.float32 if raw.dtype.itemsize <= 2 else np.float64)
-        if raw.dtype.kind == "i":
-            info = np.iinfo(raw.dtype)
-            return ((data - info.min) / (float(info.max) - info.min)).astype(np.float32, copy=False)
         top = float(data.max(initial=0))
         bits = bits_for_max(top) if bit_depth is None else int(bit_depth)
         if top > 2.0**bits - 1:
@@ -559,12 +632,13 @@ def to_float01(raw: np.ndarray, bit_depth: int | None = None,
         return (data / (2.0**bits - 1)).astype(np.float32, copy=False)
     data = raw.astype(np.float64)
     finite = np.isfinite(data)
+    own = robust_range(data) if value_range is None or not finite.all() else None
     if not finite.all():
-        data = np.where(finite, data, np.nanmin(np.where(finite, data, np.nan)) if finite.any() else 0.0)
+        data = np.where(finite, data, own[0] if own else 0.0)
     if value_range is None:
-        lo, hi = float(data.min()), float(data.max())
+        lo, hi = own or (0.0, 0.0)
         if lo >= 0.0 and hi <= 1.0:
-            return data.astype(np.float32)
+            return np.clip(data, 0.0, 1.0).astype(np.float32)
     else:
         lo, hi = (float(v) for v in value_range)
     if hi <= lo:
@@ -641,12 +715,15 @@ def _read_tiff_array(path: Path) -> np.ndarray:
 
 
 def _read_pil_array(path: Path) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
         img.load()
         if getattr(img, "n_frames", 1) > 1:
             raise NanosegError(f"{path}: file holds {img.n_frames} frames; save a single image per file")
+        # Cameras and phones store a rotated image with an EXIF orientation: upright, the info bar
+        # is at the bottom again, where it is looked for.
+        img = ImageOps.exif_transpose(img)
         if img.mode == "P":
             img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         elif img.mode in ("I;16", "I;16B", "I;16L"):

@@ -23,7 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from nanoseg.batch import BatchResult, TaskJob, failed, file_digest, finish, no_progress, run_batch, worker_cache
+from nanoseg.batch import (BatchResult, TaskJob, failed, file_digest, finish, no_progress, run_batch, text_name,
+                           worker_cache)
 from nanoseg.errors import NanosegError
 
 #: Per-image outputs under ``OUT``; a rerun into the same folder reuses the valid ones.
@@ -75,6 +76,7 @@ def measure_one(path: str, job: MeasureJob) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     stem, out = Path(path).stem, Path(job.out_dir)
+    name = text_name(stem)  # the table's image column; the files keep the stem
     outputs = []
     try:
         with no_progress():
@@ -82,53 +84,62 @@ def measure_one(path: str, job: MeasureJob) -> dict[str, Any]:
             segmenter, net, cls_cfg = worker_cache((job.key, job.model, job.classifier, job.device),
                                                    lambda: _load_nets(job), job.threads)
             if job.labels_dir is not None:
-                items = label_items([mg], job.labels_dir, fix="check data.info_bar_rows")
+                items = [(name, *item[1:])
+                         for item in label_items([mg], job.labels_dir, fix="check data.info_bar_rows")]
+                particles, _ = measure_and_decide(items, cls_cfg, net=net, device=job.device)
+                labels = items[0][1]
             else:
-                from nanoseg.segment import segment_image
+                from nanoseg.segment import segment_at_model_scale
 
                 seg_net, meta = segmenter
-                labels, probability = segment_image(seg_net, meta, mg.image, job.config.segment,
-                                                    pixel_size_nm=mg.pixel_size_nm, device=job.device,
-                                                    probability=job.probabilities)
+                seg = segment_at_model_scale(seg_net, meta, mg.image, job.config.segment,
+                                             pixel_size_nm=mg.pixel_size_nm, device=job.device)
+                # measured and classified where the network drew the outlines (see ModelScaleSegmentation)
+                particles, _ = measure_and_decide([(name, seg.labels, seg.image, seg.pixel_size_nm)], cls_cfg,
+                                                  net=net, device=job.device)
+                particles = seg.table_on_image_grid(particles)
+                labels, probability = seg.on_image_grid()
                 if job.probabilities:
                     outputs.append(io.write_tiff(out / "segment" / "probabilities" / f"{stem}.tif", probability,
                                                  pixel_size_nm=mg.pixel_size_nm))
                 outputs.append(io.write_tiff(out / "segment" / "labels" / f"{stem}.tif", labels,
                                              pixel_size_nm=mg.pixel_size_nm, ome=True))
-                items = [(stem, labels, mg.image, mg.pixel_size_nm)]
-            particles, _ = measure_and_decide(items, cls_cfg, net=net, device=job.device)
     except NanosegError as exc:
         return failed(path, exc)
-    with atomic_path(part_path(out, stem)) as tmp:
-        particles.to_parquet(tmp, index=False)
+    # Through a file object: pyarrow cannot open a path that is not UTF-8 (see text_name).
+    with atomic_path(part_path(out, stem)) as tmp, open(tmp, "wb") as fh:
+        particles.to_parquet(fh, index=False)
     outputs.append(part_path(out, stem))
     if job.overlays or stem in job.report_stems:
         kept = particles.loc[particles["kept"], "label"].to_numpy()
-        outputs.append(io.write_png(out / "overlays" / f"{stem}.png", overlay_kept(mg.image, items[0][1], kept)))
+        outputs.append(io.write_png(out / "overlays" / f"{stem}.png", overlay_kept(mg.image, labels, kept)))
     return finish(job, path, {"n_particles": int(len(particles)), "n_kept": int(particles["kept"].sum()),
                               "pixel_size_nm": mg.pixel_size_nm, "pixel_size_source": mg.pixel_size_source,
                               "seconds": round(time.perf_counter() - t0, 3)}, outputs)
 
 
-def pooled_table(result: BatchResult, out_dir: str | Path, head_rows: int) -> Any:
+def pooled_table(result: BatchResult, out_dir: str | Path, head_rows: int, dest: str | Path | None = None) -> Any:
     """Write ``particles.csv`` and ``decisions.csv`` from a batch's Parquet files, one image at a
     time, and return the :class:`nanoseg.measure.ParticleTable` the summary and report use.
 
     Memory holds one image's rows at a time and the kept particles' size columns, whatever the
-    number of images.
+    number of images. ``out_dir`` holds the Parquet files; the tables go to ``dest`` (default:
+    ``out_dir``).
     """
     from nanoseg.atomic import atomic_path
     from nanoseg.classify import DECISION_COLUMNS
     from nanoseg.measure.stage import ParticleTable
 
     out_dir = Path(out_dir)
+    dest = out_dir if dest is None else Path(dest)
     if not result.markers:
         raise NanosegError("measure: no label images to measure")
     tables, n = [], 0
-    with atomic_path(out_dir / "particles.csv") as p_tmp, atomic_path(out_dir / "decisions.csv") as d_tmp, \
+    with atomic_path(dest / "particles.csv") as p_tmp, atomic_path(dest / "decisions.csv") as d_tmp, \
             open(p_tmp, "w", newline="") as p_out, open(d_tmp, "w", newline="") as d_out:
         for i, marker in enumerate(result.markers):
-            part = pd.read_parquet(part_path(out_dir, marker["image"]))
+            with open(part_path(out_dir, marker["image"]), "rb") as fh:  # as measure_one writes it
+                part = pd.read_parquet(fh)
             part.to_csv(p_out, index=False, header=i == 0, float_format="%.6g")
             part[DECISION_COLUMNS].to_csv(d_out, index=False, header=i == 0, float_format="%.5g")
             tables.append(ParticleTable.of(part, max(0, head_rows - n)))

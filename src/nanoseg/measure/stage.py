@@ -319,7 +319,7 @@ def classifier_settings(classifier: str | Path | None, cls_cfg: Any, *, option: 
     """
     from nanoseg import nets
 
-    return _settings(nets.load_meta(classifier) if classifier is not None else None, cls_cfg, option)
+    return _settings(nets.load_meta(classifier, kind="classifier") if classifier is not None else None, cls_cfg, option)
 
 
 def _settings(meta: dict[str, Any] | None, cls_cfg: Any, option: str) -> tuple[Any, dict[str, Any] | None, list[str]]:
@@ -343,7 +343,7 @@ def load_classifier(classifier: str | Path | None, cls_cfg: Any, device: Any = "
     if classifier is not None:
         from nanoseg import nets
 
-        net, meta = nets.load(classifier, device)
+        net, meta = nets.load(classifier, device, kind="classifier")
     return (net, *_settings(meta, cls_cfg, option))
 
 
@@ -403,7 +403,7 @@ def run_stage(ctx: Any) -> None:
         from nanoseg import nets
         from nanoseg.classify import resolve_threshold
 
-        meta = nets.load(classifier_model)[1] if classifier_model.is_file() else {}
+        meta = nets.load_meta(classifier_model, kind="classifier") if classifier_model.is_file() else {}
         calibration = meta.get("calibration") if cls_cfg.score_threshold == "auto" else None
         cls_cfg = resolve_threshold(cls_cfg, meta)
     decisions = read_decisions(ctx.stage_dir("classify") / "decisions.csv")
@@ -507,12 +507,15 @@ def measure_files(
     workers: int | None = None,
     scheduler: str | None = None,
     before_writing: Callable[[], None] | None = None,
+    replaces: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Segment (or read labels of), classify and measure micrographs; write all results.
 
     One task per micrograph (:mod:`nanoseg.measure.batch`), in this process or on a Dask
     cluster; an image measured by an earlier call into ``out_dir`` with the same settings is
-    not measured again. The pooled table, summary and report come from the per-image results.
+    not measured again. The pooled table, summary and report come from the per-image results;
+    they replace an earlier call's only once they are all written (:func:`nanoseg.atomic.replacing`),
+    so a call that fails on the way leaves the earlier results whole.
 
     Parameters
     ----------
@@ -548,7 +551,11 @@ def measure_files(
         Address of an existing Dask scheduler to run the images on.
     before_writing : callable, optional
         Called once every input has been checked, before the first file is written: the place
-        to clear an earlier run's outputs, which an input error then leaves as they were.
+        to claim the folder; an input error then leaves it as it was.
+    replaces : sequence of path
+        Earlier outputs in ``out_dir`` that this call's results replace (an earlier run's pooled
+        files, per-image folders this call does not write): removed once the new results are
+        complete, not before.
 
     Returns
     -------
@@ -557,6 +564,8 @@ def measure_files(
     """
     from types import SimpleNamespace
 
+    from nanoseg.atomic import replacing
+    from nanoseg.batch import text_name
     from nanoseg.classify import counting_rule
     from nanoseg.io import list_images
     from nanoseg.measure.batch import measure_batch, pooled_table
@@ -586,19 +595,20 @@ def measure_files(
     batch = measure_batch(paths, out_dir, config, model=model, labels_dir=labels_dir, classifier=classifier,
                           device=device, probabilities=probabilities, overlays=overlays, strict=strict,
                           workers=workers, scheduler=scheduler, before_writing=checked)
-    table = pooled_table(batch, out_dir, config.measure.report_rows)
     warnings += left_out_warning(batch.failures, len(paths))
     measured = [SimpleNamespace(pixel_size_nm=m["pixel_size_nm"], pixel_size_source=m["pixel_size_source"])
                 for m in batch.markers]
-    overlay_files = {m["image"]: p for m in batch.markers if (p := out_dir / "overlays" / f"{m['image']}.png").is_file()}
-    return write_results(
-        table, out_dir, overlay_files=overlay_files,
-        pixel_size_source=pixel_size_source(measured), size_prior=_size_prior_of_model(model), compare=compare,
-        extra={"classify_method": cls_cfg.method, "failures": batch.failures,
-               "realism": _read_realism(Path(model).resolve().parent.parent) if model is not None else None},
-        counting_rule=counting_rule(cls_cfg, classifier_model=classifier, calibration=calibration),
-        warnings=warnings, **results_settings(config),
-    )
+    overlay_files = {text_name(m["image"]): p for m in batch.markers
+                     if (p := out_dir / "overlays" / f"{m['image']}.png").is_file()}
+    with replacing(out_dir, replaces) as new:
+        return write_results(
+            pooled_table(batch, out_dir, config.measure.report_rows, dest=new), new, overlay_files=overlay_files,
+            pixel_size_source=pixel_size_source(measured), size_prior=_size_prior_of_model(model), compare=compare,
+            extra={"classify_method": cls_cfg.method, "failures": batch.failures,
+                   "realism": _read_realism(Path(model).resolve().parent.parent) if model is not None else None},
+            counting_rule=counting_rule(cls_cfg, classifier_model=classifier, calibration=calibration),
+            warnings=warnings, **results_settings(config),
+        )
 
 
 def left_out_warning(failures: Sequence[dict[str, str]], n_images: int) -> list[str]:

@@ -133,7 +133,7 @@ def segment_and_measure_steps(name: str, image: np.ndarray, pixel_size_nm: float
                               ) -> Generator[int, None, Measured]:
     """:func:`segment_and_measure` as a generator that yields the index in :data:`STEPS` of each
     step as it starts (a worker thread's progress) and returns the :class:`Measured`."""
-    from nanoseg.config import SegmentConfig
+    from nanoseg.config import segment_settings
     from nanoseg.segment import load_segmenter, segment_image
 
     yield 0
@@ -144,7 +144,7 @@ def segment_and_measure_steps(name: str, image: np.ndarray, pixel_size_nm: float
     if meta.get("task", "segment") != "segment" or "target" not in meta:
         raise NanosegError(f"{model}: not a segmentation model (pick RUN/adapt/model.pt or RUN/segment/model.pt)")
     yield 1
-    labels, _ = segment_image(net, meta, np.asarray(image, np.float32), SegmentConfig.model_validate(meta["config"]),
+    labels, _ = segment_image(net, meta, np.asarray(image, np.float32), segment_settings(meta["config"], str(model)),
                               pixel_size_nm=pixel_size_nm, device=device, probability=False)
     yield 2
     return measure_labels(name, labels, image, pixel_size_nm, config, classifier, device)

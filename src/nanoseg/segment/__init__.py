@@ -48,6 +48,8 @@ from nanoseg.segment.infer import (
     predict_probabilities,
     predict_with_agreement,
     probabilities_from_logits,
+    ModelScaleSegmentation,
+    segment_at_model_scale,
     segment_image,
     segment_micrographs,
     write_segmentation,
@@ -71,6 +73,6 @@ __all__ = [
     "TargetKind", "choose_threshold", "class_weights", "export_onnx", "foreground_mask", "foreground_threshold", "instances_from_probabilities",
     "interior_markers", "load_onnx", "load_pairs", "load_segmenter", "make_target", "n_outputs", "overlay", "particle_probability",
     "predict_probabilities", "predict_with_agreement", "probabilities_from_logits", "random_tile", "resize_labels",
-    "run_stage", "segment_image", "segment_micrographs", "segmentation_loss", "to_model_scale", "train", "write_segmentation",
+    "run_stage", "ModelScaleSegmentation", "segment_at_model_scale", "segment_image", "segment_micrographs", "segmentation_loss", "to_model_scale", "train", "write_segmentation",
     "training_fingerprint",
 ]

@@ -128,7 +128,7 @@ def export_bioimageio(model_path: str | Path, package_path: str | Path, sample: 
     from nanoseg.io import write_png
     from nanoseg.segment.export import _ProbabilityModule, export_onnx
 
-    net, meta = nets.load(model_path, "cpu")
+    net, meta = nets.load(model_path, "cpu", kind="segmenter")
     # The weights output probabilities (as the ONNX export does), so the package is usable
     # as-is: no postprocessing to declare, and its outputs are what nanoseg thresholds.
     wrapper = _ProbabilityModule(net, meta["target"]).eval()

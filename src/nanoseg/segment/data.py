@@ -26,12 +26,14 @@ class Pair:
 
     ``target``, when given, is the training target itself (as :func:`make_target` makes it, with
     :data:`IGNORE` where the loss should not look): pseudo-labels of real micrographs.
+    ``pixel_size_nm`` is the micrograph's, where known (pairs read from image files).
     """
 
     image: np.ndarray
     instances: np.ndarray
     name: str
     target: np.ndarray | None = None
+    pixel_size_nm: float | None = None
 
 
 # --------------------------------------------------------------------------- targets
@@ -98,7 +100,8 @@ def make_target(
 # --------------------------------------------------------------------------- pairs
 
 
-def load_pairs(folder: str | Path, *, invert: bool = False, info_bar_rows: int | Literal["auto"] = "auto") -> list[Pair]:
+def load_pairs(folder: str | Path, *, invert: bool = False, info_bar_rows: int | Literal["auto"] = "auto",
+               pixel_size_nm: float | None = None) -> list[Pair]:
     """Read training pairs from a folder.
 
     Understood layouts:
@@ -119,6 +122,9 @@ def load_pairs(folder: str | Path, *, invert: bool = False, info_bar_rows: int |
         Invert the images (dark particles on a bright background).
     info_bar_rows : int or 'auto'
         Passed to :func:`nanoseg.io.read_micrograph`.
+    pixel_size_nm : float, optional
+        Override of the images' pixel size (passed to :func:`nanoseg.io.read_micrograph`);
+        default: each image's metadata, kept in :attr:`Pair.pixel_size_nm`.
 
     Returns
     -------
@@ -131,7 +137,7 @@ def load_pairs(folder: str | Path, *, invert: bool = False, info_bar_rows: int |
     if npz:
         pairs = [_load_npz_pair(p) for p in npz]
     else:
-        pairs = _load_image_mask_pairs(folder, info_bar_rows)
+        pairs = _load_image_mask_pairs(folder, info_bar_rows, pixel_size_nm)
     if not pairs:
         raise NanosegError(
             f"{folder}: no training pairs (expected pair_*.npz, or sem/ + masks/ or images/ + masks/ subfolders)"
@@ -156,7 +162,8 @@ def _load_npz_pair(path: Path) -> Pair:
     return Pair(image=image, instances=instances, name=path.stem)
 
 
-def _load_image_mask_pairs(folder: Path, info_bar_rows: int | Literal["auto"]) -> list[Pair]:
+def _load_image_mask_pairs(folder: Path, info_bar_rows: int | Literal["auto"], pixel_size_nm: float | None
+                           ) -> list[Pair]:
     from skimage.measure import label
 
     from nanoseg import io
@@ -172,7 +179,7 @@ def _load_image_mask_pairs(folder: Path, info_bar_rows: int | Literal["auto"]) -
         if mask_path is None:
             logger.warning("%s: no mask %s_m.* or %s.* in %s; skipped", path, path.stem, path.stem, mask_dir)
             continue
-        micrograph = io.read_micrograph(path, pixel_size_nm=1.0, info_bar_rows=info_bar_rows)
+        micrograph = io.read_micrograph(path, pixel_size_nm=pixel_size_nm, info_bar_rows=info_bar_rows)
         annotation = io.read_annotation(mask_path)
         if annotation.shape != micrograph.full_shape:
             raise NanosegError(f"{mask_path}: mask shape {annotation.shape} differs from image {path} "
@@ -180,7 +187,8 @@ def _load_image_mask_pairs(folder: Path, info_bar_rows: int | Literal["auto"]) -
         annotation = annotation[: micrograph.image.shape[0]]
         # Binary masks hold instances as 4-connected components.
         instances = label(annotation, connectivity=1) if annotation.dtype == bool else annotation
-        pairs.append(Pair(image=micrograph.image, instances=instances.astype(np.int32), name=path.stem))
+        pairs.append(Pair(image=micrograph.image, instances=instances.astype(np.int32), name=path.stem,
+                          pixel_size_nm=micrograph.pixel_size_nm))
     return pairs
 
 

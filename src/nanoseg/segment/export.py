@@ -28,7 +28,7 @@ def export_onnx(model_path: str | Path, onnx_path: str | Path, opset: int = 18) 
 
     from nanoseg import nets
 
-    net, meta = nets.load(model_path, "cpu")
+    net, meta = nets.load(model_path, "cpu", kind="segmenter")
     wrapper = _ProbabilityModule(net, meta["target"]).eval()
     multiple = net.multiple
     # Odd sides, so that the traced graph contains the padding.
@@ -93,6 +93,7 @@ def load_onnx(path: str | Path) -> tuple[OnnxModel, dict[str, Any]]:
     """
     import json
 
+    from nanoseg import nets
     from nanoseg.errors import NanosegError
 
     try:
@@ -104,7 +105,9 @@ def load_onnx(path: str | Path) -> tuple[OnnxModel, dict[str, Any]]:
     stored = model.session.get_modelmeta().custom_metadata_map.get(META_KEY)
     if stored is None:
         raise NanosegError(f"{path}: no nanoseg metadata in this ONNX file; export it with `nanoseg segment export`")
-    return model, json.loads(stored)
+    meta = json.loads(stored)
+    nets.check_kind(path, meta, "segmenter")
+    return model, meta
 
 
 def _probability_module_class() -> type:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nanoseg.config import SegmentConfig
+from nanoseg.config import SegmentConfig, segment_settings
 from nanoseg.errors import NanosegError
 from nanoseg.labels import relabel, separated_binary
-from nanoseg.segment.data import BACKGROUND, TargetKind, foreground_mask, n_outputs
+from nanoseg.segment.data import BACKGROUND, TargetKind, n_outputs
 from nanoseg.segment.instances import foreground_threshold, instances_from_probabilities, resize_labels
 
 logger = logging.getLogger("nanoseg.segment")
@@ -66,7 +67,7 @@ def load_segmenter(path: str | Path, device: Any = "cpu") -> tuple[Any, dict[str
         from nanoseg.segment.export import load_onnx
 
         return load_onnx(path)
-    return nets.load(path, device)
+    return nets.load(path, device, kind="segmenter")
 
 
 def _net_runner(net: Any, target: TargetKind, device: Any, bf16: bool) -> Any:
@@ -187,19 +188,116 @@ def predict_with_agreement(
     return out[:n_out], out[n_out]
 
 
+#: Pixel sizes closer than this (relative) to the model's are taken as the model's: no resampling.
+SAME_SCALE = 0.01
+#: The most an image is resampled to reach the model's pixel size, either way: beyond it the pixel
+#: size is wrong (a unit typo, a print resolution) or the model was trained for other particles.
+MAX_RESAMPLING = 8.0
+
+
 def to_model_scale(image: np.ndarray, pixel_size_nm: float | None, meta: dict[str, Any]) -> tuple[np.ndarray, float]:
     """``image`` resampled to the pixel size the model was trained at, and the factor used.
 
-    Unchanged (factor 1) when either pixel size is unknown or they differ by at most 5 %.
+    Unchanged (factor 1) when either pixel size is unknown or they differ by at most
+    :data:`SAME_SCALE`.
+
+    Raises
+    ------
+    NanosegError
+        If reaching the model's pixel size takes more than :data:`MAX_RESAMPLING` times.
     """
     from skimage.transform import resize
 
     train_px = meta.get("pixel_size_nm")
-    if not (pixel_size_nm and train_px and abs(pixel_size_nm / train_px - 1) > 0.05):
+    if not (pixel_size_nm and train_px and abs(pixel_size_nm / train_px - 1) > SAME_SCALE):
         return image, 1.0
     scale = pixel_size_nm / train_px
+    if not 1 / MAX_RESAMPLING <= scale <= MAX_RESAMPLING:
+        raise NanosegError(
+            f"pixel size {pixel_size_nm:g} nm is {scale:.4g} times the {train_px:g} nm the model was trained at "
+            f"(at most {MAX_RESAMPLING:g}x either way): check the pixel size (--pixel-size, data.pixel_size_nm) "
+            "or train a model at this magnification"
+        )
     shape = (max(16, round(image.shape[0] * scale)), max(16, round(image.shape[1] * scale)))
     return resize(image, shape, order=1, preserve_range=True, anti_aliasing=scale < 1).astype(np.float32), scale
+
+
+@dataclass
+class ModelScaleSegmentation:
+    """A micrograph segmented on the grid of the model's pixel size (:func:`segment_at_model_scale`).
+
+    Sizes are measured here, where the network drew the outlines: resampling the labels to the
+    micrograph's grid first would add the coarser grid's digitisation to every particle.
+
+    Attributes
+    ----------
+    labels : (h, w) int array
+        Instances on the model's grid.
+    probability : (h, w) float32
+        :func:`particle_probability` on the model's grid.
+    image : (h, w) float32
+        The micrograph resampled to the model's grid (the micrograph itself when not resampled).
+    pixel_size_nm : float or None
+        Pixel size of that grid.
+    image_shape : (H, W)
+        Shape of the micrograph.
+    """
+
+    labels: np.ndarray
+    probability: np.ndarray
+    image: np.ndarray
+    pixel_size_nm: float | None
+    image_shape: tuple[int, int]
+
+    @property
+    def resampled(self) -> bool:
+        return self.labels.shape != tuple(self.image_shape)
+
+    def on_image_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Labels (same numbers) and particle probability on the micrograph's grid."""
+        from skimage.transform import resize
+
+        if not self.resampled:
+            return self.labels, self.probability
+        prob = resize(self.probability, self.image_shape, order=1, preserve_range=True).astype(np.float32)
+        return resize_labels(self.labels, self.image_shape), prob
+
+    def table_on_image_grid(self, particles: Any) -> Any:
+        """A particle table measured on this grid with its ``*_px`` columns (and ``pixel_size_nm``)
+        in the micrograph's pixels; the ``*_nm`` columns stay as measured."""
+        from nanoseg.particles import to_other_grid
+
+        if not self.resampled:
+            return particles
+        return to_other_grid(particles, self.labels.shape, self.image_shape)
+
+
+def segment_at_model_scale(
+    net: Any,
+    meta: dict[str, Any],
+    image: np.ndarray,
+    config: SegmentConfig,
+    *,
+    pixel_size_nm: float | None = None,
+    device: Any = "cpu",
+) -> ModelScaleSegmentation:
+    """Instances of one micrograph on the grid of the model's training pixel size.
+
+    The micrograph is resampled to the model's pixel size when both are known and differ by more
+    than :data:`SAME_SCALE` (:func:`to_model_scale`), so that every ``*_px`` post-processing
+    setting means what it meant in training; an image with a side larger than
+    ``config.block_px`` is then segmented piece by piece (:func:`_segment_blocks`).
+    """
+    work, scale = to_model_scale(image, pixel_size_nm, meta)
+    if max(work.shape) > config.block_px:
+        labels, prob = _segment_blocks(net, meta, work, config, device=device)
+    else:
+        labels, prob = _segment_piece(net, meta, work, config, device=device)
+    work_px = pixel_size_nm
+    if pixel_size_nm is not None and scale != 1.0:
+        # the grid's actual pitch: the resampled shape is rounded to whole pixels
+        work_px = pixel_size_nm * float(np.sqrt(image.shape[0] * image.shape[1] / (work.shape[0] * work.shape[1])))
+    return ModelScaleSegmentation(labels, prob, work, work_px, (int(image.shape[0]), int(image.shape[1])))
 
 
 def segment_image(
@@ -214,14 +312,9 @@ def segment_image(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Instance labels and particle probability of one image at its own size.
 
-    If the image's and the model's training pixel sizes are both known and differ by more than
-    5 %, the image is rescaled to the training pixel size for the network, the probabilities are
-    split into particles at that scale (so every ``*_px`` post-processing setting means what it
-    meant in training) and the labels and probabilities are resized back.
-
-    An image with a side larger than ``config.block_px`` is segmented piece by piece
-    (:func:`_segment_blocks`), so that memory does not grow with the image beyond its labels
-    (and probability map, when asked for).
+    Segmented on the model's grid (:func:`segment_at_model_scale`), then brought back onto the
+    image's grid with sizes kept (:func:`nanoseg.segment.instances.resize_labels`). To measure
+    particles, measure them on the model's grid instead.
 
     Returns
     -------
@@ -229,32 +322,23 @@ def segment_image(
     probability : (H, W) float32, or None unless ``probability``
         :func:`particle_probability`.
     """
-    if max(image.shape) > config.block_px:
-        return _segment_blocks(net, meta, image, config, pixel_size_nm=pixel_size_nm, device=device,
-                               probability=probability)
-    labels, prob = _segment_piece(net, meta, image, config, pixel_size_nm=pixel_size_nm, device=device)
+    labels, prob = segment_at_model_scale(net, meta, image, config, pixel_size_nm=pixel_size_nm,
+                                          device=device).on_image_grid()
     return labels, prob if probability else None
 
 
 def _segment_piece(net: Any, meta: dict[str, Any], image: np.ndarray, config: SegmentConfig, *,
-                   pixel_size_nm: float | None, device: Any) -> tuple[np.ndarray, np.ndarray]:
-    from skimage.transform import resize
-
+                   device: Any) -> tuple[np.ndarray, np.ndarray]:
     kind = meta["target"]
-    work, scale = to_model_scale(image, pixel_size_nm, meta)
-    probs = predict_probabilities(net, work, kind, device=device, bf16=config.bf16,
+    probs = predict_probabilities(net, image, kind, device=device, bf16=config.bf16,
                                   tile_px=config.inference_tile_px, overlap_px=config.tile_overlap_px, tta=config.tta)
-    threshold = foreground_threshold(config, meta)
-    labels = instances_from_probabilities(probs, kind, config, threshold=threshold)
-    if scale != 1.0:
-        probs = resize(probs, (probs.shape[0], *image.shape), order=1, preserve_range=True).astype(np.float32)
-        labels = resize_labels(labels, foreground_mask(probs, kind, threshold))
+    labels = instances_from_probabilities(probs, kind, config, threshold=foreground_threshold(config, meta))
     return labels, particle_probability(probs, kind)
 
 
 def _segment_blocks(net: Any, meta: dict[str, Any], image: np.ndarray, config: SegmentConfig, *,
-                    pixel_size_nm: float | None, device: Any, probability: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`segment_image` of a large image, one ``block_px`` piece at a time.
+                    device: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`segment_at_model_scale` of a large image, one ``block_px`` piece at a time.
 
     The image is cut into cores of ``block_px - 2 * block_margin_px``; each core is segmented
     with ``block_margin_px`` of its surroundings, and of the particles found there it keeps
@@ -268,16 +352,14 @@ def _segment_blocks(net: Any, meta: dict[str, Any], image: np.ndarray, config: S
     margin = config.block_margin_px
     block = config.block_px - 2 * margin
     labels = np.zeros((h, w), np.uint32)
-    prob_map = np.zeros((h, w), np.float32) if probability else None
+    prob_map = np.zeros((h, w), np.float32)
     n, cut = 0, 0
     for y0 in range(0, h, block):
         for x0 in range(0, w, block):
             y1, x1 = min(y0 + block, h), min(x0 + block, w)
             py0, px0, py1, px1 = max(0, y0 - margin), max(0, x0 - margin), min(h, y1 + margin), min(w, x1 + margin)
-            piece, prob = _segment_piece(net, meta, image[py0:py1, px0:px1], config, pixel_size_nm=pixel_size_nm,
-                                         device=device)
-            if prob_map is not None:
-                prob_map[y0:y1, x0:x1] = prob[y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
+            piece, prob = _segment_piece(net, meta, image[py0:py1, px0:px1], config, device=device)
+            prob_map[y0:y1, x0:x1] = prob[y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
             del prob
             target = labels[py0:py1, px0:px1]
             for region in regionprops(piece):
@@ -377,7 +459,7 @@ def segment_micrographs(
 
     net, meta = load_segmenter(model_path, device)
     if config is None:
-        config = SegmentConfig.model_validate(meta["config"])
+        config = segment_settings(meta["config"], str(model_path))
     out_dir = Path(out_dir)
     summary = []
     for mg in progress(micrographs, total=len(micrographs), desc="segment"):

@@ -166,19 +166,26 @@ def instances_from_probabilities(
     return relabel(_add_orphans(labels, foreground), config.min_size_px)
 
 
-def resize_labels(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:
-    """Labels found at another scale, brought onto ``foreground``'s grid.
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Labels found at another scale, brought onto a grid of ``shape`` with their sizes kept.
 
-    Nearest-neighbour resizing alone would give staircase outlines when enlarging; instead each
-    label is carried over by nearest neighbour, then grown over the full-resolution foreground
-    by up to one coarse pixel, so outlines follow the fine probability map.
+    Each particle covers, on the new grid, the pixels where the linear interpolation of the
+    coarse "some particle" indicator is at least one half: the outline a particle's own
+    indicator would give, so areas and Feret diameters keep their size in nm up to the new
+    grid's pixel (a mask grown over the fine foreground would take in the boundary band and
+    pixels no coarse particle had, a size bias of +5 to +15 %). Which particle a covered pixel
+    belongs to is decided by the nearest coarse pixel, so touching particles keep their contact
+    line; the particles keep their numbers (one too small for the new grid disappears).
     """
     from skimage.segmentation import expand_labels
     from skimage.transform import resize
 
-    factor = max(foreground.shape[0] / labels.shape[0], foreground.shape[1] / labels.shape[1])
-    coarse = resize(labels, foreground.shape, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
-    grown = expand_labels(coarse, distance=math.ceil(factor) + 1)
-    return relabel(np.where(foreground, grown, 0), 0)
-
-
+    shape = (int(shape[0]), int(shape[1]))
+    if labels.shape == shape:
+        return labels
+    factor = max(shape[0] / labels.shape[0], shape[1] / labels.shape[1])
+    covered = resize((labels > 0).astype(np.float32), shape, order=1, anti_aliasing=False) >= 0.5
+    nearest = resize(labels, shape, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+    # a covered pixel whose nearest coarse pixel is background lies within one coarse pixel of a particle
+    grown = expand_labels(nearest, distance=math.ceil(factor) + 1)
+    return np.where(covered, grown, 0).astype(labels.dtype, copy=False)

@@ -157,6 +157,39 @@ def training_fingerprint(pairs: list[Pair], config: SegmentConfig, pixel_size_nm
     return digest.hexdigest()
 
 
+#: Training images whose pixel sizes differ by more than this fraction are not at one scale.
+_SAME_PIXEL_SIZE = 0.01
+
+
+def pairs_pixel_size_nm(pairs: Sequence[Pair]) -> float | None:
+    """The one pixel size of training pairs, for the model to store; None when none is known.
+
+    Without it a model never resamples an image of another pixel size, and never warns.
+
+    Raises
+    ------
+    NanosegError
+        If the pairs' pixel sizes differ by more than 1 %: no one scale describes the model.
+    """
+    known = [(p.name, float(p.pixel_size_nm)) for p in pairs if p.pixel_size_nm is not None]
+    if not known:
+        logger.warning("segment: the training images have no pixel size, so the model stores none and will not "
+                       "rescale images of another pixel size (give the pixel size with --pixel-size)")
+        return None
+    sizes = [size for _, size in known]
+    if max(sizes) > min(sizes) * (1 + _SAME_PIXEL_SIZE):
+        examples = ", ".join(f"{name} {size:g} nm" for name, size in
+                             (known[int(np.argmin(sizes))], known[int(np.argmax(sizes))]))
+        raise NanosegError(f"segment: the training images have different pixel sizes ({examples}); a model is "
+                           "trained at one: resample them to one pixel size, train on each size separately, or "
+                           "give --pixel-size to state the one to store")
+    unknown = [p.name for p in pairs if p.pixel_size_nm is None]
+    if unknown:
+        logger.warning("segment: %d training image(s) have no pixel size (%s); taken to be at the others' %g nm",
+                       len(unknown), ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else ""), sizes[0])
+    return float(np.median(sizes))
+
+
 def train(
     pairs: list[Pair],
     config: SegmentConfig,
@@ -186,7 +219,8 @@ def train(
         Source of the validation split and the tiles.
     pixel_size_nm : float, optional
         Pixel size of the training images (stored in the model; inference rescales images with
-        a different pixel size).
+        a different pixel size); default: the pairs' own (:attr:`Pair.pixel_size_nm`), when
+        they have one.
     steps : int, optional
         Override of ``config.steps`` (tests, benchmarks).
     extra : sequence of Pair
@@ -204,6 +238,8 @@ def train(
 
     if not pairs:
         raise NanosegError("segment: no training pairs")
+    if pixel_size_nm is None:
+        pixel_size_nm = pairs_pixel_size_nm(pairs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -229,7 +265,7 @@ def train(
     net = nets.create(config.architecture, in_channels=1, out_channels=n_outputs(kind),
                       base_width=config.base_width, depth=config.depth)
     if init_from is not None:
-        start, _ = nets.load(init_from, device)
+        start, _ = nets.load(init_from, device, kind="segmenter")
         if start.init_kwargs != net.init_kwargs:
             raise NanosegError(f"{init_from}: another network than segment's settings describe; cannot start from it")
         net.load_state_dict(start.state_dict())
@@ -307,7 +343,7 @@ def train(
             if not val_pairs or score > best_score:
                 best_score = score
                 nets.save(net, out_dir / "best.pt", meta={**meta, "step": done, "val_iou": record.get("val_iou"),
-                                                          "val_loss": record.get("val_loss")})
+                                                          "val_loss": record.get("val_loss")}, kind="segmenter")
             with atomic_path(ckpt_path) as tmp:
                 torch.save({"kwargs": net.init_kwargs, "target": kind, "fingerprint": fingerprint, "net": net.state_dict(),
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -316,14 +352,14 @@ def train(
             write_json(out_dir / "history.json", history)
             plot_losses(history, out_dir / "training.png", TRAINING_PLOT)
 
-    best, best_meta = nets.load(out_dir / "best.pt", device)
+    best, best_meta = nets.load(out_dir / "best.pt", device, kind="segmenter")
     # The training settings are those of best.pt (the fingerprint says so); the inference settings
     # must be this call's: a training resumed after only they changed applies them from now on.
     best_meta["config"] = config.model_dump(mode="json")
     if config.threshold == "auto" and val_pairs:
         best_meta["threshold"] = choose_threshold(best, best_meta, val_pairs, config, device)
         logger.info("threshold chosen on %d validation pairs: %.2f", len(val_pairs), best_meta["threshold"])
-    return nets.save(best, out_dir / "model.pt", meta=best_meta)
+    return nets.save(best, out_dir / "model.pt", meta=best_meta, kind="segmenter")
 
 
 def _selection_score(record: dict[str, float], select_by: str) -> float:

@@ -415,7 +415,7 @@ def train_cyclegan(
     if not ckpt_path.is_file() and (out_dir / MASK_TO_IMAGE).is_file() and (out_dir / IMAGE_TO_MASK).is_file():
         # Killed after the final save but before the stage was marked done: nothing to redo.
         for net, name in ((model.g_ab, MASK_TO_IMAGE), (model.g_ba, IMAGE_TO_MASK)):
-            net.load_state_dict(nets.load(out_dir / name, model.device)[0].state_dict())
+            net.load_state_dict(nets.load(out_dir / name, model.device, kind="translator")[0].state_dict())
         model.step = cfg.steps
         logger.info("translate: generators already trained in %s", out_dir)
         return model
@@ -452,8 +452,10 @@ def train_cyclegan(
     base_meta = {"tile_size_px": tile, "steps": model.step, "domain": "[-1, 1] inside the net; [0, 1] outside",
                  "particles": "bright", **(meta or {})}
     source = "binary mask" if binary_a else "rendered micrograph"
-    nets.save(model.g_ab, out_dir / MASK_TO_IMAGE, {**base_meta, "input": source, "output": "micrograph"})
-    nets.save(model.g_ba, out_dir / IMAGE_TO_MASK, {**base_meta, "input": "micrograph", "output": "mask probability"})
+    nets.save(model.g_ab, out_dir / MASK_TO_IMAGE, {**base_meta, "input": source, "output": "micrograph"},
+              kind="translator")
+    nets.save(model.g_ba, out_dir / IMAGE_TO_MASK, {**base_meta, "input": "micrograph", "output": "mask probability"},
+              kind="translator")
     ckpt_path.unlink(missing_ok=True)  # the generators are saved; Adam state is no longer needed
     return model
 

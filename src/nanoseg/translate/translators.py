@@ -100,7 +100,7 @@ def load_translator(translate_dir: str | Path, cfg: Any,
         return load_renderer(translate_dir, cfg)
     from nanoseg import nets
 
-    generator, _ = nets.load(translate_dir / MASK_TO_IMAGE, device)
+    generator, _ = nets.load(translate_dir / MASK_TO_IMAGE, device, kind="translator")
     if cfg.method == "refine":
         return RefineTranslator(load_renderer(translate_dir, cfg), generator, device, bf16=cfg.bf16,
                                 batch_size=max(1, cfg.batch_size))
