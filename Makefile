@@ -25,7 +25,7 @@ demo: venv
 	$(BIN)/nanoseg demo --out $(DEMO_DIR)
 
 bench: venv
-	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do $(BIN)/python -m benchmarks.$$(basename $$b .py) || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -13,8 +13,8 @@ steps on the demo masks, which segments as slowly as a real one):
   must skip exactly the finished images, and every image's particle rows must equal those of the
   uninterrupted run.
 
-    python benchmarks/bench_batch.py --images 1000
-    python benchmarks/bench_batch.py --images 60 --distinct 6 --out /tmp/bench_batch.md   # a quick look
+    python -m benchmarks.bench_batch --images 1000
+    python -m benchmarks.bench_batch --images 60 --distinct 6 --out /tmp/bench_batch.md   # a quick look
 
 Results: ``benchmarks/results/bench_batch.json`` and ``.md``. Measure on a quiet machine; the load
 average at the start is recorded.
@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bam_tio2 as bt  # noqa: E402
+from benchmarks import common
 
 NANOSEG = [sys.executable, "-m", "nanoseg"]
 
@@ -123,9 +122,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--shape", default="1024x768", help="Micrograph width x height in px.")
     parser.add_argument("--workers", default="0,2", help="Comma-separated worker counts; 0: in this process.")
     parser.add_argument("--run", type=Path,
-                        default=bt.ROOT / "benchmarks" / "work" / "workflow_quick" / "seed0" / "run",
+                        default=common.ROOT / "benchmarks" / "work" / "workflow_quick" / "seed0" / "run",
                         help="A finished quick run folder whose adapt/model.pt segments (else a briefly trained net).")
-    parser.add_argument("--out", type=Path, default=bt.RESULTS / "bench_batch.md")
+    parser.add_argument("--out", type=Path, default=common.RESULTS / "bench_batch.md")
     args = parser.parse_args(argv)
     try:
         width, height = (int(v) for v in args.shape.lower().split("x"))
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for workers in (int(w) or None for w in args.workers.split(",")):
             for n in sizes:
                 out = work / f"out_w{workers or 0}_{n}"
-                r = bt.timed_run(measure_cmd(subset(images, n, work), model, out, workers))
+                r = common.timed_run(measure_cmd(subset(images, n, work), model, out, workers))
                 seconds = np.array([m["seconds"] for m in markers(out)])
                 percentiles = {f"task_s_p{q}": float(np.percentile(seconds, q)) for q in (50, 90, 99)}
                 runs.append({"workers": workers, "images": n, "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
@@ -152,10 +151,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         whole = work / f"out_w{workers or 0}_{args.images}"
         out = work / "out_killed"
         folder = subset(images, args.images, work)
-        killed = bt.timed_run(measure_cmd(folder, model, out, workers),
-                           kill_when=lambda: len(marker_times(out)) >= args.images // 2)
+        killed = common.timed_run(measure_cmd(folder, model, out, workers),
+                               kill_when=lambda: len(marker_times(out)) >= args.images // 2)
         at_kill = marker_times(out)
-        rerun = bt.timed_run(measure_cmd(folder, model, out, workers))
+        rerun = common.timed_run(measure_cmd(folder, model, out, workers))
         after = marker_times(out)
         skipped = re.search(r"(\d+) of \d+ micrographs were done by an earlier call", rerun["output"])
         a, b = pd.read_csv(out / "particles.csv"), pd.read_csv(whole / "particles.csv")
@@ -167,11 +166,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "lost": args.images - len(after), "rows_differ": len(differ)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    results = {**bt.provenance(load), "n_images": args.images, "n_distinct": args.distinct,
+    results = {**common.provenance(load), "n_images": args.images, "n_distinct": args.distinct,
                "shape": f"{width}x{height}", "runs": runs,
                "resume": resume,
                "model": f"`{model_text}`" if model_text else "a quick-sized MultiResUNet trained 30 steps"}
-    bt.save_results(args.out, results, render(results))
+    common.save_results(args.out, results, render(results))
     return results
 
 

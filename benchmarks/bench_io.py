@@ -4,7 +4,7 @@ Times reading micrographs (the shared TiO2 SEM images when present, else demo im
 a 720x1024 scene and a batch of 128x128 tiles, fitting the renderer, and making the 6-image demo
 data set. Writes ``benchmarks/results/io.json``.
 
-    python benchmarks/bench_io.py [--repeats 3]
+    python -m benchmarks.bench_io [--repeats 3]
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+
+from benchmarks import common
 from nanoseg.atomic import write_json
 from nanoseg.demo import make_demo_data, place_agglomerates
 from nanoseg.io import list_images, read_micrograph
 from nanoseg.render import RenderParams, fit_render_params, render_sem
 
-RESULTS = Path(__file__).resolve().parent / "results" / "io.json"
-SHARED_SEM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bam-tio2" / "sem"
+RESULTS = common.RESULTS / "io.json"
+SHARED_SEM = common.DATA / "sem"
 
 
 def best_of(fn, repeats: int) -> float:

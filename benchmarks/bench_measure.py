@@ -13,7 +13,7 @@ start-up, and the median time of one image's task as its marker records it. Last
 micrographs (``--large``, default 4096 and 8192 px square, a shared micrograph mirrored to that
 size) go through the same command, one each: wall time and the peak resident memory of the process.
 
-    python benchmarks/bench_measure.py --run benchmarks/work/workflow_quick/seed0/run --images 10
+    python -m benchmarks.bench_measure --run benchmarks/work/workflow_quick/seed0/run --images 10
 
 Results: ``benchmarks/results/bench_measure.json`` and ``.md``. Measure on a quiet machine; the
 load average at the start is recorded.
@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bam_tio2 as bt  # noqa: E402
+from benchmarks import common
 
 STEPS = ("read", "network", "network_tta", "network_onnx", "post_processing", "rules", "measure", "write", "overlay")
 #: Alternatives to a step, or optional work: not part of a plain task (with what the table says instead of a share).
@@ -135,7 +134,7 @@ def large_micrograph(path: Path, side: int) -> Path:
     """A ``side`` x ``side`` micrograph: the first shared one (info bar cut) mirrored to that size."""
     from nanoseg import io
 
-    mg = io.read_micrograph(bt.DATA / "sem" / f"{bt.ALL_IDS[0]}.tif")
+    mg = io.read_micrograph(common.DATA / "sem" / f"{common.ALL_IDS[0]}.tif")
     raw = np.round(mg.image * 255).astype(np.uint8)
     tiled = np.pad(raw, ((0, max(0, side - raw.shape[0])), (0, max(0, side - raw.shape[1]))), mode="symmetric")
     return io.write_tiff(path, tiled[:side, :side], pixel_size_nm=mg.pixel_size_nm, ome=True)
@@ -150,7 +149,7 @@ def time_large(sides: list[int], model: Path, config_file: Path) -> list[dict[st
             cmd = [sys.executable, "-c", "from nanoseg.cli import main; main()", "measure", str(image.parent),
                    "--model", str(model), "--config", str(config_file), "--set", "classify.method=rules",
                    "--set", "segment.tta=false", "--set", "data.info_bar_rows=0", "--out", str(Path(tmp) / "out")]
-            r = bt.timed_run(cmd)
+            r = common.timed_run(cmd)
             n = sum(1 for _ in open(Path(tmp) / "out" / "particles.csv")) - 1
         rows.append({"side_px": side, "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"], "particles": n})
         print(rows[-1], flush=True)
@@ -194,7 +193,7 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_run = bt.ROOT / "benchmarks" / "work" / "workflow_quick" / "seed0" / "run"
+    default_run = common.ROOT / "benchmarks" / "work" / "workflow_quick" / "seed0" / "run"
     parser.add_argument("--run", type=Path, default=default_run,
                         help="A finished quick run folder (its adapt/model.pt and config.yaml are used).")
     parser.add_argument("--images", type=int, default=10, help="Micrographs whose steps are timed (default 10).")
@@ -202,10 +201,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "(default 30: more than the report's 12 overlays, so most tasks draw none).")
     parser.add_argument("--large", default="4096,8192", help="Sides in px of large micrographs to measure ('' for none).")
     parser.add_argument("--only-large", action="store_true", help="Measure only the large micrographs.")
-    parser.add_argument("--out", type=Path, default=bt.RESULTS / "bench_measure.md")
+    parser.add_argument("--out", type=Path, default=common.RESULTS / "bench_measure.md")
     args = parser.parse_args(argv)
-    if not bt.DATA.is_dir():
-        raise SystemExit(f"error: {bt.DATA} not found; the benchmark needs the shared TiO2 data")
+    if not common.DATA.is_dir():
+        raise SystemExit(f"error: {common.DATA} not found; the benchmark needs the shared TiO2 data")
     model, config_file = args.run / "adapt" / "model.pt", args.run / "config.yaml"
     if not model.is_file():
         raise SystemExit(f"error: {model} not found; give --run a finished quick run folder")
@@ -216,18 +215,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     configure_torch(None)
     config = load_config(config_file)
-    paths = [bt.DATA / "sem" / f"{i}.tif" for i in bt.ALL_IDS[:args.images]]
+    paths = [common.DATA / "sem" / f"{i}.tif" for i in common.ALL_IDS[:args.images]]
     load = os.getloadavg()
-    results = {**bt.provenance(load),
-               "model": bt.shown_path(model),
+    results = {**common.provenance(load),
+               "model": common.shown_path(model),
                "n_images": len(paths), "block_px": config.segment.block_px, "torch_threads": torch.get_num_threads()}
     if not args.only_large:
         times = time_steps(paths, model, config)
-        command_paths = [bt.DATA / "sem" / f"{i}.tif" for i in bt.ALL_IDS[:args.command_images]]
+        command_paths = [common.DATA / "sem" / f"{i}.tif" for i in common.ALL_IDS[:args.command_images]]
         command = {tta: time_command(command_paths, model, config_file, tta == "on") for tta in ("off", "on")}
         results.update(seconds=times, median_s={k: float(np.median(v)) for k, v in times.items()}, command_s=command)
     results["large"] = time_large([int(v) for v in args.large.split(",") if v.strip()], model, config_file)
-    bt.save_results(args.out, results, render(results))
+    common.save_results(args.out, results, render(results))
     return results
 
 

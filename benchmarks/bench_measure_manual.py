@@ -10,20 +10,22 @@ Rühle et al. (Sci. Rep. 11, 4942, 2021) report for the ground-truth masks.
 
 Writes ``benchmarks/results/measure_manual.json``. Skips (exit 0) without the shared data.
 
-Usage: .venv/bin/python benchmarks/bench_measure_manual.py
+Usage: .venv/bin/python -m benchmarks.bench_measure_manual
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "bam-tio2"
-RESULT = ROOT / "benchmarks" / "results" / "measure_manual.json"
+
+from benchmarks import common
+
+DATA = common.DATA
+RESULT = common.RESULTS / "measure_manual.json"
 
 
 def kept_by_class_mask(labels: np.ndarray, class_mask: np.ndarray) -> np.ndarray:
@@ -38,7 +40,8 @@ def kept_by_class_mask(labels: np.ndarray, class_mask: np.ndarray) -> np.ndarray
     return ids[white > 0.5]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)  # --help; no options
     if not (DATA / "masks").is_dir():
         print(f"skipped: shared data not found at {DATA}")
         return 0

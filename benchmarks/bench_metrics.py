@@ -4,26 +4,27 @@ Uses the first manual mask of ../shared/data/bam-tio2 as ground truth when it is
 synthetic image of random discs) and a perturbed copy as prediction: a smoothed, noisy
 probability map, thresholded at 0.5.
 
-    python benchmarks/bench_metrics.py
+    python -m benchmarks.bench_metrics
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
+
+from benchmarks import common
 from nanoseg import metrics as M
 from nanoseg.atomic import write_json
 from nanoseg.evaluate import evaluate_predictions
 from nanoseg.labels import label_binary
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "bam-tio2" / "masks"
+SHARED = common.DATA / "masks"
 
 
 def ground_truth() -> tuple[np.ndarray, str]:
@@ -50,7 +51,8 @@ def timed(fn, repeats: int = 3) -> float:
     return float(np.median(times))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)  # --help; no options
     gt, source = ground_truth()
     gt_labels = label_binary(gt, 1)
     rng = np.random.default_rng(0)
@@ -87,7 +89,7 @@ def main() -> None:
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "seconds": results,
     }
-    out = write_json(ROOT / "benchmarks" / "results" / "metrics.json", report)
+    out = write_json(common.RESULTS / "metrics.json", report)
     for name, value in results.items():
         print(f"{name:<30} {value:8.4f} s")
     print(f"wrote {out}")

@@ -14,7 +14,7 @@ both ways for the run's settings and one other (marker_threshold 0.5 / marker_h 
 6 px). Reports the pixels where the two differ (must be 0), the median time of each per image,
 and the median time of the whole post-processing (``instances_from_probabilities``).
 
-    python benchmarks/bench_postprocess.py --runs benchmarks/work/workflow_quick --seeds 0,1,2
+    python -m benchmarks.bench_postprocess --runs benchmarks/work/workflow_quick --seeds 0,1,2
 
 Results: ``benchmarks/results/bench_postprocess.json`` and ``.md``.
 """
@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bam_tio2 as bt  # noqa: E402
+from benchmarks import common
 
 #: (marker_threshold, marker_h, boundary_width_px); None: the run's own
 SETTINGS = ((None, None, None), (0.5, 0.1, 6))
@@ -61,9 +59,9 @@ def seed_times(run_dir: Path) -> dict[str, Any]:
     times: dict[str, list[float]] = {k: [] for k in ("markers_whole", "markers_within", "band_whole", "band_within",
                                                      "post_processing")}
     differ = {"markers": 0, "band": 0}
-    for image_id in bt.ALL_IDS:
-        height, width = bt.manual_mask(image_id).shape  # the micrograph above its info bar
-        image = np.asarray(io.read_micrograph(bt.DATA / "sem" / f"{image_id}.tif").image)[:height, :width]
+    for image_id in common.ALL_IDS:
+        height, width = common.manual_mask(image_id).shape  # the micrograph above its info bar
+        image = np.asarray(io.read_micrograph(common.DATA / "sem" / f"{image_id}.tif").image)[:height, :width]
         probs = predict_probabilities(net, image, meta["target"], bf16=False, tta=False)
         interior, foreground = probs[INTERIOR], foreground_mask(probs, meta["target"], 0.5)
         _, t = _timed(instances_from_probabilities, probs, meta["target"], cfg)
@@ -109,16 +107,16 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    bt.add_run_folder_arguments(parser, "seed<S>/run")
-    parser.add_argument("--out", type=Path, default=bt.RESULTS / "bench_postprocess.md")
+    common.add_run_folder_arguments(parser, "seed<S>/run")
+    parser.add_argument("--out", type=Path, default=common.RESULTS / "bench_postprocess.md")
     args = parser.parse_args(argv)
     from nanoseg.runtime import configure_torch
 
     configure_torch(None)
     load = os.getloadavg()
     seeds = {int(s): seed_times(args.runs / f"seed{s}" / "run") for s in args.seeds}
-    results = {**bt.provenance(load), "runs": bt.shown_path(args.runs), "seeds": seeds}
-    bt.save_results(args.out, results, render(results))
+    results = {**common.provenance(load), "runs": common.shown_path(args.runs), "seeds": seeds}
+    common.save_results(args.out, results, render(results))
     return results
 
 

@@ -6,9 +6,9 @@ configuration. Writes ``benchmarks/results/segment.json``.
 
 Usage::
 
-    python benchmarks/bench_segment.py            # 1 thread and all threads of the machine
-    python benchmarks/bench_segment.py --threads 2 --train-steps 5 --repeats 3
-    python benchmarks/bench_segment.py --profiles quick quick+architecture=multiresunet
+    python -m benchmarks.bench_segment            # 1 thread and all threads of the machine
+    python -m benchmarks.bench_segment --threads 2 --train-steps 5 --repeats 3
+    python -m benchmarks.bench_segment --profiles quick quick+architecture=multiresunet
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from nanoseg.runtime import available_cores
 import yaml
 
-RESULTS = Path(__file__).resolve().parent / "results" / "segment.json"
+
+from benchmarks import common
+from nanoseg.runtime import available_cores
+
+RESULTS = common.RESULTS / "segment.json"
 IMAGE_SHAPE = (768, 1024)
 
 

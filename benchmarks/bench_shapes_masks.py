@@ -6,7 +6,7 @@ particle count calibrated to 7.2 % foreground). Writes ``benchmarks/results/shap
 
 Usage::
 
-    python benchmarks/bench_shapes_masks.py [--train-steps 30] [--n-shapes 1000] [--n-masks 6]
+    python -m benchmarks.bench_shapes_masks [--train-steps 30] [--n-shapes 1000] [--n-masks 6]
         [--threads 1] [--generator RUN/shapes/generator.pt]
 """
 
@@ -20,14 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+
+from benchmarks import common
 from nanoseg.atomic import write_json
 from nanoseg.config import build_config
 from nanoseg.masks import assemble_mask, calibrate_particle_count
 from nanoseg.runtime import available_cores
 from nanoseg.shapes import load_outlines, random_polygons, sample_shapes, train_wgan
 
-OUTLINES = Path(__file__).resolve().parents[1].parent / "shared/data/bam-tio2/outlines"
-RESULT = Path(__file__).resolve().parent / "results" / "shapes_masks.json"
+OUTLINES = common.DATA / "outlines"
+RESULT = common.RESULTS / "shapes_masks.json"
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Uses the ``quick`` profile's sizes (tile, widths, residual blocks, batch, mask tile size) on
 synthetic inputs, so it runs without any data. Writes ``benchmarks/results/translate.json``.
 
-    python benchmarks/bench_translate.py [--iterations 20] [--pairs 6] [--threads N]
+    python -m benchmarks.bench_translate [--iterations 20] [--pairs 6] [--threads N]
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+
+from benchmarks import common
 from nanoseg.atomic import write_json
 from nanoseg.config import build_config
 from nanoseg.tiles import random_tiles
 from nanoseg.translate import CycleGAN, FakeMask, GanTranslator, RenderTranslator, generate_pairs, to_net
 
-RESULTS = Path(__file__).resolve().parent / "results" / "translate.json"
+RESULTS = common.RESULTS / "translate.json"
 
 
 def disc_tile(rng: np.random.Generator, shape: tuple[int, int], n: int = 120) -> np.ndarray:

@@ -19,7 +19,7 @@ whose classifier trained on all of them, a cheap preview of ``auto``), ``size`` 
 ``frag25`` (a tenth / a quarter of the whole particles of each training tile cut in two and
 labelled discard, ``fragment_fraction``), named on the command line. A trained model is kept in ``--work-dir`` and reused by a later call.
 
-    python benchmarks/classify_options.py --runs benchmarks/work/workflow_quick --seeds 0,1,2 --variants base,size
+    python -m benchmarks.classify_options --runs benchmarks/work/workflow_quick --seeds 0,1,2 --variants base,size
 
 Results: ``benchmarks/results/classify_options_<profile>.json`` and ``.md``.
 """
@@ -29,21 +29,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bam_tio2 as bt  # noqa: E402
-from workflow_scoring import (  # noqa: E402
+from benchmarks import common
+from benchmarks.workflow_scoring import (
     expert_truth, keep_precision_recall, label_ids, matched_labels, min_feret_row, read_seed_outputs, size_table,
 )
 
-from nanoseg.atomic import write_json, write_text  # noqa: E402
+from nanoseg.atomic import write_json, write_text
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
@@ -112,11 +110,12 @@ def run_variant(seed_dir: Path, variant: str, model_dir: Path, image_ids: tuple[
         net, meta = classify.fit_classifier(samples, cfg, checkpoint=model_dir / "checkpoint.pt", seed=config.seed)
         nets.save(net, model_dir / "model.pt", meta={"task": "classify", "variant": variant, **meta,
                                                      "options": {k: list(v) if isinstance(v, tuple) else v
-                                                                 for k, v in VARIANTS[variant].items()}})
+                                                                 for k, v in VARIANTS[variant].items()}},
+                  kind="classifier")
         cfg, calibration = classify.resolve_threshold(cfg, meta), meta.get("calibration")
     train_s = time.perf_counter() - t0
     labels, _, _ = read_seed_outputs(seed_dir / "measure", image_ids)
-    items = [(i, labels[i], (mg := read_micrograph(bt.DATA / "sem" / f"{i}.tif")).image, mg.pixel_size_nm)
+    items = [(i, labels[i], (mg := read_micrograph(common.DATA / "sem" / f"{i}.tif")).image, mg.pixel_size_nm)
              for i in image_ids]
     decisions = classify.classify_images(items, cfg, net=net)
     kept = {}
@@ -126,7 +125,7 @@ def run_variant(seed_dir: Path, variant: str, model_dir: Path, image_ids: tuple[
     from nanoseg.labels import label_binary
 
     expert_kept = {i: truth[i][1] for i in image_ids}
-    sizes = size_table(kept, expert_kept, bt.pixel_size_nm())
+    sizes = size_table(kept, expert_kept, common.pixel_size_nm())
     keep = keep_precision_recall(labels, kept, {i: label_binary(truth[i][0] > 0, 1) for i in image_ids}, expert_kept)
     return {"train_s": round(train_s, 1), "score_threshold": float(cfg.score_threshold), "calibration": calibration,
             "keep": keep, "sizes": sizes,
@@ -164,10 +163,10 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    bt.add_run_folder_arguments(parser, "seed<S>/run and seed<S>/measure")
+    common.add_run_folder_arguments(parser, "seed<S>/run and seed<S>/measure")
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--variants", default="base,size")
-    parser.add_argument("--work-dir", type=Path, default=bt.ROOT / "benchmarks" / "work" / "classify_options")
+    parser.add_argument("--work-dir", type=Path, default=common.ROOT / "benchmarks" / "work" / "classify_options")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     from nanoseg.runtime import configure_torch
@@ -177,10 +176,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"error: unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
-    image_ids = bt.ALL_IDS
+    image_ids = common.ALL_IDS
     truth = expert_truth(image_ids)
     load = os.getloadavg()
-    out = args.out or bt.RESULTS / f"classify_options_{args.profile}.md"
+    out = args.out or common.RESULTS / f"classify_options_{args.profile}.md"
     seeds: dict[int, dict[str, Any]] = {}
     for seed in args.seeds:
         seeds[seed] = {}
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mean[variant] = {k: float(np.mean([x[k] for x in sizes]))
                          for k in ("count_rel_error", "mean_rel_error", "median_rel_error")}
         mean[variant]["recall_matched"] = float(np.mean([seeds[s][variant]["keep"]["recall_matched"] for s in seeds]))
-    results = {"profile": args.profile, **bt.provenance(load), "runs": bt.shown_path(args.runs), "images": list(image_ids),
+    results = {"profile": args.profile, **common.provenance(load), "runs": common.shown_path(args.runs), "images": list(image_ids),
                "variants": {v: {k: list(x) if isinstance(x, tuple) else x for k, x in VARIANTS[v].items()}
                             for v in variants},
                "seeds": seeds, "mean": mean}

@@ -14,7 +14,7 @@ Variants: ``run`` (the decisions as written), ``thin`` (``classify.min_inscribed
 no convex particle is below 2/3), ``strict_thin`` (the same without the pixel slack), ``min5`` /
 ``min7`` (min Feret below 5 / 7 px: a resolution floor) and ``thin+min5``.
 
-    python benchmarks/keep_rules.py --runs benchmarks/work/workflow_quick --seeds 0,1,2
+    python -m benchmarks.keep_rules --runs benchmarks/work/workflow_quick --seeds 0,1,2
 
 Results: ``benchmarks/results/keep_rules_<profile>.json`` and ``.md``.
 """
@@ -24,19 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bam_tio2 as bt  # noqa: E402
-from workflow_scoring import expert_truth, keep_precision_recall, min_feret_row, read_seed_outputs, size_table  # noqa: E402
+from benchmarks import common
+from benchmarks.workflow_scoring import expert_truth, keep_precision_recall, min_feret_row, read_seed_outputs, size_table
 
-from nanoseg.atomic import write_json, write_text  # noqa: E402
+from nanoseg.atomic import write_json, write_text
 
 
 def _thin(slack_px: float) -> Callable[[pd.DataFrame], np.ndarray]:
@@ -106,11 +104,11 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    bt.add_run_folder_arguments(parser, "seed<S>/measure")
+    common.add_run_folder_arguments(parser, "seed<S>/measure")
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    image_ids = bt.ALL_IDS
+    image_ids = common.ALL_IDS
     truth = expert_truth(image_ids)
     load = os.getloadavg()
     expert_kept = {i: np.asarray(truth[i][1]) for i in image_ids}
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seeds[seed] = {}
         for variant, rule in RULES.items():
             k = apply_rule(kept, tables, rule)
-            seeds[seed][variant] = {"sizes": size_table(k, expert_kept, bt.pixel_size_nm()),
+            seeds[seed][variant] = {"sizes": size_table(k, expert_kept, common.pixel_size_nm()),
                                     "keep": keep_precision_recall(labels, k, expert_labels, expert_kept)}
             size = min_feret_row(seeds[seed][variant]["sizes"])
             print(f"seed {seed} {variant}: kept {size['n_pred']}, mean min Feret {size['mean_rel_error']:+.3f}, "
@@ -144,9 +142,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             mean[variant][key] = float(values.mean())
             mean[variant][f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
             mean[variant][f"worst_{key}"] = float(values[np.argmax(np.abs(values))])
-    results = {"profile": args.profile, **bt.provenance(load), "runs": bt.shown_path(args.runs), "images": list(image_ids),
+    results = {"profile": args.profile, **common.provenance(load), "runs": common.shown_path(args.runs), "images": list(image_ids),
                "expert_cost": expert_cost, "seeds": seeds, "mean": mean}
-    out = args.out or bt.RESULTS / f"keep_rules_{args.profile}.md"
+    out = args.out or common.RESULTS / f"keep_rules_{args.profile}.md"
     write_json(out.with_suffix(".json"), json.loads(json.dumps(results, default=float)))
     write_text(out, render(results) + "\n")
     print(render(results))

@@ -9,7 +9,7 @@ masks). The question is whether the setting that maximises F1 on the fakes, whic
 by itself without any annotation, also raises F1 on the real images, above all in a seed that
 over-splits.
 
-    python benchmarks/marker_calibration.py --runs /work/bench/fresh --out benchmarks/results/marker_calibration_quick.md
+    python -m benchmarks.marker_calibration --runs /work/bench/fresh --out benchmarks/results/marker_calibration_quick.md
 
 Results: the Markdown file given by ``--out`` and a ``.json`` beside it.
 """
@@ -19,19 +19,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bam_tio2 as bt  # noqa: E402
-from workflow_scoring import held_out_pairs  # noqa: E402
+from benchmarks import common
+from benchmarks.workflow_scoring import held_out_pairs
 
-from nanoseg.atomic import write_json, write_text  # noqa: E402
+from nanoseg.atomic import write_json, write_text
 
 logger = logging.getLogger("nanoseg.benchmarks.marker_calibration")
 
@@ -60,8 +58,8 @@ def run_probabilities(run_dir: Path, image_ids: tuple[str, ...]) -> tuple[dict, 
             fake_p[path.stem], fake_gt[path.stem] = probs(pair["image"]), pair["instances"]
     real_p, real_gt = {}, {}
     for i in image_ids:
-        real_p[i] = probs(read_micrograph(bt.DATA / "sem" / f"{i}.tif").image)
-        real_gt[i] = bt.manual_mask(i)
+        real_p[i] = probs(read_micrograph(common.DATA / "sem" / f"{i}.tif").image)
+        real_gt[i] = common.manual_mask(i)
     return fake_p, fake_gt, real_p, real_gt, (cfg, kind, foreground_threshold(cfg, meta))
 
 
@@ -93,7 +91,7 @@ def calibrate_seed(run_dir: Path, image_ids: tuple[str, ...]) -> dict[str, Any]:
 def render(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = ["# Watershed markers chosen on each run's own fakes", "",
-             bt.run_folder_header("marker_calibration.py", meta) + " Strict F1 at IoU 0.5; fakes: the run's held-out "
+             common.run_folder_header("marker_calibration.py", meta) + " Strict F1 at IoU 0.5; fakes: the run's held-out "
              "synthetic pairs against their "
              "instance masks; real: the 30 TiO2 micrographs against "
              f"the expert's masks. Grid: marker_threshold {list(MARKER_THRESHOLDS)} x marker_h "
@@ -112,16 +110,16 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    bt.add_run_folder_arguments(parser, "seed<S>/run")
-    parser.add_argument("--out", type=Path, default=bt.RESULTS / "marker_calibration_quick.md")
+    common.add_run_folder_arguments(parser, "seed<S>/run")
+    parser.add_argument("--out", type=Path, default=common.RESULTS / "marker_calibration_quick.md")
     parser.add_argument("--note", default="",
                         help="Conditions of the call (which benchmark call made the run folders).")
     args = parser.parse_args(argv)
-    runs = bt.seed_folders(parser, args, "run", "adapt/model.pt")
+    runs = common.seed_folders(parser, args, "run", "adapt/model.pt")
     load = os.getloadavg()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    seeds = {s: calibrate_seed(run_dir, bt.ALL_IDS) for s, run_dir in runs.items()}
-    results = {"meta": bt.run_folder_meta(load, args), "seeds": seeds}
+    seeds = {s: calibrate_seed(run_dir, common.ALL_IDS) for s, run_dir in runs.items()}
+    results = {"meta": common.run_folder_meta(load, args), "seeds": seeds}
     write_json(args.out.with_suffix(".json"), results)
     write_text(args.out, render(results))
 

@@ -9,7 +9,7 @@ is paired with ours, and the pairs are binned by their IoU: a well-placed edge s
 Feret ratio near 1 in the top bin, a partial merge as a large area ratio in the low bins. Each
 bin's contribution is its share of the matched pairs' mean min Feret error.
 
-    python benchmarks/outline_error.py --runs /work/bench/fresh2 --out benchmarks/results/outline_error_quick.md
+    python -m benchmarks.outline_error --runs /work/bench/fresh2 --out benchmarks/results/outline_error_quick.md
 
 Results: the Markdown file given by ``--out`` and a ``.json`` beside it.
 """
@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bam_tio2 as bt  # noqa: E402
-from workflow_scoring import matched_pair_sizes, outline_error_by_match, read_seed_outputs  # noqa: E402
+from benchmarks import common
+from benchmarks.workflow_scoring import matched_pair_sizes, outline_error_by_match, read_seed_outputs
 
 logger = logging.getLogger("nanoseg.benchmarks.outline_error")
 
@@ -38,8 +36,8 @@ def score_seed(measure_dir: Path, image_ids: tuple[str, ...]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     labels, _ = read_seed_outputs(measure_dir, image_ids, probabilities=False)
-    expert = {i: label_binary(bt.manual_mask(i) > 0, 1) for i in image_ids}
-    expert_kept = {i: bt.manual_kept_labels(i) for i in image_ids}
+    expert = {i: label_binary(common.manual_mask(i) > 0, 1) for i in image_ids}
+    expert_kept = {i: common.manual_kept_labels(i) for i in image_ids}
     pairs = matched_pair_sizes(labels, expert, expert_kept)
     bins = outline_error_by_match(pairs)
     logger.info("%s: %d pairs in %.0f s", measure_dir, len(pairs), time.perf_counter() - t0)
@@ -50,7 +48,7 @@ def score_seed(measure_dir: Path, image_ids: tuple[str, ...]) -> dict[str, Any]:
 
 def render(results: dict[str, Any]) -> str:
     lines = ["# Our outlines of the expert's kept particles, by how well they match", "",
-             bt.run_folder_header("outline_error.py", results["meta"]) + " Pairs: every particle the expert kept that one "
+             common.run_folder_header("outline_error.py", results["meta"]) + " Pairs: every particle the expert kept that one "
              "of ours matches at IoU 0.5 on the 30 TiO2 micrographs, particles touching the border left out. "
              "Ratios are ours over the expert's; a bin's contribution is its part of the matched pairs' mean "
              "min Feret error (the contributions add up to it).", "",
@@ -67,16 +65,16 @@ def render(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    bt.add_run_folder_arguments(parser, "seed<S>/measure")
-    parser.add_argument("--out", type=Path, default=bt.RESULTS / "outline_error_quick.md")
+    common.add_run_folder_arguments(parser, "seed<S>/measure")
+    parser.add_argument("--out", type=Path, default=common.RESULTS / "outline_error_quick.md")
     parser.add_argument("--note", default="", help="Conditions of the call (which benchmark call made the folders).")
     args = parser.parse_args(argv)
-    folders = bt.seed_folders(parser, args, "measure", "decisions.csv")
+    folders = common.seed_folders(parser, args, "measure", "decisions.csv")
     load = os.getloadavg()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    seeds = {s: score_seed(folder, bt.ALL_IDS) for s, folder in folders.items()}
-    results = {"meta": bt.run_folder_meta(load, args), "seeds": seeds}
-    bt.save_results(args.out, results, render(results))
+    seeds = {s: score_seed(folder, common.ALL_IDS) for s, folder in folders.items()}
+    results = {"meta": common.run_folder_meta(load, args), "seeds": seeds}
+    common.save_results(args.out, results, render(results))
 
 
 if __name__ == "__main__":

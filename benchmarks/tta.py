@@ -12,8 +12,8 @@ recorded; the ratio of the two is what carries over to other machines. The paper
 threshold sweep over the probability maps takes minutes per seed) is left out: the strict protocol
 scores the particles that are measured.
 
-    python benchmarks/tta.py --work-dir benchmarks/work/workflow_quick --seeds 0,1,2
-    python benchmarks/tta.py --set segment.bf16=false
+    python -m benchmarks.tta --work-dir benchmarks/work/workflow_quick --seeds 0,1,2
+    python -m benchmarks.tta --set segment.bf16=false
 
 Results: ``benchmarks/results/tta_<profile>.json`` and ``.md`` (other settings:
 ``measure_<key>_<value>_<profile>``).
@@ -25,19 +25,17 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bam_tio2 as bt  # noqa: E402
-from workflow import nanoseg_cli  # noqa: E402
-from workflow_scoring import expert_truth, headline, read_seed_outputs, score_images  # noqa: E402
+from benchmarks import common
+from benchmarks.workflow import nanoseg_cli
+from benchmarks.workflow_scoring import expert_truth, headline, read_seed_outputs, score_images
 
-from nanoseg.atomic import write_json, write_text  # noqa: E402
+from nanoseg.atomic import write_json, write_text
 
 DEFAULT_SET = "segment.tta=true"
 #: (headline key, column title, format) shown per seed and variant.
@@ -53,7 +51,7 @@ def measure_variant(run_dir: Path, out: Path, extra: list[str]) -> dict[str, flo
     """``nanoseg measure`` as the workflow benchmark runs it, plus ``extra``; returns its time and memory."""
     if out.exists():
         shutil.rmtree(out)
-    args = ["measure", str(bt.DATA / "sem"), "--model", str(run_dir / "adapt" / "model.pt"),
+    args = ["measure", str(common.DATA / "sem"), "--model", str(run_dir / "adapt" / "model.pt"),
             "--config", str(run_dir / "config.yaml"), "--out", str(out)]
     if (run_dir / "classify" / "model.pt").is_file():
         args += ["--classifier", str(run_dir / "classify" / "model.pt")]
@@ -92,7 +90,7 @@ def _variant_name(setting: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work-dir", type=Path, default=bt.ROOT / "benchmarks" / "work" / "workflow_quick")
+    parser.add_argument("--work-dir", type=Path, default=common.ROOT / "benchmarks" / "work" / "workflow_quick")
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--set", dest="setting", default=DEFAULT_SET, metavar="KEY=VALUE",
@@ -103,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"error: --set {args.setting!r}: expected KEY=VALUE, e.g. segment.bf16=false")
     variants = {"plain": [], _variant_name(args.setting): ["--set", args.setting]}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    image_ids = bt.ALL_IDS
+    image_ids = common.ALL_IDS
     truth = expert_truth(image_ids)
     load = os.getloadavg()
     seeds: dict[int, Any] = {}
@@ -116,16 +114,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out = args.work_dir / f"seed{seed}" / f"measure_{name}"
             cost = measure_variant(run_dir, out, extra)
             labels, kept = read_seed_outputs(out, image_ids, probabilities=False)
-            seeds[seed][name] = {**headline(score_images(labels, None, kept, truth, bt.pixel_size_nm())), **cost}
+            seeds[seed][name] = {**headline(score_images(labels, None, kept, truth, common.pixel_size_nm())), **cost}
             logging.info("seed %d %s: %s", seed, name, seeds[seed][name])
     mean = {name: {k: float(np.mean([s[name][k] for s in seeds.values()])) for k, _, _ in COLUMNS}
             for name in variants}
     other = _variant_name(args.setting)
     mean["time_ratio"] = float(np.mean([s[other]["wall_s"] / s["plain"]["wall_s"] for s in seeds.values()]))
-    results = {"profile": args.profile, "set": args.setting, **bt.provenance(load),
-               "work_dir": bt.shown_path(args.work_dir), "images": list(image_ids), "seeds": seeds, "mean": mean}
-    out = args.out or bt.RESULTS / (f"tta_{args.profile}.md" if args.setting == DEFAULT_SET
-                                    else f"measure_{other}_{args.profile}.md")
+    results = {"profile": args.profile, "set": args.setting, **common.provenance(load),
+               "work_dir": common.shown_path(args.work_dir), "images": list(image_ids), "seeds": seeds, "mean": mean}
+    out = args.out or common.RESULTS / (f"tta_{args.profile}.md" if args.setting == DEFAULT_SET
+                                        else f"measure_{other}_{args.profile}.md")
     write_json(out.with_suffix(".json"), results)
     write_text(out, render(results) + "\n")
     print(render(results))

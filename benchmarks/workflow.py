@@ -4,7 +4,7 @@ For each seed the script runs, as subprocesses, exactly the commands of the READ
 
 1. ``nanoseg run DATA --out WORK/seed<S>/run --profile PROFILE --seed S`` with the profile's
    defaults and no other setting (``--smoke`` adds the step-count cuts of
-   :func:`bam_tio2.smoke_overrides`). DATA is ``../shared/data/bam-tio2`` itself (its ``sem/``
+   :func:`benchmarks.common.smoke_overrides`). DATA is ``../shared/data/bam-tio2`` itself (its ``sem/``
    and ``outlines/``; the workflow never reads ``masks/`` or ``classes/``), or, with
    ``--images N``, a folder of links to the first N micrographs and the outlines;
 2. ``nanoseg measure DATA/sem --model RUN/adapt/model.pt --classifier RUN/classify/model.pt
@@ -32,8 +32,8 @@ three fixed images (expert outlines vs the first seed's particles) go to
 ``benchmarks/results/workflow_<profile>[_smoke]/``; they show the CC BY-NC-ND micrographs, so
 they are not committed (``.gitignore``): the script makes them again.
 
-    python benchmarks/workflow.py                         # quick profile, seeds 0,1,2, all 30 images
-    python benchmarks/workflow.py --profile demo --smoke --seeds 0 --images 3   # minutes; the tests run this
+    python -m benchmarks.workflow                         # quick profile, seeds 0,1,2, all 30 images
+    python -m benchmarks.workflow --profile demo --smoke --seeds 0 --images 3   # minutes; the tests run this
 """
 
 from __future__ import annotations
@@ -52,23 +52,22 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bam_tio2 as bt  # noqa: E402  (the TiO2 data helpers: manual masks, kept classes, smoke sizes)
+from benchmarks import common
+from benchmarks.workflow_report import readme_section, render_report
+from benchmarks.workflow_scoring import (
+    aggregate, expert_truth, headline, read_seed_outputs, score_images, score_seed)
+from nanoseg.atomic import write_json, write_text
+from nanoseg.errors import NanosegError
+from nanoseg.runtime import peak_rss_mb
 
-from workflow_report import readme_section, render_report  # noqa: E402
-from workflow_scoring import aggregate, expert_truth, headline, read_seed_outputs, score_images, score_seed  # noqa: E402
-
-from nanoseg.atomic import write_json, write_text  # noqa: E402
-from nanoseg.errors import NanosegError  # noqa: E402
-
-ROOT = bt.ROOT
-DATA = bt.DATA
-RESULTS = bt.RESULTS
+ROOT = common.ROOT
+DATA = common.DATA
+RESULTS = common.RESULTS
 logger = logging.getLogger("nanoseg.benchmarks.workflow")
 
 #: Images whose overlays are drawn (fixed: first, middle and last of the 30 sorted ids).
-OVERLAY_IDS: tuple[str, ...] = (bt.ALL_IDS[0], bt.ALL_IDS[14], bt.ALL_IDS[-1])
+OVERLAY_IDS: tuple[str, ...] = (common.ALL_IDS[0], common.ALL_IDS[14], common.ALL_IDS[-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,18 +101,18 @@ def nanoseg_cli(args: list[str], log_path: Path, env: dict[str, str] | None = No
 
 
 def smoke_sets(profile: str) -> list[str]:
-    """``--set`` options that shrink every step count like ``bam_tio2.py --smoke``."""
+    """``--set`` options that shrink every step count like ``bam_tio2 --smoke`` (:func:`common.smoke_overrides`)."""
     from nanoseg.config import build_config
 
     sets = []
-    for section, values in bt.smoke_overrides(build_config(profile=profile)).items():
+    for section, values in common.smoke_overrides(build_config(profile=profile)).items():
         sets += [f"{section}.{key}={value}" for key, value in values.items()]
     return sets
 
 
 def data_folder(image_ids: tuple[str, ...], work_dir: Path) -> Path:
     """The data folder a user would give: the shared one itself, or links to a subset of it."""
-    if image_ids == bt.ALL_IDS:
+    if image_ids == common.ALL_IDS:
         return DATA
     from nanoseg.baselines import link_file
 
@@ -173,7 +172,7 @@ def supervised_key(profile: str, smoke: bool, image_ids: tuple[str, ...], n_fold
 
     from nanoseg.classify import RULE_SETTINGS
 
-    config = bt._unet(bt.benchmark_config(profile, smoke=smoke))
+    config = common.unet_config(common.benchmark_config(profile, smoke=smoke))
     rules = json.dumps(config.classify.model_dump(mode="json", include=set(RULE_SETTINGS)), sort_keys=True)
     return {"profile": profile, "smoke": smoke, "images": list(image_ids), "folds": min(n_folds, len(image_ids)),
             "seed": config.seed, "segment": config.section_hash("segment"),
@@ -200,7 +199,7 @@ def supervised_reference(profile: str, smoke: bool, truth: dict[str, tuple[np.nd
     from nanoseg.runtime import configure_torch, seed_everything
 
     image_ids = tuple(truth)
-    config = bt._unet(bt.benchmark_config(profile, smoke=smoke))
+    config = common.unet_config(common.benchmark_config(profile, smoke=smoke))
     configure_torch(config.num_threads)
     n_folds = min(n_folds, len(image_ids))
     labels, probs, stages = {}, {}, {}
@@ -215,15 +214,15 @@ def supervised_reference(profile: str, smoke: bool, truth: dict[str, tuple[np.nd
         t0 = time.perf_counter()
         pairs = segment.load_pairs(folder / "pairs")
         model = segment.train(pairs, config.segment, folder / "model", rng=seed_everything(config.seed),
-                              pixel_size_nm=bt.pixel_size_nm())
+                              pixel_size_nm=common.pixel_size_nm())
         net, meta = nets.load(model)
         for i in held_out:
             labels[i], probs[i] = segment.segment_image(net, meta, micrographs[i].image, config.segment,
                                                         pixel_size_nm=micrographs[i].pixel_size_nm)
         stages[f"fold {k}: train {config.segment.steps} steps + segment {len(held_out)}"] = {
-            "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(bt.peak_rss_mb(), 1)}
-    kept = bt.keep_discard(labels, micrographs, bt._rules_only(config))
-    scored = score_images(labels, probs, kept, truth, bt.pixel_size_nm())
+            "wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    kept = common.keep_discard(labels, micrographs, common.rules_only(config))
+    scored = score_images(labels, probs, kept, truth, common.pixel_size_nm())
     scored["stages"] = stages
     scored["notes"] = (f"{config.segment.architecture} {config.segment.target}, {config.segment.steps} steps, "
                        f"{n_folds}-fold cross-validation on the manual masks, seed {config.seed}, kept by the rules")
@@ -242,7 +241,7 @@ def write_overlays(measure_dir: Path, image_ids: tuple[str, ...], out_dir: Path)
     for i in labels:
         image = read_micrograph(DATA / "sem" / f"{i}.tif").image
         rgb = np.repeat((np.clip(image, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
-        expert = find_boundaries(label_binary(bt.manual_mask(i), 1), mode="inner")
+        expert = find_boundaries(label_binary(common.manual_mask(i), 1), mode="inner")
         ours = find_boundaries(labels[i], mode="inner")
         ours_kept = ours & (kept[i] > 0)
         rgb[ours & ~ours_kept] = (230, 40, 230)
@@ -250,7 +249,7 @@ def write_overlays(measure_dir: Path, image_ids: tuple[str, ...], out_dir: Path)
         rgb[expert] = (0, 220, 255)
         path = out_dir / f"overlay_{i}.png"
         write_png(path, rgb)
-        written.append(bt.shown_path(path))
+        written.append(common.shown_path(path))
     return written
 
 
@@ -274,7 +273,7 @@ def _finite(tree: Any) -> Any:
         return {str(k): _finite(v) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
         return [_finite(v) for v in tree]
-    return str(tree) if isinstance(tree, Path) else bt._finite(tree)
+    return str(tree) if isinstance(tree, Path) else common.finite(tree)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -282,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--profile", default="quick", choices=("demo", "quick", "paper"))
     parser.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds (default 0,1,2).")
     parser.add_argument("--images", type=int, default=None, help="Use the first N of the 30 images (default all).")
-    parser.add_argument("--smoke", action="store_true", help=f"Divide every step count by {bt.SMOKE_FACTOR} "
+    parser.add_argument("--smoke", action="store_true", help=f"Divide every step count by {common.SMOKE_FACTOR} "
                         "(polygon shapes): checks the code path in minutes; meaningless numbers.")
     parser.add_argument("--no-supervised", dest="supervised", action="store_false",
                         help="Skip the supervised cross-validated reference.")
@@ -321,10 +320,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"error: --seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if not seeds:
         raise SystemExit("error: --seeds: give at least one seed")
-    n_images = len(bt.ALL_IDS) if args.images is None else args.images
-    if not 1 <= n_images <= len(bt.ALL_IDS):
-        raise SystemExit(f"error: --images {args.images}: choose 1 to {len(bt.ALL_IDS)}")
-    image_ids = bt.ALL_IDS[:n_images]
+    n_images = len(common.ALL_IDS) if args.images is None else args.images
+    if not 1 <= n_images <= len(common.ALL_IDS):
+        raise SystemExit(f"error: --images {args.images}: choose 1 to {len(common.ALL_IDS)}")
+    image_ids = common.ALL_IDS[:n_images]
     name = f"workflow_{args.profile}{'_smoke' if args.smoke else ''}"
     work_dir = args.work_dir or ROOT / "benchmarks" / "work" / (name + ("_supervised" if args.only_supervised else ""))
     out = args.out or RESULTS / f"{name}.md"
@@ -359,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # wait for their subprocesses), each process with its share of the cores.
     env = None
     if args.jobs > 1:
-        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, bt._cpu_count() // args.jobs)))
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, common.cpu_count() // args.jobs)))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {seed: pool.submit(run_seed, seed, args.profile, sets, data, work_dir / f"seed{seed}", env,
                                       args.resume)
@@ -383,8 +382,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "profile": args.profile, "smoke": args.smoke,
         "seeds": seeds, "images": list(image_ids), "commit": _commit(),
-        "machine": f"{platform.machine()}, Python {platform.python_version()}, {bt._cpu_count()} CPU cores, "
-                   f"{bt._device_name()}",
+        "machine": f"{platform.machine()}, Python {platform.python_version()}, {common.cpu_count()} CPU cores, "
+                   f"{common.device_name()}",
         "load_at_start": " / ".join(f"{v:.2f}" for v in load) + " (1/5/15 min load average)",
         "jobs": args.jobs, "resumed": args.resume,
         "run_command": f"nanoseg run {'DATA' if data != DATA else '../shared/data/bam-tio2'} --out RUN "
@@ -392,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "measure_command": "nanoseg measure DATA/sem --model RUN/adapt/model.pt --classifier RUN/classify/model.pt "
                            "--config RUN/config.yaml --probabilities --out M",
         "total_wall_s": round(time.perf_counter() - t_start, 1),
-        "supervised_file": bt.shown_path(supervised_path),
+        "supervised_file": common.shown_path(supervised_path),
     }
     results = {"meta": meta, "seeds": per_seed, "aggregate": aggregate(per_seed), "supervised": supervised,
                "overlays": overlays}

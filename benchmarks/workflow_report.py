@@ -6,16 +6,12 @@ so ``workflow.py --render-from`` can redraw both without rerunning anything.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bam_tio2 as bt  # noqa: E402  (SMOKE_FACTOR, quoted in smoke reports)
-from workflow_scoring import headline, mean_sd, min_feret_row  # noqa: E402
+from benchmarks import common
+from benchmarks.workflow_scoring import headline, mean_sd, min_feret_row
 
 
 def _fmt(value: Any, key: str = "") -> str:
@@ -87,7 +83,7 @@ def render_report(results: dict[str, Any]) -> str:
     ]
     if meta["smoke"]:
         parts += ["**SMOKE RUN**: every step count divided by "
-                  f"{bt.SMOKE_FACTOR} and random polygons instead of WGAN shapes; it checks the code path, "
+                  f"{common.SMOKE_FACTOR} and random polygons instead of WGAN shapes; it checks the code path, "
                   "its numbers mean nothing.", ""]
     parts += [
         f"What ran, per seed ({', '.join(map(str, meta['seeds']))}): `{meta['run_command']}`, then "

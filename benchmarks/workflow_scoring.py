@@ -8,16 +8,13 @@ benchmarks (``classify_options.py``, ``keep_rules.py``, ``tta.py``) rescore save
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bam_tio2 as bt  # noqa: E402  (the TiO2 data helpers: manual masks, kept classes, pixel size)
+from benchmarks import common
 
 #: Size descriptors compared with the expert's kept particles.
 SIZE_DESCRIPTORS: tuple[str, ...] = ("min_feret_nm", "ecd_nm")
@@ -236,7 +233,7 @@ def synthetic_f1(run_dir: Path, device: Any = "cpu") -> dict[str, float]:
 
 def expert_truth(image_ids: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per image: the manual mask (bool) and the manual particles the manual classes keep."""
-    return {i: (bt.manual_mask(i), bt.manual_kept_labels(i)) for i in image_ids}
+    return {i: (common.manual_mask(i), common.manual_kept_labels(i)) for i in image_ids}
 
 
 def score_images(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray] | None, kept: dict[str, np.ndarray],
@@ -300,7 +297,7 @@ def score_seed(seed_run: dict[str, Any], truth: dict[str, tuple[np.ndarray, np.n
     run_dir, measure_dir = seed_run["run_dir"], seed_run["measure_dir"]
     labels, probs, kept = read_seed_outputs(measure_dir, tuple(truth))
     t0 = time.perf_counter()
-    scored = score_images(labels, probs, kept, truth, bt.pixel_size_nm())
+    scored = score_images(labels, probs, kept, truth, common.pixel_size_nm())
     scored["synthetic"] = synthetic_f1(run_dir)
     filter_json = run_dir / "pairs" / "filter.json"
     if filter_json.is_file():

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import workflow  # noqa: E402
-import workflow_report  # noqa: E402
-import workflow_scoring  # noqa: E402
+from benchmarks import workflow, workflow_report, workflow_scoring
 
 
 def _disc(shape, centre, radius):

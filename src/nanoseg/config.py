@@ -462,10 +462,10 @@ class Config(_Section):
 
 
 # Overrides on top of the defaults above. Test-time augmentation is on in the profiles that
-# measure (benchmarks/results/tta_quick.md: strict F1 +0.019 for 3.4x the measure time); the
+# measure (benchmarks/results/archive/tta_quick.md: strict F1 +0.019 for 3.4x the measure time); the
 # field's own default stays off, so that code calling the segment functions directly does not pay
 # for it unasked. 'quick' refines the renderer's fakes with a CycleGAN: on the same shapes and
-# masks it raised strict F1 in every seed (benchmarks/results/workflow_quick_refine.md against
+# masks it raised strict F1 in every seed (benchmarks/results/archive/workflow_quick_refine.md against
 # workflow_quick_render.md: 0.748 -> 0.782 in the mean), while translate + pairs took 1100 s instead of
 # 160 s (three seeds sharing two cores); 'demo' keeps the renderer alone, which trains nothing.
 # 'paper' keeps the published network sizes and steps but translates with 'refine' too: the paper's

@@ -1,0 +1,1 @@
+"""Benchmark scripts; run each from the project root as ``python -m benchmarks.NAME`` (index: results/README.md)."""
