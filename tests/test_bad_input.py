@@ -1,6 +1,6 @@
 """Bad input through the real command line, one table row a case.
 
-Every row ends the way README "Batches and bad files" promises: a command that can do nothing
+Every row ends the way docs/usage.md ("Batches and bad files") promises: a command that can do nothing
 exits 2 with one ``error:`` line naming the file or option and the fix, and leaves the folder
 exactly as it was; a batch with some unusable micrographs exits 1, lists them and writes complete
 outputs for the rest; input that is odd but usable (RGB, NaN pixels, a blank image) is read, with

@@ -116,11 +116,37 @@ def test_reference_lists_every_section():
         assert key in ref
 
 
-def test_readme_config_reference_is_current():
+def test_docs_config_reference_is_current():
     from pathlib import Path
 
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    assert config_reference() in readme.read_text(), "run `nanoseg config docs --readme README.md`"
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert config_reference() in doc.read_text(), "run `nanoseg config docs --into docs/config.md`"
+
+
+def test_user_keys_are_real_keys_and_few():
+    from nanoseg.config import USER_KEYS, Config, build_config, user_settings
+
+    dump = build_config().model_dump(mode="json")
+    for section, names in USER_KEYS.items():
+        fields = Config.model_fields if not section else Config.model_fields[section].annotation.model_fields
+        assert set(names) <= set(fields), section
+    shown = user_settings(dump)
+    n = len(USER_KEYS[""]) + sum(len(v) for v in shown.values() if isinstance(v, dict))
+    assert n == sum(len(v) for v in USER_KEYS.values()) <= 40
+
+
+def test_config_init_writes_the_user_keys_and_loads_back(tmp_path, cli):
+    import yaml
+
+    res = cli("config", "init", "--profile", "demo")
+    assert res.code == 0
+    written = yaml.safe_load(res.output)
+    assert "steps" in written["segment"] and "base_width" not in written["segment"]
+    (tmp_path / "c.yaml").write_text(res.output)
+    # the profile gives every key not written: the short file loads to the whole demo config
+    assert load_config(tmp_path / "c.yaml") == build_config(profile="demo")
+    full = yaml.safe_load(cli("config", "init", "--profile", "demo", "--advanced").output)
+    assert full["segment"]["base_width"] == build_config(profile="demo").segment.base_width
 
 
 @pytest.mark.parametrize("value", [1.7, -0.1, float("nan")])

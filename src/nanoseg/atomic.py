@@ -157,7 +157,7 @@ def _json_default(obj: Any) -> Any:
 def embed_section(path: str | Path, name: str, content: str) -> Path:
     """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in a text file.
 
-    Generated parts of a hand-written document (the README's config reference and benchmark
+    Generated parts of a hand-written document (docs/config.md's reference, the README's benchmark
     tables) live between such markers, so a script can rewrite them in place.
     """
     from nanoseg.errors import NanosegError

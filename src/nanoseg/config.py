@@ -457,8 +457,10 @@ class Config(_Section):
         picked = {name: dump[name] for name in sections}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+    def to_yaml(self, advanced: bool = True) -> str:
+        """The config as YAML: every key, or with ``advanced=False`` only :data:`USER_KEYS`."""
+        values = self.model_dump(mode="json")
+        return yaml.safe_dump(values if advanced else user_settings(values), sort_keys=False)
 
 
 # Overrides on top of the defaults above. Test-time augmentation is on in the profiles that
@@ -683,9 +685,43 @@ def parse_assignment(text: str) -> dict[str, Any]:
     return out
 
 
+#: The settings a user sets. The profiles own the rest (network sizes, training schedules,
+#: post-processing tuned on the benchmark): `nanoseg config init` writes only these unless asked
+#: for all, and docs/config.md lists the rest apart, as advanced.
+USER_KEYS: dict[str, tuple[str, ...]] = {
+    "": ("profile", "seed", "device", "num_threads"),
+    "data": ("images", "outlines", "pixel_size_nm", "info_bar_rows", "bit_depth", "dark_particles",
+             "expected_size_nm"),
+    "shapes": ("source", "steps", "n_samples"),
+    "masks": ("n_masks", "size_prior", "particles_per_tile"),
+    "translate": ("method", "steps", "n_pairs"),
+    "segment": ("architecture", "steps", "threshold", "tta", "min_size_px"),
+    "adapt": ("rounds",),
+    "classify": ("method", "steps", "score_threshold", "exclude_border", "min_feret_px", "min_area_px",
+                 "max_area_px", "min_solidity", "intensity_threshold"),
+    "measure": ("histogram_bins", "fit_lognormal", "report", "report_rows", "report_overlays"),
+}
+
+
+def is_user_key(key: str) -> bool:
+    """Whether a dotted key (``segment.steps``) is one of :data:`USER_KEYS`."""
+    section, _, name = key.rpartition(".")
+    return name in USER_KEYS.get(section, ())
+
+
+def user_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`USER_KEYS` of a nested settings dict (``Config.model_dump()``), in their order."""
+    out = {name: values[name] for name in USER_KEYS[""] if name in values}
+    for section, names in USER_KEYS.items():
+        if section and section in values:
+            out[section] = {name: values[section][name] for name in names if name in values[section]}
+    return out
+
+
 def config_reference() -> str:
-    """Markdown reference of every config field, generated from the model (used by the README)."""
-    lines = ["| key | default (quick) | description |", "| --- | --- | --- |"]
+    """Markdown reference of every config key, generated from the model (docs/config.md): the
+    :data:`USER_KEYS` first, then the advanced keys the profiles own."""
+    rows: dict[bool, list[str]] = {True: [], False: []}
     default = build_config()
 
     def walk(model: type[BaseModel], instance: BaseModel, prefix: str) -> None:
@@ -695,14 +731,22 @@ def config_reference() -> str:
                 walk(type(value), value, f"{prefix}{name}.")
                 continue
             shown = json.dumps(value if not isinstance(value, (Path, tuple)) else (str(value) if isinstance(value, Path) else list(value)))
-            lines.append(f"| `{prefix}{name}` | `{shown}` | {field.description or ''} |")
+            rows[is_user_key(prefix + name)].append(f"| `{prefix}{name}` | `{shown}` | {field.description or ''} |")
 
     walk(Config, default, "")
-    return "\n".join(lines)
+    head = ["| key | default (quick) | description |", "| --- | --- | --- |"]
+    return "\n".join([
+        f"### Settings ({len(rows[True])} keys)", "", *head, *rows[True], "",
+        f"### Advanced settings ({len(rows[False])} keys)", "",
+        "Network sizes, training schedules and post-processing the profiles set; change them to "
+        "experiment, and measure what the change does (docs/defaults.md says how each default was chosen).",
+        "", *head, *rows[False],
+    ])
 
 
-def embed_reference(readme: str | Path) -> Path:
-    """Replace the text between the config-reference markers of ``readme`` with :func:`config_reference`."""
+def embed_reference(document: str | Path) -> Path:
+    """Replace the text between the config-reference markers of ``document`` (docs/config.md)
+    with :func:`config_reference`."""
     from nanoseg.atomic import embed_section
 
-    return embed_section(readme, "config-reference", config_reference())
+    return embed_section(document, "config-reference", config_reference())

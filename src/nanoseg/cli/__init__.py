@@ -161,9 +161,15 @@ app.add_typer(config_app, name="config")
 def config_init(
     profile: str = typer.Option("quick", "--profile", "-p", help="Profile to start from."),
     sets: Optional[list[str]] = common.SetOpt,
+    advanced: bool = typer.Option(False, "--advanced", help="Also write the advanced keys the profile sets "
+                                  "(network sizes, training schedules, post-processing)."),
 ) -> None:
-    """Print a complete config file for a profile (redirect it into a file and edit)."""
-    typer.echo(common.resolve_config(None, profile, sets).to_yaml(), nl=False)
+    """Print a config file for a profile (redirect it into a file and edit).
+
+    It holds the settings a user sets; the profile gives every other key its value. --advanced
+    writes them all. docs/config.md describes each key.
+    """
+    typer.echo(common.resolve_config(None, profile, sets).to_yaml(advanced=advanced), nl=False)
 
 
 @config_app.command("check")
@@ -184,21 +190,21 @@ def config_check(
 
 @config_app.command("docs")
 def config_docs(
-    readme: Optional[Path] = typer.Option(None, "--readme", help="Write the reference into this README "
-                                          "between its config-reference markers instead of printing it."),
+    into: Optional[Path] = typer.Option(None, "--into", help="Write the reference into this Markdown file "
+                                        "between its config-reference markers instead of printing it."),
 ) -> None:
     """Print the reference of every config key (Markdown).
 
     Example:
 
-      nanoseg config docs --readme README.md
+      nanoseg config docs --into docs/config.md
     """
     from nanoseg.config import config_reference, embed_reference
 
-    if readme is None:
+    if into is None:
         typer.echo(config_reference())
     else:
-        embed_reference(readme)
+        typer.echo(f"wrote {embed_reference(into)}")
 
 
 def _register_stage_commands() -> None:
