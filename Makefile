@@ -17,8 +17,10 @@ $(BIN)/nanoseg: pyproject.toml
 
 venv: $(BIN)/nanoseg
 
-# One test process per core (-n auto): the tests run one torch thread each.
+# Lint first (ruff: pyflakes, pycodestyle, import order; settings in pyproject.toml), then one
+# test process per core (-n auto): the tests run one torch thread each.
 test: venv
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -n auto
 
 demo: venv

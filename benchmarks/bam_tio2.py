@@ -26,7 +26,7 @@ instead of WGAN shapes, to check the script end to end in minutes -- its numbers
   trained on simulated data only; ``data.images`` = the 24 training images. (a) and (b) share
   the stages up to ``translate`` (one run folder; the pipeline skips finished stages).
 - ``c_tsem_unet``: a UNet trained on masks made automatically from the registered TSEM images of
-  the 24 training images (:func:`nanoseg.baselines.make_tsem_training_set`).
+  the 24 training images (:func:`nanoseg.evaluate.baselines.make_tsem_training_set`).
 - ``d_manual_unet``: a UNet trained on the manual masks of the 24 training images.
 
 The ``paper`` protocol scores the particle probability (1 - background probability of the
@@ -58,10 +58,24 @@ from typing import Any
 
 import numpy as np
 
-
 from benchmarks.common import (
-    DATA, RESULTS, ROOT, SMOKE_FACTOR, TRAIN_IDS, VALIDATION_IDS, benchmark_config, cpu_count, device_name, finite,
-    keep_discard, manual_kept_labels, manual_mask, pixel_size_nm, rules_only, unet_config)
+    DATA,
+    RESULTS,
+    ROOT,
+    SMOKE_FACTOR,
+    TRAIN_IDS,
+    VALIDATION_IDS,
+    benchmark_config,
+    cpu_count,
+    device_name,
+    finite,
+    keep_discard,
+    manual_kept_labels,
+    manual_mask,
+    pixel_size_nm,
+    rules_only,
+    unet_config,
+)
 from nanoseg.atomic import write_json, write_text
 from nanoseg.config import Config
 from nanoseg.errors import NanosegError
@@ -143,7 +157,7 @@ def validation_micrographs() -> dict[str, Any]:
 
 def link_training_folder(folder: Path, masks: bool) -> Path:
     """``folder/images/<id>.tif`` (and ``folder/masks/<id>_m.tif``) linked to the 24 training files."""
-    from nanoseg.baselines import link_file
+    from nanoseg.evaluate.baselines import link_file
 
     for i in TRAIN_IDS:
         link_file(DATA / "sem" / f"{i}.tif", folder / "images" / f"{i}.tif")
@@ -271,7 +285,7 @@ def baseline_b_simulated_workflow(config: Config, work_dir: Path) -> BaselineRun
 
 def baseline_c_tsem_unet(config: Config, work_dir: Path) -> BaselineRun:
     """(c) A UNet trained on masks made from the TSEM images (threshold + watershed, registered)."""
-    from nanoseg.baselines import make_tsem_training_set
+    from nanoseg.evaluate.baselines import make_tsem_training_set
 
     run = BaselineRun(predictions={})
     with stage(run.stages, "TSEM masks (register, threshold, watershed)"):

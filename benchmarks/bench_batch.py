@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-
 from benchmarks import common
 
 NANOSEG = [sys.executable, "-m", "nanoseg"]

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-
 from benchmarks import common
 from nanoseg.atomic import write_json
 from nanoseg.demo import make_demo_data, place_agglomerates
 from nanoseg.io import list_images, read_micrograph
-from nanoseg.render import RenderParams, fit_render_params, render_sem
+from nanoseg.translate.render import RenderParams, fit_render_params, render_sem
 
 RESULTS = common.RESULTS / "io.json"
 SHARED_SEM = common.DATA / "sem"

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-
 from benchmarks import common
 
 STEPS = ("read", "network", "network_tta", "network_onnx", "post_processing", "rules", "measure", "write", "overlay")
@@ -50,7 +49,12 @@ def time_steps(paths: list[Path], model: Path, config: Any) -> dict[str, list[fl
     from nanoseg.classify import classify_images
     from nanoseg.measure.figures import overlay_kept
     from nanoseg.particles import measure_images
-    from nanoseg.segment import foreground_threshold, instances_from_probabilities, predict_probabilities, to_model_scale
+    from nanoseg.segment import (
+        foreground_threshold,
+        instances_from_probabilities,
+        predict_probabilities,
+        to_model_scale,
+    )
 
     net, meta = nets.load(model)
     seg = config.segment
@@ -208,10 +212,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model, config_file = args.run / "adapt" / "model.pt", args.run / "config.yaml"
     if not model.is_file():
         raise SystemExit(f"error: {model} not found; give --run a finished quick run folder")
+    import torch
+
     from nanoseg.config import load_config
     from nanoseg.runtime import configure_torch
-
-    import torch
 
     configure_torch(None)
     config = load_config(config_file)

@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 
-
 from benchmarks import common
 
 DATA = common.DATA

@@ -17,7 +17,6 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 
-
 from benchmarks import common
 from nanoseg import metrics as M
 from nanoseg.atomic import write_json

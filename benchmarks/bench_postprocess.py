@@ -4,9 +4,9 @@ Two steps of :func:`nanoseg.segment.instances_from_probabilities` used to work o
 image and now work on crops around the particles, with the same result:
 
 - the markers' h-maxima: ``skimage.morphology.h_maxima`` over the whole image against
-  :func:`nanoseg.segment.instances._h_maxima_within`;
+  :func:`nanoseg.segment.instances.h_maxima_within`;
 - the boundary band's give-back: ``skimage.segmentation.expand_labels`` (a distance transform of
-  the whole image) times the foreground against :func:`nanoseg.segment.instances._expand_within`.
+  the whole image) times the foreground against :func:`nanoseg.segment.instances.expand_within`.
 
 For each seed folder of a finished ``benchmarks/workflow.py`` call, the segmentation model
 (``RUN/adapt/model.pt``) predicts the 30 shared TiO2 micrographs (no TTA), and each step runs
@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 
 from benchmarks import common
 
@@ -52,7 +51,7 @@ def seed_times(run_dir: Path) -> dict[str, Any]:
     from nanoseg.segment import instances_from_probabilities
     from nanoseg.segment.data import INTERIOR, foreground_mask
     from nanoseg.segment.infer import predict_probabilities
-    from nanoseg.segment.instances import _expand_within, _h_maxima_within
+    from nanoseg.segment.instances import expand_within, h_maxima_within
 
     cfg = load_config(run_dir / "config.yaml").segment
     net, meta = nets.load(run_dir / "adapt" / "model.pt")
@@ -71,13 +70,13 @@ def seed_times(run_dir: Path) -> dict[str, Any]:
             h, band = h or cfg.marker_h, band or cfg.boundary_width_px
             old, t = _timed(lambda: h_maxima(interior.astype(np.float64), h).astype(bool) & region)
             times["markers_whole"].append(t)
-            new, t = _timed(_h_maxima_within, interior, region, h)
+            new, t = _timed(h_maxima_within, interior, region, h)
             times["markers_within"].append(t)
             differ["markers"] += int((old != new).sum())
             markers = watershed(-interior, label(new, connectivity=2), mask=region).astype(np.int32)
             old, t = _timed(lambda: expand_labels(markers, distance=band) * foreground)
             times["band_whole"].append(t)
-            new, t = _timed(_expand_within, markers, foreground, band)
+            new, t = _timed(expand_within, markers, foreground, band)
             times["band_within"].append(t)
             differ["band"] += int((old != new).sum())
     return {"maps": len(times["markers_whole"]), "pixels_differing": differ,

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-
 from benchmarks import common
 from nanoseg.runtime import available_cores
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-
 from benchmarks import common
 from nanoseg.atomic import write_json
 from nanoseg.config import build_config
+from nanoseg.io import load_outlines
 from nanoseg.masks import assemble_mask, calibrate_particle_count
 from nanoseg.runtime import available_cores
-from nanoseg.shapes import load_outlines, random_polygons, sample_shapes, train_wgan
+from nanoseg.shapes import random_polygons, sample_shapes, train_wgan
 
 OUTLINES = common.DATA / "outlines"
 RESULT = common.RESULTS / "shapes_masks.json"

@@ -17,7 +17,6 @@ import time
 import numpy as np
 import torch
 
-
 from benchmarks import common
 from nanoseg.atomic import write_json
 from nanoseg.config import build_config
@@ -105,7 +104,7 @@ def main() -> None:
     results["pairs_cyclegan_bf16"] = bench_pairs(GanTranslator(generator, "cpu", bf16=True, batch_size=1), fake_masks,
                                                  args.pairs, 1)
     print("pairs_cyclegan_bf16", results["pairs_cyclegan_bf16"], flush=True)
-    from nanoseg.render import RenderParams
+    from nanoseg.translate.render import RenderParams
 
     results["pairs_render"] = bench_pairs(RenderTranslator(RenderParams()), fake_masks, args.pairs, 4)
     print("pairs_render", results["pairs_render"], flush=True)

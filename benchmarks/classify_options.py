@@ -35,12 +35,16 @@ from typing import Any
 
 import numpy as np
 
-
 from benchmarks import common
 from benchmarks.workflow_scoring import (
-    expert_truth, keep_precision_recall, label_ids, matched_labels, min_feret_row, read_seed_outputs, size_table,
+    expert_truth,
+    keep_precision_recall,
+    label_ids,
+    matched_labels,
+    min_feret_row,
+    read_seed_outputs,
+    size_table,
 )
-
 from nanoseg.atomic import write_json, write_text
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -124,7 +124,7 @@ def smoke_overrides(config: Config) -> dict[str, Any]:
 
 def benchmark_config(profile: str, smoke: bool = False, values: dict[str, Any] | None = None) -> Config:
     """The profile's config, shrunk for ``--smoke``, with ``values`` on top."""
-    from nanoseg.config import deep_merge, build_config
+    from nanoseg.config import build_config, deep_merge
 
     overrides = smoke_overrides(build_config(profile=profile)) if smoke else {}
     return build_config(deep_merge(overrides, values or {}), profile=profile, source="benchmarks/common.py")

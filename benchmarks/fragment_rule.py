@@ -18,9 +18,7 @@ import argparse
 import logging
 import time
 
-
 from benchmarks import common
-
 from nanoseg.atomic import write_json
 
 SWEEP = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7)

@@ -30,10 +30,14 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-
 from benchmarks import common
-from benchmarks.workflow_scoring import expert_truth, keep_precision_recall, min_feret_row, read_seed_outputs, size_table
-
+from benchmarks.workflow_scoring import (
+    expert_truth,
+    keep_precision_recall,
+    min_feret_row,
+    read_seed_outputs,
+    size_table,
+)
 from nanoseg.atomic import write_json, write_text
 
 

@@ -25,10 +25,8 @@ from typing import Any
 
 import numpy as np
 
-
 from benchmarks import common
 from benchmarks.workflow_scoring import held_out_pairs
-
 from nanoseg.atomic import write_json, write_text
 
 logger = logging.getLogger("nanoseg.benchmarks.marker_calibration")

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from benchmarks import common
 from benchmarks.workflow_scoring import matched_pair_sizes, outline_error_by_match, read_seed_outputs
 

@@ -30,11 +30,9 @@ from typing import Any
 
 import numpy as np
 
-
 from benchmarks import common
 from benchmarks.workflow import nanoseg_cli
 from benchmarks.workflow_scoring import expert_truth, headline, read_seed_outputs, score_images
-
 from nanoseg.atomic import write_json, write_text
 
 DEFAULT_SET = "segment.tta=true"

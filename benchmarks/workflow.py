@@ -52,11 +52,9 @@ from typing import Any
 
 import numpy as np
 
-
 from benchmarks import common
 from benchmarks.workflow_report import readme_section, render_report
-from benchmarks.workflow_scoring import (
-    aggregate, expert_truth, headline, read_seed_outputs, score_images, score_seed)
+from benchmarks.workflow_scoring import aggregate, expert_truth, headline, read_seed_outputs, score_images, score_seed
 from nanoseg.atomic import write_json, write_text
 from nanoseg.errors import NanosegError
 from nanoseg.runtime import peak_rss_mb
@@ -114,7 +112,7 @@ def data_folder(image_ids: tuple[str, ...], work_dir: Path) -> Path:
     """The data folder a user would give: the shared one itself, or links to a subset of it."""
     if image_ids == common.ALL_IDS:
         return DATA
-    from nanoseg.baselines import link_file
+    from nanoseg.evaluate.baselines import link_file
 
     folder = work_dir / "data"
     for i in image_ids:
@@ -194,7 +192,7 @@ def supervised_reference(profile: str, smoke: bool, truth: dict[str, tuple[np.nd
                          n_folds: int = 5) -> dict[str, Any]:
     """Train on the manual masks of all folds but one, segment the held-out fold; score all images."""
     from nanoseg import nets, segment
-    from nanoseg.baselines import link_file
+    from nanoseg.evaluate.baselines import link_file
     from nanoseg.io import read_micrograph
     from nanoseg.runtime import configure_torch, seed_everything
 

@@ -16,9 +16,9 @@ from skimage.draw import disk
 
 torch = pytest.importorskip("torch")
 
-from nanoseg.adapt import prior_area_range, pseudo_labels  # noqa: E402
 from nanoseg.config import build_config  # noqa: E402
 from nanoseg.segment import BACKGROUND, BOUNDARY, IGNORE, INTERIOR, Pair, train  # noqa: E402
+from nanoseg.segment.adapt import prior_area_range, pseudo_labels  # noqa: E402
 
 
 def _config(**adapt):
@@ -139,8 +139,8 @@ def _setup_run(root: Path, rounds: int = 2, steps: int = 6, **adapt: object) -> 
     """A run folder with finished pairs, masks and segment stages on tiny disc micrographs."""
     import tifffile
 
-    from nanoseg.segment import segment_micrographs
     from nanoseg.io import read_micrograph
+    from nanoseg.segment import segment_micrographs
 
     images = root / "images"
     images.mkdir(parents=True)
@@ -165,8 +165,9 @@ def _setup_run(root: Path, rounds: int = 2, steps: int = 6, **adapt: object) -> 
 
 def _run_adapt(root: str | Path) -> None:
     """Run the adapt stage of the run folder made by :func:`_setup_run` (also from a subprocess)."""
-    from nanoseg import adapt, pipeline
+    from nanoseg import pipeline
     from nanoseg.config import Config
+    from nanoseg.segment import adapt
 
     root = Path(root)
     config = Config.model_validate_json((root / "config.json").read_text())

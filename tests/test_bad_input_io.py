@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from test_bad_input import Case, check_case, measure
 
 from nanoseg.config import DataConfig
 from nanoseg.errors import NanosegError
 from nanoseg.io import load_micrographs, pixel_size_with_source, read_micrograph, robust_range, write_tiff
-from test_bad_input import Case, check_case, measure
 
 pytestmark = pytest.mark.usefixtures("keep_global_rng")
 

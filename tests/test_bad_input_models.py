@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import tifffile
+from test_bad_input import Case, check_case, measure
 
 from nanoseg import nets
 from nanoseg.io import label_image_doubt, write_tiff
-from test_bad_input import Case, check_case, measure
 
 pytestmark = pytest.mark.usefixtures("keep_global_rng")
 

@@ -7,8 +7,8 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from nanoseg import baselines
 from nanoseg.errors import NanosegError
+from nanoseg.evaluate import baselines
 from nanoseg.metrics import image_iou
 
 

@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 
 from nanoseg.classify import (  # noqa: E402
     apply_rules,
+    balanced_weights,
     classify_images,
     instance_scores,
     load_manual_samples,
@@ -19,7 +20,6 @@ from nanoseg.classify import (  # noqa: E402
     predict_keep_probability,
     sample_batch,
     split_whole,
-    balanced_weights,
     train_classifier,
 )
 from nanoseg.config import build_config  # noqa: E402

@@ -240,7 +240,7 @@ def toy_classify(ctx):
 def toy_run(monkeypatch):
     stages = (
         Stage("segment", f"{__name__}:toy_segment", ("seed", "data"), ("images",)),
-        Stage("adapt", "nanoseg.adapt:run_stage", ("seed", "data", "adapt"), ("images",)),
+        Stage("adapt", "nanoseg.segment.adapt:run_stage", ("seed", "data", "adapt"), ("images",)),
         Stage("classify", f"{__name__}:toy_classify", ("seed", "classify")),
         Stage("measure", "nanoseg.measure:run_stage", ("data", "classify", "measure"), ("images",)),
     )

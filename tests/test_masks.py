@@ -204,7 +204,7 @@ def test_simulate_command_from_outline_folder(tmp_path):
     from typer.testing import CliRunner
 
     from nanoseg.cli import app
-    from nanoseg.shapes import write_outline_folder
+    from nanoseg.io import write_outline_folder
 
     write_outline_folder(random_polygons(5, 32, np.random.default_rng(0), mean_area_px=120), tmp_path / "outlines")
     args = ["masks", "simulate", str(tmp_path / "outlines"), "--n", "2", "--out", str(tmp_path / "out"),

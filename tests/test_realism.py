@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from nanoseg.realism import (
+from nanoseg.tiles import random_tiles
+from nanoseg.translate.realism import (
     classifier_accuracy,
     histogram_distance,
     realism_scores,
     spectrum_distance,
 )
-from nanoseg.tiles import random_tiles
 
 
 def _smooth_images(n: int, seed: int, sigma: float = 2.0) -> list[np.ndarray]:

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from nanoseg.demo import place_agglomerates
-from nanoseg.render import RenderParams, fit_render_params, instance_distances, render_sem
+from nanoseg.translate.render import RenderParams, fit_render_params, instance_distances, render_sem
 
 
 def _disk(shape, centre, radius):
@@ -114,7 +114,7 @@ def _textured_scene(seed=0):
 
 
 def test_substrate_bank_takes_patches_away_from_particles_only():
-    from nanoseg.render import SubstrateBank
+    from nanoseg.translate.render import SubstrateBank
 
     bank = SubstrateBank.from_images([_textured_scene()], patch_px=48, margin_px=8, seed=1)
     patches = bank.patches[0]
@@ -129,7 +129,7 @@ def test_substrate_bank_takes_patches_away_from_particles_only():
 
 
 def test_substrate_compose_size_values_and_determinism(tmp_path):
-    from nanoseg.render import SubstrateBank
+    from nanoseg.translate.render import SubstrateBank
 
     bank = SubstrateBank.from_images([_textured_scene(), _textured_scene(1) + 0.1], patch_px=48, seed=1)
     a = bank.compose((130, 170), np.random.default_rng(5))
@@ -191,7 +191,7 @@ def test_label_dtype_does_not_change_the_render():
 
 
 def test_vary_params_spreads_the_look_not_the_levels():
-    from nanoseg.render import VARIED_PARAMS, vary_params
+    from nanoseg.translate.render import VARIED_PARAMS, vary_params
 
     params = RenderParams()
     assert vary_params(params, 0.0, np.random.default_rng(0)) is params

@@ -6,14 +6,14 @@ import base64
 from html.parser import HTMLParser
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 
 from nanoseg.classify import counting_rule
 from nanoseg.config import build_config
 from nanoseg.measure import join_decisions, write_results
+from nanoseg.measure.report import counting_rule_text, html_table, render_report
 from nanoseg.particles import measure_images
-from nanoseg.report import counting_rule_text, html_table, render_report
 
 
 class _Collector(HTMLParser):

@@ -116,7 +116,7 @@ def test_h_maxima_within_region_equal_those_of_the_whole_image(threshold, h):
     from scipy import ndimage as ndi
     from skimage.morphology import h_maxima
 
-    from nanoseg.segment.instances import _h_maxima_within
+    from nanoseg.segment.instances import h_maxima_within
 
     rng = np.random.default_rng(1)
     field = ndi.gaussian_filter(rng.random((160, 200)), 3)
@@ -124,7 +124,7 @@ def test_h_maxima_within_region_equal_those_of_the_whole_image(threshold, h):
     interior[40, 40] = 0.95  # a one-pixel peak: its crop must still span more than h
     region = (interior > threshold) & (rng.random(interior.shape) > 0.02)
     expected = h_maxima(interior.astype(np.float64), h).astype(bool) & region
-    got = _h_maxima_within(interior, region, h)
+    got = h_maxima_within(interior, region, h)
     np.testing.assert_array_equal(got, expected)
     assert got.any() == (h < 1)  # the test can fail: there are maxima to find
 
@@ -135,7 +135,7 @@ def test_expand_within_foreground_equals_whole_image_expand(distance):
     from skimage.measure import label
     from skimage.segmentation import expand_labels
 
-    from nanoseg.segment.instances import _expand_within
+    from nanoseg.segment.instances import expand_within
 
     rng = np.random.default_rng(distance)
     field = ndi.gaussian_filter(rng.random((150, 170)), 2.5)
@@ -144,7 +144,7 @@ def test_expand_within_foreground_equals_whole_image_expand(distance):
     markers[0:2, 0:2] = markers.max() + 1  # a marker outside the foreground, in a corner
     markers[75, 60], markers[75, 66], foreground[74:77, 58:69] = 500, 501, True  # a tie at (75, 63)
     expected = expand_labels(markers, distance=distance) * foreground
-    got = _expand_within(markers, foreground, distance)
+    got = expand_within(markers, foreground, distance)
     np.testing.assert_array_equal(got, expected)
     assert (got != markers * foreground).any()  # the test can fail: the bands do grow
 

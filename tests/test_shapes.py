@@ -11,16 +11,14 @@ from skimage.draw import disk, ellipse
 
 from nanoseg.config import build_config
 from nanoseg.errors import NanosegError
+from nanoseg.io import center_shape, load_outlines, write_outline_folder
 from nanoseg.shapes import (
     build_library,
-    center_shape,
     clean_shapes,
     gradient_penalty,
-    load_outlines,
     random_polygons,
     shape_summary,
     train_wgan,
-    write_outline_folder,
 )
 
 torch = pytest.importorskip("torch")

@@ -19,6 +19,7 @@ from nanoseg.errors import NanosegError
 from nanoseg.io import write_tiff
 from nanoseg.labels import border_labels
 from nanoseg.pipeline import STAGES, StageContext
+from nanoseg.tiles import random_tiles
 from nanoseg.translate import (
     CycleGAN,
     FakeMask,
@@ -28,7 +29,6 @@ from nanoseg.translate import (
     lr_factor,
     to_net,
 )
-from nanoseg.tiles import random_tiles
 
 TINY = {"tile_size_px": 32, "generator_width": 4, "discriminator_width": 8, "n_res_blocks": 1, "bf16": False, "realism_steps": 20}
 

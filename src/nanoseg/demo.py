@@ -13,7 +13,7 @@
 
 Particles are non-spherical blobs (Fourier-perturbed ellipses, random orientation) grown into
 agglomerates, some of them overlapping; the micrographs are rendered with
-:func:`nanoseg.render.render_sem`.
+:func:`nanoseg.translate.render.render_sem`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 from nanoseg.atomic import write_text
 from nanoseg.io import write_tiff
 from nanoseg.labels import cut_touching
-from nanoseg.render import RenderParams, render_sem
+from nanoseg.translate.render import RenderParams, render_sem
 
 logger = logging.getLogger("nanoseg.demo")
 

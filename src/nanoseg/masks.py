@@ -18,9 +18,9 @@ px from ``masks.size_prior``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,13 +28,17 @@ from scipy import ndimage as ndi
 from skimage import measure
 
 from nanoseg.atomic import atomic_path, write_json
+from nanoseg.config import Config, MasksConfig
 from nanoseg.errors import NanosegError
+from nanoseg.io import load_micrographs
 from nanoseg.labels import border_labels, cut_touching
+from nanoseg.plots import contact_sheet
+from nanoseg.runtime import progress, seed_everything
+from nanoseg.shapes import shape_summary
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from nanoseg.config import Config, MasksConfig
     from nanoseg.pipeline import StageContext
 
 logger = logging.getLogger("nanoseg.masks")
@@ -199,8 +203,6 @@ def assemble_mask(
         than ``cfg.min_visible_px`` are removed.
     """
     import pandas as pd
-
-    from nanoseg.config import MasksConfig
 
     cfg = cfg or MasksConfig()
     height, width = tile_shape
@@ -464,8 +466,6 @@ def simulate_masks(
     import pandas as pd
     import tifffile
 
-    from nanoseg.runtime import progress
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tile_seeds = rng.integers(2**63, size=cfg.n_masks)
@@ -514,8 +514,6 @@ def _write_contact_sheet(binaries: list[np.ndarray], path: Path, n_cols: int = 4
     import imageio.v3 as iio
     from skimage.transform import resize
 
-    from nanoseg.shapes import contact_sheet
-
     if not binaries:
         return
     n_cols = min(n_cols, len(binaries))
@@ -559,7 +557,6 @@ def real_image_statistics(config: Config) -> tuple[dict[str, Any] | None, float 
     """Density estimate of the configured micrographs and their pixel size (``None`` when there are none)."""
     if config.data.images is None:
         return None, config.data.pixel_size_nm
-    from nanoseg.io import load_micrographs
 
     micrographs = load_micrographs(config.data)
     if not micrographs:
@@ -603,8 +600,6 @@ def plan_masks(shapes: np.ndarray, shape_stats: dict[str, Any], config: Config, 
     config or no images are given), ``real`` (image estimate or None), ``size_prior`` and the
     target foreground fraction.
     """
-    from nanoseg.shapes import shape_summary
-
     cfg = config.masks
     needs_images = (cfg.particles_per_tile is None or cfg.size_prior == "images"
                     or (cfg.size_prior == "expected" and config.data.pixel_size_nm is None))
@@ -642,8 +637,6 @@ def plan_masks(shapes: np.ndarray, shape_stats: dict[str, Any], config: Config, 
 
 def run_stage(ctx: StageContext) -> None:
     """Pipeline stage 2: shape library -> fake masks, ``particles.csv``, ``contact_sheet.png``, ``stats.json``."""
-    from nanoseg.runtime import seed_everything
-
     shapes, shape_stats = load_library(ctx.stage_dir("shapes"))
     rng = seed_everything(ctx.config.seed)
     plan = plan_masks(shapes, shape_stats, ctx.config, rng)

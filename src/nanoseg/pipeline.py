@@ -28,6 +28,8 @@ from typing import Any
 from nanoseg.atomic import is_temp_file, remove_temp_files, write_json, write_text
 from nanoseg.config import Config
 from nanoseg.errors import NanosegError
+from nanoseg.io import load_micrographs, load_outlines
+from nanoseg.runtime import configure_torch, peak_rss_mb, seed_everything, select_device
 
 logger = logging.getLogger("nanoseg.pipeline")
 
@@ -64,7 +66,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("segment", "nanoseg.segment:run_stage", ("seed", "data", "segment"), ("images",),
           "5. train the segmentation net, segment the micrographs, watershed into particles",
           keep=("checkpoint.pt", "best.pt", "history.json", "training.png")),
-    Stage("adapt", "nanoseg.adapt:run_stage", ("seed", "data", "segment", "adapt"), ("images",),
+    Stage("adapt", "nanoseg.segment.adapt:run_stage", ("seed", "data", "segment", "adapt"), ("images",),
           "5b. self-train the net on the real micrographs' confident particles (off unless adapt.rounds > 0)"),
     Stage("classify", "nanoseg.classify:run_stage", ("seed", "data", "classify"), ("images",),
           "6. keep whole, unoccluded particles"),
@@ -321,16 +323,12 @@ def check_inputs(config: Config, *, failures: list[dict[str, str]] | None = None
         When given, micrographs that cannot be read are recorded here (``{"image": path,
         "error": reason}``) instead of stopping the run; the stages leave them out.
     """
-    from nanoseg.io import load_micrographs
-
     if config.data.outlines is not None and not Path(config.data.outlines).exists():
         raise NanosegError(f"{config.data.outlines}: outlines not found (set data.outlines to a folder of "
                            "outline images, a painted mask or an ImageJ ROI set)")
     if config.data.outlines is None and config.shapes.source == "wgan":
         raise NanosegError("data.outlines: not set; the WGAN needs outlines (or set shapes.source: polygon)")
     if config.data.outlines is not None:
-        from nanoseg.shapes import load_outlines
-
         # Read now (a few small images): an empty or unreadable outline stops the run before
         # it starts a run folder, not at its first stage.
         outlines = load_outlines(config.data.outlines, config.shapes.outline_size_px)
@@ -395,8 +393,6 @@ def run_pipeline(
         check_inputs(config, failures=failures)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", config.to_yaml())
-
-    from nanoseg.runtime import configure_torch, peak_rss_mb, seed_everything, select_device
 
     configure_torch(config.num_threads)
     if device is None:

@@ -1,4 +1,5 @@
-"""Figures the stages share: headless pyplot, atomic saving, training-loss curves, label overlays.
+"""Figures the stages share: headless pyplot, atomic saving, training-loss curves, label overlays,
+contact sheets.
 
 matplotlib is imported only when a figure is drawn, so importing a stage stays cheap.
 Stage-specific figures (size histograms, sample grids) stay in their stage's module and use
@@ -26,6 +27,22 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def contact_sheet(images: np.ndarray, n_cols: int | None = None, max_images: int = 100) -> np.ndarray:
+    """Tile up to ``max_images`` masks/images into one uint8 picture with gray 1-px separators."""
+    images = np.asarray(images)[:max_images].astype(np.float32)
+    if images.size and images.max() > 1:
+        images = images / 255.0
+    n = len(images)
+    n_cols = n_cols or int(np.ceil(np.sqrt(max(n, 1))))
+    n_rows = int(np.ceil(max(n, 1) / n_cols))
+    h, w = images.shape[1:3] if n else (8, 8)
+    sheet = np.full((n_rows * (h + 1) + 1, n_cols * (w + 1) + 1), 0.5, np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, n_cols)
+        sheet[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = image
+    return (sheet * 255).round().astype(np.uint8)
 
 
 def in_row_strips(draw: Any, image: np.ndarray, labels: np.ndarray, rows: int = 512) -> np.ndarray:

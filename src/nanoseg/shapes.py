@@ -1,7 +1,7 @@
 """Stage 1: single-particle shapes, learned from a few outlines with a WGAN-GP or drawn as polygons.
 
 The user gives ~40 rough outlines of single particles (a folder of small binary images, a mask
-image with a few painted particles, or an ImageJ ROI set). A WGAN with gradient penalty
+image with a few painted particles, or an ImageJ ROI set; read by :mod:`nanoseg.io.outlines`). A WGAN with gradient penalty
 (Gulrajani et al., 2017) learns their distribution; its samples, cleaned into one filled
 particle each, form the shape library the mask assembly (stage 2) draws from.
 
@@ -21,10 +21,13 @@ from scipy import ndimage as ndi
 from skimage import measure
 from skimage.morphology import disk
 
+from nanoseg import nets
 from nanoseg.atomic import atomic_path, write_json
 from nanoseg.errors import NanosegError
 from nanoseg.io import write_png
-from nanoseg.plots import LossPanel, plot_losses
+from nanoseg.io.outlines import MIN_SHAPE_PX, load_outlines
+from nanoseg.plots import LossPanel, contact_sheet, plot_losses
+from nanoseg.runtime import progress
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -34,206 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger("nanoseg.shapes")
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif")
-ROI_SUFFIXES = (".roi", ".zip")
 CHECKPOINT = "checkpoint.pt"
-CONTACT_SHEET = "contact_sheet"
-MIN_SHAPE_PX = 8  # smaller blobs are noise, not particles
-
-
-# --------------------------------------------------------------------------------------------
-# Outline input
-# --------------------------------------------------------------------------------------------
-
-def _read_gray(path: Path) -> np.ndarray:
-    """Read an image as a 2-D array of raw values (palette indices stay indices)."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            image = tifffile.imread(path)
-        else:
-            import imageio.v3 as iio
-
-            image = iio.imread(path)
-    except Exception as exc:  # the readers raise many types for broken files
-        raise NanosegError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
-    image = np.asarray(image)
-    image = np.squeeze(image)
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        image = image[..., :3].max(axis=-1)  # coloured outlines: any bright channel counts
-    if image.ndim != 2:
-        raise NanosegError(f"{path}: expected a 2-D image, got shape {image.shape}")
-    return image
-
-
-def binarize_outline(image: np.ndarray) -> np.ndarray:
-    """Binary foreground of a drawn outline/mask image: white on black, or inverted when drawn black on white.
-
-    Two-level images split between their levels; anything else at Otsu's threshold.
-    """
-    image = np.asarray(image, dtype=np.float64)
-    levels = np.unique(image)
-    if levels.size <= 1:
-        return np.zeros(image.shape, bool)
-    if levels.size == 2:
-        binary = image > levels[0]
-    else:
-        from skimage.filters import threshold_otsu
-
-        binary = image > threshold_otsu(image)
-    border = np.concatenate([binary[0], binary[-1], binary[:, 0], binary[:, -1]])
-    if border.mean() > 0.5:  # drawn black on white
-        binary = ~binary
-    return binary
-
-
-def center_shape(mask: np.ndarray, size: int, margin_px: int = 1) -> np.ndarray:
-    """Crop a single particle to its bounding box and centre it in a ``size`` x ``size`` square.
-
-    Particles larger than the square (less ``margin_px`` on each side) are scaled down, keeping
-    their aspect ratio; smaller ones are padded, never enlarged, so their size in px is kept.
-
-    Parameters
-    ----------
-    mask : (H, W) bool array
-        One particle (other pixels background).
-    size : int
-        Side of the output square in px.
-    margin_px : int
-        Background pixels kept on every side so that the shape does not touch the border.
-
-    Returns
-    -------
-    (size, size) bool array
-    """
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        return np.zeros((size, size), bool)
-    crop = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    room = size - 2 * margin_px
-    if max(crop.shape) > room:
-        from skimage.transform import resize
-
-        factor = room / max(crop.shape)
-        new_shape = tuple(max(1, round(s * factor)) for s in crop.shape)
-        crop = resize(crop.astype(np.float32), new_shape, order=1, anti_aliasing=True) >= 0.5
-    out = np.zeros((size, size), bool)
-    top, left = (size - crop.shape[0]) // 2, (size - crop.shape[1]) // 2
-    out[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
-    return out
-
-
-def _particles_in_mask(binary: np.ndarray, path: Path, size: int) -> list[np.ndarray]:
-    """Cut a mask with painted particles into single centred particles (border and tiny blobs dropped)."""
-    labels = measure.label(binary, connectivity=1)
-    out = []
-    for region in measure.regionprops(labels):
-        r0, c0, r1, c1 = region.bbox
-        if region.area < MIN_SHAPE_PX or r0 == 0 or c0 == 0 or r1 == binary.shape[0] or c1 == binary.shape[1]:
-            continue
-        filled = ndi.binary_fill_holes(region.image)
-        out.append(center_shape(filled, size))
-    if not out:
-        raise NanosegError(f"{path}: no whole particle found (paint particles white on black, not touching the border)")
-    return out
-
-
-def _read_outline_image(path: Path, size: int) -> np.ndarray:
-    """One small outline image -> one centred, filled particle (the largest blob)."""
-    binary = binarize_outline(_read_gray(path))
-    labels = measure.label(binary, connectivity=1)
-    if labels.max() == 0:
-        raise NanosegError(f"{path}: empty outline (no white pixels); draw the particle white on black")
-    largest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    if largest.sum() < MIN_SHAPE_PX:
-        raise NanosegError(f"{path}: outline smaller than {MIN_SHAPE_PX} px; draw the whole particle")
-    return center_shape(ndi.binary_fill_holes(largest), size)
-
-
-def _read_rois(path: Path, size: int) -> list[np.ndarray]:
-    """ImageJ/Fiji ROI (.roi) or ROI set (.zip) -> rasterised, centred particles."""
-    import roifile
-    from skimage.draw import polygon
-
-    try:
-        rois = roifile.roiread(path)
-    except Exception as exc:
-        raise NanosegError(f"{path}: not a readable ImageJ ROI file ({type(exc).__name__}: {exc})") from None
-    rois = rois if isinstance(rois, list) else [rois]
-    out = []
-    for roi in rois:
-        coords = np.asarray(roi.coordinates(), dtype=np.float64)
-        if coords.ndim != 2 or len(coords) < 3:
-            continue  # points and lines have no area
-        coords -= coords.min(axis=0) - 1  # (x, y), one pixel of margin
-        shape = (int(np.ceil(coords[:, 1].max())) + 2, int(np.ceil(coords[:, 0].max())) + 2)
-        mask = np.zeros(shape, bool)
-        rr, cc = polygon(coords[:, 1], coords[:, 0], shape)
-        mask[rr, cc] = True
-        if mask.sum() >= MIN_SHAPE_PX:
-            out.append(center_shape(mask, size))
-    if not out:
-        raise NanosegError(f"{path}: no polygon ROI with an area found (use polygon, freehand, oval or rectangle ROIs)")
-    return out
-
-
-def load_outlines(path: str | Path, size: int = 64) -> np.ndarray:
-    """Load single-particle outlines in any of the supported forms.
-
-    Parameters
-    ----------
-    path : path
-        A folder of small binary images (one particle each, white on black), a single mask image
-        with several painted particles, or an ImageJ/Fiji ROI file (``.roi``) or set (``.zip``).
-        A folder may also hold ROI files; files named ``contact_sheet*`` are skipped.
-    size : int
-        Side of the square outputs in px. Particles are centred and padded, or scaled down if
-        they do not fit.
-
-    Returns
-    -------
-    (N, size, size) bool array
-        Filled single particles.
-
-    Raises
-    ------
-    NanosegError
-        If the path does not exist, holds no usable outline, or a file is unreadable or empty.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise NanosegError(f"{path}: outlines not found (give a folder of outline images, a mask image or an ImageJ ROI set)")
-    shapes: list[np.ndarray] = []
-    if path.is_dir():
-        # The contact sheet that `nanoseg shapes import` writes beside the outlines is no outline.
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", CONTACT_SHEET))
-                       and p.suffix.lower() in IMAGE_SUFFIXES + ROI_SUFFIXES)
-        if not files:
-            raise NanosegError(f"{path}: no outline images ({', '.join(IMAGE_SUFFIXES)}) or ROI files found")
-        for file in files:
-            if file.suffix.lower() in ROI_SUFFIXES:
-                shapes += _read_rois(file, size)
-            else:
-                shapes.append(_read_outline_image(file, size))
-    elif path.suffix.lower() in ROI_SUFFIXES:
-        shapes = _read_rois(path, size)
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
-        shapes = _particles_in_mask(binarize_outline(_read_gray(path)), path, size)
-    else:
-        raise NanosegError(f"{path}: unsupported outline file type (use a folder of images, an image, .roi or .zip)")
-    return np.stack(shapes)
-
-
-def write_outline_folder(shapes: np.ndarray, folder: str | Path) -> list[Path]:
-    """Write shapes as ``outline_000.png`` ... (0/255) plus ``contact_sheet.png`` into ``folder``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, shape in enumerate(shapes):
-        paths.append(write_png(folder / f"outline_{i:03d}.png", shape.astype(np.uint8) * 255))
-    write_png(folder / f"{CONTACT_SHEET}.png", contact_sheet(shapes))
-    return paths
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,22 +109,6 @@ def choose_smoothing(generator: Any, outlines: np.ndarray, device: Any = "cpu", 
                                                                       "median_area_px")}})
     best = min(trials, key=lambda t: (round(abs(t["median_roughness"] - target), 3), t["sigma_px"]))
     return float(best["sigma_px"]), trials
-
-
-def contact_sheet(images: np.ndarray, n_cols: int | None = None, max_images: int = 100) -> np.ndarray:
-    """Tile up to ``max_images`` masks/images into one uint8 picture with gray 1-px separators."""
-    images = np.asarray(images)[:max_images].astype(np.float32)
-    if images.size and images.max() > 1:
-        images = images / 255.0
-    n = len(images)
-    n_cols = n_cols or int(np.ceil(np.sqrt(max(n, 1))))
-    n_rows = int(np.ceil(max(n, 1) / n_cols))
-    h, w = images.shape[1:3] if n else (8, 8)
-    sheet = np.full((n_rows * (h + 1) + 1, n_cols * (w + 1) + 1), 0.5, np.float32)
-    for i, image in enumerate(images):
-        r, c = divmod(i, n_cols)
-        sheet[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = image
-    return (sheet * 255).round().astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,9 +192,6 @@ def train_wgan(
         One row per generator step: step, critic_loss, wasserstein, gradient_penalty, generator_loss.
     """
     import torch
-
-    from nanoseg import nets
-    from nanoseg.runtime import progress
 
     size = cfg.outline_size_px
     if outlines.ndim != 3 or outlines.shape[1:] != (size, size):
@@ -689,7 +474,6 @@ def build_library(
     if cfg.source == "wgan":
         if outlines is None or len(outlines) < 2:
             raise NanosegError("data.outlines: the WGAN needs at least 2 outlines (or set shapes.source=polygon)")
-        from nanoseg import nets
 
         generator, losses = train_wgan(outlines, cfg, out_dir, device=device, seed=seed)
         nets.save(generator, out_dir / "generator.pt", meta={"threshold": 0.0, "steps": cfg.steps,

@@ -44,8 +44,8 @@ def tsem_masks(
 
       nanoseg segment train tsem-pairs --out seg-tsem --set segment.architecture=unet
     """
-    from nanoseg.baselines import make_tsem_training_set
     from nanoseg.errors import NanosegError
+    from nanoseg.evaluate.baselines import make_tsem_training_set
 
     if threshold not in ("otsu", "li"):
         raise NanosegError(f"--threshold {threshold!r}: choose otsu or li")

@@ -60,8 +60,14 @@ def command(
 
     from nanoseg.atomic import replacing, write_json
     from nanoseg.errors import NanosegError
-    from nanoseg.evaluate import (PROTOCOLS, compare_sizes, evaluate_predictions, load_pairs, load_score_maps,
-                                  summary_row)
+    from nanoseg.evaluate import (
+        PROTOCOLS,
+        compare_sizes,
+        evaluate_predictions,
+        load_pairs,
+        load_score_maps,
+        summary_row,
+    )
 
     if protocol not in PROTOCOLS:
         raise NanosegError(f"--protocol {protocol!r}: choose 'paper' or 'strict'")

@@ -41,9 +41,10 @@ def simulate(
         extra["data"] = {"images": str(images)}
     cfg = common.resolve_config(config, profile, sets, seed, None, pixel_size, extra=extra)
     from nanoseg.atomic import write_json
+    from nanoseg.io import load_outlines
     from nanoseg.masks import load_library, plan_masks, simulate_masks, summarize
     from nanoseg.runtime import seed_everything
-    from nanoseg.shapes import load_outlines, shape_summary
+    from nanoseg.shapes import shape_summary
 
     if shapes.is_file() and shapes.suffix == ".npz":
         library, stats = load_library(shapes.parent) if shapes.name == "library.npz" else (None, {})

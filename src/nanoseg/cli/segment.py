@@ -49,8 +49,7 @@ def train(
     cfg = common.resolve_config(config, profile, sets, seed, device, pixel_size)
     dev = common.prepare_torch(cfg)
     from nanoseg.runtime import seed_everything
-    from nanoseg.segment import load_pairs
-    from nanoseg.segment import train as train_net
+    from nanoseg.segment import load_pairs, train as train_net
 
     loaded = load_pairs(pairs, invert=invert, info_bar_rows=cfg.data.info_bar_rows,
                         pixel_size_nm=cfg.data.pixel_size_nm)

@@ -27,7 +27,7 @@ def import_outlines(
 
       nanoseg shapes import painted_mask.tif my-outlines --size 64
     """
-    from nanoseg.shapes import load_outlines, write_outline_folder
+    from nanoseg.io import load_outlines, write_outline_folder
 
     outlines = load_outlines(source, size)
     write_outline_folder(outlines, dest)
@@ -60,8 +60,9 @@ def train(
     if n is not None:
         extra["shapes"] = {"n_samples": n}
     cfg = common.resolve_config(config, profile, sets, seed, device, extra=extra)
+    from nanoseg.io import load_outlines
     from nanoseg.runtime import configure_torch, seed_everything, select_device
-    from nanoseg.shapes import build_library, load_outlines
+    from nanoseg.shapes import build_library
 
     configure_torch(cfg.num_threads)
     seed_everything(cfg.seed)
@@ -85,13 +86,14 @@ def sample(
 
       nanoseg shapes sample runs/shapes/generator.pt --n 5000 --out more-shapes
     """
+    import numpy as np
+
     from nanoseg import nets
     from nanoseg.atomic import atomic_path
-    from nanoseg.runtime import select_device
     from nanoseg.io import write_png
-    from nanoseg.shapes import contact_sheet, sample_shapes
-
-    import numpy as np
+    from nanoseg.plots import contact_sheet
+    from nanoseg.runtime import select_device
+    from nanoseg.shapes import sample_shapes
 
     dev = select_device(device or "auto")
     net, _ = nets.load(generator, dev, kind="shape-generator")

@@ -2,7 +2,10 @@
 
 Every micrograph enters the workflow through :func:`read_micrograph`: a 2-D float32 image in
 [0, 1] with the instrument's info bar cropped off, plus the pixel size in nm and where it came
-from. Formats: TIFF (8/16/32-bit integer, float), PNG, JPEG, BMP; RGB(A) is converted to gray.
+from. Formats: TIFF (8/16/32-bit integer, float), PNG, JPEG, BMP; RGB(A) is converted to gray;
+and the transmission vendors' formats through RosettaSciIO (:mod:`nanoseg.io.vendor`): Gatan
+DigitalMicrograph (.dm3, .dm4), EMD (Velox, Berkeley), TIA (.ser; .emi by name) and MRC, each
+holding one 2-D image (a stack, a spectrum or several images is refused with what the file holds).
 
 Pixel size, first found wins:
 
@@ -13,6 +16,9 @@ Pixel size, first found wins:
 4. ImageJ resolution tags with the ``unit=`` of the ImageJ description (nm, micron, ...);
 5. baseline TIFF resolution tags in centimetres;
 6. a Hitachi or JEOL text file beside the image (same name, ``.txt``), for any image format.
+
+Vendor files take their pixel size from the image's calibrated axes instead of 2.-5. (source
+'dm', 'emd', 'tia' or 'mrc'), checked alike.
 
 Inch-based resolution tags are print settings (72 dpi and the like), never a pixel size, and are
 ignored. Without any of these a warning is logged and sizes are reported in px. A pixel size found
@@ -27,8 +33,9 @@ run's images, reading one, bit-depth scaling with :func:`to_float01`, the raw TI
 readers, info bar detection, :func:`robust_range`), :mod:`nanoseg.io.pixel_size` (the search above:
 :func:`read_pixel_size_nm`, :func:`pixel_size_with_source`, :data:`UNIT_NM`),
 :mod:`nanoseg.io.annotations` (masks, label images, :func:`read_annotation`) and
-:mod:`nanoseg.io.write` (:func:`write_tiff`, :func:`write_png`); ``_common`` holds the logger
-and helpers they share. Everything is imported from ``nanoseg.io`` itself.
+:mod:`nanoseg.io.write` (:func:`write_tiff`, :func:`write_png`) and :mod:`nanoseg.io.outlines` (the
+user's single-particle outlines: :func:`load_outlines`, :func:`write_outline_folder`); ``_common``
+holds the logger and helpers they share. Everything is imported from ``nanoseg.io`` itself.
 """
 
 from nanoseg.io._common import logger
@@ -40,6 +47,14 @@ from nanoseg.io.annotations import (
     read_annotation,
     read_labels,
     read_mask,
+)
+from nanoseg.io.outlines import (
+    MIN_SHAPE_PX,
+    ROI_SUFFIXES,
+    binarize_outline,
+    center_shape,
+    load_outlines,
+    write_outline_folder,
 )
 from nanoseg.io.pixel_size import UNIT_NM, pixel_size_with_source, read_pixel_size_nm
 from nanoseg.io.read import (
@@ -55,8 +70,8 @@ from nanoseg.io.read import (
     list_images,
     load_micrographs,
     nothing_usable,
-    read_micrograph,
     read_in_series,
+    read_micrograph,
     read_micrographs,
     read_raw,
     robust_range,
@@ -65,23 +80,28 @@ from nanoseg.io.read import (
     skip_or_raise,
     to_float01,
 )
+from nanoseg.io.vendor import VENDOR_SUFFIXES
 from nanoseg.io.write import write_png, write_tiff
 
 __all__ = [
     "ANNOTATION_KINDS",
     "AnnotationKind",
+    "binarize_outline",
     "bits_for_max",
     "BLANK_STD",
     "bright_fraction",
+    "center_shape",
     "detect_info_bar",
     "FrameStats",
     "IMAGE_SUFFIXES",
     "list_images",
     "load_micrographs",
+    "load_outlines",
     "logger",
     "label_image_doubt",
     "looks_antialiased",
     "Micrograph",
+    "MIN_SHAPE_PX",
     "MIN_SIDE_PX",
     "nothing_usable",
     "pixel_size_with_source",
@@ -94,12 +114,15 @@ __all__ = [
     "read_pixel_size_nm",
     "read_raw",
     "robust_range",
+    "ROI_SUFFIXES",
     "scan_micrograph",
     "series_scale",
     "SeriesScale",
     "skip_or_raise",
     "to_float01",
     "UNIT_NM",
+    "VENDOR_SUFFIXES",
+    "write_outline_folder",
     "write_png",
     "write_tiff",
 ]

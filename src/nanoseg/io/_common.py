@@ -8,18 +8,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from nanoseg.runtime import log_once
+
 logger = logging.getLogger("nanoseg.io")
 
 
-def _say_once(level: int, msg: str, *args: Any) -> None:
+def say_once(level: int, msg: str, *args: Any) -> None:
+    """Log ``msg`` on the ``nanoseg.io`` logger once per process (:func:`nanoseg.runtime.log_once`)."""
     # Every stage of a run reads the micrographs again; one warning per stage buries the others.
-    from nanoseg.runtime import log_once
-
     log_once(logger, level, msg, *args)
 
 
 @contextmanager
-def _quiet(*logger_names: str) -> Iterator[None]:
+def quiet(*logger_names: str) -> Iterator[None]:
     """Silence third-party loggers that report, on stderr, what we raise as one clear error."""
     loggers = [logging.getLogger(name) for name in logger_names]
     levels = [lg.level for lg in loggers]

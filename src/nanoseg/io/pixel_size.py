@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from nanoseg.errors import NanosegError
-from nanoseg.io._common import _quiet, _say_once, logger
+from nanoseg.io._common import logger, quiet as _quiet, say_once as _say_once
+from nanoseg.io.vendor import is_vendor_file, vendor_pixel_size, vendor_source
 from nanoseg.units import UNIT_NM, check_pixel_size_nm
 
 
@@ -49,6 +50,8 @@ def pixel_size_with_source(path: str | Path) -> tuple[float | None, str]:
     finders: list[Any] = [_pixel_size_sidecar]
     if path.suffix.lower() in (".tif", ".tiff"):
         finders = [_pixel_size_rsciio, _pixel_size_tiff_tags] + finders
+    elif is_vendor_file(path):
+        finders = [_pixel_size_vendor] + finders
     for finder in finders:
         try:
             found = finder(path)
@@ -109,6 +112,12 @@ def _pixel_size_rsciio(path: Path) -> _Found | None:
     if not sizes or sizes[-1] is None:
         return None
     return sizes[-1], sizes[0] if len(sizes) == 2 else None, "rsciio"
+
+
+def _pixel_size_vendor(path: Path) -> _Found | None:
+    """DigitalMicrograph, EMD, TIA, MRC: the image's axes (:func:`nanoseg.io.vendor.vendor_pixel_size`)."""
+    found = vendor_pixel_size(path)
+    return None if found is None else (found[0], found[1], vendor_source(path))
 
 
 def _pixel_size_tiff_tags(path: Path) -> _Found | None:

@@ -11,11 +11,14 @@ from typing import Any, Literal
 import numpy as np
 
 from nanoseg.errors import NanosegError
-from nanoseg.io._common import _quiet, _say_once, logger
+from nanoseg.io._common import logger, quiet as _quiet, say_once as _say_once
 from nanoseg.io.pixel_size import ome_pixels_with, pixel_size_with_source
+from nanoseg.io.vendor import VENDOR_SUFFIXES, is_vendor_file, read_vendor
 from nanoseg.units import check_pixel_size_nm
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+#: Micrograph files: TIFF, PNG, JPEG, BMP, and the transmission vendors' formats read through
+#: RosettaSciIO (:data:`nanoseg.io.vendor.VENDOR_SUFFIXES`: DigitalMicrograph, EMD, TIA, MRC).
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp") + VENDOR_SUFFIXES
 MIN_SIDE_PX = 32
 # A row is "info-bar like" when at least this fraction of its pixels share one exact value:
 # sample rows of the TiO2 SEM images reach at most 0.33, their bar rows at least 0.81.
@@ -53,7 +56,7 @@ class Micrograph:
         Shape of the image in the file, before cropping.
     pixel_size_source : str
         Where the pixel size came from: 'override', 'rsciio', 'ome', 'imagej', 'tiff',
-        'hitachi-txt', 'jeol-txt', or 'none'.
+        'hitachi-txt', 'jeol-txt', 'dm', 'emd', 'tia', 'mrc' (a vendor file's axes), or 'none'.
     bit_depth : int or None
         Unsigned integer images: the stored values were divided by ``2**bit_depth - 1``. None
         for float and signed integer images, which are scaled by their values' range.
@@ -79,7 +82,9 @@ class Micrograph:
 def list_images(folder: str | Path) -> list[Path]:
     """Micrograph files in ``folder`` (sorted by name), or ``[folder]`` if it is one image file.
 
-    Hidden files (including half-written temporaries of atomic writes) are skipped.
+    Hidden files (including half-written temporaries of atomic writes) are skipped, and so are
+    TIA ``.emi`` files in a folder: the ``.ser`` files beside them hold the images (an ``.emi``
+    given by name is read).
 
     Raises
     ------
@@ -95,7 +100,8 @@ def list_images(folder: str | Path) -> list[Path]:
         raise NanosegError(f"{folder}: no such image folder (set data.images to a folder of micrographs)")
     files = sorted(
         p for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.suffix.lower() != ".emi"
+        and not p.name.startswith(".")
     )
     if not files:
         raise NanosegError(f"{folder}: no images found (expected {', '.join(IMAGE_SUFFIXES)} files)")
@@ -322,7 +328,8 @@ def read_micrograph(
     Parameters
     ----------
     path : path-like
-        TIFF, PNG, JPEG or BMP file with one 2-D gray or RGB(A) image.
+        TIFF, PNG, JPEG or BMP file with one 2-D gray or RGB(A) image, or a DigitalMicrograph
+        (.dm3, .dm4), EMD, TIA (.ser, .emi) or MRC file that holds one 2-D image.
     pixel_size_nm : float, optional
         Override of the pixel size in nm; default: read from the metadata.
     info_bar_rows : int or 'auto'
@@ -649,6 +656,9 @@ def to_float01(raw: np.ndarray, bit_depth: int | None = None,
 def read_raw(path: Path, min_side_px: int = MIN_SIDE_PX) -> np.ndarray:
     """Pixel values as stored, 2-D (RGB(A) converted to gray); palette TIFFs give raw indices.
 
+    Vendor files (DigitalMicrograph, EMD, TIA, MRC) give the one image they hold
+    (:func:`nanoseg.io.vendor.read_vendor`); a stack, a spectrum or several images is refused.
+
     No scaling, no info-bar crop (:func:`read_micrograph` does both).
 
     Raises
@@ -661,11 +671,14 @@ def read_raw(path: Path, min_side_px: int = MIN_SIDE_PX) -> np.ndarray:
         raise NanosegError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
-        raise NanosegError(f"{path}: unsupported image type '{suffix}' (use TIFF, PNG, JPEG or BMP)")
+        raise NanosegError(f"{path}: unsupported image type '{suffix}' (use TIFF, PNG, JPEG, BMP, "
+                           "DigitalMicrograph .dm3/.dm4, EMD, TIA .ser or MRC)")
     if path.stat().st_size == 0:
         raise NanosegError(f"{path}: file is empty; re-export the image")
     try:
-        if suffix in (".tif", ".tiff"):
+        if is_vendor_file(path):
+            data = read_vendor(path).data
+        elif suffix in (".tif", ".tiff"):
             data = _read_tiff_array(path)
         else:
             data = _read_pil_array(path)

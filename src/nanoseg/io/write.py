@@ -9,7 +9,6 @@ import numpy as np
 
 from nanoseg.atomic import atomic_path
 
-
 # --------------------------------------------------------------------------- writing
 
 

@@ -8,11 +8,13 @@ decisions, and writes the tables, figures, overlays and the HTML report.
 The package's modules: :mod:`nanoseg.measure.distributions` (size statistics: descriptor
 columns, the log-normal fit, the bootstrap confidence intervals, :func:`size_summary`, the EC
 definition check and the KS comparison), :mod:`nanoseg.measure.figures` (histograms,
-comparison plots and the kept/discarded overlays) and :mod:`nanoseg.measure.stage` (joining
-the classify decisions, writing the results and the report, the pipeline stage
-:func:`run_stage`, :func:`measure_files` for ``nanoseg measure`` and
-:func:`read_particles_csv`) and :mod:`nanoseg.measure.batch` (one task per micrograph, in this
-process or on Dask workers, with per-image markers so a batch resumes). Everything is imported
+comparison plots and the kept/discarded overlays), :mod:`nanoseg.measure.table` (measuring and
+classifying a set of label images, joining the classify decisions, the keep/discard network and
+settings, :class:`ParticleTable`), :mod:`nanoseg.measure.batch` (one task per micrograph, in this
+process or on Dask workers, with per-image markers so a batch resumes),
+:mod:`nanoseg.measure.report` (the HTML report) and :mod:`nanoseg.measure.stage` (writing the
+results and the report, the pipeline stage :func:`run_stage`, :func:`measure_files` for
+``nanoseg measure`` and :func:`read_particles_csv`). Everything is imported
 from ``nanoseg.measure`` itself.
 """
 
@@ -35,14 +37,8 @@ from nanoseg.measure.distributions import (
 )
 from nanoseg.measure.figures import DISCARDED_RGB, KEPT_RGB, overlay_kept, plot_comparison, plot_histogram
 from nanoseg.measure.stage import (
-    KEPT_COLUMNS,
-    ParticleTable,
-    classifier_settings,
-    join_decisions,
     left_out_warning,
-    load_classifier,
     logger,
-    measure_and_decide,
     measure_files,
     pixel_size_source,
     read_particles_csv,
@@ -50,6 +46,14 @@ from nanoseg.measure.stage import (
     run_stage,
     size_prior_fallbacks,
     write_results,
+)
+from nanoseg.measure.table import (
+    KEPT_COLUMNS,
+    ParticleTable,
+    classifier_settings,
+    join_decisions,
+    load_classifier,
+    measure_and_decide,
 )
 
 __all__ = [

@@ -23,9 +23,26 @@ from typing import Any
 
 import pandas as pd
 
-from nanoseg.batch import (BatchResult, TaskJob, failed, file_digest, finish, no_progress, run_batch, text_name,
-                           worker_cache)
+from nanoseg import io
+from nanoseg.atomic import atomic_path
+from nanoseg.batch import (
+    BatchResult,
+    TaskJob,
+    failed,
+    file_digest,
+    finish,
+    no_progress,
+    run_batch,
+    settings_key,
+    text_name,
+    usable,
+    worker_cache,
+)
+from nanoseg.classify import DECISION_COLUMNS
 from nanoseg.errors import NanosegError
+from nanoseg.measure.figures import overlay_kept
+from nanoseg.measure.table import ParticleTable, load_classifier, measure_and_decide
+from nanoseg.particles import label_items
 
 #: Per-image outputs under ``OUT``; a rerun into the same folder reuses the valid ones.
 PER_IMAGE_DIRS = ("markers", "particles.parquet", "segment", "overlays")
@@ -50,8 +67,7 @@ def part_path(out_dir: str | Path, stem: str) -> Path:
 
 
 def _load_nets(job: MeasureJob) -> tuple[Any, Any, Any]:
-    from nanoseg.measure.stage import load_classifier
-    from nanoseg.segment import load_segmenter
+    from nanoseg.segment import load_segmenter  # scipy, and torch to load the net: only when segmenting
 
     segmenter = load_segmenter(job.model, job.device) if job.labels_dir is None else None
     net, cls_cfg, _, _ = load_classifier(job.classifier, job.config.classify, job.device)
@@ -68,12 +84,6 @@ def measure_one(path: str, job: MeasureJob) -> dict[str, Any]:
         ``seconds``, ...), or an error (:func:`nanoseg.batch.failed`) for an image that cannot be
         used (a :class:`NanosegError`; anything else is a bug and raises).
     """
-    from nanoseg import io
-    from nanoseg.atomic import atomic_path
-    from nanoseg.measure.figures import overlay_kept
-    from nanoseg.measure.stage import measure_and_decide
-    from nanoseg.particles import label_items
-
     t0 = time.perf_counter()
     stem, out = Path(path).stem, Path(job.out_dir)
     name = text_name(stem)  # the table's image column; the files keep the stem
@@ -126,10 +136,6 @@ def pooled_table(result: BatchResult, out_dir: str | Path, head_rows: int, dest:
     number of images. ``out_dir`` holds the Parquet files; the tables go to ``dest`` (default:
     ``out_dir``).
     """
-    from nanoseg.atomic import atomic_path
-    from nanoseg.classify import DECISION_COLUMNS
-    from nanoseg.measure.stage import ParticleTable
-
     out_dir = Path(out_dir)
     dest = out_dir if dest is None else Path(dest)
     if not result.markers:
@@ -150,9 +156,6 @@ def pooled_table(result: BatchResult, out_dir: str | Path, head_rows: int, dest:
 def _with_labels(labels_dir: Path) -> Callable[[list[str], list[dict[str, str]], bool], list[str]]:
     """A :func:`nanoseg.batch.run_batch` check: the micrographs that have a label image."""
     def check(paths: list[str], failures: list[dict[str, str]], strict: bool) -> list[str]:
-        from nanoseg.batch import usable
-        from nanoseg.io import nothing_usable
-
         kept = []
         for p in paths:
             stem = Path(p).stem
@@ -162,7 +165,7 @@ def _with_labels(labels_dir: Path) -> Callable[[list[str], list[dict[str, str]],
             usable({"path": p, "error": f"{labels_dir / (stem + '.tif')}: no label image for micrograph {p} "
                                          "(check data.info_bar_rows)"}, failures, strict)
         if not kept:
-            raise nothing_usable(failures)
+            raise io.nothing_usable(failures)
         return kept
     return check
 
@@ -195,8 +198,6 @@ def measure_batch(paths: Sequence[str | Path], out_dir: str | Path, config: Any,
         ``before_writing(frames)`` (:func:`nanoseg.batch.run_batch`): called once the micrographs
         have been read (first pass) and their label images found, before the first output is written.
     """
-    from nanoseg.batch import settings_key
-
     out_dir = Path(out_dir)
     digests = (file_digest(model) if labels_dir is None else None, file_digest(classifier))
 

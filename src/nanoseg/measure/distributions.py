@@ -294,7 +294,7 @@ def size_summary(
         all_values = df[col].to_numpy(dtype=float)
         values = all_values[np.isfinite(all_values)]
         n = int(values.size)
-        entry: dict[str, Any] = {"column": col, "unit": _unit(col), "count": n}
+        entry: dict[str, Any] = {"column": col, "unit": column_unit(col), "count": n}
         if n:
             d10, d50, d90 = np.percentile(values, [10, 50, 90])
             entry.update(
@@ -315,7 +315,8 @@ def size_summary(
     return out
 
 
-def _unit(col: str) -> str:
+def column_unit(col: str) -> str:
+    """The unit of a size column from its suffix: ``nm``, ``nm²``, ``px`` (``px²`` for area) or ``''``."""
     for suffix, unit in (("_nm2", "nm²"), ("_nm", "nm"), ("_px", "px")):
         if col.endswith(suffix):
             return unit + ("²" if col.startswith("area") and unit == "px" else "")

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
-from nanoseg.plots import pyplot, save_figure
-
+from nanoseg.plots import in_row_strips, pyplot, save_figure
 
 # --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------
 
-_LABELS = {"ecd": "equivalent circular diameter", "min_feret": "minimum Feret diameter",
-           "max_feret": "maximum Feret diameter", "area": "area"}
+#: Names of the size descriptors, for figure titles and axes.
+DESCRIPTOR_LABELS = {"ecd": "equivalent circular diameter", "min_feret": "minimum Feret diameter",
+                     "max_feret": "maximum Feret diameter", "area": "area"}
 
 
 def plot_histogram(values: np.ndarray, out_stem: Path, *, title: str, xlabel: str, bins: int = 30,
@@ -83,8 +83,6 @@ def overlay_kept(image: np.ndarray, labels: np.ndarray, kept_labels: Sequence[in
     kept_labels : sequence of int
         Labels of the kept particles; every other non-zero label counts as discarded.
     """
-    from nanoseg.plots import in_row_strips
-
     kept_labels = np.asarray(list(kept_labels), dtype=labels.dtype)
     return in_row_strips(lambda im, lab: _draw_kept(im, lab, kept_labels, alpha), image, labels)
 

@@ -5,23 +5,31 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from nanoseg import atomic, nets
+from nanoseg.atomic import atomic_path, replacing, write_text
+from nanoseg.batch import text_name
+from nanoseg.classify import classify_images, counting_rule, read_decisions, resolve_threshold
 from nanoseg.errors import NanosegError
+from nanoseg.io import list_images, load_micrographs, write_png
+from nanoseg.measure.batch import measure_batch, pooled_table
 from nanoseg.measure.distributions import (
     BOOTSTRAP_RESAMPLES,
     MAIN_DESCRIPTORS,
-    _unit,
+    column_unit,
     compare_distributions,
     ec_definition_check,
     size_summary,
 )
-from nanoseg.measure.figures import _LABELS, overlay_kept, plot_comparison, plot_histogram
+from nanoseg.measure.figures import DESCRIPTOR_LABELS, overlay_kept, plot_comparison, plot_histogram
+from nanoseg.measure.report import render_report
+from nanoseg.measure.table import ParticleTable, classifier_settings, join_decisions
 from nanoseg.particles import label_items, measure_images, nm_column
 
 logger = logging.getLogger("nanoseg.measure")
@@ -30,31 +38,6 @@ logger = logging.getLogger("nanoseg.measure")
 # --------------------------------------------------------------------------------------------
 # Measuring a set of images and writing the results
 # --------------------------------------------------------------------------------------------
-
-
-def join_decisions(particles: pd.DataFrame, decisions: pd.DataFrame | None) -> pd.DataFrame:
-    """Add ``score``, ``kept`` and ``reason`` from classify decisions (image, label, ...).
-
-    Particles without a decision are kept with reason ``''``; without any decisions every
-    particle is kept.
-    """
-    df = particles.copy()
-    if decisions is None or decisions.empty:
-        df["score"] = np.nan
-        df["kept"] = True
-        df["reason"] = ""
-        return df
-    dec = decisions[["image", "label", "score", "kept", "reason"]].copy()
-    dec["image"] = dec["image"].astype(str)
-    dec["label"] = dec["label"].astype(np.int64)
-    df["image"] = df["image"].astype(str)
-    df = df.merge(dec, on=["image", "label"], how="left")
-    missing = df["kept"].isna()
-    if missing.any():
-        logger.warning("%d particles have no classify decision; keeping them", int(missing.sum()))
-    df["kept"] = df["kept"].where(~missing, True).astype(bool)
-    df["reason"] = df["reason"].fillna("").astype(str)
-    return df
 
 
 def _read_size_prior(run_dir: Path | None) -> dict[str, Any]:
@@ -95,50 +78,6 @@ def size_prior_fallbacks(size_prior: Any) -> list[str]:
             out.append(f"the {stage} stage was configured with size_prior={configured} but fell back to "
                        f"size_prior={used}: the training masks' particle sizes follow {used}")
     return out
-
-
-#: Columns of the kept particles that the summary, histograms and comparison use.
-KEPT_COLUMNS: tuple[str, ...] = ("image", "label", *(c for stem in MAIN_DESCRIPTORS
-                                                     for c in (f"{stem}_px", nm_column(stem))))
-
-
-@dataclass(frozen=True)
-class ParticleTable:
-    """What the summary and the report need of a particle table, without every row of it.
-
-    A batch of thousands of micrographs builds it image by image
-    (:func:`nanoseg.measure.batch.pooled_table`), so that memory grows with the kept particles'
-    few size columns only; :meth:`of` makes it from a whole table.
-    """
-
-    kept: pd.DataFrame  # the kept particles, KEPT_COLUMNS
-    head: pd.DataFrame  # the first rows of the table, every column (the report lists them)
-    n_particles: int
-    n_images: int
-    reasons: dict[str, int]  # discard reason -> particles
-    pixel_sizes: list[float]  # the distinct pixel sizes, nm
-
-    @classmethod
-    def of(cls, particles: pd.DataFrame, head_rows: int) -> ParticleTable:
-        kept = particles[particles["kept"]]
-        sizes = particles["pixel_size_nm"].dropna() if "pixel_size_nm" in particles else []
-        return cls(kept=kept[[c for c in KEPT_COLUMNS if c in kept.columns]], head=particles.head(head_rows),
-                   n_particles=len(particles), n_images=int(particles["image"].nunique()),
-                   reasons={str(k): int(v) for k, v in particles.loc[~particles["kept"], "reason"].value_counts().items()},
-                   pixel_sizes=sorted({float(v) for v in sizes}))
-
-    @classmethod
-    def combine(cls, tables: Sequence[ParticleTable], head_rows: int) -> ParticleTable:
-        """The table of several tables' rows, in their order (e.g. one per image of a batch)."""
-        reasons: dict[str, int] = {}
-        for t in tables:
-            for reason, count in t.reasons.items():
-                reasons[reason] = reasons.get(reason, 0) + count
-        return cls(kept=pd.concat([t.kept for t in tables], ignore_index=True),
-                   head=pd.concat([t.head for t in tables], ignore_index=True).head(head_rows),
-                   n_particles=sum(t.n_particles for t in tables), n_images=sum(t.n_images for t in tables),
-                   reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-                   pixel_sizes=sorted({v for t in tables for v in t.pixel_sizes}))
 
 
 def write_results(
@@ -209,9 +148,6 @@ def write_results(
         ``counting_rule``, ``warnings``, ``descriptors`` (see :func:`size_summary`) and
         ``ec_definition``.
     """
-    from nanoseg.atomic import atomic_path, write_json
-    from nanoseg.io import write_png
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(particles, pd.DataFrame):
@@ -254,8 +190,8 @@ def write_results(
         entry = summary_desc[stem]
         col = entry["column"]
         paths = plot_histogram(kept[col].to_numpy(dtype=float) if len(kept) else np.array([]),
-                               out_dir / f"hist_{stem}", title=f"{_LABELS[stem]} (kept particles)",
-                               xlabel=f"{_LABELS[stem]} / {entry['unit']}", bins=bins, lognormal=entry.get("lognormal"))
+                               out_dir / f"hist_{stem}", title=f"{DESCRIPTOR_LABELS[stem]} (kept particles)",
+                               xlabel=f"{DESCRIPTOR_LABELS[stem]} / {entry['unit']}", bins=bins, lognormal=entry.get("lognormal"))
         figures[stem] = paths[0]
     if compare is not None:
         other_name, other = compare
@@ -266,7 +202,7 @@ def write_results(
         ks = compare_distributions(kept[col], other_kept[col])
         ks.update(column=col, name_a="this run", name_b=other_name)
         paths = plot_comparison(kept[col], other_kept[col], out_dir / "compare_min_feret", names=("this run", other_name),
-                                xlabel=f"minimum Feret diameter / {_unit(col)}", bins=bins, ks=ks)
+                                xlabel=f"minimum Feret diameter / {column_unit(col)}", bins=bins, ks=ks)
         figures["comparison"] = paths[0]
         summary["comparison"] = ks
     overlays: dict[str, Path] = dict(overlay_files or {})
@@ -280,11 +216,8 @@ def write_results(
             overlays[name] = path
     if extra:
         summary.update(extra)
-    write_json(out_dir / "summary.json", summary)
+    atomic.write_json(out_dir / "summary.json", summary)  # looked up per call: tests fill the disk here
     if report:
-        from nanoseg.atomic import write_text
-        from nanoseg.report import render_report
-
         write_text(out_dir / "report.html", render_report(summary, table.head, figures=figures, overlays=overlays,
                                                                 max_rows=report_rows, max_overlays=report_overlays))
     return summary
@@ -302,74 +235,6 @@ def results_settings(config: Any) -> dict[str, Any]:
             "report_overlays": m.report_overlays, "seed": config.seed}
 
 
-def classifier_settings(classifier: str | Path | None, cls_cfg: Any, *, option: str = "--classifier"
-                        ) -> tuple[Any, dict[str, Any] | None, list[str]]:
-    """The classify settings to decide with, read from the keep/discard model's metadata only.
-
-    ``option`` names, in the warning, what the user leaves out to get no classifier.
-
-    Returns
-    -------
-    cls_cfg : ClassifyConfig
-        ``method`` 'network' with the model's calibrated threshold when a classifier is given;
-        'rules' (with a warning) when the settings ask for a network but none is given.
-    calibration : dict or None
-        How the threshold was calibrated, for :func:`nanoseg.classify.counting_rule`.
-    warnings : list of str
-    """
-    from nanoseg import nets
-
-    return _settings(nets.load_meta(classifier, kind="classifier") if classifier is not None else None, cls_cfg, option)
-
-
-def _settings(meta: dict[str, Any] | None, cls_cfg: Any, option: str) -> tuple[Any, dict[str, Any] | None, list[str]]:
-    if meta is not None:
-        from nanoseg.classify import resolve_threshold
-
-        calibration = meta.get("calibration") if cls_cfg.score_threshold == "auto" else None
-        return resolve_threshold(cls_cfg.model_copy(update={"method": "network"}), meta), calibration, []
-    if cls_cfg.method == "network":
-        text = (f"classify.method is 'network' but no {option} was given: particles were kept by the rules "
-                "alone, so partly covered particles were not excluded")
-        logger.warning(text)
-        return cls_cfg.model_copy(update={"method": "rules"}), None, [text]
-    return cls_cfg, None, []
-
-
-def load_classifier(classifier: str | Path | None, cls_cfg: Any, device: Any = "cpu", *, option: str = "--classifier"
-                    ) -> tuple[Any, Any, dict[str, Any] | None, list[str]]:
-    """The keep/discard network (None without ``classifier``) and :func:`classifier_settings`."""
-    net = meta = None
-    if classifier is not None:
-        from nanoseg import nets
-
-        net, meta = nets.load(classifier, device, kind="classifier")
-    return (net, *_settings(meta, cls_cfg, option))
-
-
-def measure_and_decide(items: Sequence[tuple[str, np.ndarray, np.ndarray | None, float | None]], cls_cfg: Any, *,
-                       net: Any = None, device: Any = "cpu") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Measure label images and decide which particles count: the particle table and the decisions.
-
-    Parameters
-    ----------
-    items : sequence of (image name, labels, micrograph or None, pixel size in nm or None)
-    cls_cfg : ClassifyConfig
-        With a numeric score threshold when ``net`` is given (:func:`load_classifier`).
-
-    Returns
-    -------
-    particles : pandas.DataFrame
-        :func:`nanoseg.particles.measure_images` joined with ``score``, ``kept`` and ``reason``.
-    decisions : pandas.DataFrame
-    """
-    from nanoseg.classify import classify_images
-
-    particles = measure_images(items)
-    decisions = classify_images(items, cls_cfg, net=net, device=device, particles=particles)
-    return join_decisions(particles, decisions), decisions
-
-
 def pixel_size_source(micrographs: Sequence[Any]) -> str:
     """One phrase saying where the micrographs' pixel sizes came from."""
     sources = [getattr(m, "pixel_size_source", "none") if m.pixel_size_nm is not None else "none" for m in micrographs]
@@ -384,9 +249,6 @@ def pixel_size_source(micrographs: Sequence[Any]) -> str:
 
 def run_stage(ctx: Any) -> None:
     """Pipeline stage 7: measure the segment labels, join classify decisions, write the results."""
-    from nanoseg.classify import classify_images, counting_rule, read_decisions
-    from nanoseg.io import load_micrographs
-
     cfg = ctx.config
     labels_dir = ctx.stage_dir("adapt") / "labels"
     failures: list[dict[str, str]] = []
@@ -400,9 +262,6 @@ def run_stage(ctx: Any) -> None:
     classifier_model = ctx.stage_dir("classify") / "model.pt" if cls_cfg.method == "network" else None
     calibration = None
     if classifier_model is not None:
-        from nanoseg import nets
-        from nanoseg.classify import resolve_threshold
-
         meta = nets.load_meta(classifier_model, kind="classifier") if classifier_model.is_file() else {}
         calibration = meta.get("calibration") if cls_cfg.score_threshold == "auto" else None
         cls_cfg = resolve_threshold(cls_cfg, meta)
@@ -562,14 +421,6 @@ def measure_files(
     dict
         The summary written to ``summary.json``.
     """
-    from types import SimpleNamespace
-
-    from nanoseg.atomic import replacing
-    from nanoseg.batch import text_name
-    from nanoseg.classify import counting_rule
-    from nanoseg.io import list_images
-    from nanoseg.measure.batch import measure_batch, pooled_table
-
     out_dir = Path(out_dir)
     # Folders are listed; files are kept as given, so that a wrong one fails alone when not strict.
     paths = [p for item in images for p in (list_images(item) if Path(item).is_dir() else [Path(item)])]

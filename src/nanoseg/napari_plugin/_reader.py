@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-SUFFIXES = (".tif", ".tiff")
+#: TIFF and the transmission vendors' formats (DigitalMicrograph, EMD, TIA, MRC); the manifest's
+#: filename patterns list the same.
+SUFFIXES = (".tif", ".tiff", ".dm3", ".dm4", ".emd", ".ser", ".emi", ".mrc")
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[tuple]] | None:
-    """The reader for one TIFF micrograph, or None for anything else (napari then asks others)."""
+    """The reader for one TIFF or vendor-format micrograph, or None for anything else (napari then asks others)."""
     if isinstance(path, list):
         if len(path) != 1:
             return None

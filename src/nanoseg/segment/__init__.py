@@ -17,8 +17,9 @@ Public functions
 Modules: :mod:`~nanoseg.segment.data` (pairs, targets), :mod:`~nanoseg.segment.training`,
 :mod:`~nanoseg.segment.infer` (tiled probabilities, TTA, whole micrographs),
 :mod:`~nanoseg.segment.instances` (watershed), :mod:`~nanoseg.segment.export` (ONNX),
-:mod:`~nanoseg.segment.batch` (``segment predict`` on Dask workers, resumable) and
-:mod:`~nanoseg.segment.stage` (the pipeline stage).
+:mod:`~nanoseg.segment.batch` (``segment predict`` on Dask workers, resumable),
+:mod:`~nanoseg.segment.stage` (the pipeline stage) and :mod:`~nanoseg.segment.adapt` (stage 5b:
+self-training on the real micrographs; not re-exported here).
 """
 
 from __future__ import annotations
@@ -28,12 +29,27 @@ from nanoseg.segment.data import (
     BOUNDARY,
     IGNORE,
     INTERIOR,
+    Pair,
+    TargetKind,
     foreground_mask,
     load_pairs,
     make_target,
     n_outputs,
-    Pair,
-    TargetKind,
+)
+from nanoseg.segment.export import OnnxModel, export_onnx, load_onnx
+from nanoseg.segment.infer import (
+    ModelScaleSegmentation,
+    load_segmenter,
+    overlay,
+    particle_probability,
+    predict_probabilities,
+    predict_with_agreement,
+    probabilities_from_logits,
+    segment_at_model_scale,
+    segment_image,
+    segment_micrographs,
+    to_model_scale,
+    write_segmentation,
 )
 from nanoseg.segment.instances import (
     foreground_threshold,
@@ -41,20 +57,7 @@ from nanoseg.segment.instances import (
     interior_markers,
     resize_labels,
 )
-from nanoseg.segment.infer import (
-    load_segmenter,
-    overlay,
-    particle_probability,
-    predict_probabilities,
-    predict_with_agreement,
-    probabilities_from_logits,
-    ModelScaleSegmentation,
-    segment_at_model_scale,
-    segment_image,
-    segment_micrographs,
-    write_segmentation,
-    to_model_scale,
-)
+from nanoseg.segment.stage import run_stage
 from nanoseg.segment.training import (
     INFERENCE_SETTINGS,
     TRAINING_PLOT,
@@ -65,8 +68,6 @@ from nanoseg.segment.training import (
     train,
     training_fingerprint,
 )
-from nanoseg.segment.export import OnnxModel, export_onnx, load_onnx
-from nanoseg.segment.stage import run_stage
 
 __all__ = [
     "BACKGROUND", "BOUNDARY", "IGNORE", "INFERENCE_SETTINGS", "INTERIOR", "OnnxModel", "Pair", "TRAINING_PLOT",

@@ -16,8 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from nanoseg import __version__, nets
 from nanoseg.atomic import atomic_path
+from nanoseg.config import SegmentConfig
 from nanoseg.errors import NanosegError
+from nanoseg.io import read_micrograph, write_png
+from nanoseg.segment.export import export_onnx, probability_module
+from nanoseg.segment.infer import particle_probability, to_model_scale
+from nanoseg.segment.instances import foreground_threshold
 
 INSTALL_HINT = 'bioimage.io export needs bioimageio.spec and bioimageio.core: pip install "nanoseg[bioimageio]"'
 PAPER = "Rühle, Krumrey & Hodoroaba, Sci. Rep. 11, 4942 (2021)"
@@ -69,9 +75,6 @@ def sample_input(multiple: int, meta: dict[str, Any], sample: str | Path | None 
     if sample is None:
         image = _synthetic_discs(multiple * max(1, round(TEST_SIDE_PX / multiple)))
     else:
-        from nanoseg.io import read_micrograph
-        from nanoseg.segment.infer import to_model_scale
-
         mg = read_micrograph(sample)
         image, _ = to_model_scale(mg.image, mg.pixel_size_nm, meta)
         side = min(MAX_SAMPLE_SIDE_PX, *image.shape) // multiple * multiple
@@ -124,14 +127,10 @@ def export_bioimageio(model_path: str | Path, package_path: str | Path, sample: 
     import torch
     from bioimageio.spec import save_bioimageio_package
 
-    from nanoseg import nets
-    from nanoseg.io import write_png
-    from nanoseg.segment.export import _ProbabilityModule, export_onnx
-
     net, meta = nets.load(model_path, "cpu", kind="segmenter")
     # The weights output probabilities (as the ONNX export does), so the package is usable
     # as-is: no postprocessing to declare, and its outputs are what nanoseg thresholds.
-    wrapper = _ProbabilityModule(net, meta["target"]).eval()
+    wrapper = probability_module(net, meta["target"]).eval()
     x = sample_input(net.multiple, meta, sample)
     with torch.no_grad():
         y = wrapper(torch.from_numpy(x)).numpy()
@@ -172,8 +171,6 @@ def _cover(image: np.ndarray, probs: np.ndarray, target: str) -> np.ndarray:
     """RGB uint8: the test input beside its particle probability (magma), 2:1 as bioimage.io asks."""
     from matplotlib import colormaps
 
-    from nanoseg.segment.infer import particle_probability
-
     left = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=2)
     right = colormaps["magma"](particle_probability(probs, target))[..., :3]
     return np.round(np.concatenate([left, right], axis=1) * 255).astype(np.uint8)
@@ -209,10 +206,6 @@ def _validation_note(meta: dict[str, Any]) -> str:
 
 def documentation(net: Any, meta: dict[str, Any], model_name: str) -> str:
     """The package's README (Markdown), generated from the net and its metadata."""
-    from nanoseg import __version__
-    from nanoseg.config import SegmentConfig
-    from nanoseg.segment.instances import foreground_threshold
-
     target = meta["target"]
     cfg = SegmentConfig.model_validate(meta.get("config", {"target": target}))
     threshold = foreground_threshold(cfg, meta)

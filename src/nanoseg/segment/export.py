@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
+from nanoseg import nets
 from nanoseg.atomic import atomic_path
+from nanoseg.errors import NanosegError
 
 logger = logging.getLogger("nanoseg.segment")
 
@@ -20,16 +24,11 @@ def export_onnx(model_path: str | Path, onnx_path: str | Path, opset: int = 18) 
     post-processing config) goes into the file's metadata as ``nanoseg`` (JSON), so that
     :func:`load_onnx` segments with it as with the ``.pt`` model.
     """
-    import json
-    import warnings
-
     import onnx
     import torch
 
-    from nanoseg import nets
-
     net, meta = nets.load(model_path, "cpu", kind="segmenter")
-    wrapper = _ProbabilityModule(net, meta["target"]).eval()
+    wrapper = probability_module(net, meta["target"]).eval()
     multiple = net.multiple
     # Odd sides, so that the traced graph contains the padding.
     example = torch.rand(1, 1, 3 * multiple + 5, 4 * multiple + 3)
@@ -91,11 +90,6 @@ def load_onnx(path: str | Path) -> tuple[OnnxModel, dict[str, Any]]:
     NanosegError
         If the file is not an ONNX model or was not exported by nanoseg (no meta).
     """
-    import json
-
-    from nanoseg import nets
-    from nanoseg.errors import NanosegError
-
     try:
         model = OnnxModel(path)
     except ImportError as exc:
@@ -126,7 +120,8 @@ def _probability_module_class() -> type:
     return ProbabilityModule
 
 
-def _ProbabilityModule(net: Any, target: str) -> Any:  # noqa: N802 - factory named like the class it builds
+def probability_module(net: Any, target: str) -> Any:
+    """``net`` wrapped to output class probabilities (softmax for three-class, else sigmoid), as exported."""
     return _probability_module_class()(net, target)
 
 

@@ -29,7 +29,7 @@ def _add_orphans(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     return np.where(orphans > 0, orphans, labels)
 
 
-def _h_maxima_within(interior: np.ndarray, region: np.ndarray, h: float) -> np.ndarray:
+def h_maxima_within(interior: np.ndarray, region: np.ndarray, h: float) -> np.ndarray:
     """``h_maxima(interior, h) & region``, reconstructed only around ``region``.
 
     The h-maxima come from a grey reconstruction of ``interior - h`` under ``interior``; a pixel
@@ -57,7 +57,7 @@ def _h_maxima_within(interior: np.ndarray, region: np.ndarray, h: float) -> np.n
     return out & region
 
 
-def _expand_within(markers: np.ndarray, foreground: np.ndarray, distance: int) -> np.ndarray:
+def expand_within(markers: np.ndarray, foreground: np.ndarray, distance: int) -> np.ndarray:
     """``expand_labels(markers, distance) * foreground``, computed around the foreground only.
 
     skimage's ``expand_labels`` takes the distance transform of the whole image; a foreground
@@ -96,7 +96,7 @@ def interior_markers(interior: np.ndarray, foreground: np.ndarray, threshold: fl
 
     region = (interior > threshold) & foreground
     if h > 0:
-        seeds = label(_h_maxima_within(interior, region, h), connectivity=2)
+        seeds = label(h_maxima_within(interior, region, h), connectivity=2)
         markers = watershed(-interior, seeds, mask=region)
     else:
         markers = label(region, connectivity=1)
@@ -149,7 +149,7 @@ def instances_from_probabilities(
     if target == "three_class":
         markers = interior_markers(probs[INTERIOR], foreground, config.marker_threshold, config.marker_h)
         if config.band_giveback == "expand":
-            labels = _expand_within(markers, foreground, config.boundary_width_px)
+            labels = expand_within(markers, foreground, config.boundary_width_px)
         else:
             labels = watershed(-probs[INTERIOR], markers, mask=foreground)
     elif target == "binary":

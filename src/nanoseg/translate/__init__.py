@@ -2,7 +2,7 @@
 
 Stage 3 (``translate``) either trains a CycleGAN (Zhu et al. 2017) between the domain of fake
 binary masks (A) and the domain of real micrographs (B), on random tiles and without any paired
-data, or fits the parameters of the physics-inspired SEM renderer (:mod:`nanoseg.render`), or
+data, or fits the parameters of the physics-inspired SEM renderer (:mod:`nanoseg.translate.render`), or
 (``refine``) fits the renderer and trains the CycleGAN from rendered fakes (A) to real micrographs,
 so that the generator only has to learn what the renderer misses.
 
@@ -23,6 +23,8 @@ Modules
 - :mod:`~nanoseg.translate.translators`: mask -> micrograph translators, fitting the SEM renderer.
 - :mod:`~nanoseg.translate.artifacts`: the artifact filter and the GAN segmentation.
 - :mod:`~nanoseg.translate.pairs`: making, writing and reading training pairs, contact sheet.
+- :mod:`~nanoseg.translate.render`: the physics-inspired SEM renderer and the fit of its parameters.
+- :mod:`~nanoseg.translate.realism`: how real the fake micrographs look (scores of the pairs stage).
 - :mod:`~nanoseg.translate.stages`: the stage entry points.
 
 None of them imports torch at module level.

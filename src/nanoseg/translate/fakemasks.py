@@ -16,6 +16,7 @@ import numpy as np
 from nanoseg.errors import NanosegError
 from nanoseg.labels import border_labels
 
+
 @dataclass
 class FakeMask:
     """One tile of the masks stage: its instance labels and which of them are whole particles.

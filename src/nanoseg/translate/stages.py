@@ -2,7 +2,7 @@
 
 :func:`train_translator` trains the CycleGAN or fits the SEM renderer (``translate.method``),
 :func:`make_pairs` writes the training pairs and, when asked, scores how real the fake
-micrographs look (:func:`write_realism`, :mod:`nanoseg.realism`). :func:`run_train_stage` and
+micrographs look (:func:`write_realism`, :mod:`nanoseg.translate.realism`). :func:`run_train_stage` and
 :func:`run_pairs_stage` are what the pipeline calls.
 """
 
@@ -17,9 +17,12 @@ import numpy as np
 
 from nanoseg.atomic import write_json
 from nanoseg.errors import NanosegError
+from nanoseg.io import load_micrographs
+from nanoseg.runtime import seed_everything
 from nanoseg.translate.cyclegan import train_cyclegan
 from nanoseg.translate.fakemasks import load_fake_masks
 from nanoseg.translate.pairs import generate_pairs
+from nanoseg.translate.realism import realism_scores
 from nanoseg.translate.translators import fit_renderer, load_renderer, load_translator
 
 logger = logging.getLogger("nanoseg.translate")
@@ -45,9 +48,6 @@ def train_translator(config: Any, masks_dir: str | Path, out_dir: str | Path, de
         Gets the generators (or ``renderer.json``), checkpoints, loss log, plots and samples.
     device : torch.device or str
     """
-    from nanoseg.io import load_micrographs
-    from nanoseg.runtime import seed_everything
-
     cfg = config.translate
     rng = seed_everything(config.seed)
     out_dir = Path(out_dir)
@@ -97,13 +97,10 @@ _REALISM_MAX_PAIRS = 40
 
 
 def write_realism(config: Any, pairs_dir: str | Path, device: Any = "cpu") -> dict[str, Any] | None:
-    """Score how real the written pairs' micrographs look (:mod:`nanoseg.realism`); ``realism.json``.
+    """Score how real the written pairs' micrographs look (:mod:`nanoseg.translate.realism`); ``realism.json``.
 
     Returns None (and writes nothing) when the micrographs or pairs are too small for the tiles.
     """
-    from nanoseg.io import load_micrographs
-    from nanoseg.realism import realism_scores
-
     pairs_dir = Path(pairs_dir)
     real = [mg.image for mg in load_micrographs(config.data)]
     fakes = []

@@ -1,7 +1,7 @@
 """The translators of stage 4 (fake mask -> fake micrograph) and the fitting of the SEM renderer.
 
 :class:`GanTranslator` runs the CycleGAN's trained mask -> image generator,
-:class:`RenderTranslator` the physics-inspired SEM renderer (:mod:`nanoseg.render`), optionally
+:class:`RenderTranslator` the physics-inspired SEM renderer (:mod:`nanoseg.translate.render`), optionally
 on real substrate patches, and :class:`RefineTranslator` the renderer followed by a CycleGAN
 generator trained rendered -> real (``translate.method=refine``). :func:`fit_renderer` is stage
 3 with ``translate.method=render`` (and its first half with ``refine``); it writes what
@@ -18,10 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from nanoseg import nets
 from nanoseg.atomic import write_json
 from nanoseg.errors import NanosegError
+from nanoseg.io import write_png
 from nanoseg.translate.cyclegan import MASK_TO_IMAGE, apply_generator
 from nanoseg.translate.fakemasks import FakeMask
+from nanoseg.translate.render import RenderParams, SubstrateBank, fit_render_params, render_sem, vary_params
 
 logger = logging.getLogger("nanoseg.translate")
 
@@ -44,9 +47,9 @@ class GanTranslator:
 
 
 class RenderTranslator:
-    """Mask -> micrograph with the physics-inspired SEM renderer (:mod:`nanoseg.render`).
+    """Mask -> micrograph with the physics-inspired SEM renderer (:mod:`nanoseg.translate.render`).
 
-    With a :class:`nanoseg.render.SubstrateBank`, each image gets a real substrate quilted from
+    With a :class:`nanoseg.translate.render.SubstrateBank`, each image gets a real substrate quilted from
     the micrographs' own particle-free areas instead of the synthetic one.
     """
 
@@ -56,8 +59,6 @@ class RenderTranslator:
         self.variation = variation
 
     def __call__(self, instances: Sequence[np.ndarray], rngs: Sequence[np.random.Generator]) -> list[np.ndarray]:
-        from nanoseg.render import render_sem, vary_params
-
         out = []
         for inst, rng in zip(instances, rngs):
             substrate = self.substrate.compose(inst.shape, rng) if self.substrate is not None else None
@@ -80,8 +81,6 @@ class RefineTranslator(GanTranslator):
 
 def load_renderer(translate_dir: str | Path, cfg: Any) -> RenderTranslator:
     """The SEM renderer fitted by the translate stage in ``translate_dir`` (with its real substrate, if any)."""
-    from nanoseg.render import RenderParams, SubstrateBank
-
     path = Path(translate_dir) / RENDERER
     if not path.is_file():
         raise NanosegError(f"{path}: renderer parameters not found (run the translate stage first)")
@@ -98,7 +97,6 @@ def load_translator(translate_dir: str | Path, cfg: Any,
     translate_dir = Path(translate_dir)
     if cfg.method == "render":
         return load_renderer(translate_dir, cfg)
-    from nanoseg import nets
 
     generator, _ = nets.load(translate_dir / MASK_TO_IMAGE, device, kind="translator")
     if cfg.method == "refine":
@@ -130,9 +128,6 @@ def fit_renderer(images: Sequence[np.ndarray], fake_masks: Sequence[FakeMask], o
     With ``substrate='real'`` the micrographs' particle-free patches go to ``substrate.npz``
     (the synthetic substrate is used, with a warning, when no micrograph has any).
     """
-    from nanoseg.io import write_png
-    from nanoseg.render import SubstrateBank, fit_render_params
-
     out_dir = Path(out_dir)
     params = fit_render_params(list(images), seed=seed)
     write_json(out_dir / RENDERER, _params_to_json(params))

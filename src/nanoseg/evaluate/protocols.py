@@ -36,8 +36,12 @@ import numpy as np
 import pandas as pd
 
 from nanoseg import metrics as M
-from nanoseg.labels import consecutive_labels, label_binary
 from nanoseg.errors import NanosegError
+from nanoseg.io import read_annotation, read_labels
+from nanoseg.labels import consecutive_labels, label_binary
+from nanoseg.measure.figures import plot_comparison
+from nanoseg.particles import measure_particles
+from nanoseg.runtime import progress
 
 logger = logging.getLogger("nanoseg.evaluate")
 
@@ -117,8 +121,6 @@ def read_prediction(path: str | Path, kind: str = "auto") -> tuple[np.ndarray, s
         except Exception as exc:
             raise NanosegError(f"{path}: cannot read TIFF ({type(exc).__name__}); re-export it") from None
     else:
-        from nanoseg.io import read_labels
-
         raw = read_labels(path)
     raw = np.squeeze(raw)
     if raw.ndim != 2:
@@ -164,8 +166,6 @@ def read_ground_truth(path: str | Path, kind: str = "auto") -> np.ndarray:
     NanosegError
         For unreadable files, an ambiguous 8-bit image (auto), negative / fractional values.
     """
-    from nanoseg.io import read_annotation
-
     return read_annotation(path, kind)  # type: ignore[arg-type]
 
 
@@ -434,8 +434,6 @@ def _warping_thresholds(pred: np.ndarray, kind: str, sweep: Sequence[float]) -> 
 
 
 def _evaluate_paper(predictions, ground_truths, names, kinds, thresholds, min_area_px, watershed_binary, instances_out):
-    from nanoseg.runtime import progress
-
     gt8 = {n: ground_truth_labels(np.asarray(ground_truths[n]), 2) for n in names}
     gt4 = {n: ground_truth_labels(np.asarray(ground_truths[n]), 1) for n in names}
     gt_bin = {n: np.asarray(ground_truths[n]) != 0 for n in names}
@@ -493,8 +491,6 @@ def _evaluate_paper(predictions, ground_truths, names, kinds, thresholds, min_ar
 
 def _evaluate_strict(predictions, ground_truths, names, kinds, threshold, watershed_binary, score_maps,
                      instances_out):
-    from nanoseg.runtime import progress
-
     records = []
     for name in progress(names, total=len(names), desc="strict: scoring"):
         pred, kind = np.asarray(predictions[name]), kinds[name]
@@ -641,8 +637,6 @@ def measure_instances(instances: Mapping[str, tuple[np.ndarray, np.ndarray]], pi
     pred, gt : pandas.DataFrame
         :func:`nanoseg.particles.measure_particles` tables with an ``image`` column.
     """
-    from nanoseg.particles import measure_particles
-
     tables: tuple[list[pd.DataFrame], list[pd.DataFrame]] = ([], [])
     for name in sorted(instances):
         for side, labels in zip(tables, instances[name]):
@@ -679,8 +673,6 @@ def compare_sizes(instances: Mapping[str, tuple[np.ndarray, np.ndarray]], pixel_
         raise NanosegError("size comparison: no whole particle (away from the image border) on one side")
     table = M.size_distribution_agreement(pred, gt)
     if plot_stem is not None:
-        from nanoseg.measure import plot_comparison
-
         for row in table.itertuples():
             col = row.descriptor
             plot_comparison(pred[col].to_numpy(float), gt[col].to_numpy(float), Path(f"{plot_stem}_{col}"),

@@ -48,8 +48,14 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from nanoseg import io
 from nanoseg.atomic import atomic_path
 from nanoseg.errors import NanosegError
+from nanoseg.io import list_images
+from nanoseg.labels import label_binary
+from nanoseg.metrics import image_iou, labels_to_binary, paper_watershed
+from nanoseg.runtime import progress
+from nanoseg.segment import overlay
 
 logger = logging.getLogger("nanoseg.baselines")
 
@@ -249,9 +255,6 @@ def tsem_to_labels(aligned_tsem: np.ndarray, *, method: Literal["otsu", "li"] = 
         lines and no two particles touch diagonally, so 4-connected labelling of ``labels > 0``
         gives back the instances.
     """
-    from nanoseg.labels import label_binary
-    from nanoseg.metrics import paper_watershed
-
     binary = tsem_binary(aligned_tsem, method=method, sigma_px=sigma_px, min_size_px=min_size_px)
     # Every component keeps a marker and border particles count: these are training masks.
     labels = paper_watershed(binary, sigma=1.0, min_distance_px=min_distance_px, exclude_border=False,
@@ -297,8 +300,6 @@ def tsem_path(data_dir: str | Path, image_id: str) -> Path:
 
 def list_ids(data_dir: str | Path) -> list[str]:
     """Ids of the SEM images in ``data_dir/sem``."""
-    from nanoseg.io import list_images
-
     return [p.stem for p in list_images(Path(data_dir) / "sem")]
 
 
@@ -360,11 +361,6 @@ def make_tsem_training_set(
     list of TsemRecord
     """
     import pandas as pd
-
-    from nanoseg import io
-    from nanoseg.metrics import image_iou, labels_to_binary
-    from nanoseg.runtime import progress
-    from nanoseg.segment import overlay
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not (data_dir / "sem").is_dir() or not (data_dir / "tsem").is_dir():

@@ -37,8 +37,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from nanoseg import nets
 from nanoseg.atomic import atomic_path, write_json
-from nanoseg.segment import IGNORE, make_target
+from nanoseg.io import load_micrographs, write_png
+from nanoseg.metrics import contingency_table
+from nanoseg.runtime import seed_everything
+from nanoseg.segment.data import IGNORE, Pair, load_pairs, make_target
+from nanoseg.segment.infer import particle_probability, predict_with_agreement, segment_micrographs, to_model_scale
+from nanoseg.segment.instances import instances_from_probabilities
+from nanoseg.segment.training import train
 
 logger = logging.getLogger("nanoseg.adapt")
 
@@ -80,8 +87,6 @@ def pseudo_labels(
     from skimage.measure import regionprops
     from skimage.segmentation import relabel_sequential
 
-    from nanoseg.segment import instances_from_probabilities, particle_probability
-
     labels = instances_from_probabilities(probs, target, segment_cfg)
     nearly_split = _nearly_split(labels, probs, target, segment_cfg, adapt_cfg.split_check)
     confident_ids = []
@@ -114,9 +119,6 @@ def _nearly_split(labels: np.ndarray, probs: np.ndarray, target: str, segment_cf
     particle counts as split when a second particle of that segmentation covers at least
     ``min_share`` of it (a neighbour's outline shifts by a pixel or two, which is not a split).
     """
-    from nanoseg.metrics import contingency_table
-    from nanoseg.segment import instances_from_probabilities
-
     split = np.zeros(int(labels.max()) + 1, bool)
     if fraction >= 1 or split.size < 2:
         return split
@@ -152,8 +154,6 @@ def prior_area_range(masks_dir: Path, factors: tuple[float, float]) -> tuple[flo
 
 def _pseudo_label_sheet(images: list[np.ndarray], targets: list[np.ndarray], path: Path) -> None:
     """Up to 4 micrographs beside their pseudo-labels (white particles, grey ignore)."""
-    from nanoseg.io import write_png
-
     rows = []
     for image, tgt in list(zip(images, targets))[:4]:
         shown = np.where(tgt == IGNORE, 0.5, np.where((tgt > 0) & (tgt != IGNORE), 1.0, 0.0))
@@ -166,11 +166,6 @@ def _pseudo_label_sheet(images: list[np.ndarray], targets: list[np.ndarray], pat
 
 def run_stage(ctx: Any) -> None:
     """Pipeline stage ``adapt``: self-train on the real micrographs, then segment them again."""
-    from nanoseg import nets
-    from nanoseg.io import load_micrographs
-    from nanoseg.runtime import seed_everything
-    from nanoseg.segment import Pair, load_pairs, predict_with_agreement, segment_micrographs, to_model_scale, train
-
     config, cfg = ctx.config, ctx.config.adapt
     out_dir = Path(ctx.out_dir)
     segment_dir = ctx.stage_dir("segment")

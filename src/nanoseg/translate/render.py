@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from nanoseg.atomic import atomic_path
 from nanoseg.labels import fill_seams, separation_lines
 
 
@@ -291,8 +292,6 @@ class SubstrateBank:
 
     def save(self, path) -> None:
         """Write the patches to an ``.npz`` file (atomically)."""
-        from nanoseg.atomic import atomic_path
-
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, **{f"image_{i:03d}": p for i, p in enumerate(self.patches)})
 
