@@ -73,7 +73,7 @@ def _bench_profile(profile: str, threads: int, train_steps: int, repeats: int) -
         y = torch.from_numpy(np.stack([t[1] for t in tiles]))
         with autocast("cpu", cfg.bf16):
             logits = net(x)
-        loss = segmentation_loss(logits, y, weights, cfg.target, cfg.dice_weight)
+        loss = segmentation_loss(logits, y, weights, cfg.target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

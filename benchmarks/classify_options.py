@@ -12,12 +12,10 @@ area (does a variant drop small whole particles?).
 Variants: ``base`` (the run's own classifier, not retrained), ``base_auto`` (the run's own
 classifier with its score threshold calibrated on the last tenth of its pairs: in-sample for a run
 whose classifier trained on all of them, a cheap preview of ``auto``), ``size`` (``size_balance``),
-``contact`` (``size_balance`` and ``contact_balance``), ``zoom`` (``zoom_range`` 0.6-1.6 without
-``size_balance``), ``size_zoom`` (both), ``plain`` (neither balance), ``auto`` (``score_threshold``
-'auto': retrained without its held-out pairs, threshold calibrated on them), ``ema`` / ``ema995``
-(``auto`` with the moving average of the weights, ``ema_decay`` 0.99 / 0.995), ``frag10`` /
-``frag25`` (a tenth / a quarter of the whole particles of each training tile cut in two and
-labelled discard, ``fragment_fraction``), named on the command line. A trained model is kept in ``--work-dir`` and reused by a later call.
+``plain`` (no size balance), ``auto`` (``score_threshold`` 'auto': retrained without its held-out
+pairs, threshold calibrated on them), ``ema`` / ``ema995`` (``auto`` with the moving average of the
+weights, ``ema_decay`` 0.99 / 0.995), named on the command line. (The ``contact``, ``zoom`` and
+``frag`` variants of the archived results measured settings since removed.) A trained model is kept in ``--work-dir`` and reused by a later call.
 
     python -m benchmarks.classify_options --runs benchmarks/work/workflow_quick --seeds 0,1,2 --variants base,size
 
@@ -52,14 +50,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "base_auto": {},
     "auto": {"score_threshold": "auto"},
     "size": {"size_balance": True},
-    "contact": {"size_balance": True, "contact_balance": True},
-    "zoom": {"size_balance": False, "zoom_range": (0.6, 1.6)},
-    "size_zoom": {"size_balance": True, "zoom_range": (0.6, 1.6)},
     "plain": {"size_balance": False},
     "ema": {"score_threshold": "auto", "ema_decay": 0.99},
     "ema995": {"score_threshold": "auto", "ema_decay": 0.995},
-    "frag10": {"fragment_fraction": 0.1},
-    "frag25": {"fragment_fraction": 0.25},
 }
 
 

@@ -19,7 +19,6 @@ from nanoseg.classify import (  # noqa: E402
     masked_bce,
     predict_keep_probability,
     sample_batch,
-    split_whole,
     train_classifier,
 )
 from nanoseg.config import build_config  # noqa: E402
@@ -50,8 +49,7 @@ def _particles():
 
 
 def test_each_rule_records_its_reason():
-    cfg = _cfg(method="rules", min_area_px=10, max_area_px=1000, min_solidity=0.8, min_mean_intensity=0.3,
-               min_ecd_fraction=0)
+    cfg = _cfg(method="rules", min_area_px=10, max_area_px=1000, min_solidity=0.8, min_mean_intensity=0.3)
     d = apply_rules(_particles(), cfg)
     assert list(d.columns) == ["image", "label", "score", "kept", "reason"]
     assert d["reason"].tolist() == ["", "area_below_min;min_feret_below_min", "area_above_max", "solidity_below_min",
@@ -59,15 +57,6 @@ def test_each_rule_records_its_reason():
     assert d["kept"].tolist() == [True] + [False] * 7
     # 12 px across and 4 px inscribed: 5 px with the grid's pixel of slack, above 0.4 x 12
     assert apply_rules(_particles(), cfg.model_copy(update={"min_inscribed_fraction": 0.4}))["reason"][6] == ""
-
-
-def test_fragment_rule_compares_with_the_median_particle():
-    # median area 100 px: ECD below half the median ECD means area below 25 px
-    cfg = _cfg(method="rules", exclude_border=False, min_inscribed_fraction=0, min_feret_px=0, min_ecd_fraction=0.5)
-    d = apply_rules(_particles(), cfg)
-    assert d["reason"].tolist() == ["", "fragment", "", "", "", "", "", ""]
-    d = apply_rules(_particles(), cfg.model_copy(update={"min_ecd_fraction": 0.2}))
-    assert d["kept"].all()  # 5 px is above 0.2**2 * 100 = 4 px
 
 
 def _disk_population(n, median_diameter_px, gsd, seed, image="a"):
@@ -91,24 +80,6 @@ def test_default_rules_keep_the_small_particles_of_a_broad_population():
     d = classify_images([item], cfg)
     assert len(d) == 150
     assert d["kept"].all(), d.loc[~d["kept"], "reason"].value_counts()
-    # the population is broad enough that the old default (0.5) would have dropped real particles
-    old = classify_images([item], cfg.model_copy(update={"min_ecd_fraction": 0.5}))
-    assert (old["reason"] == "fragment").sum() >= 10
-
-
-def test_fragment_rule_decides_per_image():
-    small = _disk_population(40, 14, 1.8, seed=1, image="small")
-    large = _disk_population(60, 50, 1.1, seed=2, image="large")
-    cfg = _cfg(method="rules", min_ecd_fraction=0.5)
-    alone = classify_images([small], cfg)
-    together = classify_images([small, large], cfg)
-    together_small = together[together["image"] == "small"].reset_index(drop=True)
-    pd.testing.assert_frame_equal(alone, together_small)
-    assert (alone["reason"] == "fragment").any()  # the rule does act within the image
-    # with a median over both images most of the small image's particles would be fragments
-    pooled_median = np.median(np.concatenate([np.bincount(it[1].ravel())[1:] for it in (small, large)]))
-    would_drop = np.bincount(small[1].ravel())[1:] < 0.25 * pooled_median
-    assert would_drop.sum() > (alone["reason"] == "fragment").sum() + 10
 
 
 def test_counting_rule_states_what_ran():
@@ -123,8 +94,8 @@ def test_counting_rule_states_what_ran():
                                   "score_thresholds_by_area": None, "threshold_source": "set in the configuration"}
     assert rule["edge_particles_excluded"] and rule["partly_covered_excluded"]
     rules_only = counting_rule(_cfg(method="rules", exclude_border=False, min_inscribed_fraction=0, min_feret_px=0,
-                                    min_ecd_fraction=0.3), with_micrographs=False)
-    assert [r["name"] for r in rules_only["rules"]] == ["fragment"]
+                                    min_area_px=30), with_micrographs=False)
+    assert [r["name"] for r in rules_only["rules"]] == ["area_below_min"]
     assert not rules_only["edge_particles_excluded"] and not rules_only["partly_covered_excluded"]
     assert rules_only["classifier"]["ran"] is False
     assert counting_rule(_cfg(method="none"))["rules"] == []
@@ -134,7 +105,7 @@ def test_counting_rule_names_every_reason_the_rules_give():
     from nanoseg.classify import counting_rule
 
     cfg = _cfg(method="network", min_area_px=10, max_area_px=1000, min_solidity=0.8, min_mean_intensity=0.3,
-               min_ecd_fraction=0.5, intensity_threshold="li")
+               intensity_threshold="li")
     particles = _particles().assign(image_threshold=0.5)
     d = apply_rules(particles, cfg, scores=np.array([0.9, 0.4, 0.6, 0.6, 0.2, 0.6, 0.6, 0.6]))
     given = {r for reasons in d["reason"] for r in reasons.split(";") if r}
@@ -143,16 +114,16 @@ def test_counting_rule_names_every_reason_the_rules_give():
 
 
 def test_rules_off_and_method_none_keep_everything():
-    off = _cfg(method="rules", exclude_border=False, min_ecd_fraction=0, min_feret_px=0, min_inscribed_fraction=0)
+    off = _cfg(method="rules", exclude_border=False, min_feret_px=0, min_inscribed_fraction=0)
     assert apply_rules(_particles(), off)["kept"].all()
     assert apply_rules(_particles(), _cfg(method="none", min_area_px=1000))["kept"].all()
 
 
 def test_scores_and_rules_combine():
-    cfg = _cfg(method="network", score_threshold=0.5, min_ecd_fraction=0.5, min_feret_px=0, min_inscribed_fraction=0)
+    cfg = _cfg(method="network", score_threshold=0.5, min_area_px=25, min_feret_px=0, min_inscribed_fraction=0)
     d = apply_rules(_particles(), cfg, scores=np.array([0.9, 0.4, 0.6, 0.6, 0.2, 0.6, 0.6, 0.6]))
-    # the 5 px particle is also a fragment (ECD below half the median's)
-    assert d["reason"].tolist()[:2] == ["", "fragment;score_below_threshold"]
+    # the 5 px particle is also below the area rule
+    assert d["reason"].tolist()[:2] == ["", "area_below_min;score_below_threshold"]
     assert d["reason"][4] == "touches_border;score_below_threshold"
     assert d["kept"].tolist() == [True, False, True, True, False, True, True, True]
 
@@ -268,116 +239,11 @@ def test_size_balanced_weights_clip_rare_classes():
     assert weight.max() <= 1.2 + 1e-6 and weight[weight > 0].min() >= 1 / 1.2 - 1e-6
 
 
-def _contact_confounded_sample():
-    """Equal squares: pairs 1 px apart (one kept per three) and isolated ones (all kept)."""
-    size = 240
-    image = np.zeros((size, size), np.float32)
-    binary = np.zeros((size, size), np.uint8)
-    keep = np.zeros((size, size), np.uint8)
-    n = 0
-    for r in range(4, size - 30, 40):
-        for c in range(4, size - 60, 80):
-            binary[r:r + 16, c:c + 16] = 1
-            binary[r:r + 16, c + 17:c + 33] = 1  # touches its neighbour across a 1-px line
-            keep[r:r + 16, c:c + 16] = int(n % 3 == 0)
-            binary[r:r + 16, c + 50:c + 66] = 1  # isolated
-            keep[r:r + 16, c + 50:c + 66] = 1
-            n += 1
-    image[binary > 0] = 0.8
-    return image, binary, keep
-
-
-def test_contact_balanced_weights_equalise_classes_among_touching_particles():
-    from scipy import ndimage as ndi
-
-    from nanoseg.classify.data import _touching
-
-    sample = _contact_confounded_sample()
-    _, binary, keep = sample
-    labels, n = ndi.label(binary)
-    touching = _touching(labels, n)
-    assert touching.sum() == 2 * n // 3 and (~touching).sum() == n // 3
-    in_contact = np.isin(labels, np.flatnonzero(touching) + 1)
-    (plain,) = balanced_weights([sample], n_bins=1)
-    # Without contact cells the isolated (all kept) squares are reweighted together with the pairs.
-    assert not np.allclose(plain[(binary > 0) & ~in_contact], 1.0)
-    (weight,) = balanced_weights([sample], n_bins=1, by_contact=True)
-    kept_w = weight[in_contact & (keep > 0)].sum()
-    discarded_w = weight[in_contact & (keep == 0)].sum()
-    assert kept_w == pytest.approx(discarded_w, rel=1e-5)
-    assert weight[in_contact].sum() == pytest.approx(in_contact.sum(), rel=1e-5)
-    # Isolated squares are all kept: a cell with one class is left unweighted.
-    np.testing.assert_allclose(weight[(binary > 0) & ~in_contact], 1.0)
-
-
-def test_zoomed_tiles_keep_touching_particles_apart():
-    from scipy import ndimage as ndi
-
-    image = np.zeros((200, 200), np.float32)
-    binary = np.zeros((200, 200), np.uint8)
-    binary[40:160, 40:99] = 1
-    binary[40:160, 100:160] = 1  # two particles, one line between them
-    image[binary > 0] = 1.0
-    sample = (image, binary, binary.copy())
-    for zoom in (0.5, 2.0):
-        x, y, w = sample_batch([sample], 100, 4, np.random.default_rng(1), zoom_range=(zoom, zoom))
-        for tile in x[:, 1]:
-            n_inside = ndi.label(tile > 0)[1]
-            if zoom == 0.5:  # the whole pair fits in the tile: still two particles
-                assert n_inside == 2
-            assert set(np.unique(tile)) <= {0.0, 1.0}
-        np.testing.assert_array_equal(w > 0, x[:, 1:2] > 0)
-        assert np.all(y <= (x[:, 1:2] > 0))
-
-
-def test_zoom_range_off_gives_the_unzoomed_batch():
-    samples = _synthetic_samples()
-    plain = sample_batch(samples, 48, 3, np.random.default_rng(5))
-    same = sample_batch(samples, 48, 3, np.random.default_rng(5), zoom_range=(1.0, 1.0))
-    for a, b in zip(plain, same):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_split_whole_cuts_kept_particles_into_discarded_pieces():
-    from scipy import ndimage as ndi
-
-    rr, cc = np.mgrid[:64, :64]
-    binary = (((rr - 20) ** 2 + (cc - 20) ** 2 < 12 ** 2) | ((rr - 46) ** 2 + (cc - 46) ** 2 < 10 ** 2)).astype(np.uint8)
-    keep = (binary * ((rr - 20) ** 2 + (cc - 20) ** 2 < 12 ** 2)).astype(np.uint8)  # the second disc is partial
-    cut, cut_keep = split_whole(binary, keep, 1.0, np.random.default_rng(3))
-    assert ndi.label(binary)[1] == 2 and ndi.label(cut)[1] == 3  # only the whole disc is cut
-    assert 0 < binary.sum() - cut.sum() <= 2 * 12 * 1.5  # one line of about a diameter
-    assert cut_keep.sum() == 0 and keep.sum() > 0  # pieces discarded; the input untouched
-    pieces = ndi.label(cut[:34, :34])[0]
-    areas = np.bincount(pieces.ravel())[1:]
-    assert areas.min() > 0.1 * areas.sum()  # through the interior, no sliver
-    same, same_keep = split_whole(binary, keep, 0.0, np.random.default_rng(3))
-    assert same is binary and same_keep is keep
-
-
-def test_fragment_fraction_off_gives_the_same_batch_and_on_discards_cut_pieces():
-    samples = _synthetic_samples()
-    plain = sample_batch(samples, 48, 3, np.random.default_rng(5))
-    same = sample_batch(samples, 48, 3, np.random.default_rng(5), fragment_fraction=0.0)
-    for a, b in zip(plain, same):
-        np.testing.assert_array_equal(a, b)
-    x, y, w = sample_batch(samples, 48, 8, np.random.default_rng(5), fragment_fraction=1.0)
-    # every kept square cut, its pieces discarded, but for remnants too thin to cut at the tile's edge
-    # (about half the squares are kept)
-    assert x[:, 1].sum() > 0 and y.sum() < 0.05 * x[:, 1].sum()
-
-
-@pytest.mark.parametrize("options", [dict(size_balance=True, zoom_range=(0.7, 1.4)),
-                                     dict(size_balance=False, contact_balance=True)])
-def test_balanced_and_zoomed_training_runs(options):
+@pytest.mark.parametrize("size_balance", [True, False])
+def test_balanced_and_plain_training_runs(size_balance):
     samples = [_size_confounded_sample()]
-    net, losses = train_classifier(samples, _cfg(**options), steps=3)
+    net, losses = train_classifier(samples, _cfg(size_balance=size_balance), steps=3)
     assert len(losses) == 3 and all(np.isfinite(losses))
-
-
-def test_zoom_range_must_be_ordered():
-    with pytest.raises(NanosegError, match="zoom_range"):
-        _cfg(zoom_range=(1.5, 0.5))
 
 
 def test_training_resumes_from_checkpoint_exactly(tmp_path):
@@ -656,7 +522,7 @@ def test_calibration_by_area_gives_small_particles_their_own_threshold():
 
 
 def test_area_thresholds_decide_by_each_particles_area():
-    rules_off = {"min_ecd_fraction": 0, "min_feret_px": 0, "min_inscribed_fraction": 0, "exclude_border": False,
+    rules_off = {"min_feret_px": 0, "min_inscribed_fraction": 0, "exclude_border": False,
                  "intensity_threshold": "none"}
     cfg = _cfg(method="network", score_threshold=0.5, score_thresholds_by_area=[[0, 0.7], [1000, 0.2]], **rules_off)
     d = apply_rules(_particles(), cfg, scores=np.full(8, 0.5))

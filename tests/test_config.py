@@ -92,8 +92,8 @@ def test_section_hash_tracks_only_named_sections():
 
 def test_assignments_and_overrides():
     assert parse_assignment("segment.steps=5") == {"segment": {"steps": 5}}
-    cfg = resolve_config(sets=["segment.steps=5", "masks.scale_distribution=lognormal"], seed=3, pixel_size="0.5um")
-    assert (cfg.segment.steps, cfg.masks.scale_distribution, cfg.seed) == (5, "lognormal", 3)
+    cfg = resolve_config(sets=["segment.steps=5", "masks.scale_sd=0.2"], seed=3, pixel_size="0.5um")
+    assert (cfg.segment.steps, cfg.masks.scale_sd, cfg.seed) == (5, 0.2, 3)
     assert cfg.data.pixel_size_nm == pytest.approx(500.0)
     with pytest.raises(NanosegError, match="KEY=VALUE"):
         parse_assignment("segment.steps")
@@ -154,3 +154,13 @@ def test_segment_threshold_is_a_probability(value):
     with pytest.raises(NanosegError, match="segment.threshold"):
         build_config({"segment": {"threshold": value}})
     assert build_config({"segment": {"threshold": "auto"}}).segment.threshold == "auto"
+
+
+def test_a_removed_key_is_refused_with_its_reason_and_a_model_that_saved_it_loads():
+    from nanoseg.config import REMOVED_KEYS, segment_settings
+
+    with pytest.raises(NanosegError, match=r"'segment.select_by' was removed \(the checkpoint with the lowest"):
+        parse_and_build = build_config({"segment": {"select_by": "val_iou"}})  # noqa: F841
+    saved = build_config().segment.model_dump(mode="json") | {"select_by": "val_loss", "dice_weight": 0.0}
+    assert segment_settings(saved, "model.pt") == build_config().segment
+    assert all(key.count(".") == 1 for key in REMOVED_KEYS)

@@ -64,11 +64,11 @@ def test_perlin_placement_is_more_clustered_than_uniform():
 
 def test_draw_scales_cut_and_distribution():
     rng = np.random.default_rng(0)
-    scales = draw_scales(20000, rng, "normal", sd=0.1, cut_sd=3)
+    scales = draw_scales(20000, rng, sd=0.1, cut_sd=3)
     assert scales.mean() == pytest.approx(1, abs=0.01) and scales.std() == pytest.approx(0.1, rel=0.05)
     assert scales.min() >= 0.7 - 1e-9 and scales.max() <= 1.3 + 1e-9
-    logs = np.log(draw_scales(20000, rng, "lognormal", sd=0.2, cut_sd=2))
-    assert np.abs(logs).max() <= 0.4 + 1e-9 and np.median(logs) == pytest.approx(0, abs=0.01)
+    narrow = draw_scales(20000, rng, sd=0.2, cut_sd=2)
+    assert np.abs(narrow - 1).max() <= 0.4 + 1e-9 and np.median(narrow) == pytest.approx(1, abs=0.01)
 
 
 def test_assembly_deterministic_and_consistent(shapes):

@@ -112,14 +112,14 @@ def test_counting_rule_text_states_each_choice():
     assert "touching the image border or the info bar were excluded" in network
     assert "Partly covered particles were excluded by the keep/discard classifier (m.pt)" in network
     assert "keep score was above 0.5 (set in the configuration)" in network
-    assert "'li' threshold" in network and "fragment" not in network
+    assert "'li' threshold" in network and "smaller than" not in network
     assert "pixel size of 7.34 nm, from vendor TIFF metadata" in network
     rules = counting_rule_text({**counting_rule(cfg.model_copy(update={"method": "rules", "exclude_border": False,
-                                                                      "min_ecd_fraction": 0.4})),
+                                                                      "min_area_px": 40})),
                                 "pixel_size_nm": None, "pixel_size_source": "unknown: no pixel size"})
     assert "touching the image border were counted" in rules
     assert "Partly covered particles were not excluded" in rules
-    assert "0.4 times the median ECD of the particles of the same image" in rules
+    assert "smaller than 40 px" in rules
     assert "rules only" in rules and "sizes are in px" in rules
     none = counting_rule_text({**counting_rule(cfg.model_copy(update={"method": "none"})), **where})
     assert "every segmented particle was counted" in none

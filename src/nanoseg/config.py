@@ -143,7 +143,6 @@ class MasksConfig(_Section):
         "data.expected_size_nm with the pixel size. Hand-drawn outlines run large, so 'outlines' biases the sizes "
         "upwards; the masks stage's stats.json and every report name the prior used.",
     )
-    scale_distribution: Literal["normal", "lognormal"] = Field("normal", description="Distribution of the per-particle scale factor.")
     scale_sd: float = Field(0.1, ge=0, description="Standard deviation of the scale factor (of its log for 'lognormal').")
     scale_cut_sd: float = Field(3.0, gt=0, description="Scale factors beyond this many sd are redrawn.")
     perlin_cell_px: float = Field(160.0, gt=0, description="Feature size of the Perlin placement density in px.")
@@ -187,13 +186,11 @@ class TranslateConfig(_Section):
     pool_size: int = Field(50, ge=0, description="Image pool of past fakes for the discriminators; 0 disables.")
     cycle_weight: float = Field(10.0, ge=0, description="Weight of the cycle-consistency loss.")
     identity_weight: float = Field(0.5, ge=0, description="Weight of the identity loss (relative to cycle_weight).")
-    disc_noise_sd: float = Field(0.0, ge=0, description="Sd of Gaussian noise added to discriminator inputs.")
     generator_skip: bool = Field(False, description="Add the input to the generators' output (input-output skip); "
                                  "always on with method 'refine'.")
     generator_upsample: Literal["transpose", "resize"] = Field(
         "resize", description="Generators' upsampling: nearest-neighbour resize + 3x3 convolution, which leaves no "
         "checkerboard, or the reference implementation's transposed convolutions (a 4-px grid pattern).")
-    asymmetric_loss: bool = Field(False, description="BCE for the cycle towards masks and L1 towards images.")
     n_pairs: int = Field(200, ge=1, description="Training pairs (fake micrograph + mask) to generate.")
     pair_format: Literal["npz", "tiff"] = Field(
         "npz", description="Training pairs are always written as pair_XXXX.npz (read by the later stages); 'tiff' also writes "
@@ -226,10 +223,6 @@ class SegmentConfig(_Section):
     lr_decay_factor: float = Field(0.5, gt=0, le=1, description="Learning-rate factor applied every lr_decay_every steps.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of pairs held out for validation.")
     val_every: int = Field(250, ge=1, description="Validate (loss, IoU) and checkpoint every this many steps.")
-    select_by: Literal["val_loss", "val_iou"] = Field(
-        "val_loss", description="Which validation checkpoint becomes the model: lowest loss on the held-out pairs "
-        "(every class, so the interior/boundary split that separates touching particles counts) or highest "
-        "foreground IoU (blind to that split: it chose an early, half-trained net that over-split particles).")
     threshold: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal["auto"] = Field(
         0.5, description="Probability threshold (0-1), or 'auto' to sweep 0.05-0.95 on the validation pairs.")
     min_distance_px: int = Field(9, ge=1, description="Minimum distance between watershed markers in px.")
@@ -245,7 +238,6 @@ class SegmentConfig(_Section):
     )
     smoothing_sigma_px: float = Field(1.0, ge=0, description="Binary target: Gaussian sigma on the distance transform before peak finding.")
     class_balance: bool = Field(True, description="Weight the loss by inverse class frequency of the training targets.")
-    dice_weight: float = Field(0.0, ge=0, description="Weight of an added soft-Dice loss term (0 disables).")
     inference_tile_px: int = Field(
         1024, ge=64, description="Images with a side larger than this are segmented in overlapping, smoothly blended tiles."
     )
@@ -358,12 +350,6 @@ class ClassifyConfig(_Section):
         "narrower than this fraction of their min Feret diameter. No convex particle falls below 2/3 (the "
         "equilateral triangle's ratio, Steinhagen's inequality), while thin crescents segmented along the bright "
         "rims of substrate features, and slivers left between particles, fall far below it; 0 turns it off.")
-    min_ecd_fraction: float = Field(
-        0.0, ge=0, lt=1,
-        description="Rule: discard fragments whose ECD is below this fraction of the median ECD of the particles "
-        "of the same image; 0 (default) turns it off, since it also drops real small particles of broad size "
-        "distributions.",
-    )
     exclude_border: bool = Field(True, description="Rule: discard particles touching the image border or the info bar.")
     intensity_threshold: Literal["none", "li", "otsu", "mean", "median"] = Field(
         "li",
@@ -381,29 +367,12 @@ class ClassifyConfig(_Section):
         True, description="Weight the training loss so that within each particle-size bin kept and discarded "
         "particles count equally: in fake pairs most small pieces are fragments of covered particles, and without "
         "it the network learns to discard small particles that are whole.")
-    contact_balance: bool = Field(
-        False, description="Also balance kept and discarded particles among those touching another particle and "
-        "those that do not (within each size bin): in fake pairs most particles in contact are covered, and "
-        "without it whole top-layer particles of agglomerates are discarded.")
-    zoom_range: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
-        (1.0, 1.0), description="Training tiles are magnified by a factor drawn log-uniformly from this range, so "
-        "that particle size in pixels stops being a cue; (1, 1) turns it off.")
-    fragment_fraction: float = Field(
-        0.0, ge=0, le=1, description="Share of the whole particles in each training tile cut in two along a random "
-        "chord, both pieces labelled discard: the pieces a segmentation net makes when it over-splits a particle, "
-        "which fake pairs never show (their partial particles are covered ones); 0 turns it off.")
     ema_decay: float = Field(
         0.99, ge=0, lt=1, description="Keep the exponential moving average of the network's weights over the "
         "training steps with this decay (0.99: about the last 100 steps) and use it instead of the last weights, "
         "whose keep decisions depend on the last few batches; 0 turns it off.")
     checkpoint_every: int = Field(100, ge=1, description="Save a training checkpoint every this many steps.")
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
-
-    @model_validator(mode="after")
-    def _zoom_in_order(self) -> ClassifyConfig:
-        if self.zoom_range[0] > self.zoom_range[1]:
-            raise ValueError(f"classify.zoom_range {list(self.zoom_range)}: the first factor must not exceed the second")
-        return self
 
     @model_validator(mode="after")
     def _area_thresholds_ascending(self) -> ClassifyConfig:
@@ -526,6 +495,22 @@ def _config_key(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "<config>"
 
 
+#: Keys of earlier versions that measured worse or were never used, and why they went
+#: (docs/defaults.md has the runs). A config file naming one is refused with the reason; a model
+#: that saved one still loads (:func:`segment_settings` drops them).
+REMOVED_KEYS: dict[str, str] = {
+    "masks.scale_distribution": "particle scales are drawn from a normal distribution; lognormal measured worse",
+    "translate.asymmetric_loss": "never measured better than L1 both ways",
+    "translate.disc_noise_sd": "never measured better than none",
+    "segment.select_by": "the checkpoint with the lowest validation loss is the model; val_iou chose over-splitting nets",
+    "segment.dice_weight": "never measured better than none",
+    "classify.contact_balance": "did not help on the workflow benchmark",
+    "classify.zoom_range": "did not help on the workflow benchmark",
+    "classify.fragment_fraction": "raised the count error on the workflow benchmark",
+    "classify.min_ecd_fraction": "dropped real small particles of broad size distributions",
+}
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     unknown: list[str] = []
     bad: dict[str, tuple[list[str], Any]] = {}
@@ -542,7 +527,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
                           f"not {err.get('input')!r}")
         else:
             bad.setdefault(key, ([], err.get("input")))[0].append(err["msg"])
-    lines = [f"{source}: unknown key '{key}' (see `nanoseg config docs` for valid keys)" for key in unknown]
+    lines = [f"{source}: '{key}' was removed ({REMOVED_KEYS[key]}); delete it" if key in REMOVED_KEYS
+             else f"{source}: unknown key '{key}' (see `nanoseg config docs` for valid keys)" for key in unknown]
     for key, (messages, value) in bad.items():
         # A union setting fails once per type it allows: one phrase for all of them.
         text = ", or ".join([messages[0]] + [m.removeprefix("Input ") for m in messages[1:]])
@@ -592,11 +578,16 @@ def build_config(values: dict[str, Any] | None = None, profile: str | None = Non
         raise NanosegError(_format_validation_error(exc, source)) from None
 
 
+def without_removed(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A section's saved settings without the :data:`REMOVED_KEYS` (a model saved by an earlier version)."""
+    return {key: value for key, value in values.items() if f"{section}.{key}" not in REMOVED_KEYS}
+
+
 def segment_settings(values: dict[str, Any], source: str) -> SegmentConfig:
     """The segment settings saved in a model, validated: one clear error naming ``source`` (the model
     file) when they break today's rules, e.g. a model saved by an older nanoseg."""
     try:
-        return SegmentConfig.model_validate(values)
+        return SegmentConfig.model_validate(without_removed("segment", values))
     except ValidationError as exc:
         raise NanosegError(_format_validation_error(exc, f"{source}: saved segment settings")) from None
 

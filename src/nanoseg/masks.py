@@ -121,18 +121,14 @@ def clark_evans_ratio(points: np.ndarray, area_px: float) -> float:
 # Particles
 # --------------------------------------------------------------------------------------------
 
-def draw_scales(n: int, rng: np.random.Generator, distribution: str = "normal", sd: float = 0.1,
-                cut_sd: float = 3.0) -> np.ndarray:
-    """Per-particle scale factors around 1; draws beyond ``cut_sd`` sd are redrawn.
-
-    ``'normal'``: N(1, sd); ``'lognormal'``: exp(N(0, sd)).
-    """
+def draw_scales(n: int, rng: np.random.Generator, sd: float = 0.1, cut_sd: float = 3.0) -> np.ndarray:
+    """Per-particle scale factors N(1, sd); draws beyond ``cut_sd`` sd are redrawn."""
     z = rng.standard_normal(n)
     bad = np.abs(z) > cut_sd
     while bad.any():
         z[bad] = rng.standard_normal(int(bad.sum()))
         bad = np.abs(z) > cut_sd
-    scales = 1 + sd * z if distribution == "normal" else np.exp(sd * z)
+    scales = 1 + sd * z
     return np.clip(scales, 0.05, None)
 
 
@@ -213,7 +209,7 @@ def assemble_mask(
     # earlier ones moves to the next candidate, so agglomerates form without piling up.
     candidates = sample_positions(density, n_particles * _PLACEMENT_TRIES, rng, cfg.clustering)
     picks = rng.integers(len(shapes), size=n_particles)
-    scales = draw_scales(n_particles, rng, cfg.scale_distribution, cfg.scale_sd, cfg.scale_cut_sd) * size_factor
+    scales = draw_scales(n_particles, rng, cfg.scale_sd, cfg.scale_cut_sd) * size_factor
     angles = rng.uniform(0, 2 * np.pi, n_particles)
     flips = rng.random(n_particles) < 0.5
 

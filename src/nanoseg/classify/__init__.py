@@ -2,9 +2,8 @@
 
 Two complementary methods:
 
-- **Rules** (:func:`apply_rules`): area range, fragments far smaller than the median particle
-  of their image (off by default), solidity, contact with the image border or info bar, mean
-  intensity. Every rule a particle fails is recorded as a reason; :func:`counting_rule`
+- **Rules** (:func:`apply_rules`): area range, min Feret, inscribed circle, solidity, contact
+  with the image border or info bar, mean intensity. Every rule a particle fails is recorded as a reason; :func:`counting_rule`
   states which rules ran, for the report.
 - **Network**: a MultiResUNet with two input channels (micrograph, binary mask) predicts per
   pixel whether the particle under it should be kept; a particle's score is the mean over its
@@ -31,7 +30,6 @@ from nanoseg.classify.data import (
     load_manual_samples,
     load_pair_samples,
     sample_batch,
-    split_whole,
 )
 from nanoseg.classify.network import (
     calibrate_threshold,
@@ -90,7 +88,6 @@ __all__ = [
     "run_stage",
     "sample_batch",
     "sample_particles",
-    "split_whole",
     "train_classifier",
     "write_decisions",
 ]

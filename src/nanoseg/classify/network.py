@@ -58,7 +58,7 @@ def train_classifier(
         From :func:`load_pair_samples` or :func:`load_manual_samples`.
     cfg : ClassifyConfig
         Uses ``base_width``, ``depth``, ``tile_size_px``, ``batch_size``, ``steps``,
-        ``learning_rate``, ``size_balance``, ``contact_balance``, ``zoom_range``, ``fragment_fraction``,
+        ``learning_rate``, ``size_balance``,
         ``balance_classes``, ``ema_decay``, ``checkpoint_every``, ``bf16``.
     device : torch.device or str
     checkpoint : path, optional
@@ -110,13 +110,11 @@ def train_classifier(
         elif average is not None and start:
             logger.warning("classify: %s holds no weight average; averaging from step %d on", checkpoint, start)
         logger.info("classify: resuming training from step %d (%s)", start, checkpoint)
-    weights = (balanced_weights(samples, n_bins=8 if cfg.size_balance else 1, by_contact=cfg.contact_balance)
-               if cfg.size_balance or cfg.contact_balance else None)
+    weights = balanced_weights(samples, n_bins=8) if cfg.size_balance else None
     use_bf16 = bool(cfg.bf16)
     net.train()
     for step in progress(range(start, steps), total=steps - start, desc="classify train"):
-        batch = sample_batch(samples, cfg.tile_size_px, cfg.batch_size, rng, weights=weights,
-                             zoom_range=tuple(cfg.zoom_range), fragment_fraction=cfg.fragment_fraction)
+        batch = sample_batch(samples, cfg.tile_size_px, cfg.batch_size, rng, weights=weights)
         x, y, w = (torch.from_numpy(a).to(device) for a in batch)
         with autocast(device, use_bf16):
             logits = net(x)

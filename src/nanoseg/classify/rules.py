@@ -15,7 +15,7 @@ DECISION_COLUMNS = ["image", "label", "score", "kept", "reason"]
 
 
 #: The classify settings the rules read (:func:`rule_checks`); the rest configure the network.
-RULE_SETTINGS = ("exclude_border", "min_area_px", "max_area_px", "min_feret_px", "min_ecd_fraction", "min_solidity",
+RULE_SETTINGS = ("exclude_border", "min_area_px", "max_area_px", "min_feret_px", "min_solidity",
                  "min_inscribed_fraction", "intensity_threshold", "min_mean_intensity")
 
 
@@ -50,13 +50,6 @@ def rule_checks(particles: pd.DataFrame, cfg: Any) -> list[tuple[str, float | No
     if cfg.min_feret_px > 0:
         checks.append(("min_feret_below_min", float(cfg.min_feret_px),
                        particles["min_feret_px"].to_numpy(dtype=float) < cfg.min_feret_px))
-    if cfg.min_ecd_fraction > 0:
-        # Per image, never over the batch: one image's decisions must not depend on which
-        # other images were classified with it. ECD scales with sqrt(area), so compare areas
-        # with the squared fraction of the image's median area.
-        image = particles["image"].astype(str).to_numpy() if "image" in particles else np.zeros(len(area), dtype=int)
-        median_area = pd.Series(area).groupby(image).transform("median").to_numpy(dtype=float)
-        checks.append(("fragment", float(cfg.min_ecd_fraction), area < cfg.min_ecd_fraction**2 * median_area))
     if cfg.min_solidity > 0:
         checks.append(("solidity_below_min", float(cfg.min_solidity),
                        particles["solidity"].to_numpy(dtype=float) < cfg.min_solidity))
@@ -86,8 +79,7 @@ def rule_reasons(particles: pd.DataFrame, cfg: Any) -> pd.Series:
         :func:`nanoseg.particles.measure_particles` with ``exclude_border=False``), and
         ``image`` when the rows come from several micrographs.
     cfg : ClassifyConfig
-        Uses ``min_area_px``, ``max_area_px``, ``min_feret_px``, ``min_ecd_fraction`` (against the median ECD of
-        the rows of the same ``image``), ``min_solidity``, ``min_inscribed_fraction``, ``exclude_border``,
+        Uses ``min_area_px``, ``max_area_px``, ``min_feret_px``, ``min_solidity``, ``min_inscribed_fraction``, ``exclude_border``,
         ``min_mean_intensity`` and ``intensity_threshold`` (compared with the column
         ``image_threshold``, the automatic threshold of each particle's micrograph, when present).
 
@@ -110,7 +102,6 @@ _RULE_PHRASES = {
     "area_above_max": "larger than {t:g} px",
     "min_feret_below_min": "with a min Feret diameter below {t:g} px (too few pixels across to be sized: one pixel "
                            "is more than 1/{t:g} of it)",
-    "fragment": "with an ECD below {t:g} times the median ECD of the particles of the same image (taken for fragments)",
     "solidity_below_min": "with a solidity (area / convex area) below {t:g}",
     "thin": "whose largest inscribed circle, plus one pixel, is narrower than {t:g} times their min Feret diameter "
             "(arcs and slivers: no convex particle is below 2/3)",

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import typer
 
 from nanoseg.atomic import is_temp_file, write_json
-from nanoseg.config import Config, deep_merge, load_config, parse_assignment
+from nanoseg.config import Config, deep_merge, load_config, parse_assignment, without_removed
 from nanoseg.errors import NanosegError
 from nanoseg.units import UNIT_NM, check_pixel_size_nm
 
@@ -148,7 +148,7 @@ def resolve_model_config(
     from nanoseg.segment import load_segmenter
 
     _, meta = load_segmenter(model)
-    segment_values = dict(meta.get("config", {}))
+    segment_values = without_removed("segment", meta.get("config", {}))
     for text in sets or []:
         segment_values = deep_merge(segment_values, parse_assignment(text).get("segment", {}))
     return resolve_config(config_path, profile, sets, None, device, pixel_size, extra={"segment": segment_values})

@@ -71,8 +71,8 @@ def class_weights(targets: list[np.ndarray], n_classes: int) -> np.ndarray:
     return np.clip(np.nan_to_num(weights, nan=1.0), 0.1, 10.0)
 
 
-def segmentation_loss(logits: Any, target: Any, weights: Any, kind: TargetKind, dice_weight: float) -> Any:
-    """The training loss: class-weighted cross-entropy (three-class) or BCE (binary), plus soft Dice.
+def segmentation_loss(logits: Any, target: Any, weights: Any, kind: TargetKind) -> Any:
+    """The training loss: class-weighted cross-entropy (three-class) or BCE (binary).
 
     Parameters
     ----------
@@ -82,8 +82,6 @@ def segmentation_loss(logits: Any, target: Any, weights: Any, kind: TargetKind, 
     weights : torch.Tensor
         :func:`class_weights` (three-class: per class; binary: background, particle).
     kind : {'three_class', 'binary'}
-    dice_weight : float
-        Weight of the soft-Dice term (0: none).
 
     Returns
     -------
@@ -93,24 +91,13 @@ def segmentation_loss(logits: Any, target: Any, weights: Any, kind: TargetKind, 
     import torch.nn.functional as F
 
     logits = logits.float()
-    valid = target != IGNORE
     if kind == "three_class":
-        loss = F.cross_entropy(logits, target.long(), weight=weights, ignore_index=IGNORE)
-        probs = torch.softmax(logits, dim=1)
-        onehot = F.one_hot(torch.where(valid, target, 0).long(), 3).permute(0, 3, 1, 2).float()
-    else:
-        t = torch.where(valid, target, 0).float().unsqueeze(1)
-        # pos_weight balances particle vs background; weights = [w_bg, w_fg].
-        pixel_w = torch.where(t > 0, weights[1], weights[0]) * valid.unsqueeze(1)
-        loss = (F.binary_cross_entropy_with_logits(logits, t, reduction="none") * pixel_w).sum() / pixel_w.sum().clamp_min(1)
-        probs = torch.sigmoid(logits)
-        onehot = t
-    if dice_weight > 0:
-        m = valid.unsqueeze(1).float()
-        inter = (probs * onehot * m).sum(dim=(0, 2, 3))
-        denom = ((probs + onehot) * m).sum(dim=(0, 2, 3))
-        loss = loss + dice_weight * (1.0 - ((2 * inter + 1) / (denom + 1)).mean())
-    return loss
+        return F.cross_entropy(logits, target.long(), weight=weights, ignore_index=IGNORE)
+    valid = target != IGNORE
+    t = torch.where(valid, target, 0).float().unsqueeze(1)
+    # pos_weight balances particle vs background; weights = [w_bg, w_fg].
+    pixel_w = torch.where(t > 0, weights[1], weights[0]) * valid.unsqueeze(1)
+    return (F.binary_cross_entropy_with_logits(logits, t, reduction="none") * pixel_w).sum() / pixel_w.sum().clamp_min(1)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -322,7 +309,7 @@ def train(
         y = torch.from_numpy(np.stack([t[1] for t in tiles])).to(device)
         with autocast(device, config.bf16):
             logits = net(x)
-        loss = segmentation_loss(logits, y, weights, kind, config.dice_weight)
+        loss = segmentation_loss(logits, y, weights, kind)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -337,7 +324,9 @@ def train(
             if val_pairs:
                 record.update(_validate(net, val_pairs, val_targets, weights, config, device))
             history.append(record)
-            score = _selection_score(record, config.select_by)
+            # The lowest held-out loss, not the highest foreground IoU: IoU is blind to the
+            # interior/boundary split that separates touching particles (docs/defaults.md).
+            score = -record["val_loss"] if "val_loss" in record else -np.inf
             logger.info("step %d/%d  train loss %.4f  val loss %s  val IoU %s", done, total_steps, record["train_loss"],
                         _fmt(record.get("val_loss")), _fmt(record.get("val_iou")))
             if not val_pairs or score > best_score:
@@ -362,13 +351,6 @@ def train(
     return nets.save(best, out_dir / "model.pt", meta=best_meta, kind="segmenter")
 
 
-def _selection_score(record: dict[str, float], select_by: str) -> float:
-    """Higher is better: the validation IoU, or the negated validation loss."""
-    if select_by == "val_loss":
-        return -record["val_loss"] if "val_loss" in record else -np.inf
-    return record.get("val_iou", 0.0)
-
-
 def _target_of(pair: Pair, kind: TargetKind, boundary_width_px: int) -> np.ndarray:
     return pair.target if pair.target is not None else make_target(pair.instances, kind, boundary_width_px)
 
@@ -390,7 +372,7 @@ def _validate(net: Any, pairs: list[Pair], targets: list[np.ndarray], weights: A
             with autocast(device, config.bf16):
                 logits = net(x)
             y = torch.from_numpy(target[None]).to(device)
-            losses.append(float(segmentation_loss(logits, y, weights, config.target, config.dice_weight)))
+            losses.append(float(segmentation_loss(logits, y, weights, config.target)))
             probs = probabilities_from_logits(logits.float(), config.target)[0].cpu().numpy()
             ious.append(_iou(foreground_mask(probs, config.target, 0.5), target > 0))
     return {"val_loss": float(np.mean(losses)), "val_iou": float(np.mean(ious))}

@@ -194,25 +194,6 @@ class CycleGAN:
     def nets(self) -> dict[str, Any]:
         return {"g_ab": self.g_ab, "g_ba": self.g_ba, "d_a": self.d_a, "d_b": self.d_b}
 
-    def _noisy(self, x: Any) -> Any:
-        import torch
-
-        if self.cfg.disc_noise_sd > 0:
-            return x + self.cfg.disc_noise_sd * torch.randn_like(x)
-        return x
-
-    def _loss_to_mask(self, pred: Any, target: Any) -> Any:
-        """Loss towards the mask domain: BCE on [0, 1] when asymmetric, else L1."""
-        import torch
-        import torch.nn.functional as F
-
-        if not self.cfg.asymmetric_loss:
-            return F.l1_loss(pred.float(), target.float())
-        # BCE is not autocast-safe; compute it in float32 on probabilities clamped away from 0/1.
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            p = ((pred.float() + 1) / 2).clamp(1e-6, 1 - 1e-6)
-            return F.binary_cross_entropy(p, (target.float() + 1) / 2)
-
     @staticmethod
     def _l1(pred: Any, target: Any) -> Any:
         import torch.nn.functional as F
@@ -253,14 +234,14 @@ class CycleGAN:
             rec_a = self.g_ba(fake_b)
             fake_a = self.g_ba(real_b)
             rec_b = self.g_ab(fake_a)
-            adv_a2b = self._lsgan(self.d_b(self._noisy(fake_b)), True)
-            adv_b2a = self._lsgan(self.d_a(self._noisy(fake_a)), True)
-            cycle_a = self._loss_to_mask(rec_a, real_a)
+            adv_a2b = self._lsgan(self.d_b(fake_b), True)
+            adv_b2a = self._lsgan(self.d_a(fake_a), True)
+            cycle_a = self._l1(rec_a, real_a)
             cycle_b = self._l1(rec_b, real_b)
             loss_g = adv_a2b + adv_b2a + cfg.cycle_weight * (cycle_a + cycle_b)
             if cfg.identity_weight > 0:
                 # A generator fed an image of its target domain should leave it unchanged.
-                idt_a = self._loss_to_mask(self.g_ba(real_a), real_a)
+                idt_a = self._l1(self.g_ba(real_a), real_a)
                 idt_b = self._l1(self.g_ab(real_b), real_b)
                 loss_g = loss_g + cfg.cycle_weight * cfg.identity_weight * (idt_a + idt_b)
             else:
@@ -273,8 +254,8 @@ class CycleGAN:
         with amp:
             pooled_b = self.pool_b.query(fake_b.detach().float())
             pooled_a = self.pool_a.query(fake_a.detach().float())
-            loss_d_b = 0.5 * (self._lsgan(self.d_b(self._noisy(real_b)), True) + self._lsgan(self.d_b(self._noisy(pooled_b)), False))
-            loss_d_a = 0.5 * (self._lsgan(self.d_a(self._noisy(real_a)), True) + self._lsgan(self.d_a(self._noisy(pooled_a)), False))
+            loss_d_b = 0.5 * (self._lsgan(self.d_b(real_b), True) + self._lsgan(self.d_b(pooled_b), False))
+            loss_d_a = 0.5 * (self._lsgan(self.d_a(real_a), True) + self._lsgan(self.d_a(pooled_a), False))
         (loss_d_a + loss_d_b).backward()
         self.opt_d.step()
         lr = self.opt_g.param_groups[0]["lr"]
