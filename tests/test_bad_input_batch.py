@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,16 @@ def held_by_the_dead(root, _):
     return measure(root, root / "images")
 
 
+def one_without_pixel_size(root, _):
+    # Pooled with the others' nm, its px would make a distribution of two scales.
+    write_tiff(root / "images" / "b.tif", tifffile.imread(root / "images" / "b.tif"))
+    return measure(root, root / "images")
+
+
 BATCH_CASES = [
+    Case("one-micrograph-without-pixel-size", one_without_pixel_size, 1,
+         ("{root}/images/b.tif", "no pixel size, while 2 other micrograph(s) of this batch have one",
+          "give --pixel-size")),
     Case("out-locked-by-a-live-process", held_here, 2,
          (f"--out {{root}}/out is in use by nanoseg pid {os.getppid()} on {socket.gethostname()} since "
           "2026-01-01 12:00:00", "wait for it or choose another --out")),
@@ -250,3 +260,20 @@ def test_a_file_name_that_is_not_utf8_is_measured(batch, cli):
     assert sorted(table["image"].unique()) == ["a", "c", "caf\\xe9"]
     assert "failed" not in res
     assert "3 of 3 micrographs were done by an earlier call" in _run(cli, batch)
+
+
+def test_the_lock_of_a_killed_process_not_yet_collected_is_taken_over(batch, cli):
+    """kill -9, then a rerun at once: the killed holder is a zombie until its parent collects it."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        child.kill()
+        for _ in range(100):  # until the kernel has made it a zombie (not collected: no wait() yet)
+            if Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.02)
+        _lock(batch, child.pid)
+        res = cli("measure", batch / "images", "--labels", batch / "labels", "--out", batch / "out",
+                  "--set", "data.info_bar_rows=0", "--set", "classify.method=rules")
+        assert res.code == 0 and "taking over the lock of nanoseg pid" in " ".join(res.output.split()), res.output
+    finally:
+        child.wait()

@@ -3,6 +3,7 @@ and the pixel size a model trained on image files stores (issue 35, the second b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +264,15 @@ TRAIN_CASES = [
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=lambda c: c.id)
 def test_train_bad_input(case, batch, cli, monkeypatch):
     check_case(case, batch, cli, monkeypatch)
+
+
+def test_a_dim_image_in_a_series_is_named_in_the_summary(batch, cli):
+    """The warning about a dim image reaches summary.json and the report, not only the log."""
+    for stem, factor in (("a", 16), ("b", 4), ("c", 16)):  # b: a 10-bit detector among 12-bit ones
+        write_tiff(batch / "images" / f"{stem}.tif", image_of(batch, stem).astype(np.uint16) * factor,
+                   pixel_size_nm=2.0)
+    res = cli("measure", batch / "images", "--labels", batch / "labels", "--out", batch / "out",
+              "--set", "data.info_bar_rows=0", "--set", "classify.method=rules")
+    assert res.code == 0, res.output
+    warnings = json.loads((batch / "out" / "summary.json").read_text())["warnings"]
+    assert any("b.tif reaches" in w and "less than half the intensity range" in w for w in warnings), warnings

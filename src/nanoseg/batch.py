@@ -66,6 +66,7 @@ class BatchResult:
     markers: list[dict[str, Any]]
     failures: list[dict[str, str]]  # {"image": path, "error": reason}
     skipped: int  # done by an earlier call
+    warnings: tuple[str, ...] = ()  # about the series as a whole (its intensity scale)
 
 
 def worker_cache(ident: Any, load: Callable[[], Any], threads: int | None = None) -> Any:
@@ -319,7 +320,7 @@ def run_batch(
     make_job: Callable[[Any, list[str], int | None], TaskJob],
     *,
     per_image_folders: Sequence[str] = (),
-    check: Callable[[list[str], list[dict[str, str]], bool], list[str]] | None = None,
+    check: Callable[[dict[str, Any], list[dict[str, str]], bool], list[str]] | None = None,
     before_writing: Callable[[list[Any]], None] | None = None,
     strict: bool = True,
     workers: int | None = None,
@@ -343,7 +344,7 @@ def run_batch(
         Folders (relative to ``out_dir``) of per-image files ``<stem>.*``; those of images not in
         this batch are removed.
     check : callable, optional
-        ``check(readable paths, failures, strict) -> paths``: drops (or raises for) images that
+        ``check({readable path: its FrameStats}, failures, strict) -> paths``: drops (or raises for) images that
         lack something the task needs, before anything is written.
     before_writing : callable, optional
         ``before_writing(frames)``, with the :class:`nanoseg.io.FrameStats` of the images to
@@ -384,7 +385,7 @@ def run_batch(
         logger.info("intensity scale for %d micrograph(s): %s", len(stats), scale.text)
         readable = [r["path"] for r in stats]
         if check is not None:
-            readable = check(readable, failures, strict)
+            readable = check({r["path"]: r["stats"] for r in stats}, failures, strict)
         if before_writing is not None:
             chosen = set(readable)
             before_writing([r["stats"] for r in stats if r["path"] in chosen])
@@ -405,4 +406,4 @@ def run_batch(
         raise nothing_usable(failures)
     failures.sort(key=lambda f: order.get(f["image"], 0))  # keyed by text_name, as usable records them
     return BatchResult(markers=[done[p] for p in readable if p in done], failures=failures,
-                       skipped=len(readable) - len(todo))
+                       skipped=len(readable) - len(todo), warnings=scale.warnings)

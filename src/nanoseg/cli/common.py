@@ -300,7 +300,13 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by another user
         return True
-    return True
+    # A killed process stays a zombie until its parent (a shell, a scheduler) collects it: it
+    # writes nothing any more, so its lock is stale already.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (macOS): trust the signal
+        return True
+    return state not in ("Z", "X")
 
 
 def outputs_to_replace(out: Path, command: str, owned: Sequence[str], inputs: Sequence[Path] = ()) -> list[Path]:

@@ -214,6 +214,7 @@ class SeriesScale:
     bits: int | None  # divisor 2**bits - 1 of wide unsigned images
     value_range: tuple[float, float] | None  # float (outside [0, 1]) and signed images: the series' range
     text: str  # for the log
+    warnings: tuple[str, ...] = ()  # what the results should say about the scale (dim images)
 
 
 def frame_stats(raw: np.ndarray, path: Path) -> FrameStats:
@@ -450,8 +451,8 @@ def series_scale(stats: Sequence[FrameStats], bit_depth: int | Literal["auto"] =
     for st in stats:
         if st.value_range is not None:
             logger.debug("%s: values %g to %g (without outlier pixels)", st.path, *st.value_range)
-    _warn_dim_in_series(stats, bits, value_range)
-    return SeriesScale(bits, value_range, _scale_text(stats, bits, source, value_range))
+    dim = _warn_dim_in_series(stats, bits, value_range)
+    return SeriesScale(bits, value_range, _scale_text(stats, bits, source, value_range), (dim,) if dim else ())
 
 
 def _series_bits(stats: Sequence[FrameStats], bit_depth: int | Literal["auto"]) -> tuple[int | None, str]:
@@ -497,8 +498,9 @@ def _scaled_by_range(dtype: str | np.dtype) -> bool:
 
 
 def _warn_dim_in_series(stats: Sequence[FrameStats], bits: int | None,
-                        value_range: tuple[float, float] | None) -> None:
-    """One warning for the images that reach less than half their series' values (:data:`_DIM_IN_SERIES`).
+                        value_range: tuple[float, float] | None) -> str | None:
+    """One warning (logged and returned) for the images that reach less than half their series'
+    values (:data:`_DIM_IN_SERIES`).
 
     One scale for a series keeps a detector count one intensity in every image, but an image from
     another detector or bit depth (values up to 1020 among 12-bit ones) then looks dim, and the
@@ -515,11 +517,14 @@ def _warn_dim_in_series(stats: Sequence[FrameStats], bits: int | None,
         dim += [f"{st.path.name} spans {st.value_range[0]:g} to {st.value_range[1]:g} of the series' {lo:g} to {hi:g}"
                 for st in stats if st.value_range is not None and _scaled_by_range(st.dtype)
                 and (st.value_range[1] - st.value_range[0]) * _DIM_IN_SERIES < hi - lo]
-    if dim:
-        _say_once(logging.WARNING, "%d micrograph(s) use less than half the intensity range of their series (%s): "
-                  "scaled with the series they look dim and may give few or no particles; if they come from "
-                  "another detector or bit depth, measure them separately (or set data.bit_depth)",
-                  len(dim), "; ".join(dim[:3]) + ("; ..." if len(dim) > 3 else ""))
+    if not dim:
+        return None
+    text = (f"{len(dim)} micrograph(s) use less than half the intensity range of their series "
+            f"({'; '.join(dim[:3]) + ('; ...' if len(dim) > 3 else '')}): scaled with the series they look dim and "
+            "may give few or no particles; if they come from another detector or bit depth, measure them "
+            "separately (or set data.bit_depth)")
+    _say_once(logging.WARNING, "%s", text)
+    return text
 
 
 def _scale_text(stats: Sequence[FrameStats], bits: int | None, source: str,

@@ -153,11 +153,11 @@ def pooled_table(result: BatchResult, out_dir: str | Path, head_rows: int, dest:
     return ParticleTable.combine(tables, head_rows)
 
 
-def _with_labels(labels_dir: Path) -> Callable[[list[str], list[dict[str, str]], bool], list[str]]:
+def _with_labels(labels_dir: Path) -> Callable[[dict[str, Any], list[dict[str, str]], bool], list[str]]:
     """A :func:`nanoseg.batch.run_batch` check: the micrographs that have a label image."""
-    def check(paths: list[str], failures: list[dict[str, str]], strict: bool) -> list[str]:
+    def check(frames: dict[str, Any], failures: list[dict[str, str]], strict: bool) -> list[str]:
         kept = []
-        for p in paths:
+        for p in frames:
             stem = Path(p).stem
             if any((labels_dir / f"{stem}{suffix}").is_file() for suffix in (".tif", ".tiff", ".png")):
                 kept.append(p)
@@ -168,6 +168,31 @@ def _with_labels(labels_dir: Path) -> Callable[[list[str], list[dict[str, str]],
             raise io.nothing_usable(failures)
         return kept
     return check
+
+
+def _checks(labels_check: Any) -> Callable[[dict[str, Any], list[dict[str, str]], bool], list[str]]:
+    """The labels check (when measuring label images), then :func:`_one_calibration`."""
+    def check(frames: dict[str, Any], failures: list[dict[str, str]], strict: bool) -> list[str]:
+        if labels_check is not None:
+            kept = set(labels_check(frames, failures, strict))
+            frames = {p: st for p, st in frames.items() if p in kept}
+        return _one_calibration(frames, failures, strict)
+    return check
+
+
+def _one_calibration(frames: dict[str, Any], failures: list[dict[str, str]], strict: bool) -> list[str]:
+    """A :func:`nanoseg.batch.run_batch` check: in a batch where some micrographs have a pixel size,
+    those without one are left out. Their particles could only be pooled in px with the others'
+    nm, and a distribution of two scales is no distribution."""
+    known = [p for p, st in frames.items() if st.pixel_size_nm is not None]
+    if not known or len(known) == len(frames):
+        return list(frames)
+    for p, st in frames.items():
+        if st.pixel_size_nm is None:
+            usable({"path": p, "error": f"no pixel size, while {len(known)} other micrograph(s) of this batch have "
+                                        "one (e.g. " + Path(known[0]).name + "): give --pixel-size, or measure "
+                                        "it in a batch of its own"}, failures, strict)
+    return known
 
 
 def measure_batch(paths: Sequence[str | Path], out_dir: str | Path, config: Any, *, model: str | Path | None = None,
@@ -222,5 +247,5 @@ def measure_batch(paths: Sequence[str | Path], out_dir: str | Path, config: Any,
 
     return run_batch(paths, out_dir, config, measure_one, make_job,
                      per_image_folders=(PARTS, "overlays", "segment/labels", "segment/probabilities"),
-                     check=_with_labels(Path(labels_dir)) if labels_dir is not None else None,
+                     check=_checks(_with_labels(Path(labels_dir)) if labels_dir is not None else None),
                      before_writing=clear, strict=strict, workers=workers, scheduler=scheduler, desc="measure")

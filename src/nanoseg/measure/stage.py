@@ -446,7 +446,7 @@ def measure_files(
     batch = measure_batch(paths, out_dir, config, model=model, labels_dir=labels_dir, classifier=classifier,
                           device=device, probabilities=probabilities, overlays=overlays, strict=strict,
                           workers=workers, scheduler=scheduler, before_writing=checked)
-    warnings += left_out_warning(batch.failures, len(paths))
+    warnings += [*batch.warnings, *left_out_warning(batch.failures, len(paths))]
     measured = [SimpleNamespace(pixel_size_nm=m["pixel_size_nm"], pixel_size_source=m["pixel_size_source"])
                 for m in batch.markers]
     overlay_files = {text_name(m["image"]): p for m in batch.markers
