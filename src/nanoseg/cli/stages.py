@@ -1,7 +1,7 @@
 """Registers each stage's command group on the main app.
 
 Every stage's commands live in ``nanoseg/cli/<stage>.py`` as a ``typer.Typer`` named ``app``
-(and a few, such as ``measure`` and ``evaluate``, as top-level commands named ``command``).
+(and a few, such as ``measure``, ``evaluate`` and ``compare-sizes``, as top-level commands named ``command``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ GROUPS = (
     ("nanoseg.cli.classify", "classify", "Stage 6: keep/discard classifier."),
     ("nanoseg.cli.measure", "measure", None),
     ("nanoseg.cli.evaluate", "evaluate", None),
+    ("nanoseg.cli.compare_sizes", "compare-sizes", None),
     ("nanoseg.cli.baseline", "baseline", "Baselines the paper compares: TSEM-derived training masks (baseline c)."),
 )
 

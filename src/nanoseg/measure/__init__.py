@@ -12,9 +12,11 @@ comparison plots and the kept/discarded overlays), :mod:`nanoseg.measure.table` 
 classifying a set of label images, joining the classify decisions, the keep/discard network and
 settings, :class:`ParticleTable`), :mod:`nanoseg.measure.batch` (one task per micrograph, in this
 process or on Dask workers, with per-image markers so a batch resumes),
-:mod:`nanoseg.measure.report` (the HTML report) and :mod:`nanoseg.measure.stage` (writing the
+:mod:`nanoseg.measure.report` (the HTML report), :mod:`nanoseg.measure.stage` (writing the
 results and the report, the pipeline stage :func:`run_stage`, :func:`measure_files` for
-``nanoseg measure`` and :func:`read_particles_csv`). Everything is imported
+``nanoseg measure`` and :func:`read_particles_csv`) and :mod:`nanoseg.measure.tables` (size tables
+of any source, a particles.csv or an ImageJ/Fiji Results table: :func:`read_size_table`, and
+:func:`compare_size_tables` for ``nanoseg compare-sizes``). Everything is imported
 from ``nanoseg.measure`` itself.
 """
 
@@ -55,6 +57,7 @@ from nanoseg.measure.table import (
     load_classifier,
     measure_and_decide,
 )
+from nanoseg.measure.tables import IMAGEJ_COLUMNS, SIZE_DESCRIPTORS, compare_size_tables, read_size_table, size_column
 
 __all__ = [
     "KEPT_COLUMNS",
@@ -67,7 +70,10 @@ __all__ = [
     "MIN_IMAGES_CLUSTER_BOOTSTRAP",
     "MIN_PARTICLES_STABLE_MEDIAN",
     "bootstrap_ci",
+    "IMAGEJ_COLUMNS",
+    "SIZE_DESCRIPTORS",
     "compare_distributions",
+    "compare_size_tables",
     "descriptor_column",
     "ec_definition_check",
     "fit_lognormal",
@@ -87,10 +93,12 @@ __all__ = [
     "plot_histogram",
     "pooled_statistics",
     "read_particles_csv",
+    "read_size_table",
     "resample_counts",
     "results_settings",
     "run_stage",
     "size_prior_fallbacks",
+    "size_column",
     "size_summary",
     "write_results",
 ]
