@@ -3,6 +3,7 @@ a label folder that holds binary masks or micrographs is refused rather than mea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -218,3 +219,19 @@ def test_labels_measured_as_given_with_ids_above_255(batch, cli):
 
     table = pd.read_csv(batch / "out" / "particles.csv")
     assert sorted(table["label"]) == [1001, 1002]
+
+
+@pytest.mark.parametrize("trained_at, warned", [(7.34, True), (2.05, False), (None, False)])
+def test_a_classifier_from_another_magnification_is_named(batch, cli, tmp_path, trained_at, warned):
+    """A classifier trained at 7.34 nm judging 2 nm particles: accepted before without a word."""
+    from nanoseg.classify.network import make_classifier
+
+    path = tmp_path / "c.pt"
+    nets.save(make_classifier(SimpleNamespace(base_width=4, depth=2)), path,
+              meta={"task": "classify", "score_threshold": 0.5, "pixel_size_nm": trained_at}, kind="classifier")
+    res = cli("measure", batch / "images", "--labels", batch / "labels", "--out", batch / "out", "--classifier", path,
+              "--set", "data.info_bar_rows=0")
+    assert res.code == 0, res.output
+    warnings = json.loads((batch / "out" / "summary.json").read_text())["warnings"]
+    named = [w for w in warnings if "was trained at 7.34 nm per pixel but judges particles at 2 nm" in w]
+    assert bool(named) == warned, warnings

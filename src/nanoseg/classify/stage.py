@@ -115,6 +115,9 @@ def run_stage(ctx: Any) -> None:
         samples = load_pair_samples(ctx.stage_dir("pairs"))
         ckpt = ctx.out_dir / CHECKPOINT_NAME
         net, meta = fit_classifier(samples, cfg, device=ctx.device, checkpoint=ckpt, seed=ctx.config.seed)
+        # the pairs are drawn at the micrographs' pixel size, as the segment stage's are
+        sizes = [m.pixel_size_nm for m in load_micrographs(ctx.config.data) if m.pixel_size_nm]
+        meta["pixel_size_nm"] = float(np.median(sizes)) if sizes else None
         nets.save(net, model_path, meta={"task": "classify", "trained_on": "pairs", **meta}, kind="classifier")
         ckpt.unlink(missing_ok=True)
         cfg = resolve_threshold(cfg, meta)

@@ -58,15 +58,21 @@ def train(
     dev = common.prepare_torch(cfg)
     from nanoseg import nets
     from nanoseg.classify import fit_classifier, load_manual_samples, load_pair_samples
+    from nanoseg.io import list_images, pixel_size_with_source
 
+    pixel_size_nm = cfg.data.pixel_size_nm
     if pairs is not None:
         samples, source = load_pair_samples(pairs), f"pairs {pairs}"
     else:
         samples = load_manual_samples(images, masks, classes, dark_particles=cfg.data.dark_particles)
         source = f"manual classes {classes}"
+        if pixel_size_nm is None:  # the images' own, when they agree
+            found = {pixel_size_with_source(p)[0] for p in list_images(images)}
+            pixel_size_nm = found.pop() if len(found) == 1 else None
     typer.echo(f"{len(samples)} training images from {source}")
     ckpt = out.with_name(out.name + ".ckpt")
     net, meta = fit_classifier(samples, cfg.classify, device=dev, checkpoint=ckpt, seed=cfg.seed)
+    meta["pixel_size_nm"] = pixel_size_nm  # None: unknown (pairs without --set data.pixel_size_nm)
     nets.save(net, out, meta={"task": "classify", "trained_on": source, **meta}, kind="classifier")
     ckpt.unlink(missing_ok=True)
     typer.echo(f"model: {out} ({meta['steps']} steps, final loss {meta['final_loss']:.4f}, "

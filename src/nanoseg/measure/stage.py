@@ -435,6 +435,7 @@ def measure_files(
 
     def checked(frames: list[Any]) -> None:
         nonlocal compare
+        warnings.extend(classifier_scale_warning(classifier, model if labels_dir is None else None, frames))
         if compare_csv is not None:
             # Checked before anything is written: a bad table then leaves no outputs behind.
             calibrated = all(f.pixel_size_nm is not None for f in frames)
@@ -460,6 +461,34 @@ def measure_files(
             counting_rule=counting_rule(cls_cfg, classifier_model=classifier, calibration=calibration),
             warnings=warnings, **results_settings(config),
         )
+
+
+#: Pixel sizes further apart than this (relative) make a classifier judge particles of another size in px.
+CLASSIFIER_SCALE_TOLERANCE = 0.05
+
+
+def classifier_scale_warning(classifier: str | Path | None, model: str | Path | None,
+                             frames: Sequence[Any]) -> list[str]:
+    """A warning when the keep/discard classifier was trained at another pixel size than the one it
+    judges particles at: the segmentation model's (images are resampled to it) or, for label
+    images, the micrographs' own. Its rules in px and its learned sizes then mean other particles."""
+    if classifier is None:
+        return []
+    trained = nets.load_meta(classifier, kind="classifier").get("pixel_size_nm")
+    if not trained:
+        return []
+    at = None
+    if model is not None and Path(model).suffix.lower() == ".pt":
+        at = nets.load_meta(model, kind="segmenter").get("pixel_size_nm")
+    sizes = {at} if at else {f.pixel_size_nm for f in frames if f.pixel_size_nm}
+    off = sorted(s for s in sizes if abs(s / trained - 1) > CLASSIFIER_SCALE_TOLERANCE)
+    if not off:
+        return []
+    text = (f"the classifier {Path(classifier).name} was trained at {trained:g} nm per pixel but judges particles at "
+            f"{', '.join(f'{s:g}' for s in off)} nm per pixel: its keep decisions may not hold there (train it on "
+            "this magnification, or leave --classifier out to keep by the rules)")
+    logger.warning("%s", text)
+    return [text]
 
 
 def left_out_warning(failures: Sequence[dict[str, str]], n_images: int) -> list[str]:
