@@ -23,6 +23,7 @@ from skimage.morphology import disk
 
 from nanoseg import nets
 from nanoseg.atomic import atomic_path, write_json
+from nanoseg.checkpoint import fingerprint, load_checkpoint, restore_rng, save_checkpoint
 from nanoseg.errors import NanosegError
 from nanoseg.io import write_png
 from nanoseg.io.outlines import MIN_SHAPE_PX, load_outlines
@@ -152,10 +153,15 @@ def dihedral_augment(shapes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(out))
 
 
-def _training_signature(cfg: ShapesConfig, n_outlines: int) -> dict[str, Any]:
-    keys = ("outline_size_px", "latent_dim", "generator_width", "critic_width", "critic_steps", "gp_weight",
-            "learning_rate", "batch_size")
-    return {**{k: getattr(cfg, k) for k in keys}, "n_outlines": n_outlines}
+#: The settings that change what :func:`train_wgan` learns (not ``steps``: more steps resume).
+TRAINING_SETTINGS = ("outline_size_px", "latent_dim", "generator_width", "critic_width", "critic_steps", "gp_weight",
+                     "learning_rate", "batch_size")
+
+
+def training_fingerprint(outlines: np.ndarray, cfg: ShapesConfig, seed: int) -> str:
+    """Hash of what :func:`train_wgan` learns from: the outlines, :data:`TRAINING_SETTINGS` and the seed."""
+    return fingerprint("shapes", {k: getattr(cfg, k) for k in TRAINING_SETTINGS}, int(seed),
+                       np.asarray(outlines, dtype=bool))
 
 
 def train_wgan(
@@ -170,7 +176,8 @@ def train_wgan(
     Each generator step follows ``cfg.critic_steps`` critic steps on batches of outlines
     augmented by flips and 90-degree rotations. With ``out_dir``, a checkpoint is written every
     ``cfg.checkpoint_every`` steps (and at the end) together with ``losses.csv``/``losses.png``,
-    and training resumes from ``out_dir/checkpoint.pt`` when it was made with the same settings.
+    and training resumes from ``out_dir/checkpoint.pt`` when it was made from the same outlines,
+    settings and seed (:func:`training_fingerprint`; another checkpoint: a warning, a fresh start).
 
     Parameters
     ----------
@@ -204,31 +211,28 @@ def train_wgan(
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.learning_rate, betas=(0.5, 0.9))
     opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.learning_rate, betas=(0.5, 0.9))
     data = torch.from_numpy(dihedral_augment(outlines.astype(bool))).float().mul(2).sub(1).unsqueeze(1).to(device)
-    signature = _training_signature(cfg, len(outlines))
+    fp = training_fingerprint(outlines, cfg, seed)
 
     step, losses = 0, []
     ckpt_path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
-    if ckpt_path is not None and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("signature") == signature:
-            gen.load_state_dict(state["generator"])
-            critic.load_state_dict(state["critic"])
-            opt_g.load_state_dict(state["opt_g"])
-            opt_c.load_state_dict(state["opt_c"])
-            torch.set_rng_state(state["rng"])
-            step, losses = state["step"], state["losses"]
-            logger.info("shapes: resuming WGAN-GP training at step %d/%d", step, cfg.steps)
-        else:
-            logger.info("shapes: checkpoint in %s was made with other settings; starting afresh", out_dir)
+    state = (load_checkpoint(ckpt_path, fp, what="shapes", data="outlines", map_location=device)
+             if ckpt_path is not None else None)
+    if state is not None:
+        gen.load_state_dict(state["nets"]["generator"])
+        critic.load_state_dict(state["nets"]["critic"])
+        opt_g.load_state_dict(state["optimizers"]["generator"])
+        opt_c.load_state_dict(state["optimizers"]["critic"])
+        restore_rng(state)
+        step, losses = state["step"], state["extra"]["losses"]
+        logger.info("shapes: resuming WGAN-GP training at step %d/%d", step, cfg.steps)
 
-    def save_checkpoint() -> None:
+    def checkpoint() -> None:
         if ckpt_path is None:
             return
-        state = {"signature": signature, "generator": gen.state_dict(), "critic": critic.state_dict(),
-                 "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(), "rng": torch.get_rng_state(),
-                 "step": step, "losses": losses}
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(state, tmp)
+        save_checkpoint(ckpt_path, fingerprint=fp, step=step, nets={"generator": gen.state_dict(),
+                                                                     "critic": critic.state_dict()},
+                        optimizers={"generator": opt_g.state_dict(), "critic": opt_c.state_dict()},
+                        extra={"losses": losses})
         write_loss_log(losses, Path(out_dir))
 
     batch = min(cfg.batch_size, len(data))
@@ -259,9 +263,9 @@ def train_wgan(
                        "gradient_penalty": penalty.item(), "generator_loss": gen_loss.item()})
         bar.update(1)
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            save_checkpoint()
+            checkpoint()
     bar.close()
-    save_checkpoint()
+    checkpoint()
     gen.eval()
     return gen, losses
 

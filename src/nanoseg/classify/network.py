@@ -40,6 +40,24 @@ def masked_bce(logits: Any, target: Any, weight: Any, balance: bool = False) -> 
     return loss / weight.sum().clamp(min=1.0)
 
 
+#: The settings that change what :func:`train_classifier` learns (not ``steps``: more steps resume).
+TRAINING_SETTINGS = ("base_width", "depth", "tile_size_px", "batch_size", "learning_rate", "size_balance",
+                     "balance_classes", "ema_decay", "bf16")
+
+
+def training_fingerprint(samples: Sequence[Sample], cfg: Any, seed: int, net: Any = None) -> str:
+    """Hash of what :func:`train_classifier` learns from: the samples' pixels, the training
+    settings (:data:`TRAINING_SETTINGS`), the seed and the starting weights of ``net``.
+
+    A checkpoint is resumed only under the same fingerprint.
+    """
+    from nanoseg.checkpoint import fingerprint
+
+    settings = {k: getattr(cfg, k) for k in TRAINING_SETTINGS}
+    start = net.state_dict() if net is not None else None
+    return fingerprint("classify", settings, int(seed), [tuple(sample) for sample in samples], start)
+
+
 def train_classifier(
     samples: Sequence[Sample],
     cfg: Any,
@@ -63,7 +81,8 @@ def train_classifier(
     device : torch.device or str
     checkpoint : path, optional
         Checkpoint file written every ``cfg.checkpoint_every`` steps (atomically) and read on
-        start to resume an interrupted training.
+        start to resume an interrupted training; one made from other samples, settings, seed or
+        starting weights (:func:`training_fingerprint`) is not resumed (a warning, a fresh start).
     seed : int
         Seed of the tile sampling.
     steps : int, optional
@@ -82,12 +101,14 @@ def train_classifier(
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    from nanoseg.atomic import atomic_path
+    from nanoseg.checkpoint import load_checkpoint, restore_rng, save_checkpoint
     from nanoseg.runtime import autocast, progress
 
     if not samples:
         raise NanosegError("classify: no training samples")
     steps = cfg.steps if steps is None else steps
+    # Given starting weights count; a fresh net's come from torch's seed, as they always did.
+    fp = training_fingerprint(samples, cfg, seed, net) if checkpoint is not None else ""
     net = (net if net is not None else make_classifier(cfg)).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     # The average of the last ~1/(1 - decay) steps' weights: one training run's final weights
@@ -98,17 +119,16 @@ def train_classifier(
     losses: list[float] = []
     start = 0
     checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        net.load_state_dict(state["net"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        losses = list(state["losses"])
-        start = int(state["step"])
-        if average is not None and state.get("average") is not None:
-            average.load_state_dict(state["average"])
-        elif average is not None and start:
-            logger.warning("classify: %s holds no weight average; averaging from step %d on", checkpoint, start)
+    state = load_checkpoint(checkpoint, fp, what="classify", data="samples",
+                            map_location=device) if checkpoint is not None else None
+    if state is not None:
+        net.load_state_dict(state["nets"]["net"])
+        optimizer.load_state_dict(state["optimizers"]["adam"])
+        if average is not None:
+            average.load_state_dict(state["nets"]["average"])
+        losses = list(state["extra"]["losses"])
+        start = state["step"]
+        restore_rng(state, rng)
         logger.info("classify: resuming training from step %d (%s)", start, checkpoint)
     weights = balanced_weights(samples, n_bins=8) if cfg.size_balance else None
     use_bf16 = bool(cfg.bf16)
@@ -127,10 +147,9 @@ def train_classifier(
         losses.append(float(loss.detach()))
         done = step + 1
         if checkpoint is not None and (done % cfg.checkpoint_every == 0) and done < steps:
-            with atomic_path(checkpoint) as tmp:
-                torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state,
-                            "losses": losses, "step": done,
-                            "average": average.state_dict() if average is not None else None}, tmp)
+            save_checkpoint(checkpoint, fingerprint=fp, step=done, nets={"net": net.state_dict(), **(
+                {"average": average.state_dict()} if average is not None else {})},
+                optimizers={"adam": optimizer.state_dict()}, rng=rng, extra={"losses": losses})
     if average is not None and int(average.n_averaged) > 0:
         net = average.module
     net.eval()

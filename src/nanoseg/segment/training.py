@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -12,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from nanoseg.atomic import atomic_path, write_json
+from nanoseg.atomic import write_json
+from nanoseg.checkpoint import fingerprint, load_checkpoint, restore_rng, save_checkpoint
 from nanoseg.config import SegmentConfig
 from nanoseg.errors import NanosegError
 from nanoseg.plots import LossPanel, plot_losses
@@ -130,18 +129,13 @@ def training_fingerprint(pairs: list[Pair], config: SegmentConfig, pixel_size_nm
     so does a change of the settings in :data:`INFERENCE_SETTINGS`. ``extra``,
     ``extra_fraction`` and the starting weights ``init_from`` (its bytes) count too.
     """
-    digest = hashlib.sha256()
     settings = config.model_dump(mode="json", exclude={"steps", *INFERENCE_SETTINGS})
     header: list[Any] = [settings, pixel_size_nm]
-    if extra or init_from is not None:  # plain runs keep the fingerprint they always had
-        header += [extra_fraction, hashlib.sha256(Path(init_from).read_bytes()).hexdigest() if init_from else None]
-    digest.update(json.dumps(header, sort_keys=True).encode())
-    for pair in [*pairs, *extra]:
-        digest.update(pair.name.encode())
-        for array in (pair.image, pair.instances) + ((pair.target,) if pair.target is not None else ()):
-            digest.update(str((array.shape, array.dtype.str)).encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+    if extra or init_from is not None:  # a plain run's fingerprint does not depend on these
+        header += [extra_fraction, Path(init_from) if init_from else None]
+    return fingerprint("segment", header, [(pair.name, pair.image, pair.instances)
+                                           + ((pair.target,) if pair.target is not None else ())
+                                           for pair in [*pairs, *extra]])
 
 
 #: Training images whose pixel sizes differ by more than this fraction are not at one scale.
@@ -274,25 +268,16 @@ def train(
                      "init_from": str(init_from) if init_from else None})
     step, history, best_score = 0, [], -np.inf
     ckpt_path = out_dir / "checkpoint.pt"
-    fingerprint = training_fingerprint(pairs, config, pixel_size_nm, extra, extra_fraction, init_from)
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        stored = state.get("fingerprint")
-        if stored is not None and stored != fingerprint:
-            logger.warning("segment: %s was trained on other pairs or settings; starting fresh (it will be "
-                           "overwritten; use another output folder to keep it)", ckpt_path)
-        elif state.get("kwargs") != net.init_kwargs or state.get("target") != kind:
-            logger.warning("segment: %s holds another network; starting fresh", ckpt_path)
-        else:
-            if stored is None:  # written before checkpoints carried a fingerprint
-                logger.warning("segment: %s cannot be checked against the data (old format); resuming it", ckpt_path)
-            net.load_state_dict(state["net"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            step, history = state["step"], state["history"]
-            best_score = state.get("best_score", -np.inf)
-            rng.bit_generator.state = state["rng"]
-            logger.info("resuming segmentation training at step %d/%d", step, total_steps)
+    fp = training_fingerprint(pairs, config, pixel_size_nm, extra, extra_fraction, init_from)
+    state = load_checkpoint(ckpt_path, fp, what="segment", data="pairs", map_location=device)
+    if state is not None:
+        net.load_state_dict(state["nets"]["net"])
+        optimizer.load_state_dict(state["optimizers"]["adam"])
+        scheduler.load_state_dict(state["schedulers"]["step_lr"])
+        step, history = state["step"], state["extra"]["history"]
+        best_score = state["extra"]["best_score"]
+        restore_rng(state, rng)
+        logger.info("resuming segmentation training at step %d/%d", step, total_steps)
 
     running, n_running = 0.0, 0
     bar = progress(range(step, total_steps), total=total_steps, desc="segment train", initial=step)
@@ -333,11 +318,9 @@ def train(
                 best_score = score
                 nets.save(net, out_dir / "best.pt", meta={**meta, "step": done, "val_iou": record.get("val_iou"),
                                                           "val_loss": record.get("val_loss")}, kind="segmenter")
-            with atomic_path(ckpt_path) as tmp:
-                torch.save({"kwargs": net.init_kwargs, "target": kind, "fingerprint": fingerprint, "net": net.state_dict(),
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "step": done, "history": history, "best_score": best_score,
-                            "rng": rng.bit_generator.state}, tmp)
+            save_checkpoint(ckpt_path, fingerprint=fp, step=done, nets={"net": net.state_dict()},
+                            optimizers={"adam": optimizer.state_dict()}, schedulers={"step_lr": scheduler.state_dict()},
+                            rng=rng, extra={"history": history, "best_score": float(best_score)})
             write_json(out_dir / "history.json", history)
             plot_losses(history, out_dir / "training.png", TRAINING_PLOT)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io as _stdio
-import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from nanoseg.atomic import atomic_path, write_text
+from nanoseg.atomic import write_text
+from nanoseg.checkpoint import fingerprint, load_checkpoint, restore_rng, rng_from_json, rng_to_json, save_checkpoint
 from nanoseg.errors import NanosegError
 from nanoseg.plots import LossPanel, plot_losses
 from nanoseg.tiles import random_tiles
@@ -86,11 +86,11 @@ class ImagePool:
         import torch
 
         stacked = torch.cat([t.float() for t in self.images], 0) if self.images else torch.zeros(0)
-        return {"images": stacked, "rng": json.dumps(self.rng.bit_generator.state)}
+        return {"images": stacked, "rng": rng_to_json(self.rng)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.images = [t.unsqueeze(0) for t in state["images"]] if state["images"].numel() else []
-        self.rng.bit_generator.state = json.loads(state["rng"])
+        rng_from_json(self.rng, state["rng"])
 
 
 def to_net(batch: np.ndarray, device: Any) -> Any:
@@ -280,33 +280,26 @@ class CycleGAN:
             return from_net(net(to_net(batch, self.device)))
 
     def state_dict(self) -> dict[str, Any]:
-        import torch
-
+        """The training state, laid out as :func:`nanoseg.checkpoint.save_checkpoint` takes it."""
         return {
             "step": self.step,
             "nets": {k: v.state_dict() for k, v in self.nets.items()},
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "sched_g": self.sched_g.state_dict(),
-            "sched_d": self.sched_d.state_dict(),
-            "pool_a": self.pool_a.state_dict(),
-            "pool_b": self.pool_b.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "optimizers": {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()},
+            "schedulers": {"g": self.sched_g.state_dict(), "d": self.sched_d.state_dict()},
+            "extra": {"pool_a": self.pool_a.state_dict(), "pool_b": self.pool_b.state_dict()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        import torch
-
+        """Restore what :meth:`state_dict` gave (a loaded checkpoint); not the random state."""
         self.step = int(state["step"])
         for key, net in self.nets.items():
             net.load_state_dict(state["nets"][key])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.sched_g.load_state_dict(state["sched_g"])
-        self.sched_d.load_state_dict(state["sched_d"])
-        self.pool_a.load_state_dict(state["pool_a"])
-        self.pool_b.load_state_dict(state["pool_b"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        self.opt_g.load_state_dict(state["optimizers"]["g"])
+        self.opt_d.load_state_dict(state["optimizers"]["d"])
+        self.sched_g.load_state_dict(state["schedulers"]["g"])
+        self.sched_d.load_state_dict(state["schedulers"]["d"])
+        self.pool_a.load_state_dict(state["extra"]["pool_a"])
+        self.pool_b.load_state_dict(state["extra"]["pool_b"])
 
 
 def _disc_layers(tile_px: int) -> int:
@@ -333,6 +326,21 @@ def _init_weights(module: Any) -> None:
 # --------------------------------------------------------------------------- training loop
 
 
+#: The settings that change what :func:`train_cyclegan` learns (not ``steps``: more steps resume).
+TRAINING_SETTINGS = ("tile_size_px", "generator_width", "discriminator_width", "n_res_blocks", "batch_size",
+                     "learning_rate", "decay_start_fraction", "pool_size", "cycle_weight", "identity_weight",
+                     "generator_skip", "generator_upsample", "bf16")
+
+
+def training_fingerprint(masks: Sequence[np.ndarray], images: Sequence[np.ndarray], cfg: Any, binary_a: bool) -> str:
+    """Hash of what :func:`train_cyclegan` learns from: both domains' pixels and :data:`TRAINING_SETTINGS`.
+
+    A checkpoint (or generators saved by a finished run) is resumed only under the same one.
+    """
+    return fingerprint("translate", {k: getattr(cfg, k) for k in TRAINING_SETTINGS}, bool(binary_a),
+                       [np.asarray(m) for m in masks], [np.asarray(im) for im in images])
+
+
 def train_cyclegan(
     masks: Sequence[np.ndarray],
     images: Sequence[np.ndarray],
@@ -355,7 +363,8 @@ def train_cyclegan(
         Real micrographs, info bar cropped, particles bright.
     cfg : nanoseg.config.TranslateConfig
     out_dir : path
-        Gets ``checkpoint.pt`` (every ``cfg.checkpoint_every`` steps; removed at the end),
+        Gets ``checkpoint.pt`` (every ``cfg.checkpoint_every`` steps; removed at the end; resumed
+        only when made from the same data and settings, :func:`training_fingerprint`),
         ``losses.csv``, ``losses.png``, ``samples/step_XXXXXX.png``, and finally
         ``mask_to_image.pt`` and ``image_to_mask.pt``.
     device : torch.device or str
@@ -371,7 +380,6 @@ def train_cyclegan(
     CycleGAN
         The trained model.
     """
-    import torch
 
     from nanoseg import nets
     from nanoseg.runtime import progress
@@ -392,26 +400,28 @@ def train_cyclegan(
     sample_b = random_tiles(images, 4, tile, rng, augment=True, small="pad")
     model = CycleGAN(cfg, device, rng)
     ckpt_path = out_dir / CHECKPOINT
+    fp = training_fingerprint(masks, images, cfg, binary_a)
     log: list[dict[str, float]] = []
     if not ckpt_path.is_file() and (out_dir / MASK_TO_IMAGE).is_file() and (out_dir / IMAGE_TO_MASK).is_file():
         # Killed after the final save but before the stage was marked done: nothing to redo.
-        for net, name in ((model.g_ab, MASK_TO_IMAGE), (model.g_ba, IMAGE_TO_MASK)):
-            net.load_state_dict(nets.load(out_dir / name, model.device, kind="translator")[0].state_dict())
-        model.step = cfg.steps
-        logger.info("translate: generators already trained in %s", out_dir)
-        return model
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=model.device, weights_only=True)
+        saved = [nets.load(out_dir / name, model.device, kind="translator") for name in (MASK_TO_IMAGE, IMAGE_TO_MASK)]
+        if all(meta_.get("training_fingerprint") == fp for _, meta_ in saved):
+            for net, (trained, _) in zip((model.g_ab, model.g_ba), saved):
+                net.load_state_dict(trained.state_dict())
+            model.step = cfg.steps
+            logger.info("translate: generators already trained in %s", out_dir)
+            return model
+        logger.warning("translate: the generators in %s were trained on other data or settings; training afresh",
+                       out_dir)
+    state = load_checkpoint(ckpt_path, fp, what="translate", map_location=model.device)
+    if state is not None:
         model.load_state_dict(state)
-        rng.bit_generator.state = json.loads(state["rng"])
+        restore_rng(state, rng)
         log = [row for row in _read_loss_log(out_dir / "losses.csv") if row["step"] <= model.step]
         logger.info("translate: resuming CycleGAN training at step %d of %d", model.step, cfg.steps)
 
     def checkpoint() -> None:
-        state = model.state_dict()
-        state["rng"] = json.dumps(rng.bit_generator.state)
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(state, tmp)
+        save_checkpoint(ckpt_path, fingerprint=fp, rng=rng, **model.state_dict())
         _write_loss_log(out_dir / "losses.csv", log)
         plot_losses(log, out_dir / "losses.png", LOSS_PLOT, smooth=True)
         write_sample_grid(model, sample_a, sample_b, out_dir / "samples" / f"step_{model.step:06d}.png")
@@ -431,7 +441,7 @@ def train_cyclegan(
     plot_losses(log, out_dir / "losses.png", LOSS_PLOT, smooth=True)
     write_sample_grid(model, sample_a, sample_b, out_dir / "samples" / f"step_{model.step:06d}.png")
     base_meta = {"tile_size_px": tile, "steps": model.step, "domain": "[-1, 1] inside the net; [0, 1] outside",
-                 "particles": "bright", **(meta or {})}
+                 "particles": "bright", **(meta or {}), "training_fingerprint": fp}
     source = "binary mask" if binary_a else "rendered micrograph"
     nets.save(model.g_ab, out_dir / MASK_TO_IMAGE, {**base_meta, "input": source, "output": "micrograph"},
               kind="translator")
