@@ -84,6 +84,17 @@ def _fresh_log_once():
     runtime._LOGGED_ONCE.clear()
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (training tests compare exact numbers across runs)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def keep_global_rng():
     """Leave the global random states as found: the CLI seeds them, and tests elsewhere that

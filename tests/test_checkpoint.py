@@ -23,13 +23,7 @@ import torch
 from nanoseg.checkpoint import FORMAT, fingerprint, load_checkpoint, restore_rng, save_checkpoint
 from nanoseg.config import build_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- the module

@@ -33,12 +33,7 @@ from nanoseg.translate import (
 TINY = {"tile_size_px": 32, "generator_width": 4, "discriminator_width": 8, "n_res_blocks": 1, "bf16": False, "realism_steps": 20}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def disc_instances(rng: np.random.Generator, shape=(96, 96), n=14, radius=(4, 9)) -> np.ndarray:
