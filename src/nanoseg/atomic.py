@@ -7,6 +7,7 @@ summary, a report and its figures).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -170,3 +171,15 @@ def embed_section(path: str | Path, name: str, content: str) -> Path:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return write_text(path, f"{head}{start}\n{content}\n{end}{tail}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks: models and pair archives can be large.
+
+    The one file hash of the stage markers, the batch markers and the training fingerprints.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()

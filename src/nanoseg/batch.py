@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nanoseg.atomic import file_sha256
 from nanoseg.errors import NanosegError
 
 logger = logging.getLogger("nanoseg.batch")
@@ -197,13 +198,7 @@ def read_marker(out_dir: str | Path, path: str | Path, key: str) -> dict[str, An
 
 def file_digest(path: str | Path | None) -> str | None:
     """SHA-256 of a file (a model), or None."""
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return None if path is None else file_sha256(path)
 
 
 def settings_key(config: Any, sections: Sequence[str], *extra: Any) -> str:

@@ -29,14 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from nanoseg.atomic import atomic_path
+from nanoseg.atomic import atomic_path, file_sha256
 
 logger = logging.getLogger("nanoseg.checkpoint")
 
 #: Layout tag of the checkpoints :func:`save_checkpoint` writes; a file without it is another layout.
 FORMAT = "nanoseg-checkpoint-1"
 
-_CHUNK = 1 << 22
 
 
 # --------------------------------------------------------------------------- fingerprint
@@ -66,7 +65,7 @@ def _feed(digest: Any, part: Any) -> None:
     if part is None or isinstance(part, (bool, int, float, str)):
         digest.update(b"J" + json.dumps(part).encode() + b"\0")
     elif isinstance(part, Path):
-        digest.update(b"F" + _file_digest(part) + b"\0")
+        digest.update(b"F" + file_sha256(part).encode() + b"\0")
     elif isinstance(part, (bytes, bytearray, memoryview)):
         data = bytes(part)
         digest.update(b"B%d:" % len(data) + data)
@@ -95,14 +94,6 @@ def _feed(digest: Any, part: Any) -> None:
         _feed(digest, part.model_dump(mode="json"))
     else:
         raise TypeError(f"fingerprint: cannot hash a {type(part).__name__}")
-
-
-def _file_digest(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest().encode()
 
 
 def _is_tensor(obj: Any) -> bool:

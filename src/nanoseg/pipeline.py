@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoseg.atomic import is_temp_file, remove_temp_files, write_json, write_text
+from nanoseg.atomic import file_sha256, is_temp_file, remove_temp_files, write_json, write_text
 from nanoseg.config import Config
 from nanoseg.errors import NanosegError
 from nanoseg.io import load_micrographs, load_outlines
@@ -35,7 +35,6 @@ logger = logging.getLogger("nanoseg.pipeline")
 
 DONE_MARKER = ".done.json"
 STARTED_MARKER = ".started.json"
-_HASH_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -117,7 +116,7 @@ def _fingerprint_inputs(config: Config, inputs: tuple[str, ...], cache: dict[Pat
         for p in files:
             try:
                 if p not in cache:
-                    cache[p] = _sha256(p)
+                    cache[p] = file_sha256(p)
                 size = p.stat().st_size
             except FileNotFoundError:
                 continue
@@ -140,15 +139,6 @@ def stage_hashes(config: Config) -> dict[str, str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        # In chunks: model checkpoints and pair archives can be far larger than is worth reading at once.
-        while chunk := fh.read(_HASH_CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def stage_outputs(stage_dir: Path) -> list[dict[str, Any]]:
     """Every file a stage wrote into its folder, as recorded in its ``.done.json``.
 
@@ -168,7 +158,7 @@ def stage_outputs(stage_dir: Path) -> list[dict[str, Any]]:
         rel = p.relative_to(stage_dir).as_posix()
         if not p.is_file() or rel in (DONE_MARKER, STARTED_MARKER) or is_temp_file(p):
             continue
-        outputs.append({"path": rel, "size_bytes": p.stat().st_size, "sha256": _sha256(p)})
+        outputs.append({"path": rel, "size_bytes": p.stat().st_size, "sha256": file_sha256(p)})
     return outputs
 
 
@@ -186,7 +176,7 @@ def _changed_output(stage_dir: Path, outputs: list[dict[str, Any]]) -> str | Non
         # Sizes first, across all files: a missing or truncated file is found without hashing gigabytes.
         for out in outputs:
             try:
-                same = _sha256(stage_dir / out["path"]) == out["sha256"]
+                same = file_sha256(stage_dir / out["path"]) == out["sha256"]
             except OSError:
                 problems.append(f"output {out['path']} cannot be read")
                 continue

@@ -106,6 +106,7 @@ def run_stage(ctx: Any) -> None:
     from nanoseg.particles import label_items
 
     cfg = ctx.config.classify
+    micrographs = load_micrographs(ctx.config.data)
     net = None
     model_path = ctx.out_dir / "model.pt"
     if cfg.method == "network" and model_path.is_file():  # an interrupted attempt finished training
@@ -116,14 +117,14 @@ def run_stage(ctx: Any) -> None:
         ckpt = ctx.out_dir / CHECKPOINT_NAME
         net, meta = fit_classifier(samples, cfg, device=ctx.device, checkpoint=ckpt, seed=ctx.config.seed)
         # the pairs are drawn at the micrographs' pixel size, as the segment stage's are
-        sizes = [m.pixel_size_nm for m in load_micrographs(ctx.config.data) if m.pixel_size_nm]
+        sizes = [m.pixel_size_nm for m in micrographs if m.pixel_size_nm]
         meta["pixel_size_nm"] = float(np.median(sizes)) if sizes else None
         nets.save(net, model_path, meta={"task": "classify", "trained_on": "pairs", **meta}, kind="classifier")
         ckpt.unlink(missing_ok=True)
         cfg = resolve_threshold(cfg, meta)
         ctx.log.info("classify: trained %d steps on %d pairs, final loss %.4f, score threshold %.3f", meta["steps"],
                      meta["trained_images"], meta["final_loss"], cfg.score_threshold)
-    items = label_items(load_micrographs(ctx.config.data), ctx.stage_dir("adapt") / "labels",
+    items = label_items(micrographs, ctx.stage_dir("adapt") / "labels",
                         fix="rerun with --from segment")
     decisions = classify_images(items, cfg, net=net, device=ctx.device)
     write_decisions(decisions, ctx.out_dir / "decisions.csv")
