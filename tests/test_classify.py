@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -385,19 +387,27 @@ def test_run_stage_trains_scores_and_writes(tmp_path):
     stage = next(s for s in STAGES if s.name == "classify")
     (run / "classify").mkdir()
     run_stage(StageContext(config=cfg, run_dir=run, stage=stage))
-    decisions = pd.read_csv(run / "classify" / "decisions.csv", keep_default_na=False)
-    assert list(decisions.columns) == ["image", "label", "score", "kept", "reason"]
-    assert len(decisions) == int(label(binary, connectivity=1).max())
-    assert set(decisions["image"]) == {"m1"}
+    # the stage trains and calibrates only; the measure stage decides every particle with its model
+    assert sorted(p.name for p in (run / "classify").iterdir()) == ["model.pt"]
     net, meta = nets.load(run / "classify" / "model.pt")
     assert meta["steps"] == 3 and net.init_kwargs["in_channels"] == 2
-    assert not (run / "classify" / "checkpoint.pt").exists()
     # the default 'auto' threshold: one of the two pairs held out, the threshold calibrated on it and saved
     assert cfg.classify.score_threshold == "auto"
     assert meta["trained_images"] == 1 and meta["calibration"]["held_out"] and meta["calibration"]["n_images"] == 1
     assert meta["score_threshold"] == meta["calibration"]["threshold"]
+    from nanoseg.measure import run_stage as measure_stage
+
+    measure = next(s for s in STAGES if s.name == "measure")
+    (run / "measure").mkdir()
+    measure_stage(StageContext(config=cfg, run_dir=run, stage=measure))
+    decisions = pd.read_csv(run / "measure" / "decisions.csv", keep_default_na=False)
+    assert list(decisions.columns) == ["image", "label", "score", "kept", "reason"]
+    assert len(decisions) == int(label(binary, connectivity=1).max())
+    assert set(decisions["image"]) == {"m1"}
     scored = decisions[decisions["reason"] == ""]
     assert (scored["score"] > meta["score_threshold"]).all()
+    summary = json.loads((run / "measure" / "summary.json").read_text())
+    assert summary["counting_rule"]["classifier"]["ran"] and summary["warnings"] == []
 
 
 class _IntensityNet(torch.nn.Module):

@@ -17,6 +17,7 @@ from nanoseg.measure import (
     ec_definition_check,
     fit_lognormal,
     join_decisions,
+    measure_files,
     median_window,
     pooled_statistics,
     resample_counts,
@@ -390,21 +391,17 @@ def test_write_results_outputs(tmp_path):
     assert (tmp_path / "report.html").is_file()
 
 
-def _write_run(tmp_path, with_decisions=True):
+def _write_run(tmp_path):
     from nanoseg.io import write_tiff
 
     img, lab = _toy_image_and_labels()
     images = tmp_path / "images"
     write_tiff(images / "toy.tif", (img * 255).astype(np.uint8), pixel_size_nm=4.0)
     run = tmp_path / "run"
-    write_tiff(run / "adapt" / "labels" / "toy.tif", lab.astype(np.uint16))  # the labels classify and measure read
+    write_tiff(run / "adapt" / "labels" / "toy.tif", lab.astype(np.uint16))  # the labels measure reads
     (run / "masks").mkdir(parents=True)
     (run / "masks" / "stats.json").write_text(json.dumps({"size_prior": "images", "median_area_px": 120}))
-    if with_decisions:
-        (run / "classify").mkdir()
-        pd.DataFrame({"image": "toy", "label": [1, 2, 3, 4, 5], "score": 0.9, "kept": [True, True, False, False, True],
-                      "reason": ["", "", "solidity_below_min", "touches_border", ""]}).to_csv(
-            run / "classify" / "decisions.csv", index=False)
+    (run / "classify").mkdir()
     return images, run
 
 
@@ -433,26 +430,29 @@ def test_run_stage_measure(tmp_path):
     from nanoseg.measure import run_stage
 
     images, run = _write_run(tmp_path)
-    run_stage(_ctx(run, images, "measure"))
+    run_stage(_ctx(run, images, "measure", classify={"method": "rules"}))
     out = run / "measure"
     table = pd.read_csv(out / "particles.csv", keep_default_na=False)
     assert len(table) == 5
-    assert table.set_index("label").loc[3, "reason"] == "solidity_below_min"
+    assert table.set_index("label").loc[4, "reason"] == "touches_border"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_kept"] == 3 and summary["pixel_size_nm"] == pytest.approx(4.0)
+    assert summary["n_kept"] == 4 and summary["pixel_size_nm"] == pytest.approx(4.0)
     assert summary["size_prior"] == {"masks.size_prior": "images"}
     assert table.set_index("label").loc[1, "min_feret_nm"] == pytest.approx(10 * 4.0)
     assert (out / "report.html").is_file() and (out / "overlays" / "toy.png").is_file()
-    # the classify stage's decisions came from the classifier (demo profile: method network)
     rule = summary["counting_rule"]
-    assert rule["method"] == "network" and rule["classifier"]["ran"]
-    assert rule["classifier"]["model"] == str(run / "classify" / "model.pt")
-    assert rule["edge_particles_excluded"] and rule["partly_covered_excluded"]
+    assert rule["method"] == "rules" and not rule["classifier"]["ran"] and rule["edge_particles_excluded"]
     assert rule["pixel_size_nm"] == pytest.approx(4.0) and rule["pixel_size_source"] != "unknown"
     assert summary["warnings"] == []
     # one image: the intervals resample particles and say so
     assert "over particles" in summary["descriptors"]["ecd"]["ci_method"]
     assert summary["descriptors"]["ecd"]["median_ci95"] is not None
+    # one road: the stage wrote what `nanoseg measure --labels` writes, decisions included
+    direct = measure_files([images], tmp_path / "direct", _ctx(run, images, "measure", classify={"method": "rules"}
+                                                                ).config, labels_dir=run / "adapt" / "labels")
+    pd.testing.assert_frame_equal(table, pd.read_csv(tmp_path / "direct" / "particles.csv", keep_default_na=False))
+    assert direct["n_kept"] == summary["n_kept"]
+    assert (out / "decisions.csv").read_text() == (tmp_path / "direct" / "decisions.csv").read_text()
 
 
 def test_run_stage_measure_records_the_size_prior_fallback(tmp_path):
@@ -460,17 +460,17 @@ def test_run_stage_measure_records_the_size_prior_fallback(tmp_path):
 
     images, run = _write_run(tmp_path)
     (run / "masks" / "stats.json").write_text(json.dumps({"size_prior": "outlines", "size_prior_configured": "images"}))
-    run_stage(_ctx(run, images, "measure"))
+    run_stage(_ctx(run, images, "measure", classify={"method": "rules"}))
     summary = json.loads((run / "measure" / "summary.json").read_text())
     assert len(summary["warnings"]) == 1
     assert "size_prior=images" in summary["warnings"][0] and "size_prior=outlines" in summary["warnings"][0]
 
 
-def test_run_stage_measure_without_decisions_applies_rules(tmp_path):
+def test_run_stage_measure_without_the_classifier_applies_rules_and_says_so(tmp_path):
     from nanoseg.measure import run_stage
 
-    images, run = _write_run(tmp_path, with_decisions=False)
-    run_stage(_ctx(run, images, "measure"))
+    images, run = _write_run(tmp_path)
+    run_stage(_ctx(run, images, "measure"))  # demo profile: classify.method network, but no classify/model.pt
     table = pd.read_csv(run / "measure" / "particles.csv", keep_default_na=False).set_index("label")
     assert table.loc[4, "reason"] == "touches_border" and not table.loc[4, "kept"]
     summary = json.loads((run / "measure" / "summary.json").read_text())
@@ -479,7 +479,7 @@ def test_run_stage_measure_without_decisions_applies_rules(tmp_path):
     assert summary["classify_method"] == "rules" and summary["counting_rule"]["method"] == "rules"
     assert not summary["counting_rule"]["classifier"]["ran"]
     assert not summary["counting_rule"]["partly_covered_excluded"]
-    assert any("decisions.csv" in w and "rules alone" in w for w in summary["warnings"])
+    assert any("classify/model.pt" in w and "rules alone" in w for w in summary["warnings"])
 
 
 def test_cli_measure_with_labels_and_compare(tmp_path):

@@ -112,6 +112,26 @@ def test_rerun_measures_only_what_changed(batch, model, batch_log):
     assert "done by an earlier call" not in batch_log.text
 
 
+def test_a_changed_label_image_is_measured_again(batch, batch_log):
+    """A label image edited in place (the same folder, the same settings): that image is measured again."""
+    import numpy as np
+    import tifffile
+
+    out = batch / "out"
+    measure_files([batch / "images"], out, _config(), labels_dir=batch / "labels")
+    first = _tables(out)[0]
+    labels = batch / "labels" / "b.tif"
+    lab = tifffile.imread(labels)
+    tifffile.imwrite(labels, np.where(lab == lab.max(), 0, lab).astype(lab.dtype))  # one particle of b erased
+    batch_log.clear()
+    measure_files([batch / "images"], out, _config(), labels_dir=batch / "labels")
+    assert "2 of 3 micrographs were done by an earlier call" in batch_log.text
+    again = _tables(out)[0]
+    assert (again["image"] == "b").sum() < (first["image"] == "b").sum()
+    pd.testing.assert_frame_equal(again[again["image"] != "b"].reset_index(drop=True),
+                                  first[first["image"] != "b"].reset_index(drop=True))
+
+
 _KILL_AFTER_TWO = """
 import sys, time
 from pathlib import Path

@@ -183,3 +183,37 @@ def file_sha256(path: str | Path) -> str:
         while chunk := fh.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_record(root: str | Path, path: str | Path) -> dict[str, Any]:
+    """How an output file was written, for a marker: path relative to ``root``, size, SHA-256."""
+    path = Path(path)
+    return {"path": path.relative_to(root).as_posix(), "size_bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def changed_files(root: str | Path, records: Sequence[dict[str, Any]]) -> str | None:
+    """Why files recorded by :func:`file_record` no longer hold (missing, other size, other bytes), or None.
+
+    Sizes of all first: a missing or truncated file is found without hashing gigabytes.
+    """
+    root = Path(root)
+    problems = []
+    for rec in records:
+        path = root / rec["path"]
+        if not path.is_file():
+            problems.append(f"{rec['path']} is missing")
+        elif path.stat().st_size != rec["size_bytes"]:
+            problems.append(f"{rec['path']} changed since it was written "
+                            f"({rec['size_bytes']} -> {path.stat().st_size} bytes)")
+    if not problems:
+        for rec in records:
+            try:
+                same = file_sha256(root / rec["path"]) == rec["sha256"]
+            except OSError:
+                problems.append(f"{rec['path']} cannot be read")
+                continue
+            if not same:
+                problems.append(f"{rec['path']} changed since it was written (same size, other content)")
+    if not problems:
+        return None
+    return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanoseg.atomic import file_sha256
+from nanoseg.atomic import changed_files, file_record, file_sha256
 from nanoseg.errors import NanosegError
 
 logger = logging.getLogger("nanoseg.batch")
@@ -110,29 +110,6 @@ def source_stamp(path: str | Path) -> dict[str, Any]:
     return {"size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_digest(path)}
 
 
-def output_record(out_dir: Path, path: str | Path) -> dict[str, Any]:
-    """How a task's output file was written (path relative to ``out_dir``, size, SHA-256), for its marker."""
-    return {"path": Path(path).relative_to(out_dir).as_posix(), "size_bytes": Path(path).stat().st_size,
-            "sha256": file_digest(path)}
-
-
-def changed_output(out_dir: Path, outputs: Sequence[dict[str, Any]]) -> str | None:
-    """Why the outputs a marker records no longer hold (missing, other size, other content), or None.
-
-    Sizes of all first, so that a missing or truncated file is found without hashing the rest.
-    """
-    for rec in outputs:
-        path = out_dir / rec["path"]
-        if not path.is_file():
-            return f"{rec['path']} is missing"
-        if path.stat().st_size != rec["size_bytes"]:
-            return f"{rec['path']} changed since it was written ({rec['size_bytes']} -> {path.stat().st_size} bytes)"
-    for rec in outputs:
-        if file_digest(out_dir / rec["path"]) != rec["sha256"]:
-            return f"{rec['path']} changed since it was written (same size, other content)"
-    return None
-
-
 def text_name(name: str) -> str:
     """A file name (or stem, or a message holding one) as text that every table, JSON file and report can hold.
 
@@ -148,18 +125,21 @@ def marker_path(out_dir: str | Path, stem: str) -> Path:
     return Path(out_dir) / MARKERS / f"{stem}.json"
 
 
-def finish(job: TaskJob, path: str, record: dict[str, Any], outputs: Sequence[Path]) -> dict[str, Any]:
+def finish(job: TaskJob, path: str, record: dict[str, Any], outputs: Sequence[Path],
+           inputs: Sequence[Path] = ()) -> dict[str, Any]:
     """Write the marker of a finished task (after its outputs) and return it.
 
     ``record`` is what the command needs later (counts, pixel size, seconds); ``outputs`` the
     files the task wrote, whose size and content are recorded: a marker counts only while they
-    are unchanged (:func:`read_marker`).
+    are unchanged (:func:`read_marker`). ``inputs`` are files the task read besides its image
+    (a label image): the marker counts only while they too are unchanged.
     """
     from nanoseg.atomic import write_json
 
     out = Path(job.out_dir)
     marker = {**record, "image": Path(path).stem, "path": str(path), "key": job.key, "source": source_stamp(path),
-              "outputs": [output_record(out, p) for p in outputs]}
+              "outputs": [file_record(out, p) for p in outputs],
+              "inputs": [{"path": str(p), **source_stamp(p)} for p in inputs]}
     write_json(marker_path(out, Path(path).stem), marker)
     return marker
 
@@ -186,7 +166,11 @@ def read_marker(out_dir: str | Path, path: str | Path, key: str) -> dict[str, An
                 != [st.st_size, st.st_mtime_ns] or source != source_stamp(path):
             logger.info("%s: changed since it was done; doing it again", path)
             return None
-        why = changed_output(out_dir, marker["outputs"])
+        for other in marker["inputs"]:
+            if other != {"path": other["path"], **source_stamp(other["path"])}:
+                logger.info("%s: %s changed since it was done; doing it again", path, other["path"])
+                return None
+        why = changed_files(out_dir, marker["outputs"])
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         # No marker, or one unreadable or hand-edited (or from a version that recorded less).
         return None

@@ -201,8 +201,21 @@ class TranslateConfig(_Section):
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
 
 
+#: Marks a segment key that acts after training (post-processing, tiling, test-time augmentation).
+INFERENCE = {"applies": "inference"}
+
+
 class SegmentConfig(_Section):
-    """Stage 5: train the segmentation network and split its output into particles."""
+    """Stage 5: train the segmentation network and split its output into particles.
+
+    The keys marked :data:`INFERENCE` turn the network's output into particles; changing one
+    segments again with the trained network (see :meth:`inference_keys`).
+    """
+
+    @classmethod
+    def inference_keys(cls) -> frozenset[str]:
+        """The keys that act after training: a change re-segments without retraining."""
+        return frozenset(name for name, f in cls.model_fields.items() if f.json_schema_extra == INFERENCE)
 
     architecture: Literal["multiresunet", "unet"] = Field(
         "unet",
@@ -224,35 +237,35 @@ class SegmentConfig(_Section):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Fraction of pairs held out for validation.")
     val_every: int = Field(250, ge=1, description="Validate (loss, IoU) and checkpoint every this many steps.")
     threshold: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal["auto"] = Field(
-        0.5, description="Probability threshold (0-1), or 'auto' to sweep 0.05-0.95 on the validation pairs.")
-    min_distance_px: int = Field(9, ge=1, description="Minimum distance between watershed markers in px.")
-    min_size_px: int = Field(10, ge=0, description="Instances smaller than this many px are removed.")
+        0.5, description="Probability threshold (0-1), or 'auto' to sweep 0.05-0.95 on the validation pairs.", json_schema_extra=INFERENCE)
+    min_distance_px: int = Field(9, ge=1, description="Minimum distance between watershed markers in px.", json_schema_extra=INFERENCE)
+    min_size_px: int = Field(10, ge=0, description="Instances smaller than this many px are removed.", json_schema_extra=INFERENCE)
     band_giveback: Literal["expand", "watershed"] = Field(
         "expand",
         description="Three-class target: how boundary-band pixels go back to particles: 'expand' grows each interior "
-        "by at most boundary_width_px (keeps sizes unbiased), 'watershed' floods the whole predicted foreground.",
+        "by at most boundary_width_px (keeps sizes unbiased), 'watershed' floods the whole predicted foreground.", json_schema_extra=INFERENCE,
     )
-    marker_threshold: float = Field(0.4, gt=0, lt=1, description="Three-class target: interior probability above which pixels seed watershed markers.")
+    marker_threshold: float = Field(0.4, gt=0, lt=1, description="Three-class target: interior probability above which pixels seed watershed markers.", json_schema_extra=INFERENCE)
     marker_h: float = Field(
         0.2, ge=0, lt=1, description="Three-class target: interior-probability maxima at least this high split a marker region (0: no split)."
-    )
-    smoothing_sigma_px: float = Field(1.0, ge=0, description="Binary target: Gaussian sigma on the distance transform before peak finding.")
+    , json_schema_extra=INFERENCE)
+    smoothing_sigma_px: float = Field(1.0, ge=0, description="Binary target: Gaussian sigma on the distance transform before peak finding.", json_schema_extra=INFERENCE)
     class_balance: bool = Field(True, description="Weight the loss by inverse class frequency of the training targets.")
     inference_tile_px: int = Field(
         1024, ge=64, description="Images with a side larger than this are segmented in overlapping, smoothly blended tiles."
-    )
+    , json_schema_extra=INFERENCE)
     tile_overlap_px: int = Field(64, ge=0, description="Overlap of neighbouring inference tiles in px; at most half of "
-                                 "inference_tile_px.")
+                                 "inference_tile_px.", json_schema_extra=INFERENCE)
     block_px: int = Field(
         1984, ge=256, description="Images with a side larger than this are segmented in pieces of this side, "
         "block_margin_px of which on each side is context, and the particles joined: memory stays bounded whatever "
-        "the image size. The default spans two 1024 px inference tiles.")
+        "the image size. The default spans two 1024 px inference tiles.", json_schema_extra=INFERENCE)
     block_margin_px: int = Field(
         128, ge=0, description="Context around each piece's core, in px; must exceed the largest particle's extent, so "
         "that every particle lies whole in the piece its centre falls in (a warning says when one did not); at most a "
-        "quarter of block_px.")
+        "quarter of block_px.", json_schema_extra=INFERENCE)
     tta: bool = Field(False, description="Test-time augmentation: average the probabilities over the 8 flips and "
-                      "90-degree rotations of each image (8x the inference time). On in the quick and paper profiles.")
+                      "90-degree rotations of each image (8x the inference time). On in the quick and paper profiles.", json_schema_extra=INFERENCE)
     bf16: bool = Field(True, description="bfloat16 autocast on the CPU (and CUDA) where supported.")
 
     # Both pairs set a step: tiles advance by inference_tile_px - tile_overlap_px, pieces by their core,
@@ -722,7 +735,9 @@ def config_reference() -> str:
                 walk(type(value), value, f"{prefix}{name}.")
                 continue
             shown = json.dumps(value if not isinstance(value, (Path, tuple)) else (str(value) if isinstance(value, Path) else list(value)))
-            rows[is_user_key(prefix + name)].append(f"| `{prefix}{name}` | `{shown}` | {field.description or ''} |")
+            after = " *After training: a change re-segments with the trained net.*" \
+                if field.json_schema_extra == INFERENCE else ""
+            rows[is_user_key(prefix + name)].append(f"| `{prefix}{name}` | `{shown}` | {field.description or ''}{after} |")
 
     walk(Config, default, "")
     head = ["| key | default (quick) | description |", "| --- | --- | --- |"]

@@ -289,6 +289,14 @@ def to_other_grid(df: pd.DataFrame, measured_shape: tuple[int, int], shape: tupl
 # --------------------------------------------------------------------------------------------
 
 
+LABEL_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+def label_file(labels_dir: str | Path, stem: str) -> Path | None:
+    """The label image of micrograph ``stem`` in ``labels_dir`` (``<stem>.tif``, .tiff or .png), or None."""
+    return next((p for suffix in LABEL_SUFFIXES if (p := Path(labels_dir) / f"{stem}{suffix}").is_file()), None)
+
+
 def label_items(micrographs: Sequence[Any], labels_dir: str | Path, fix: str) -> list[tuple[str, np.ndarray, np.ndarray, float | None]]:
     """Pair each micrograph with its label image ``<stem>.tif`` (or .tiff/.png) in ``labels_dir``.
 
@@ -316,8 +324,7 @@ def label_items(micrographs: Sequence[Any], labels_dir: str | Path, fix: str) ->
     items = []
     for mg in micrographs:
         stem = Path(mg.path).stem
-        path = next((labels_dir / f"{stem}{suffix}" for suffix in (".tif", ".tiff", ".png")
-                     if (labels_dir / f"{stem}{suffix}").is_file()), None)
+        path = label_file(labels_dir, stem)
         if path is None:
             raise NanosegError(f"{labels_dir / (stem + '.tif')}: no label image for micrograph {mg.path} ({fix})")
         lab = read_labels(path, strict=True)

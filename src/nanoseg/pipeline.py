@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanoseg.atomic import file_sha256, is_temp_file, remove_temp_files, write_json, write_text
+from nanoseg.atomic import (
+    changed_files,
+    file_record,
+    file_sha256,
+    is_temp_file,
+    remove_temp_files,
+    write_json,
+    write_text,
+)
 from nanoseg.config import Config
 from nanoseg.errors import NanosegError
 from nanoseg.io import load_micrographs, load_outlines
@@ -158,33 +166,8 @@ def stage_outputs(stage_dir: Path) -> list[dict[str, Any]]:
         rel = p.relative_to(stage_dir).as_posix()
         if not p.is_file() or rel in (DONE_MARKER, STARTED_MARKER) or is_temp_file(p):
             continue
-        outputs.append({"path": rel, "size_bytes": p.stat().st_size, "sha256": file_sha256(p)})
+        outputs.append(file_record(stage_dir, p))
     return outputs
-
-
-def _changed_output(stage_dir: Path, outputs: list[dict[str, Any]]) -> str | None:
-    """Why the recorded outputs no longer hold (missing, other size, other bytes), or None."""
-    problems = []
-    for out in outputs:
-        path = stage_dir / out["path"]
-        if not path.is_file():
-            problems.append(f"output {out['path']} is missing")
-        elif path.stat().st_size != out["size_bytes"]:
-            problems.append(f"output {out['path']} changed since it was written "
-                            f"({out['size_bytes']} -> {path.stat().st_size} bytes)")
-    if not problems:
-        # Sizes first, across all files: a missing or truncated file is found without hashing gigabytes.
-        for out in outputs:
-            try:
-                same = file_sha256(stage_dir / out["path"]) == out["sha256"]
-            except OSError:
-                problems.append(f"output {out['path']} cannot be read")
-                continue
-            if not same:
-                problems.append(f"output {out['path']} changed since it was written (same size, other content)")
-    if not problems:
-        return None
-    return problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
 
 
 def stage_state(run_dir: Path, stage: str, stage_hash: str) -> tuple[str, str]:
@@ -226,10 +209,10 @@ def stage_state(run_dir: Path, stage: str, stage_hash: str) -> tuple[str, str]:
         # cost more than the check they never had.
         return "done", ""
     try:
-        why = _changed_output(stage_dir, outputs)
+        why = changed_files(stage_dir, outputs)
     except (KeyError, TypeError):  # a hand-edited list
         return "damaged", unreadable
-    return ("damaged", why) if why else ("done", "")
+    return ("damaged", f"output {why}") if why else ("done", "")
 
 
 def is_done(run_dir: Path, stage: str, stage_hash: str) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from nanoseg.errors import NanosegError
+from nanoseg.particles import label_file
 
 #: One training sample: micrograph (float32 [0, 1]), binary mask (uint8 0/1), keep target (uint8 0/1).
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -56,8 +57,8 @@ def load_manual_samples(
     samples = []
     for img_path in list_images(images_dir):
         stem = img_path.stem
-        mask_path = _find(masks_dir, f"{stem}_m")
-        class_path = _find(classes_dir, f"{stem}_cm")
+        mask_path = label_file(masks_dir, f"{stem}_m")
+        class_path = label_file(classes_dir, f"{stem}_cm")
         if mask_path is None or class_path is None:
             continue
         mg = read_micrograph(img_path, info_bar_rows=0)
@@ -75,13 +76,6 @@ def load_manual_samples(
         raise NanosegError(f"{classes_dir}: no <id>_cm class mask matches an image in {images_dir} and a mask "
                            f"<id>_m in {masks_dir}")
     return samples
-
-
-def _find(folder: Path, stem: str) -> Path | None:
-    for suffix in (".tif", ".tiff", ".png"):
-        if (folder / f"{stem}{suffix}").is_file():
-            return folder / f"{stem}{suffix}"
-    return None
 
 
 def balanced_weights(samples: Sequence[Sample], n_bins: int = 8, *, max_weight: float = 10.0) -> list[np.ndarray]:

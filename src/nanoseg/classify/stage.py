@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,32 +101,35 @@ def read_decisions(path: str | Path) -> pd.DataFrame | None:
 
 
 def run_stage(ctx: Any) -> None:
-    """Pipeline stage 6: train on the pairs (network), score the segmented particles, apply rules."""
+    """Pipeline stage 6: train the keep/discard network on the pairs and calibrate its threshold.
+
+    Writes ``model.pt`` (threshold and calibration in its metadata) and nothing else: the
+    measure stage decides every particle with it, through the same per-image road as
+    ``nanoseg measure``. With ``classify.method='rules'`` there is nothing to train.
+    """
     from nanoseg import nets
-    from nanoseg.io import load_micrographs
-    from nanoseg.particles import label_items
 
     cfg = ctx.config.classify
-    micrographs = load_micrographs(ctx.config.data)
-    net = None
     model_path = ctx.out_dir / "model.pt"
-    if cfg.method == "network" and model_path.is_file():  # an interrupted attempt finished training
-        net, meta = nets.load(model_path, ctx.device, kind="classifier")
-        cfg = resolve_threshold(cfg, meta)
-    elif cfg.method == "network":
-        samples = load_pair_samples(ctx.stage_dir("pairs"))
-        ckpt = ctx.out_dir / CHECKPOINT_NAME
-        net, meta = fit_classifier(samples, cfg, device=ctx.device, checkpoint=ckpt, seed=ctx.config.seed)
-        # the pairs are drawn at the micrographs' pixel size, as the segment stage's are
-        sizes = [m.pixel_size_nm for m in micrographs if m.pixel_size_nm]
-        meta["pixel_size_nm"] = float(np.median(sizes)) if sizes else None
-        nets.save(net, model_path, meta={"task": "classify", "trained_on": "pairs", **meta}, kind="classifier")
-        ckpt.unlink(missing_ok=True)
-        cfg = resolve_threshold(cfg, meta)
-        ctx.log.info("classify: trained %d steps on %d pairs, final loss %.4f, score threshold %.3f", meta["steps"],
-                     meta["trained_images"], meta["final_loss"], cfg.score_threshold)
-    items = label_items(micrographs, ctx.stage_dir("adapt") / "labels",
-                        fix="rerun with --from segment")
-    decisions = classify_images(items, cfg, net=net, device=ctx.device)
-    write_decisions(decisions, ctx.out_dir / "decisions.csv")
-    ctx.log.info("classify: kept %d of %d particles", int(decisions["kept"].sum()), len(decisions))
+    if cfg.method != "network":
+        ctx.log.info("classify: method '%s': nothing to train; the measure stage keeps particles by the rules",
+                     cfg.method)
+        return
+    if model_path.is_file():  # an interrupted attempt finished training
+        return
+    samples = load_pair_samples(ctx.stage_dir("pairs"))
+    ckpt = ctx.out_dir / CHECKPOINT_NAME
+    net, meta = fit_classifier(samples, cfg, device=ctx.device, checkpoint=ckpt, seed=ctx.config.seed)
+    # The pairs are drawn at the micrographs' pixel size, which the segment stage recorded.
+    meta["pixel_size_nm"] = _recorded_pixel_size(ctx.stage_dir("segment") / "summary.json")
+    nets.save(net, model_path, meta={"task": "classify", "trained_on": "pairs", **meta}, kind="classifier")
+    ckpt.unlink(missing_ok=True)
+    ctx.log.info("classify: trained %d steps on %d pairs, final loss %.4f, score threshold %.3f -> %s", meta["steps"],
+                 meta["trained_images"], meta["final_loss"], resolve_threshold(cfg, meta).score_threshold, model_path)
+
+
+def _recorded_pixel_size(summary_json: Path) -> float | None:
+    try:
+        return json.loads(summary_json.read_text()).get("pixel_size_nm")
+    except (OSError, ValueError):
+        return None

@@ -145,9 +145,9 @@ def resolve_model_config(
     profile's ``segment`` section, and only ``--set segment.*`` overrides it. ``segment predict``
     and ``measure`` both go through here, so one model gives one segmentation.
     """
-    from nanoseg.segment import load_segmenter
+    from nanoseg.segment import segmenter_meta
 
-    _, meta = load_segmenter(model)
+    meta = segmenter_meta(model)
     segment_values = without_removed("segment", meta.get("config", {}))
     for text in sets or []:
         segment_values = deep_merge(segment_values, parse_assignment(text).get("segment", {}))

@@ -42,7 +42,7 @@ from nanoseg.classify import DECISION_COLUMNS
 from nanoseg.errors import NanosegError
 from nanoseg.measure.figures import overlay_kept
 from nanoseg.measure.table import ParticleTable, load_classifier, measure_and_decide
-from nanoseg.particles import label_items
+from nanoseg.particles import label_file, label_items
 
 #: Per-image outputs under ``OUT``; a rerun into the same folder reuses the valid ones.
 PER_IMAGE_DIRS = ("markers", "particles.parquet", "segment", "overlays")
@@ -87,7 +87,7 @@ def measure_one(path: str, job: MeasureJob) -> dict[str, Any]:
     t0 = time.perf_counter()
     stem, out = Path(path).stem, Path(job.out_dir)
     name = text_name(stem)  # the table's image column; the files keep the stem
-    outputs = []
+    outputs, inputs = [], []
     try:
         with no_progress():
             mg = io.read_in_series(path, job.config.data, job.scale)
@@ -98,6 +98,7 @@ def measure_one(path: str, job: MeasureJob) -> dict[str, Any]:
                          for item in label_items([mg], job.labels_dir, fix="check data.info_bar_rows")]
                 particles, _ = measure_and_decide(items, cls_cfg, net=net, device=job.device)
                 labels = items[0][1]
+                inputs.append(label_file(Path(job.labels_dir), stem))
             else:
                 from nanoseg.segment import segment_at_model_scale
 
@@ -125,7 +126,7 @@ def measure_one(path: str, job: MeasureJob) -> dict[str, Any]:
         outputs.append(io.write_png(out / "overlays" / f"{stem}.png", overlay_kept(mg.image, labels, kept)))
     return finish(job, path, {"n_particles": int(len(particles)), "n_kept": int(particles["kept"].sum()),
                               "pixel_size_nm": mg.pixel_size_nm, "pixel_size_source": mg.pixel_size_source,
-                              "seconds": round(time.perf_counter() - t0, 3)}, outputs)
+                              "seconds": round(time.perf_counter() - t0, 3)}, outputs, inputs)
 
 
 def pooled_table(result: BatchResult, out_dir: str | Path, head_rows: int, dest: str | Path | None = None) -> Any:
@@ -159,7 +160,7 @@ def _with_labels(labels_dir: Path) -> Callable[[dict[str, Any], list[dict[str, s
         kept = []
         for p in frames:
             stem = Path(p).stem
-            if any((labels_dir / f"{stem}{suffix}").is_file() for suffix in (".tif", ".tiff", ".png")):
+            if label_file(labels_dir, stem) is not None:
                 kept.append(p)
                 continue
             usable({"path": p, "error": f"{labels_dir / (stem + '.tif')}: no label image for micrograph {p} "

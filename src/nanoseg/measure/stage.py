@@ -15,9 +15,9 @@ import pandas as pd
 from nanoseg import atomic, nets
 from nanoseg.atomic import atomic_path, replacing, write_text
 from nanoseg.batch import text_name
-from nanoseg.classify import classify_images, counting_rule, read_decisions, resolve_threshold
+from nanoseg.classify import counting_rule
 from nanoseg.errors import NanosegError
-from nanoseg.io import list_images, load_micrographs, write_png
+from nanoseg.io import list_images, write_png
 from nanoseg.measure.batch import measure_batch, pooled_table
 from nanoseg.measure.distributions import (
     BOOTSTRAP_RESAMPLES,
@@ -29,8 +29,8 @@ from nanoseg.measure.distributions import (
 )
 from nanoseg.measure.figures import DESCRIPTOR_LABELS, overlay_kept, plot_comparison, plot_histogram
 from nanoseg.measure.report import render_report
-from nanoseg.measure.table import ParticleTable, classifier_settings, join_decisions
-from nanoseg.particles import label_items, measure_images, nm_column
+from nanoseg.measure.table import ParticleTable, classifier_settings
+from nanoseg.particles import nm_column
 
 logger = logging.getLogger("nanoseg.measure")
 
@@ -248,43 +248,19 @@ def pixel_size_source(micrographs: Sequence[Any]) -> str:
 
 
 def run_stage(ctx: Any) -> None:
-    """Pipeline stage 7: measure the segment labels, join classify decisions, write the results."""
+    """Pipeline stage 7: ``nanoseg measure`` on the run's own label images and classifier.
+
+    The same per-image tasks, pooled tables and report as the command (:func:`measure_files`),
+    so a run and a later ``nanoseg measure --labels RUN/adapt/labels --classifier
+    RUN/classify/model.pt`` give the same particles.csv; a micrograph that cannot be read is left
+    out and listed, as the earlier stages did.
+    """
     cfg = ctx.config
-    labels_dir = ctx.stage_dir("adapt") / "labels"
-    failures: list[dict[str, str]] = []
-    micrographs = load_micrographs(cfg.data, failures=failures)
-    items = label_items(micrographs, labels_dir, fix="rerun with --from segment")
-    images = {stem: image for stem, _, image, _ in items}
-    label_images = {stem: lab for stem, lab, _, _ in items}
-    particles = measure_images(items)
-    cls_cfg = cfg.classify
-    warnings: list[str] = []
-    classifier_model = ctx.stage_dir("classify") / "model.pt" if cls_cfg.method == "network" else None
-    calibration = None
-    if classifier_model is not None:
-        meta = nets.load_meta(classifier_model, kind="classifier") if classifier_model.is_file() else {}
-        calibration = meta.get("calibration") if cls_cfg.score_threshold == "auto" else None
-        cls_cfg = resolve_threshold(cls_cfg, meta)
-    decisions = read_decisions(ctx.stage_dir("classify") / "decisions.csv")
-    if decisions is None:
-        if cls_cfg.method == "network":
-            text = ("no classify/decisions.csv: particles were kept by the rules alone, without the classifier "
-                    "that classify.method=network asks for (rerun with --from classify)")
-            ctx.log.warning("measure: %s", text)
-            warnings.append(text)
-            cls_cfg = cls_cfg.model_copy(update={"method": "rules"})
-            classifier_model = None
-        decisions = classify_images(items, cls_cfg, particles=particles)
-    particles = join_decisions(particles, decisions)
-    warnings += left_out_warning(failures, len(micrographs) + len(failures))
-    prior = _read_size_prior(Path(ctx.run_dir)) or "unknown"
-    summary = write_results(
-        particles, ctx.out_dir, micrographs=images, labels=label_images, pixel_size_source=pixel_size_source(micrographs),
-        size_prior=prior, counting_rule=counting_rule(cls_cfg, classifier_model=classifier_model, calibration=calibration),
-        warnings=warnings, **results_settings(cfg),
-        extra={"size_prior_configured": cfg.masks.size_prior, "classify_method": cls_cfg.method, "failures": failures,
-               "realism": _read_realism(Path(ctx.run_dir)), "adaptation": _read_adaptation(Path(ctx.run_dir))},
-    )
+    classifier = ctx.stage_dir("classify") / "model.pt"
+    summary = measure_files([cfg.data.images], ctx.out_dir, cfg, labels_dir=ctx.stage_dir("adapt") / "labels",
+                            classifier=classifier if classifier.is_file() else None, device=ctx.device,
+                            strict=False, overlays=True, run_dir=ctx.run_dir,
+                            classifier_option="classify/model.pt (rerun with --from classify)")
     ctx.log.info("measure: %d of %d particles kept in %d images; %s", summary["n_kept"], summary["n_particles"],
                  summary["n_images"], summary["ec_definition"]["statement"])
 
@@ -367,6 +343,8 @@ def measure_files(
     scheduler: str | None = None,
     before_writing: Callable[[], None] | None = None,
     replaces: Sequence[str | Path] = (),
+    run_dir: str | Path | None = None,
+    classifier_option: str = "--classifier",
 ) -> dict[str, Any]:
     """Segment (or read labels of), classify and measure micrographs; write all results.
 
@@ -415,6 +393,12 @@ def measure_files(
         Earlier outputs in ``out_dir`` that this call's results replace (an earlier run's pooled
         files, per-image folders this call does not write): removed once the new results are
         complete, not before.
+    run_dir : path, optional
+        The run folder the model and labels come from, for the size prior, the fakes' realism and
+        the self-training rounds it recorded; default: the run folder of ``model``
+        (``RUN/adapt/model.pt``), if it is one.
+    classifier_option : str
+        What the warning names when the settings ask for a classifier and none is given.
 
     Returns
     -------
@@ -430,7 +414,9 @@ def measure_files(
         raise NanosegError("measure: give --model (a segmentation model) or --labels (a folder of label images)")
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise NanosegError(f"--labels {labels_dir}: no such folder (give the folder of label images <stem>.tif)")
-    cls_cfg, calibration, warnings = classifier_settings(classifier, config.classify)
+    cls_cfg, calibration, warnings = classifier_settings(classifier, config.classify, option=classifier_option)
+    if run_dir is None and model is not None:
+        run_dir = Path(model).resolve().parent.parent
     compare = None
 
     def checked(frames: list[Any]) -> None:
@@ -455,9 +441,11 @@ def measure_files(
     with replacing(out_dir, replaces) as new:
         return write_results(
             pooled_table(batch, out_dir, config.measure.report_rows, dest=new), new, overlay_files=overlay_files,
-            pixel_size_source=pixel_size_source(measured), size_prior=_size_prior_of_model(model), compare=compare,
+            pixel_size_source=pixel_size_source(measured), compare=compare,
+            size_prior=(_read_size_prior(Path(run_dir)) if run_dir is not None else None) or "unknown",
             extra={"classify_method": cls_cfg.method, "failures": batch.failures,
-                   "realism": _read_realism(Path(model).resolve().parent.parent) if model is not None else None},
+                   "realism": _read_realism(Path(run_dir)) if run_dir is not None else None,
+                   "adaptation": _read_adaptation(Path(run_dir)) if run_dir is not None else None},
             counting_rule=counting_rule(cls_cfg, classifier_model=classifier, calibration=calibration),
             warnings=warnings, **results_settings(config),
         )
@@ -499,11 +487,3 @@ def left_out_warning(failures: Sequence[dict[str, str]], n_images: int) -> list[
     return [f"{len(failures)} of {n_images} micrographs could not be used and are not in these results: {names} "
             "(the reasons are under failures in summary.json)"]
 
-
-
-
-def _size_prior_of_model(model: str | Path | None) -> Any:
-    """The size prior recorded beside a segmentation model of a run folder (RUN/adapt/model.pt, RUN/segment/model.pt)."""
-    if model is None:
-        return "unknown"
-    return _read_size_prior(Path(model).resolve().parent.parent) or "unknown"

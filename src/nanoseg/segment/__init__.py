@@ -48,6 +48,7 @@ from nanoseg.segment.infer import (
     segment_at_model_scale,
     segment_image,
     segment_micrographs,
+    segmenter_meta,
     to_model_scale,
     write_segmentation,
 )
@@ -72,7 +73,7 @@ from nanoseg.segment.training import (
 __all__ = [
     "BACKGROUND", "BOUNDARY", "IGNORE", "INFERENCE_SETTINGS", "INTERIOR", "OnnxModel", "Pair", "TRAINING_PLOT",
     "TargetKind", "choose_threshold", "class_weights", "export_onnx", "foreground_mask", "foreground_threshold", "instances_from_probabilities",
-    "interior_markers", "load_onnx", "load_pairs", "load_segmenter", "make_target", "n_outputs", "overlay", "particle_probability",
+    "interior_markers", "load_onnx", "load_pairs", "load_segmenter", "segmenter_meta", "make_target", "n_outputs", "overlay", "particle_probability",
     "predict_probabilities", "predict_with_agreement", "probabilities_from_logits", "random_tile", "resize_labels",
     "run_stage", "ModelScaleSegmentation", "segment_at_model_scale", "segment_image", "segment_micrographs", "segmentation_loss", "to_model_scale", "train", "write_segmentation",
     "training_fingerprint",

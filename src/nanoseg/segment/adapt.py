@@ -18,8 +18,8 @@ A particle is a pseudo-label (:func:`pseudo_labels`) when
 Every other particle, with a margin, is "ignore" (no loss there), as are background pixels the
 views disagree on; confident background is learned as background. Resumable: each finished
 round leaves ``round<k>/model.pt``, and an interrupted round resumes from its training
-checkpoint. With ``rounds: 0`` (the default) the stage passes the segment stage's net and
-labels on unchanged.
+checkpoint. With ``rounds: 0`` (the default) the stage hard-links the segment stage's net and
+labels (no copies; the binaries and overlays stay in ``segment/``).
 
 Outputs: ``model.pt`` (the net that segmented ``labels/``), ``labels/``, ``binary/``,
 ``overlays/``, ``rounds.json`` (per round: pseudo-labelled particles, ignored share, training
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -172,12 +173,13 @@ def run_stage(ctx: Any) -> None:
     model = segment_dir / "model.pt"
     rounds: list[dict[str, Any]] = []
     if cfg.rounds == 0:
-        _copy(model, out_dir / "model.pt")
-        for sub in ("labels", "binary", "overlays"):
-            if (segment_dir / sub).is_dir():
-                shutil.copytree(segment_dir / sub, out_dir / sub, dirs_exist_ok=True)
+        # Links, not copies: the later stages and users find the run's final net and labels here
+        # whether or not it self-trained, at no cost in disk or time.
+        _link(model, out_dir / "model.pt")
+        for label_image in sorted((segment_dir / "labels").glob("*")):
+            _link(label_image, out_dir / "labels" / label_image.name)
         write_json(out_dir / "rounds.json", {"rounds": rounds, "note": "adapt.rounds is 0: the segment stage's net"})
-        ctx.log.info("adapt: off (adapt.rounds 0); passing on the segment stage's net and labels")
+        ctx.log.info("adapt: off (adapt.rounds 0); linked the segment stage's net and labels into %s", out_dir)
         return
     micrographs = load_micrographs(config.data)
     synthetic = load_pairs(ctx.stage_dir("pairs"))
@@ -232,6 +234,16 @@ def run_stage(ctx: Any) -> None:
     summary = segment_micrographs(out_dir / "model.pt", micrographs, out_dir, config.segment, device=ctx.device)
     write_json(out_dir / "rounds.json", {"rounds": rounds, "images": summary,
                                          "area_range_px": list(area_range) if area_range else None})
+
+
+def _link(source: Path, target: Path) -> None:
+    """A hard link to ``source`` at ``target``; a copy where the file system has no hard links."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        _copy(source, target)
 
 
 def _copy(source: Path, target: Path) -> None:

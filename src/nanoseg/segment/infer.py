@@ -70,6 +70,15 @@ def load_segmenter(path: str | Path, device: Any = "cpu") -> tuple[Any, dict[str
     return nets.load(path, device, kind="segmenter")
 
 
+def segmenter_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a segmentation model (:func:`load_segmenter`), without loading its weights."""
+    from nanoseg import nets
+
+    if Path(path).suffix.lower() == ".onnx":
+        return load_segmenter(path)[1]
+    return nets.load_meta(path, kind="segmenter")
+
+
 def _net_runner(net: Any, target: TargetKind, device: Any, bf16: bool) -> Any:
     """A function: one (H, W) float32 piece -> its (C, H, W) class probabilities."""
     from nanoseg.segment.export import OnnxModel

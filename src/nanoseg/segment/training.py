@@ -114,9 +114,8 @@ TRAINING_PLOT = (LossPanel({"train_loss": "train loss", "val_loss": "val loss"},
 
 #: Settings that only change how a trained net is applied (post-processing, tiling, TTA), so
 #: changing them must not restart a finished training run.
-INFERENCE_SETTINGS = frozenset({"threshold", "min_distance_px", "min_size_px", "band_giveback", "marker_threshold",
-                                "marker_h", "smoothing_sigma_px", "inference_tile_px", "tile_overlap_px", "tta",
-                                "block_px", "block_margin_px"})
+#: The segment keys that act after training (marked in the config): a change keeps the trained net.
+INFERENCE_SETTINGS = SegmentConfig.inference_keys()
 
 
 def training_fingerprint(pairs: list[Pair], config: SegmentConfig, pixel_size_nm: float | None,
