@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -620,3 +621,44 @@ def test_info_command_shows_bit_depth(tmp_path):
     assert result.exit_code == 0, result.output
     assert "bits" in result.output.splitlines()[0]
     assert "uint16   12" in result.output
+
+
+def test_a_file_rewritten_with_its_size_and_time_restored_is_read_again(tmp_path):
+    """The frame cache keys on inode and ctime too: new bytes behind an old mtime are not served stale."""
+    from nanoseg.io import read_micrograph, write_tiff
+
+    path = tmp_path / "m.tif"
+    rng = np.random.default_rng(0)
+    write_tiff(path, rng.integers(0, 255, (64, 64), dtype=np.uint8), pixel_size_nm=2.0)
+    first = read_micrograph(path, info_bar_rows=0)
+    st = path.stat()
+    write_tiff(path, rng.integers(0, 255, (64, 64), dtype=np.uint8), pixel_size_nm=2.0)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+    second = read_micrograph(path, info_bar_rows=0)
+    assert not np.array_equal(first.image, second.image)
+    assert np.array_equal(second.image, read_micrograph(path, info_bar_rows=0).image)
+
+
+def test_a_batch_decodes_each_micrograph_once(tmp_path, monkeypatch):
+    """nanoseg measure scans the series for its scale, then measures image by image: one decode per file."""
+    from skimage.measure import label
+
+    from nanoseg.config import build_config
+    from nanoseg.io import raw, read, write_tiff
+    from nanoseg.measure import measure_files
+
+    rng = np.random.default_rng(1)
+    for stem in "abc":
+        image = np.zeros((64, 64), np.uint8)
+        image[10:20, 10:20] = image[30:45, 35:50] = 200
+        write_tiff(tmp_path / "images" / f"{stem}.tif", image + rng.integers(0, 20, image.shape, dtype=np.uint8),
+                   pixel_size_nm=2.0)
+        write_tiff(tmp_path / "labels" / f"{stem}.tif", label(image > 0).astype(np.uint16))
+    decoded = []
+    real = raw.read_raw
+    monkeypatch.setattr(read, "read_raw", lambda path, *a, **k: decoded.append(path) or real(path, *a, **k))
+    config = build_config({"data": {"info_bar_rows": 0}, "classify": {"method": "rules"}}, profile="demo")
+    summary = measure_files([tmp_path / "images"], tmp_path / "out", config, labels_dir=tmp_path / "labels")
+    assert summary["n_particles"] == 6
+    assert sorted(p.name for p in decoded) == ["a.tif", "b.tif", "c.tif"]

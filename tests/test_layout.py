@@ -97,3 +97,13 @@ def test_no_private_name_is_imported_from_another_module():
                 private += [f"{path.relative_to(SRC)}: {base}.{n}" for n in names
                             if n.startswith("_") and not n.startswith("__")]
     assert private == []
+
+
+def test_a_long_module_says_why_it_is_one():
+    """Modules stay under ~600 lines, or their docstring states why they are one module."""
+    long = {}
+    for mod, (path, _) in _modules().items():
+        text = path.read_text()
+        if text.count("\n") > 620:
+            long[mod] = "Why one module" in (ast.get_docstring(ast.parse(text)) or "")
+    assert all(long.values()), [m for m, why in long.items() if not why]

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nanoseg.errors import NanosegError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -161,8 +163,6 @@ def embed_section(path: str | Path, name: str, content: str) -> Path:
     Generated parts of a hand-written document (docs/config.md's reference, the README's benchmark
     tables) live between such markers, so a script can rewrite them in place.
     """
-    from nanoseg.errors import NanosegError
-
     path = Path(path)
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = path.read_text()

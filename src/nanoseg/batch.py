@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanoseg.atomic import changed_files, file_record, file_sha256
+from nanoseg.atomic import changed_files, file_record, file_sha256, write_json
 from nanoseg.errors import NanosegError
+from nanoseg.io import nothing_usable, scan_micrograph, series_scale
+from nanoseg.runtime import available_cores, progress
 
 logger = logging.getLogger("nanoseg.batch")
 
@@ -134,8 +136,6 @@ def finish(job: TaskJob, path: str, record: dict[str, Any], outputs: Sequence[Pa
     are unchanged (:func:`read_marker`). ``inputs`` are files the task read besides its image
     (a label image): the marker counts only while they too are unchanged.
     """
-    from nanoseg.atomic import write_json
-
     out = Path(job.out_dir)
     marker = {**record, "image": Path(path).stem, "path": str(path), "key": job.key, "source": source_stamp(path),
               "outputs": [file_record(out, p) for p in outputs],
@@ -196,8 +196,6 @@ def settings_key(config: Any, sections: Sequence[str], *extra: Any) -> str:
 
 def worker_threads(workers: int) -> int:
     """Torch threads of each of ``workers`` local worker processes: the usable cores shared out."""
-    from nanoseg.runtime import available_cores
-
     return max(1, available_cores() // max(1, workers))
 
 
@@ -231,8 +229,6 @@ def run_tasks(func: Callable[..., dict[str, Any]], paths: Sequence[str], job: An
 
     With ``stop_at_error`` the remaining tasks are cancelled at the first result with an ``error``.
     """
-    from nanoseg.runtime import progress
-
     bar = progress(total=len(paths), desc=desc)
     try:
         if client is None:
@@ -261,8 +257,6 @@ def run_tasks(func: Callable[..., dict[str, Any]], paths: Sequence[str], job: An
 
 def _scan(path: str, job: Any) -> dict[str, Any]:
     """First pass over one micrograph (``job``: the data settings): what the series' scale needs."""
-    from nanoseg.io import scan_micrograph
-
     try:
         return {"path": path, "stats": scan_micrograph(path, job)}
     except NanosegError as exc:
@@ -340,8 +334,6 @@ def run_batch(
     -------
     BatchResult
     """
-    from nanoseg.io import nothing_usable, series_scale
-
     out_dir = Path(out_dir)
     paths = [str(p) for p in paths]
     stems = [Path(p).stem for p in paths]

@@ -10,6 +10,10 @@ A run is described by :class:`Config`, loaded from YAML on top of a named profil
 Unknown keys, wrong types (true/false for a number too), NaN/inf values and duplicate YAML keys
 are rejected with one line that names the key.
 This module imports no torch so that the CLI can parse and validate before any heavy import.
+
+Why one module of this size: the config is one object, and every key's type, bounds, default and
+description sit in one place with the profiles that override them, the user-facing key list and the
+generator of docs/config.md, so that a key cannot be added in one place and forgotten in another.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from nanoseg.atomic import embed_section
 from nanoseg.errors import NanosegError
 from nanoseg.units import check_pixel_size_nm
 
@@ -753,6 +758,4 @@ def config_reference() -> str:
 def embed_reference(document: str | Path) -> Path:
     """Replace the text between the config-reference markers of ``document`` (docs/config.md)
     with :func:`config_reference`."""
-    from nanoseg.atomic import embed_section
-
     return embed_section(document, "config-reference", config_reference())

@@ -13,6 +13,10 @@ its edge pixels, the one on top stays whole).
 The particle count per tile is set from the real micrographs (foreground fraction from an
 automatic threshold) unless ``masks.particles_per_tile`` is configured, and the particle size in
 px from ``masks.size_prior``.
+
+Why one module of this size: placement, assembly and the stage's planning (count and size from
+the real micrographs and the size prior) are one algorithm with one set of settings; the pieces
+are small public functions, tested one by one.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from nanoseg.errors import NanosegError
+from nanoseg.io import read_labels
 
 #: Descriptors with a unit; (column stem, power of the length unit).
 LENGTH_DESCRIPTORS: dict[str, int] = {
@@ -318,8 +319,6 @@ def label_items(micrographs: Sequence[Any], labels_dir: str | Path, fix: str) ->
         For a missing label image, one of another shape than its micrograph, or one that looks
         like a binary mask or a micrograph (:func:`nanoseg.io.read_labels` with ``strict``).
     """
-    from nanoseg.io import read_labels
-
     labels_dir = Path(labels_dir)
     items = []
     for mg in micrographs:

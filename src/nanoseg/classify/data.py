@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from nanoseg.errors import NanosegError
+from nanoseg.io import list_images, read_mask, read_micrograph
 from nanoseg.particles import label_file
 
 #: One training sample: micrograph (float32 [0, 1]), binary mask (uint8 0/1), keep target (uint8 0/1).
@@ -51,8 +52,6 @@ def load_manual_samples(
     -------
     list of (image, binary, keep)
     """
-    from nanoseg.io import list_images, read_mask, read_micrograph
-
     images_dir, masks_dir, classes_dir = Path(images_dir), Path(masks_dir), Path(classes_dir)
     samples = []
     for img_path in list_images(images_dir):

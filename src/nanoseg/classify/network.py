@@ -9,16 +9,17 @@ from typing import Any
 
 import numpy as np
 
+from nanoseg import nets
+from nanoseg.checkpoint import fingerprint, load_checkpoint, restore_rng, save_checkpoint
 from nanoseg.classify.data import Sample, balanced_weights, sample_batch
 from nanoseg.errors import NanosegError
+from nanoseg.runtime import autocast, progress
 
 logger = logging.getLogger("nanoseg.classify")
 
 
 def make_classifier(cfg: Any) -> Any:
     """A fresh MultiResUNet with inputs (micrograph, binary mask) and one keep-logit output."""
-    from nanoseg import nets
-
     return nets.create("multiresunet", in_channels=2, out_channels=1, base_width=cfg.base_width, depth=cfg.depth)
 
 
@@ -51,8 +52,6 @@ def training_fingerprint(samples: Sequence[Sample], cfg: Any, seed: int, net: An
 
     A checkpoint is resumed only under the same fingerprint.
     """
-    from nanoseg.checkpoint import fingerprint
-
     settings = {k: getattr(cfg, k) for k in TRAINING_SETTINGS}
     start = net.state_dict() if net is not None else None
     return fingerprint("classify", settings, int(seed), [tuple(sample) for sample in samples], start)
@@ -101,8 +100,6 @@ def train_classifier(
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    from nanoseg.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-    from nanoseg.runtime import autocast, progress
 
     if not samples:
         raise NanosegError("classify: no training samples")
@@ -160,7 +157,6 @@ def predict_keep_probability(net: Any, image: np.ndarray, binary: np.ndarray, *,
     """Per-pixel keep probability of a whole micrograph (float32, same shape)."""
     import torch
 
-    from nanoseg.runtime import autocast
 
     x = torch.from_numpy(np.stack([image, binary]).astype(np.float32)[None]).to(device)
     net.eval()

@@ -10,10 +10,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nanoseg import nets
+from nanoseg.atomic import atomic_path
 from nanoseg.classify.data import load_pair_samples
 from nanoseg.classify.network import fit_classifier, instance_scores, predict_keep_probability, resolve_threshold
 from nanoseg.classify.rules import DECISION_COLUMNS, apply_rules
 from nanoseg.errors import NanosegError
+from nanoseg.particles import measure_images
+from nanoseg.runtime import progress
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -53,9 +57,6 @@ def classify_images(
     pandas.DataFrame
         ``image``, ``label``, ``score``, ``kept``, ``reason`` for every particle.
     """
-    from nanoseg.particles import measure_images
-    from nanoseg.runtime import progress
-
     particles = measure_images(items) if particles is None else particles.copy()
     if cfg.intensity_threshold != "none":
         from nanoseg.translate import artifact_threshold
@@ -79,8 +80,6 @@ def classify_images(
 
 def write_decisions(decisions: pd.DataFrame, path: str | Path) -> Path:
     """Write ``decisions.csv`` (image, label, score, kept, reason) atomically."""
-    from nanoseg.atomic import atomic_path
-
     with atomic_path(path) as tmp:
         decisions[DECISION_COLUMNS].to_csv(tmp, index=False, float_format="%.5g")
     return Path(path)
@@ -107,8 +106,6 @@ def run_stage(ctx: Any) -> None:
     measure stage decides every particle with it, through the same per-image road as
     ``nanoseg measure``. With ``classify.method='rules'`` there is nothing to train.
     """
-    from nanoseg import nets
-
     cfg = ctx.config.classify
     model_path = ctx.out_dir / "model.pt"
     if cfg.method != "network":

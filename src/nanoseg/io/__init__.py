@@ -29,8 +29,9 @@ clear error that asks for ``--pixel-size`` / ``data.pixel_size_nm``, which is ta
 Images read through Pillow (PNG, JPEG, BMP) are turned upright by their EXIF orientation.
 
 The package's modules: :mod:`nanoseg.io.read` (the :class:`Micrograph`, listing and loading a
-run's images, reading one, bit-depth scaling with :func:`to_float01`, the raw TIFF and Pillow
-readers, info bar detection, :func:`robust_range`), :mod:`nanoseg.io.pixel_size` (the search above:
+run's images, reading one), :mod:`nanoseg.io.raw` (the stored pixel values: TIFF, Pillow and vendor
+readers, info bar detection), :mod:`nanoseg.io.scale` (one intensity scale for a series: bit
+depths, :func:`robust_range`, :func:`to_float01`), :mod:`nanoseg.io.pixel_size` (the search above:
 :func:`read_pixel_size_nm`, :func:`pixel_size_with_source`, :data:`UNIT_NM`),
 :mod:`nanoseg.io.annotations` (masks, label images, :func:`read_annotation`) and
 :mod:`nanoseg.io.write` (:func:`write_tiff`, :func:`write_png`) and :mod:`nanoseg.io.outlines` (the
@@ -57,29 +58,21 @@ from nanoseg.io.outlines import (
     write_outline_folder,
 )
 from nanoseg.io.pixel_size import UNIT_NM, pixel_size_with_source, read_pixel_size_nm
+from nanoseg.io.raw import IMAGE_SUFFIXES, MIN_SIDE_PX, detect_info_bar, read_raw
 from nanoseg.io.read import (
     BLANK_STD,
-    IMAGE_SUFFIXES,
-    MIN_SIDE_PX,
-    FrameStats,
     Micrograph,
-    SeriesScale,
-    bits_for_max,
     bright_fraction,
-    detect_info_bar,
     list_images,
     load_micrographs,
     nothing_usable,
     read_in_series,
     read_micrograph,
     read_micrographs,
-    read_raw,
-    robust_range,
     scan_micrograph,
-    series_scale,
     skip_or_raise,
-    to_float01,
 )
+from nanoseg.io.scale import FrameStats, SeriesScale, bits_for_max, robust_range, series_scale, to_float01
 from nanoseg.io.vendor import VENDOR_SUFFIXES
 from nanoseg.io.write import write_png, write_tiff
 

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 
 from nanoseg.errors import NanosegError
-from nanoseg.io.read import read_raw
+from nanoseg.io.raw import read_raw
 
 
 def read_mask(path: str | Path) -> np.ndarray:

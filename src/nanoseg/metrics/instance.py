@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nanoseg.labels import consecutive_labels
-from nanoseg.metrics.overlap import check_same_shape, iou_matrix
+from nanoseg.metrics.overlap import check_same_shape, contingency_table, iou_matrix
 
 #: IoU thresholds of the COCO-style average: 0.50, 0.55, ..., 0.95.
 AP_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))
@@ -213,8 +213,6 @@ def missed_causes(pred_labels: np.ndarray, gt_labels: np.ndarray, iou_threshold:
         ``n_gt``, ``matched``, ``merged``, ``not_found``, ``outline`` (the last four sum to
         ``n_gt``).
     """
-    from nanoseg.metrics.overlap import contingency_table
-
     check_same_shape(pred_labels, gt_labels, "missed_causes")
     gt, pred = consecutive_labels(gt_labels), consecutive_labels(pred_labels)
     n_gt = int(gt.max(initial=0))

@@ -18,6 +18,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from nanoseg.atomic import atomic_path
 from nanoseg.errors import NanosegError
 
 # name -> module that defines (and registers) it
@@ -127,7 +128,6 @@ def save(net: Any, path: str | Path, meta: dict[str, Any] | None = None, *, kind
     """
     import torch
 
-    from nanoseg.atomic import atomic_path
 
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r} (known: {', '.join(KINDS)})")

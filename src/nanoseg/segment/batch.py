@@ -13,8 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nanoseg.batch import BatchResult, TaskJob, failed, file_digest, finish, no_progress, run_batch, worker_cache
+from nanoseg import io
+from nanoseg.batch import (
+    BatchResult,
+    TaskJob,
+    failed,
+    file_digest,
+    finish,
+    no_progress,
+    run_batch,
+    settings_key,
+    worker_cache,
+)
 from nanoseg.errors import NanosegError
+from nanoseg.segment.infer import load_segmenter, segment_image, write_segmentation
 
 #: Per-image outputs under ``OUT``; a rerun into the same folder reuses the valid ones.
 PER_IMAGE_DIRS = ("markers", "labels", "binary", "overlays", "probabilities")
@@ -31,9 +43,6 @@ class SegmentJob(TaskJob):
 
 def segment_one(path: str, job: SegmentJob) -> dict[str, Any]:
     """Segment one micrograph; write its files and marker (``particles``, ``seconds``), or an error."""
-    from nanoseg import io
-    from nanoseg.segment.infer import load_segmenter, segment_image, write_segmentation
-
     t0 = time.perf_counter()
     try:
         with no_progress():
@@ -57,8 +66,6 @@ def segment_batch(paths: Sequence[str | Path], out_dir: str | Path, config: Any,
     Parameters are those of :func:`nanoseg.batch.run_batch` and of ``nanoseg segment predict``;
     ``config`` gives ``data`` and ``segment``.
     """
-    from nanoseg.batch import settings_key
-
     out_dir = Path(out_dir)
     digest = file_digest(model)
 

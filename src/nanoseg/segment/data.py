@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage as ndi
 
+from nanoseg import io
 from nanoseg.errors import NanosegError
 from nanoseg.labels import separated_binary, touching_lines
 
@@ -166,7 +167,6 @@ def _load_image_mask_pairs(folder: Path, info_bar_rows: int | Literal["auto"], p
                            ) -> list[Pair]:
     from skimage.measure import label
 
-    from nanoseg import io
 
     image_dir = next((folder / d for d in ("sem", "images") if (folder / d).is_dir()), None)
     mask_dir = folder / "masks"

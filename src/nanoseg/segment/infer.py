@@ -11,10 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from nanoseg import io, nets
 from nanoseg.config import SegmentConfig, segment_settings
 from nanoseg.errors import NanosegError
 from nanoseg.labels import relabel, separated_binary
+from nanoseg.particles import to_other_grid
+from nanoseg.plots import in_row_strips
+from nanoseg.runtime import autocast, progress
 from nanoseg.segment.data import BACKGROUND, TargetKind, n_outputs
+from nanoseg.segment.export import OnnxModel
 from nanoseg.segment.instances import foreground_threshold, instances_from_probabilities, resize_labels
 
 logger = logging.getLogger("nanoseg.segment")
@@ -61,8 +66,6 @@ def _tile_starts(n: int, tile: int, overlap: int) -> list[int]:
 def load_segmenter(path: str | Path, device: Any = "cpu") -> tuple[Any, dict[str, Any]]:
     """A segmentation model and its meta: a nanoseg ``.pt`` file, or an ``.onnx`` file that
     ``nanoseg segment export`` wrote (run by ONNX Runtime on the CPU)."""
-    from nanoseg import nets
-
     if Path(path).suffix.lower() == ".onnx":
         from nanoseg.segment.export import load_onnx
 
@@ -72,8 +75,6 @@ def load_segmenter(path: str | Path, device: Any = "cpu") -> tuple[Any, dict[str
 
 def segmenter_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of a segmentation model (:func:`load_segmenter`), without loading its weights."""
-    from nanoseg import nets
-
     if Path(path).suffix.lower() == ".onnx":
         return load_segmenter(path)[1]
     return nets.load_meta(path, kind="segmenter")
@@ -81,13 +82,10 @@ def segmenter_meta(path: str | Path) -> dict[str, Any]:
 
 def _net_runner(net: Any, target: TargetKind, device: Any, bf16: bool) -> Any:
     """A function: one (H, W) float32 piece -> its (C, H, W) class probabilities."""
-    from nanoseg.segment.export import OnnxModel
-
     if isinstance(net, OnnxModel):
         return net.probabilities
     import torch
 
-    from nanoseg.runtime import autocast
 
     net.eval()
     net.to(memory_format=torch.channels_last)
@@ -274,8 +272,6 @@ class ModelScaleSegmentation:
     def table_on_image_grid(self, particles: Any) -> Any:
         """A particle table measured on this grid with its ``*_px`` columns (and ``pixel_size_nm``)
         in the micrograph's pixels; the ``*_nm`` columns stay as measured."""
-        from nanoseg.particles import to_other_grid
-
         if not self.resampled:
             return particles
         return to_other_grid(particles, self.labels.shape, self.image_shape)
@@ -397,8 +393,6 @@ _TINTS = np.array([(1, 0, 0), (0, 0, 1), (0, 0.5, 0), (1, 1, 0), (1, 0, 1), (0, 
 
 def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """RGB uint8: the micrograph with tinted particles and yellow outlines."""
-    from nanoseg.plots import in_row_strips
-
     return in_row_strips(_draw_overlay, image, labels)
 
 
@@ -416,8 +410,6 @@ def write_segmentation(out_dir: str | Path, mg: Any, labels: np.ndarray,
                        probability: np.ndarray | None = None) -> list[Path]:
     """Write one micrograph's ``labels/``, ``binary/``, ``overlays/`` (and, given its particle
     ``probability``, ``probabilities/``) files into ``out_dir``; returns their paths."""
-    from nanoseg import io
-
     out_dir, stem = Path(out_dir), Path(mg.path).stem
     written = []
     if probability is not None:
@@ -463,9 +455,6 @@ def segment_micrographs(
     list of dict
         Per image segmented: name, number of particles, seconds.
     """
-    from nanoseg import io
-    from nanoseg.runtime import progress
-
     net, meta = load_segmenter(model_path, device)
     if config is None:
         config = segment_settings(meta["config"], str(model_path))

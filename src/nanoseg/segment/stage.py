@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from nanoseg import io
 from nanoseg.atomic import write_json
+from nanoseg.runtime import seed_everything
 from nanoseg.segment.data import load_pairs
 from nanoseg.segment.infer import segment_micrographs
 from nanoseg.segment.training import train
@@ -15,9 +17,6 @@ from nanoseg.segment.training import train
 
 def run_stage(ctx: Any) -> None:
     """Stage 5: train on ``pairs/``, segment every micrograph, write labels/binary/overlays."""
-    from nanoseg import io
-    from nanoseg.runtime import seed_everything
-
     config = ctx.config
     out_dir = Path(ctx.out_dir)
     micrographs = io.load_micrographs(config.data)

@@ -10,11 +10,14 @@ from typing import Any
 
 import numpy as np
 
+from nanoseg import nets
 from nanoseg.atomic import write_json
 from nanoseg.checkpoint import fingerprint, load_checkpoint, restore_rng, save_checkpoint
 from nanoseg.config import SegmentConfig
 from nanoseg.errors import NanosegError
+from nanoseg.metrics import detection_scores
 from nanoseg.plots import LossPanel, plot_losses
+from nanoseg.runtime import autocast, progress
 from nanoseg.segment.data import IGNORE, Pair, TargetKind, foreground_mask, make_target, n_outputs
 from nanoseg.segment.infer import predict_probabilities, probabilities_from_logits
 from nanoseg.segment.instances import instances_from_probabilities
@@ -213,8 +216,6 @@ def train(
     """
     import torch
 
-    from nanoseg import nets
-    from nanoseg.runtime import autocast, progress
 
     if not pairs:
         raise NanosegError("segment: no training pairs")
@@ -344,7 +345,6 @@ def _fmt(value: float | None) -> str:
 def _validate(net: Any, pairs: list[Pair], targets: list[np.ndarray], weights: Any, config: SegmentConfig, device: Any) -> dict[str, float]:
     import torch
 
-    from nanoseg.runtime import autocast
 
     net.eval()
     losses, ious = [], []
@@ -362,8 +362,6 @@ def _validate(net: Any, pairs: list[Pair], targets: list[np.ndarray], weights: A
 
 def choose_threshold(net: Any, meta: dict[str, Any], pairs: list[Pair], config: SegmentConfig, device: Any = "cpu") -> float:
     """Foreground threshold in 0.05-0.95 maximising the instance F1 at IoU 0.5 on ``pairs``."""
-    from nanoseg.metrics import detection_scores
-
     probs = [predict_probabilities(net, p.image, meta["target"], device=device, bf16=config.bf16) for p in pairs]
     best_t, best_f1 = 0.5, -1.0
     for t in np.round(np.arange(0.05, 0.96, 0.05), 2):

@@ -21,10 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from nanoseg import nets
 from nanoseg.atomic import write_text
 from nanoseg.checkpoint import fingerprint, load_checkpoint, restore_rng, rng_from_json, rng_to_json, save_checkpoint
 from nanoseg.errors import NanosegError
+from nanoseg.io import write_png
 from nanoseg.plots import LossPanel, plot_losses
+from nanoseg.runtime import autocast, progress
 from nanoseg.tiles import random_tiles
 
 logger = logging.getLogger("nanoseg.translate")
@@ -113,7 +116,6 @@ def apply_generator(generator: Any, arrays: Sequence[np.ndarray], device: Any, b
     """
     import torch
 
-    from nanoseg.runtime import autocast
 
     generator.eval()
     out: list[np.ndarray | None] = [None] * len(arrays)
@@ -163,7 +165,6 @@ class CycleGAN:
     def __init__(self, cfg: Any, device: Any = "cpu", rng: np.random.Generator | None = None) -> None:
         import torch
 
-        from nanoseg import nets
 
         self.cfg = cfg
         self.device = torch.device(device)
@@ -221,8 +222,6 @@ class CycleGAN:
         dict
             The loss terms as floats, and the learning rate.
         """
-        from nanoseg.runtime import autocast
-
         cfg = self.cfg
         amp = autocast(self.device, cfg.bf16)
         for net in self.nets.values():
@@ -272,7 +271,6 @@ class CycleGAN:
         """Translate (N, H, W) [0, 1] arrays (H, W multiples of 4) with ``g_ab`` or ``g_ba``."""
         import torch
 
-        from nanoseg.runtime import autocast
 
         net = self.g_ab if direction == "a2b" else self.g_ba
         net.eval()
@@ -381,8 +379,6 @@ def train_cyclegan(
         The trained model.
     """
 
-    from nanoseg import nets
-    from nanoseg.runtime import progress
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -470,8 +466,6 @@ def _read_loss_log(path: Path) -> list[dict[str, float]]:
 
 def write_sample_grid(model: CycleGAN, sample_a: np.ndarray, sample_b: np.ndarray, path: str | Path) -> None:
     """PNG grid, one row per sample: mask, G(mask), F(G(mask)) | image, F(image), G(F(image))."""
-    from nanoseg.io import write_png
-
     fake_b = model.translate(sample_a, "a2b")
     rec_a = model.translate(fake_b, "b2a")
     fake_a = model.translate(sample_b, "b2a")

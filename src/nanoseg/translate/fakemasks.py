@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from nanoseg.errors import NanosegError
+from nanoseg.io import read_labels, read_mask
 from nanoseg.labels import border_labels
 
 
@@ -55,7 +56,6 @@ class FakeMask:
 def _read_instances(mask_path: Path) -> np.ndarray:
     from skimage.measure import label
 
-    from nanoseg.io import read_labels, read_mask
 
     inst_path = mask_path.with_name("instances_" + mask_path.name[len("mask_"):])
     if inst_path.is_file():

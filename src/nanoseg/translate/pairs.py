@@ -19,7 +19,9 @@ import numpy as np
 
 from nanoseg.atomic import atomic_path, write_json, write_text
 from nanoseg.errors import NanosegError
+from nanoseg.io import write_png
 from nanoseg.labels import border_labels
+from nanoseg.runtime import progress
 from nanoseg.translate.artifacts import filter_artifacts
 from nanoseg.translate.fakemasks import FakeMask
 
@@ -168,8 +170,6 @@ def overlay(image: np.ndarray, instances: np.ndarray, whole: np.ndarray | None =
 
 def write_contact_sheet(pairs: Sequence[dict[str, Any]], path: str | Path, n_cols: int = 3, panel_px: int = 384) -> None:
     """Overlay contact sheet of up to ``n_cols**2`` pairs (full-resolution top-left crops)."""
-    from nanoseg.io import write_png
-
     pairs = list(pairs)[: n_cols * n_cols]
     if not pairs:
         return
@@ -201,8 +201,6 @@ def generate_pairs(
     dict
         The filter summary written to ``filter.json``.
     """
-    from nanoseg.runtime import progress
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, per_pair, sheet = [], [], []
