@@ -490,7 +490,7 @@ def test_series_read_one_at_a_time_matches_the_whole_series(tmp_path, kind):
     paths = list_images(folder)
     frames = [scan_micrograph(p, data) for p in paths]
     assert [f.pixel_size_nm for f in frames] == [1.0, 1.0]
-    scale = series_scale(frames, data.bit_depth)
+    scale = series_scale(frames, data.bit_depth, data.dark_particles)
     for path, mg in zip(paths, together):
         alone = read_in_series(path, data, scale)
         np.testing.assert_array_equal(alone.image, mg.image)
@@ -601,10 +601,10 @@ def test_dark_particles_hint(tmp_path, io_log):
     folder.mkdir()
     tifffile.imwrite(folder / "bright.tif", _particles(dark=False))
     tifffile.imwrite(folder / "dark.tif", _particles(dark=True))
-    load_micrographs(DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0))
+    load_micrographs(DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0, dark_particles=False))
     hints = sorted({r.getMessage() for r in io_log.records if "dark_particles" in r.getMessage()})
     assert len(hints) == 1 and "1 of 2 micrographs (dark.tif)" in hints[0]
-    assert "set data.dark_particles: true (or --set data.dark_particles=true)" in hints[0]
+    assert "set data.dark_particles: auto or true (or --set data.dark_particles=true)" in hints[0]
     io_log.clear()
     (folder / "bright.tif").unlink()
     load_micrographs(DataConfig(images=folder, info_bar_rows=0, pixel_size_nm=1.0, dark_particles=True))

@@ -352,7 +352,8 @@ def run_batch(
         if not stats:
             raise nothing_usable(failures)
         stats.sort(key=lambda r: order[r["path"]])
-        scale = series_scale([r["stats"] for r in stats], getattr(config.data, "bit_depth", "auto"))
+        scale = series_scale([r["stats"] for r in stats], getattr(config.data, "bit_depth", "auto"),
+                             getattr(config.data, "dark_particles", False))
         logger.info("intensity scale for %d micrograph(s): %s", len(stats), scale.text)
         readable = [r["path"] for r in stats]
         if check is not None:

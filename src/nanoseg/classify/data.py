@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from nanoseg.errors import NanosegError
-from nanoseg.io import list_images, read_mask, read_micrograph
+from nanoseg.io import DARK_BRIGHT_FRACTION, bright_fraction, list_images, read_mask, read_micrograph
 from nanoseg.particles import label_file
 
 #: One training sample: micrograph (float32 [0, 1]), binary mask (uint8 0/1), keep target (uint8 0/1).
@@ -39,14 +39,15 @@ def load_pair_samples(pairs_dir: str | Path) -> list[Sample]:
 
 
 def load_manual_samples(
-    images_dir: str | Path, masks_dir: str | Path, classes_dir: str | Path, *, dark_particles: bool = False,
+    images_dir: str | Path, masks_dir: str | Path, classes_dir: str | Path, *, dark_particles: bool | str = False,
 ) -> list[Sample]:
     """Training samples from manual masks and keep/discard class masks.
 
     Files are matched by id: ``<images_dir>/<id>.tif``, ``<masks_dir>/<id>_m.tif`` (binary,
     touching particles separated) and ``<classes_dir>/<id>_cm.tif`` (white = kept particles).
     The class masks may be cropped at the bottom (the TiO2 set's are 704 rows of 768): every
-    sample is cropped to the rows all three images have.
+    sample is cropped to the rows all three images have. ``dark_particles`` True inverts every
+    image, 'auto' those whose particles look dark (:func:`nanoseg.io.bright_fraction`).
 
     Returns
     -------
@@ -67,7 +68,7 @@ def load_manual_samples(
             raise NanosegError(f"{class_path}: width differs from {img_path}; manual masks must match their micrograph")
         rows = min(mg.image.shape[0], mask.shape[0], keep.shape[0])
         image = mg.image[:rows]
-        if dark_particles:
+        if dark_particles is True or (dark_particles == "auto" and bright_fraction(image) > DARK_BRIGHT_FRACTION):
             image = 1.0 - image
         binary = mask[:rows]
         samples.append((image.astype(np.float32), binary.astype(np.uint8), (keep[:rows] & binary).astype(np.uint8)))

@@ -62,7 +62,6 @@ from nanoseg.io.raw import IMAGE_SUFFIXES, MIN_SIDE_PX, detect_info_bar, read_ra
 from nanoseg.io.read import (
     BLANK_STD,
     Micrograph,
-    bright_fraction,
     list_images,
     load_micrographs,
     nothing_usable,
@@ -72,11 +71,21 @@ from nanoseg.io.read import (
     scan_micrograph,
     skip_or_raise,
 )
-from nanoseg.io.scale import FrameStats, SeriesScale, bits_for_max, robust_range, series_scale, to_float01
+from nanoseg.io.scale import (
+    DARK_BRIGHT_FRACTION,
+    FrameStats,
+    SeriesScale,
+    bits_for_max,
+    bright_fraction,
+    robust_range,
+    series_scale,
+    to_float01,
+)
 from nanoseg.io.vendor import VENDOR_SUFFIXES
 from nanoseg.io.write import write_png, write_tiff
 
 __all__ = [
+    "DARK_BRIGHT_FRACTION",
     "ANNOTATION_KINDS",
     "AnnotationKind",
     "binarize_outline",

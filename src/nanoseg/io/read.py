@@ -16,8 +16,10 @@ from nanoseg.io._common import logger, say_once as _say_once
 from nanoseg.io.pixel_size import pixel_size_with_source
 from nanoseg.io.raw import IMAGE_SUFFIXES, MIN_SIDE_PX, detect_info_bar, read_raw
 from nanoseg.io.scale import (
+    DARK_BRIGHT_FRACTION,
     FrameStats,
     SeriesScale,
+    bright_fraction,
     frame_stats,
     is_wide_unsigned,
     scale_bits,
@@ -52,6 +54,9 @@ class Micrograph:
     bit_depth : int or None
         Unsigned integer images: the stored values were divided by ``2**bit_depth - 1``. None
         for float and signed integer images, which are scaled by their values' range.
+    dark_inverted : bool
+        The stored intensities were inverted: the particles are dark on a bright background
+        (transmission images), and the workflow sees them bright.
     """
 
     image: np.ndarray
@@ -61,6 +66,7 @@ class Micrograph:
     full_shape: tuple[int, int]
     pixel_size_source: str = field(default="none")
     bit_depth: int | None = field(default=None)
+    dark_inverted: bool = field(default=False)
 
     @property
     def stem(self) -> str:
@@ -139,8 +145,10 @@ def read_micrographs(paths: Sequence[str | Path], data_config: Any, *,
     image's range at debug level, and an image that reaches less than half the series' values
     (it then looks dim) is warned about.
 
-    Warns (logging) about images that look like their particles are dark on a bright
-    background while ``data.dark_particles`` is false (or bright while it is true), and about
+    With ``data.dark_particles`` 'auto' (the default) a series whose images mostly have dark
+    particles on a bright background (transmission images, :func:`bright_fraction`) is inverted
+    as a whole. Warns (logging) about images that still look dark after that (an odd image in a
+    series, or an explicit setting that does not fit them), and about
     differing pixel sizes; :func:`read_micrograph`'s warnings (NaN pixels, blank images) too.
 
     Parameters
@@ -173,26 +181,19 @@ def read_micrographs(paths: Sequence[str | Path], data_config: Any, *,
             skip_or_raise(failures, p, exc)
     if failures and not frames:
         raise nothing_usable(failures)
-    scale = series_scale([frame_stats(raw, mg.path) for raw, mg in frames], getattr(data_config, "bit_depth", "auto"))
-    micrographs = [_finish(mg, raw, scale, data_config.dark_particles) for raw, mg in frames]
+    scale = series_scale([frame_stats(raw, mg.path) for raw, mg in frames], getattr(data_config, "bit_depth", "auto"),
+                         getattr(data_config, "dark_particles", False))
+    micrographs = [_finish(mg, raw, scale) for raw, mg in frames]
     del frames
     if micrographs:
         _say_once(logging.INFO, "intensity scale for %d micrograph(s): %s", len(micrographs), scale.text)
-    _warn_dark_particles(micrographs, bool(data_config.dark_particles))
+    _warn_dark_particles(micrographs, data_config.dark_particles, scale.dark_particles)
     sizes = {m.pixel_size_nm for m in micrographs}
     if len(sizes) > 1:
         folder = Path(micrographs[0].path).parent
         _say_once(logging.WARNING, "micrographs in %s have different pixel sizes: %s nm", folder,
                   ", ".join("none" if s is None else f"{s:g}" for s in sorted(sizes, key=lambda s: s or 0)))
     return micrographs
-
-
-
-
-
-
-
-
 
 
 def scan_micrograph(path: str | Path, data_config: Any) -> FrameStats:
@@ -217,8 +218,8 @@ def read_in_series(path: str | Path, data_config: Any, scale: SeriesScale) -> Mi
         As :func:`read_micrograph`.
     """
     raw, mg = _read_frame(Path(path), data_config.pixel_size_nm, data_config.info_bar_rows)
-    mg = _finish(mg, raw, scale, data_config.dark_particles)
-    _warn_dark_particles([mg], bool(data_config.dark_particles))
+    mg = _finish(mg, raw, scale)
+    _warn_dark_particles([mg], data_config.dark_particles, scale.dark_particles)
     return mg
 
 
@@ -292,7 +293,7 @@ def read_micrograph(
     raw, mg = _read_frame(Path(path), pixel_size_nm, info_bar_rows)
     scale = series_scale([frame_stats(raw, mg.path)], bit_depth)
     # Alone, a float image is taken as stored: there is no series whose range could scale it.
-    return _finish(mg, raw, SeriesScale(scale.bits, None, scale.text), dark_particles=False)
+    return _finish(mg, raw, SeriesScale(scale.bits, None, scale.text))
 
 
 #: Bytes of decoded frames kept for a second read of the same file in this process: a batch reads
@@ -359,7 +360,7 @@ def _decode_frame(path: Path, pixel_size_nm: float | None, info_bar_rows: int | 
     return raw, mg
 
 
-def _finish(mg: Micrograph, raw: np.ndarray, scale: SeriesScale, dark_particles: bool) -> Micrograph:
+def _finish(mg: Micrograph, raw: np.ndarray, scale: SeriesScale) -> Micrograph:
     """Scale ``raw`` into ``mg.image`` (inverted for dark particles), warning about replaced and blank pixels."""
     bits, value_range = scale.bits, scale.value_range
     if raw.dtype.kind == "f":
@@ -375,8 +376,9 @@ def _finish(mg: Micrograph, raw: np.ndarray, scale: SeriesScale, dark_particles:
         value = f"{float(np.median(finite)):g}" if finite.size else "NaN"
         _say_once(logging.WARNING, "%s: image is blank (all pixels %s); no particles can be found "
                   "(check the acquisition or leave the file out)", mg.path, value)
-    if dark_particles:
+    if scale.dark_particles:
         mg.image = (1.0 - mg.image).astype(np.float32)
+        mg.dark_inverted = True
     return mg
 
 
@@ -389,70 +391,26 @@ def _std(image: np.ndarray) -> float:
     return (squares / max(1, image.size)) ** 0.5
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-def _warn_dark_particles(micrographs: Sequence[Micrograph], dark_particles: bool) -> None:
+def _warn_dark_particles(micrographs: Sequence[Micrograph], setting: bool | str, inverted: bool) -> None:
     """One warning for the images whose particles, as the workflow sees them, look dark."""
     flagged = [mg.path.name for mg in micrographs
-               if _std(mg.image) >= BLANK_STD and bright_fraction(mg.image) > 0.5]
+               if _std(mg.image) >= BLANK_STD and bright_fraction(mg.image) > DARK_BRIGHT_FRACTION]
     if not flagged:
         return
     names = ", ".join(flagged[:3]) + (", ..." if len(flagged) > 3 else "")
-    if dark_particles:
+    if setting == "auto":
+        series = "dark, so every image was inverted" if inverted else "bright"
+        hint = (f"unlike the rest of their series (particles {series}), their particles look dark; measure them "
+                "apart, or set data.dark_particles (true: transmission images) for the whole series")
+    elif setting:
         hint = ("particles look dark on a bright background after inversion; data.dark_particles is probably "
-                "wrong for them (set data.dark_particles: false, or --set data.dark_particles=false)")
+                "wrong for them (set data.dark_particles: auto or false)")
     else:
-        hint = ("particles look dark on a bright background; set data.dark_particles: true "
+        hint = ("particles look dark on a bright background; set data.dark_particles: auto or true "
                 "(or --set data.dark_particles=true)")
     _say_once(logging.WARNING, "%d of %d micrographs (%s): %s", len(flagged), len(micrographs), names, hint)
 
 
-def bright_fraction(image: np.ndarray) -> float:
-    """Fraction of an image above its automatic threshold (the smaller of Li's and Otsu's).
-
-    Particles are a minority of a micrograph, so a bright part that covers more than half of
-    the image is the background: the particles are dark. On the TiO2 SEM images it is at most
-    0.26, on their transmission (dark-particle) twins at least 0.74.
-    """
-    from skimage.filters import threshold_li, threshold_otsu
-
-    # every other row and column: the thresholds barely move, at a quarter of the cost
-    sample = np.asarray(image, np.float32)[::2, ::2]
-    if float(sample.max()) <= float(sample.min()):
-        return 0.0
-    return min(float(np.mean(sample > threshold_li(sample))), float(np.mean(sample > threshold_otsu(sample))))
-
-
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------- info bar
-
-
 
 

@@ -230,7 +230,7 @@ def measure_batch(paths: Sequence[str | Path], out_dir: str | Path, config: Any,
     def make_job(scale: Any, readable: list[str], threads: int | None) -> MeasureJob:
         key = settings_key(config, ("data", "segment", "classify"), *digests,
                            str(Path(labels_dir).resolve()) if labels_dir is not None else None, bool(probabilities),
-                           [scale.bits, scale.value_range])
+                           [scale.bits, scale.value_range, scale.dark_particles])
         return MeasureJob(out_dir=str(out_dir), config=config, scale=scale, key=key, threads=threads,
                           model=str(model) if model is not None else None,
                           labels_dir=str(labels_dir) if labels_dir is not None else None,

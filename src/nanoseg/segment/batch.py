@@ -70,7 +70,8 @@ def segment_batch(paths: Sequence[str | Path], out_dir: str | Path, config: Any,
     digest = file_digest(model)
 
     def make_job(scale: Any, readable: list[str], threads: int | None) -> SegmentJob:
-        key = settings_key(config, ("data", "segment"), digest, bool(probabilities), [scale.bits, scale.value_range])
+        key = settings_key(config, ("data", "segment"), digest, bool(probabilities),
+                           [scale.bits, scale.value_range, scale.dark_particles])
         return SegmentJob(out_dir=str(out_dir), config=config, scale=scale, key=key, threads=threads, model=str(model),
                           device=str(device), probabilities=probabilities)
 

@@ -61,7 +61,7 @@ def train_translator(config: Any, masks_dir: str | Path, out_dir: str | Path, de
         fit_renderer(images, fake_masks, out_dir, seed=config.seed, substrate=cfg.substrate)
         if cfg.method == "render":
             return
-    meta = {"pixel_size_nm": _median_pixel_size(micrographs), "dark_particles_inverted": config.data.dark_particles}
+    meta = {"pixel_size_nm": _median_pixel_size(micrographs), "dark_particles_inverted": any(m.dark_inverted for m in micrographs)}
     # A random subset of the tiles gives enough variety for random crops and bounds the memory.
     chosen = np.sort(rng.choice(len(fake_masks), size=min(len(fake_masks), MAX_TRAIN_MASKS), replace=False))
     if cfg.method == "refine":
