@@ -88,7 +88,7 @@ def test_info_states_the_particle_size_and_warns_below_10_px(tmp_path, radius, d
     write_tiff(tmp_path / "m.tif", _disks(radius, dark), pixel_size_nm=2.0)
     result = CliRunner().invoke(app, ["info", str(tmp_path / "m.tif"), "--info-bar-rows", "0"])
     assert result.exit_code == 0, result.output
-    line = next(l for l in result.output.splitlines() if l.startswith("particles about"))
+    line = next(t for t in result.output.splitlines() if t.startswith("particles about"))
     px = float(line.split()[2])
     assert px == pytest.approx(2 * radius, rel=0.2)  # the disks' diameter
     assert float(line.split("(")[1].split(" nm")[0]) == pytest.approx(px * 2.0, rel=0.05)  # at 2 nm per pixel
