@@ -227,7 +227,7 @@ def device_name() -> str:
     """The first CUDA device's name, or "no GPU"."""
     import torch
 
-    return torch.cuda.getdevice_name(0) if torch.cuda.is_available() else "no GPU"
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
 
 
 def cpu_count() -> int:

@@ -99,6 +99,11 @@ class DataConfig(_Section):
         description="Expected equivalent circular diameter of a particle in nm (0.1 to 1e6); used as the size prior "
         "when masks.size_prior is 'expected'.",
     )
+    working_scale: Annotated[float, Field(ge=0.125, le=8.0, allow_inf_nan=False)] | Literal["auto"] = Field(
+        "auto", description="Factor by which the run resamples micrographs and outlines to learn and segment: every "
+        "length in px of the defaults is for outlines about 32 px across. 'auto': the factor that makes the outlines' "
+        "median diameter (or data.expected_size_nm) 32 px, 1 within 1.25x of it. The outputs stay on the "
+        "micrographs' own pixels.")
 
     @field_validator("pixel_size_nm")
     @classmethod

@@ -34,6 +34,7 @@ from skimage import measure
 from nanoseg.atomic import atomic_path, write_json
 from nanoseg.config import Config, MasksConfig
 from nanoseg.errors import NanosegError
+from nanoseg.grid import working_scale
 from nanoseg.io import load_micrographs
 from nanoseg.labels import border_labels, cut_touching
 from nanoseg.plots import contact_sheet
@@ -553,17 +554,23 @@ def load_library(shapes_dir: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return shapes, stats
 
 
+def configured_pixel_size(config: Config) -> float | None:
+    """``data.pixel_size_nm`` on the run's working grid (:func:`nanoseg.grid.working_scale`)."""
+    size = config.data.pixel_size_nm
+    return size / working_scale(config) if size is not None else None
+
+
 def real_image_statistics(config: Config) -> tuple[dict[str, Any] | None, float | None]:
     """Density estimate of the configured micrographs and their pixel size (``None`` when there are none)."""
     if config.data.images is None:
-        return None, config.data.pixel_size_nm
+        return None, configured_pixel_size(config)
 
-    micrographs = load_micrographs(config.data)
+    micrographs = load_micrographs(config.data, scale=working_scale(config))
     if not micrographs:
         raise NanosegError(f"{config.data.images}: no micrographs found")
     estimate = estimate_particle_density([m.image for m in micrographs])
     sizes = [m.pixel_size_nm for m in micrographs if m.pixel_size_nm]
-    pixel_size = config.data.pixel_size_nm or (float(np.median(sizes)) if sizes else None)
+    pixel_size = configured_pixel_size(config) or (float(np.median(sizes)) if sizes else None)
     estimate["n_images"] = len(micrographs)
     estimate["particles_per_megapixel"] = float(
         estimate["foreground_fraction"] / (np.pi / 4 * estimate["typical_ecd_px"] ** 2) * 1e6)
@@ -603,7 +610,7 @@ def plan_masks(shapes: np.ndarray, shape_stats: dict[str, Any], config: Config, 
     cfg = config.masks
     needs_images = (cfg.particles_per_tile is None or cfg.size_prior == "images"
                     or (cfg.size_prior == "expected" and config.data.pixel_size_nm is None))
-    real, pixel_size_nm = real_image_statistics(config) if needs_images else (None, config.data.pixel_size_nm)
+    real, pixel_size_nm = real_image_statistics(config) if needs_images else (None, configured_pixel_size(config))
     library_ecd = shape_summary(shapes)["median_ecd_px"]
     expected_ecd = None
     if config.data.expected_size_nm is not None and pixel_size_nm:

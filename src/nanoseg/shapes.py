@@ -25,6 +25,7 @@ from nanoseg import nets
 from nanoseg.atomic import atomic_path, write_json
 from nanoseg.checkpoint import fingerprint, load_checkpoint, restore_rng, save_checkpoint
 from nanoseg.errors import NanosegError
+from nanoseg.grid import working_scale
 from nanoseg.io import write_png
 from nanoseg.io.outlines import MIN_SHAPE_PX, load_outlines
 from nanoseg.plots import LossPanel, contact_sheet, plot_losses
@@ -530,7 +531,7 @@ def run_stage(ctx: StageContext) -> None:
     outlines_path = ctx.config.data.outlines
     outlines = None
     if outlines_path is not None:
-        outlines = load_outlines(outlines_path, cfg.outline_size_px)
+        outlines = load_outlines(outlines_path, cfg.outline_size_px, scale=working_scale(ctx.config))
     elif cfg.source == "wgan":
         raise NanosegError("data.outlines: not set; give a folder of outlines, or set shapes.source=polygon")
     build_library(cfg, ctx.out_dir, outlines, device=ctx.device, seed=ctx.config.seed)

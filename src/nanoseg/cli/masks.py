@@ -41,6 +41,7 @@ def simulate(
         extra["data"] = {"images": str(images)}
     cfg = common.resolve_config(config, profile, sets, seed, None, pixel_size, extra=extra)
     from nanoseg.atomic import write_json
+    from nanoseg.grid import working_scale
     from nanoseg.io import load_outlines
     from nanoseg.masks import load_library, plan_masks, simulate_masks, summarize
     from nanoseg.runtime import seed_everything
@@ -56,7 +57,7 @@ def simulate(
     elif (shapes / "library.npz").is_file():
         library, stats = load_library(shapes)
     else:
-        library = load_outlines(shapes, cfg.shapes.outline_size_px)
+        library = load_outlines(shapes, cfg.shapes.outline_size_px, scale=working_scale(cfg))
         stats = {"outline_median_area_px": shape_summary(library)["median_area_px"]}
     rng = seed_everything(cfg.seed)
     plan = plan_masks(library, stats, cfg, rng)

@@ -34,8 +34,9 @@ readers, info bar detection), :mod:`nanoseg.io.scale` (one intensity scale for a
 depths, :func:`robust_range`, :func:`to_float01`), :mod:`nanoseg.io.pixel_size` (the search above:
 :func:`read_pixel_size_nm`, :func:`pixel_size_with_source`, :data:`UNIT_NM`),
 :mod:`nanoseg.io.annotations` (masks, label images, :func:`read_annotation`) and
-:mod:`nanoseg.io.write` (:func:`write_tiff`, :func:`write_png`) and :mod:`nanoseg.io.outlines` (the
-user's single-particle outlines: :func:`load_outlines`, :func:`write_outline_folder`); ``_common``
+:mod:`nanoseg.io.write` (:func:`write_tiff`, :func:`write_png`), :mod:`nanoseg.io.resample` (an image
+at another pixel size) and :mod:`nanoseg.io.outlines` (the user's single-particle outlines:
+:func:`load_outlines`, :func:`outline_median_ecd_px`, :func:`write_outline_folder`); ``_common``
 holds the logger and helpers they share. Everything is imported from ``nanoseg.io`` itself.
 """
 
@@ -55,6 +56,7 @@ from nanoseg.io.outlines import (
     binarize_outline,
     center_shape,
     load_outlines,
+    outline_median_ecd_px,
     write_outline_folder,
 )
 from nanoseg.io.pixel_size import UNIT_NM, pixel_size_with_source, read_pixel_size_nm
@@ -71,6 +73,7 @@ from nanoseg.io.read import (
     scan_micrograph,
     skip_or_raise,
 )
+from nanoseg.io.resample import resample
 from nanoseg.io.scale import (
     DARK_BRIGHT_FRACTION,
     FrameStats,
@@ -106,6 +109,7 @@ __all__ = [
     "MIN_SHAPE_PX",
     "MIN_SIDE_PX",
     "nothing_usable",
+    "outline_median_ecd_px",
     "pixel_size_with_source",
     "read_annotation",
     "read_in_series",
@@ -115,6 +119,7 @@ __all__ = [
     "read_micrographs",
     "read_pixel_size_nm",
     "read_raw",
+    "resample",
     "robust_range",
     "ROI_SUFFIXES",
     "scan_micrograph",

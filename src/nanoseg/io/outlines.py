@@ -106,8 +106,8 @@ def center_shape(mask: np.ndarray, size: int, margin_px: int = 1) -> np.ndarray:
     return out
 
 
-def _particles_in_mask(binary: np.ndarray, path: Path, size: int) -> list[np.ndarray]:
-    """Cut a mask with painted particles into single centred particles (border and tiny blobs dropped)."""
+def _particles_in_mask(binary: np.ndarray, path: Path) -> list[np.ndarray]:
+    """Cut a mask with painted particles into single filled particles (border and tiny blobs dropped)."""
     from scipy import ndimage as ndi
     from skimage import measure
 
@@ -117,15 +117,14 @@ def _particles_in_mask(binary: np.ndarray, path: Path, size: int) -> list[np.nda
         r0, c0, r1, c1 = region.bbox
         if region.area < MIN_SHAPE_PX or r0 == 0 or c0 == 0 or r1 == binary.shape[0] or c1 == binary.shape[1]:
             continue
-        filled = ndi.binary_fill_holes(region.image)
-        out.append(center_shape(filled, size))
+        out.append(ndi.binary_fill_holes(region.image))
     if not out:
         raise NanosegError(f"{path}: no whole particle found (paint particles white on black, not touching the border)")
     return out
 
 
-def _read_outline_image(path: Path, size: int) -> np.ndarray:
-    """One small outline image -> one centred, filled particle (the largest blob)."""
+def _read_outline_image(path: Path) -> np.ndarray:
+    """One small outline image -> one filled particle (the largest blob)."""
     from scipy import ndimage as ndi
     from skimage import measure
 
@@ -136,11 +135,11 @@ def _read_outline_image(path: Path, size: int) -> np.ndarray:
     largest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
     if largest.sum() < MIN_SHAPE_PX:
         raise NanosegError(f"{path}: outline smaller than {MIN_SHAPE_PX} px; draw the whole particle")
-    return center_shape(ndi.binary_fill_holes(largest), size)
+    return ndi.binary_fill_holes(largest)
 
 
-def _read_rois(path: Path, size: int) -> list[np.ndarray]:
-    """ImageJ/Fiji ROI (.roi) or ROI set (.zip) -> rasterised, centred particles."""
+def _read_rois(path: Path) -> list[np.ndarray]:
+    """ImageJ/Fiji ROI (.roi) or ROI set (.zip) -> rasterised particles."""
     import roifile
     from skimage.draw import polygon
 
@@ -160,13 +159,39 @@ def _read_rois(path: Path, size: int) -> list[np.ndarray]:
         rr, cc = polygon(coords[:, 1], coords[:, 0], shape)
         mask[rr, cc] = True
         if mask.sum() >= MIN_SHAPE_PX:
-            out.append(center_shape(mask, size))
+            out.append(mask)
     if not out:
         raise NanosegError(f"{path}: no polygon ROI with an area found (use polygon, freehand, oval or rectangle ROIs)")
     return out
 
 
-def load_outlines(path: str | Path, size: int = 64) -> np.ndarray:
+def _read_particles(path: str | Path) -> list[np.ndarray]:
+    """The filled single particles of an outline source, at the micrographs' pixel size."""
+    path = Path(path)
+    if not path.exists():
+        raise NanosegError(f"{path}: outlines not found (give a folder of outline images, a mask image or an ImageJ ROI set)")
+    particles: list[np.ndarray] = []
+    if path.is_dir():
+        # The contact sheet that `nanoseg shapes import` writes beside the outlines is no outline.
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", CONTACT_SHEET))
+                       and p.suffix.lower() in IMAGE_SUFFIXES + ROI_SUFFIXES)
+        if not files:
+            raise NanosegError(f"{path}: no outline images ({', '.join(IMAGE_SUFFIXES)}) or ROI files found")
+        for file in files:
+            if file.suffix.lower() in ROI_SUFFIXES:
+                particles += _read_rois(file)
+            else:
+                particles.append(_read_outline_image(file))
+    elif path.suffix.lower() in ROI_SUFFIXES:
+        particles = _read_rois(path)
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        particles = _particles_in_mask(binarize_outline(_read_gray(path)), path)
+    else:
+        raise NanosegError(f"{path}: unsupported outline file type (use a folder of images, an image, .roi or .zip)")
+    return particles
+
+
+def load_outlines(path: str | Path, size: int = 64, scale: float = 1.0) -> np.ndarray:
     """Load single-particle outlines in any of the supported forms.
 
     Parameters
@@ -178,6 +203,9 @@ def load_outlines(path: str | Path, size: int = 64) -> np.ndarray:
     size : int
         Side of the square outputs in px. Particles are centred and padded, or scaled down if
         they do not fit.
+    scale : float
+        Resample each particle by this factor first: the outlines at the pixel size a run works
+        at (:func:`nanoseg.grid.working_scale`) when that is not the micrographs'.
 
     Returns
     -------
@@ -189,28 +217,25 @@ def load_outlines(path: str | Path, size: int = 64) -> np.ndarray:
     NanosegError
         If the path does not exist, holds no usable outline, or a file is unreadable or empty.
     """
-    path = Path(path)
-    if not path.exists():
-        raise NanosegError(f"{path}: outlines not found (give a folder of outline images, a mask image or an ImageJ ROI set)")
-    shapes: list[np.ndarray] = []
-    if path.is_dir():
-        # The contact sheet that `nanoseg shapes import` writes beside the outlines is no outline.
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", CONTACT_SHEET))
-                       and p.suffix.lower() in IMAGE_SUFFIXES + ROI_SUFFIXES)
-        if not files:
-            raise NanosegError(f"{path}: no outline images ({', '.join(IMAGE_SUFFIXES)}) or ROI files found")
-        for file in files:
-            if file.suffix.lower() in ROI_SUFFIXES:
-                shapes += _read_rois(file, size)
-            else:
-                shapes.append(_read_outline_image(file, size))
-    elif path.suffix.lower() in ROI_SUFFIXES:
-        shapes = _read_rois(path, size)
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
-        shapes = _particles_in_mask(binarize_outline(_read_gray(path)), path, size)
-    else:
-        raise NanosegError(f"{path}: unsupported outline file type (use a folder of images, an image, .roi or .zip)")
-    return np.stack(shapes)
+    particles = _read_particles(path)
+    if scale != 1.0:
+        from skimage.transform import resize
+
+        particles = [resize(p.astype(np.float32), tuple(max(1, round(n * scale)) for n in p.shape), order=1,
+                            anti_aliasing=scale < 1) >= 0.5 for p in particles]
+    return np.stack([center_shape(p, size) for p in particles])
+
+
+def outline_median_ecd_px(path: str | Path) -> float:
+    """Median equivalent circular diameter of the outlines in px of the micrographs they were drawn on.
+
+    Raises
+    ------
+    NanosegError
+        As :func:`load_outlines`.
+    """
+    areas = [float(p.sum()) for p in _read_particles(path)]
+    return float(np.sqrt(4 * np.median(areas) / np.pi))
 
 
 def write_outline_folder(shapes: np.ndarray, folder: str | Path) -> list[Path]:

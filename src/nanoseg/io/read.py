@@ -15,6 +15,7 @@ from nanoseg.errors import NanosegError
 from nanoseg.io._common import logger, say_once as _say_once
 from nanoseg.io.pixel_size import pixel_size_with_source
 from nanoseg.io.raw import IMAGE_SUFFIXES, MIN_SIDE_PX, detect_info_bar, read_raw
+from nanoseg.io.resample import resample
 from nanoseg.io.scale import (
     DARK_BRIGHT_FRACTION,
     FrameStats,
@@ -107,7 +108,7 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def load_micrographs(data_config: Any, *, strict: bool = False,
-                     failures: list[dict[str, str]] | None = None) -> list[Micrograph]:
+                     failures: list[dict[str, str]] | None = None, scale: float = 1.0) -> list[Micrograph]:
     """Read every micrograph of ``data_config.images`` as one series (see :func:`read_micrographs`).
 
     The workflow's stages read their images through here. They leave out a file that cannot be
@@ -121,6 +122,9 @@ def load_micrographs(data_config: Any, *, strict: bool = False,
         Raise at the first file that cannot be read instead of leaving it out.
     failures : list, optional
         Receives ``{"image": path, "error": reason}`` for each file left out.
+    scale : float
+        Resample every micrograph by this factor (:func:`nanoseg.io.resample`), its pixel size
+        with it: the run's working grid (:func:`nanoseg.grid.working_scale`).
 
     Returns
     -------
@@ -130,7 +134,15 @@ def load_micrographs(data_config: Any, *, strict: bool = False,
         raise NanosegError("data.images: not set (point it to a folder of micrographs)")
     if not strict and failures is None:
         failures = []
-    return read_micrographs(list_images(data_config.images), data_config, failures=None if strict else failures)
+    micrographs = read_micrographs(list_images(data_config.images), data_config, failures=None if strict else failures)
+    if scale == 1.0:
+        return micrographs
+    return [_resampled(mg, scale) for mg in micrographs]
+
+
+def _resampled(mg: Micrograph, scale: float) -> Micrograph:
+    image, factor = resample(mg.image, scale)
+    return replace(mg, image=image, pixel_size_nm=mg.pixel_size_nm / factor if mg.pixel_size_nm else None)
 
 
 def read_micrographs(paths: Sequence[str | Path], data_config: Any, *,

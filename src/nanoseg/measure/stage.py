@@ -17,6 +17,7 @@ from nanoseg.atomic import atomic_path, replacing, write_text
 from nanoseg.batch import text_name
 from nanoseg.classify import counting_rule
 from nanoseg.errors import NanosegError
+from nanoseg.grid import working_scale
 from nanoseg.io import list_images, write_png
 from nanoseg.measure.batch import measure_batch, pooled_table
 from nanoseg.measure.distributions import (
@@ -257,7 +258,12 @@ def run_stage(ctx: Any) -> None:
     """
     cfg = ctx.config
     classifier = ctx.stage_dir("classify") / "model.pt"
-    summary = measure_files([cfg.data.images], ctx.out_dir, cfg, labels_dir=ctx.stage_dir("adapt") / "labels",
+    # Particles are measured and classified on the grid the nets learned at: on a resampled
+    # working grid (nanoseg.grid) that is the model's, not the label images' (on the micrographs').
+    by_model = working_scale(cfg) != 1.0
+    summary = measure_files([cfg.data.images], ctx.out_dir, cfg,
+                            model=ctx.stage_dir("adapt") / "model.pt" if by_model else None,
+                            labels_dir=None if by_model else ctx.stage_dir("adapt") / "labels",
                             classifier=classifier if classifier.is_file() else None, device=ctx.device,
                             strict=False, overlays=True, run_dir=ctx.run_dir,
                             classifier_option="classify/model.pt (rerun with --from classify)")

@@ -217,7 +217,7 @@ def run_stage(ctx: Any) -> None:
         if pseudo:
             train(synthetic, seg_cfg, round_dir, device=ctx.device, rng=seed_everything(config.seed + k),
                   pixel_size_nm=meta.get("pixel_size_nm"), extra=pseudo, extra_fraction=cfg.real_fraction,
-                  init_from=model)
+                  init_from=model, input_scale=meta.get("input_scale", 1.0))
         else:  # nothing to learn from: the round keeps the net
             _copy(model, round_dir / "model.pt")
         history_json = round_dir / "history.json"

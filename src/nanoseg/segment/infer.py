@@ -205,28 +205,32 @@ MAX_RESAMPLING = 8.0
 def to_model_scale(image: np.ndarray, pixel_size_nm: float | None, meta: dict[str, Any]) -> tuple[np.ndarray, float]:
     """``image`` resampled to the pixel size the model was trained at, and the factor used.
 
-    Unchanged (factor 1) when either pixel size is unknown or they differ by at most
-    :data:`SAME_SCALE`.
+    Unchanged (factor 1) when the pixel sizes differ by at most :data:`SAME_SCALE`, or when
+    either is unknown: then a model that learned on resampled micrographs of unknown pixel size
+    (its ``input_scale``, the run's working grid: :mod:`nanoseg.grid`) resamples by that factor,
+    taking the image to be at the magnification of those micrographs.
 
     Raises
     ------
     NanosegError
         If reaching the model's pixel size takes more than :data:`MAX_RESAMPLING` times.
     """
-    from skimage.transform import resize
-
     train_px = meta.get("pixel_size_nm")
-    if not (pixel_size_nm and train_px and abs(pixel_size_nm / train_px - 1) > SAME_SCALE):
+    if pixel_size_nm and train_px:
+        scale = pixel_size_nm / train_px
+    elif train_px is None:
+        scale = float(meta.get("input_scale") or 1.0)
+    else:
+        scale = 1.0
+    if abs(scale - 1) <= SAME_SCALE:
         return image, 1.0
-    scale = pixel_size_nm / train_px
     if not 1 / MAX_RESAMPLING <= scale <= MAX_RESAMPLING:
         raise NanosegError(
             f"pixel size {pixel_size_nm:g} nm is {scale:.4g} times the {train_px:g} nm the model was trained at "
             f"(at most {MAX_RESAMPLING:g}x either way): check the pixel size (--pixel-size, data.pixel_size_nm) "
             "or train a model at this magnification"
         )
-    shape = (max(16, round(image.shape[0] * scale)), max(16, round(image.shape[1] * scale)))
-    return resize(image, shape, order=1, preserve_range=True, anti_aliasing=scale < 1).astype(np.float32), scale
+    return io.resample(image, scale)[0], scale
 
 
 @dataclass

@@ -185,6 +185,7 @@ def train(
     extra: Sequence[Pair] = (),
     extra_fraction: float = 0.0,
     init_from: str | Path | None = None,
+    input_scale: float = 1.0,
 ) -> Path:
     """Train the segmentation network; returns the path of ``out_dir/model.pt``.
 
@@ -213,6 +214,9 @@ def train(
         Share of the training tiles drawn from ``extra``.
     init_from : path, optional
         A saved model (same architecture) whose weights training starts from (fine-tuning).
+    input_scale : float
+        The factor by which the pairs' micrographs were resampled from the user's (the run's
+        working grid, :mod:`nanoseg.grid`), recorded for images of unknown pixel size.
     """
     import torch
 
@@ -263,6 +267,10 @@ def train(
         "train_pairs": [p.name for p in train_pairs],
         "val_pairs": [p.name for p in val_pairs],
     }
+    if input_scale != 1.0:
+        # the pairs were drawn on micrographs resampled by this factor (nanoseg.grid); with no
+        # pixel size, applying the net resamples by it (to_model_scale)
+        meta["input_scale"] = input_scale
     if extra:
         meta.update({"extra_pairs": [p.name for p in extra], "extra_fraction": extra_fraction,
                      "init_from": str(init_from) if init_from else None})

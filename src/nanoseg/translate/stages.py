@@ -17,6 +17,7 @@ import numpy as np
 
 from nanoseg.atomic import write_json
 from nanoseg.errors import NanosegError
+from nanoseg.grid import working_scale
 from nanoseg.io import load_micrographs
 from nanoseg.runtime import seed_everything
 from nanoseg.translate.cyclegan import train_cyclegan
@@ -52,7 +53,7 @@ def train_translator(config: Any, masks_dir: str | Path, out_dir: str | Path, de
     rng = seed_everything(config.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    micrographs = load_micrographs(config.data)
+    micrographs = load_micrographs(config.data, scale=working_scale(config))
     if not micrographs:
         raise NanosegError(f"data.images: no micrographs found in {config.data.images}")
     fake_masks = load_fake_masks(masks_dir)
@@ -102,7 +103,7 @@ def write_realism(config: Any, pairs_dir: str | Path, device: Any = "cpu") -> di
     Returns None (and writes nothing) when the micrographs or pairs are too small for the tiles.
     """
     pairs_dir = Path(pairs_dir)
-    real = [mg.image for mg in load_micrographs(config.data)]
+    real = [mg.image for mg in load_micrographs(config.data, scale=working_scale(config))]
     fakes = []
     for path in sorted(pairs_dir.glob("pair_*.npz"))[:_REALISM_MAX_PAIRS]:
         with np.load(path) as pair:
