@@ -211,11 +211,19 @@ def score_condition(measure_dir: Path, truth: dict[str, Any], pixel_size_nm: flo
 
 
 def run_condition(condition: str, seed: int, data: Path, work_dir: Path, sets: list[str],
-                  native_runs: Path | None) -> dict[str, Any]:
-    """The user's commands for one condition and seed (``workflow.run_seed``, or measure only)."""
+                  native_runs: Path | None, resume: bool = False) -> dict[str, Any]:
+    """The user's commands for one condition and seed (``workflow.run_seed``, or measure only).
+
+    Without ``resume`` the seed's folder is emptied first; with it, ``nanoseg run`` skips its
+    finished stages and ``nanoseg measure`` its finished images (their times are the earlier call's).
+    """
+    import shutil
+
     seed_dir = work_dir / condition / f"seed{seed}"
+    if seed_dir.exists() and not resume:
+        shutil.rmtree(seed_dir)
     if CONDITIONS[condition][2]:
-        return workflow.run_seed(seed, "quick", sets, data, seed_dir)
+        return workflow.run_seed(seed, "quick", sets, data, seed_dir, resume=resume)
     run_dir = (native_runs or work_dir / "native") / f"seed{seed}" / "run"
     if not (run_dir / "adapt" / "model.pt").is_file():
         raise NanosegError(f"{run_dir}: no native run of seed {seed}; run the 'native' condition first or give "
@@ -351,6 +359,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "condition (e.g. the workflow benchmark's work folder), for the *-model conditions.")
     parser.add_argument("--native-reference", type=Path, default=None, help="A workflow benchmark JSON whose "
                         "aggregate stands for the native condition when it is not run.")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="Pass `--set KEY=VALUE` to every `nanoseg run` (repeatable): an experiment against the "
+                        "shipped defaults; the report shows the command.")
+    parser.add_argument("--resume", action="store_true", help="Keep the run and measure folders of an earlier call.")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "nanoseg-generalization")
     parser.add_argument("--note", default=None)
     parser.add_argument("--readme", type=Path, default=None)
@@ -365,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"error: --conditions {','.join(unknown)}: choose from {', '.join(CONDITIONS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     image_ids = common.ALL_IDS[: args.images or len(common.ALL_IDS)]
-    sets = workflow.smoke_sets("quick") if args.smoke else []
+    sets = (workflow.smoke_sets("quick") if args.smoke else []) + list(args.sets)
     load, t_start = os.getloadavg(), time.perf_counter()
     expert_nm = native_sizes(image_ids)
     results: dict[str, Any] = {"conditions": {}}
@@ -373,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data, pixel_size, truth = condition_data(condition, image_ids, args.work_dir)
         per_seed = {}
         for seed in seeds:
-            seed_run = run_condition(condition, seed, data, args.work_dir, sets, args.native_runs)
+            seed_run = run_condition(condition, seed, data, args.work_dir, sets, args.native_runs, args.resume)
             scored = score_condition(seed_run["measure_dir"], truth, pixel_size, expert_nm)
             scored["stages"] = seed_run["stages"]
             scored["working_scale"] = _working_scale(seed_run["run_dir"])

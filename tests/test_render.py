@@ -1,4 +1,4 @@
-"""The SEM renderer: contrast, edge effect, separate bodies, determinism, parameter fitting."""
+"""The renderer: SE contrast, edge effect, separate bodies, transmission contrast, determinism, parameter fitting."""
 
 from __future__ import annotations
 
@@ -62,6 +62,49 @@ def test_overlapping_particles_look_like_two_bodies():
     # Without the second label the same pixels show one smooth body: no such step.
     merged = render_sem((labels > 0).astype(np.int32), params, rng=0)[40, 30:90]
     assert merged[seam_col: seam_col + 3].max() < merged[seam_col - 4: seam_col].min() + 0.05
+
+
+def _quiet(**changes):
+    return RenderParams(noise_sd=0, particle_texture=0, background_texture=0, brightness_sd=0, **changes)
+
+
+def test_transmission_particles_are_dark_thickest_at_the_centre_and_touching_ones_merge():
+    from nanoseg.labels import separation_lines
+
+    shape = (80, 120)
+    labels = np.zeros(shape, np.int32)
+    labels[_disk(shape, (40, 40), 18)] = 1
+    labels[_disk(shape, (40, 68), 18)] = 2
+    labels[separation_lines(labels)] = 0  # as the fake masks keep touching particles apart
+    image = render_sem(labels, _quiet(contrast="transmission", absorption=1.0), rng=0)
+    # As the detector sees it (the workflow inverts transmission images): dark particles on a bright background.
+    seen = 1.0 - image
+    dist = ndi.distance_transform_edt(labels > 0)
+    assert np.median(seen[dist > 5]) < np.median(seen[~ndi.binary_dilation(labels > 0, iterations=4)]) - 0.1
+    # Darkest where thickest: no bright SE rim, the centre darker than the rim.
+    assert seen[40, 40] < seen[40, 25] - 0.05
+    # One silhouette: the contact between the two (where the beam crosses both) is no lighter
+    # than either particle halfway to it.
+    contact = int(np.flatnonzero(labels[40] == 2)[0])
+    assert seen[40, contact - 1: contact + 2].max() <= max(seen[40, 30], seen[40, 78]) + 0.01
+    # while the SE renderer draws a crevice there
+    se = render_sem(labels, _quiet(), rng=0)
+    assert se[40, contact - 1: contact + 2].min() < min(se[40, 30], se[40, 78]) - 0.02
+
+
+def test_fit_tells_flat_silhouettes_from_domes(scene):
+    def fitted(absorption):
+        truth = RenderParams(contrast="transmission", background_level=0.25, particle_level=0.8,
+                             absorption=absorption, noise_sd=0.015, brightness_sd=0.05)
+        images = [render_sem(scene, truth, rng=s) for s in (1, 2)]
+        return fit_render_params(images, None, seed=5, contrast="transmission")  # particles by Otsu, as in a run
+
+    dome, flat = fitted(1.0), fitted(8.0)
+    assert flat.contrast == "transmission" and flat.edge_gain == 0 and flat.shadow_depth == 0
+    # The absorption is relative to the median particle, which agglomerates blur: a factor, not the value.
+    assert flat.absorption > 3 * dome.absorption and flat.absorption == pytest.approx(8.0, rel=0.5)
+    assert flat.particle_level == pytest.approx(0.8, abs=0.06)
+    assert RenderParams.from_dict(flat.to_dict()) == flat
 
 
 def test_deterministic_for_a_seed(scene):

@@ -179,6 +179,11 @@ class TranslateConfig(_Section):
     substrate: Literal["real", "synthetic"] = Field(
         "real", description="Renderer: quilt the substrate from the micrographs' own particle-free areas (real), "
         "or draw smooth synthetic noise.")
+    contrast: Literal["se", "transmission", "auto"] = Field(
+        "se", description="Renderer: what the micrographs show. 'se': secondary electrons (bright rims, shading, "
+        "a crevice between touching particles); 'transmission': mass thickness (TEM, STEM, TSEM bright field: "
+        "particles darkest where thickest, touching ones one silhouette); 'auto': transmission when the micrographs "
+        "have dark particles (data.dark_particles).")
     render_variation: float = Field(
         0.5, ge=0, le=1, description="Renderer: per fake image, edge contrast, shading, blur, noise and particle "
         "brightness spread vary by up to this fraction around the fitted values, and each particle's crevice "

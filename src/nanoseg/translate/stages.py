@@ -59,7 +59,10 @@ def train_translator(config: Any, masks_dir: str | Path, out_dir: str | Path, de
     fake_masks = load_fake_masks(masks_dir)
     images = [m.image for m in micrographs]
     if cfg.method in ("render", "refine"):
-        fit_renderer(images, fake_masks, out_dir, seed=config.seed, substrate=cfg.substrate)
+        contrast = cfg.contrast
+        if contrast == "auto":
+            contrast = "transmission" if any(m.dark_inverted for m in micrographs) else "se"
+        fit_renderer(images, fake_masks, out_dir, seed=config.seed, substrate=cfg.substrate, contrast=contrast)
         if cfg.method == "render":
             return
     meta = {"pixel_size_nm": _median_pixel_size(micrographs), "dark_particles_inverted": any(m.dark_inverted for m in micrographs)}

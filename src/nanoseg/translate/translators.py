@@ -122,14 +122,16 @@ def _params_from_json(cls: Any, data: dict[str, Any]) -> Any:
 
 
 def fit_renderer(images: Sequence[np.ndarray], fake_masks: Sequence[FakeMask], out_dir: str | Path, seed: int = 0,
-                 substrate: str = "real") -> Any:
-    """Fit the SEM renderer to real micrographs; write ``renderer.json`` and ``renderer_sample.png``.
+                 substrate: str = "real", contrast: str = "se") -> Any:
+    """Fit the renderer to real micrographs; write ``renderer.json`` and ``renderer_sample.png``.
 
-    With ``substrate='real'`` the micrographs' particle-free patches go to ``substrate.npz``
+    ``contrast`` is what the micrographs show: 'se' or 'transmission'
+    (:attr:`nanoseg.translate.render.RenderParams.contrast`). With ``substrate='real'`` the micrographs' particle-free patches go to ``substrate.npz``
     (the synthetic substrate is used, with a warning, when no micrograph has any).
     """
     out_dir = Path(out_dir)
-    params = fit_render_params(list(images), seed=seed)
+    params = fit_render_params(list(images), seed=seed, contrast=contrast)
+    logger.info("translate: renderer fitted for %s contrast", "transmission" if contrast == "transmission" else "SE")
     write_json(out_dir / RENDERER, _params_to_json(params))
     bank = None
     if substrate == "real":
