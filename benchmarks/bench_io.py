@@ -22,7 +22,8 @@ from benchmarks import common
 from nanoseg.atomic import write_json
 from nanoseg.demo import make_demo_data, place_agglomerates
 from nanoseg.io import list_images, read_micrograph
-from nanoseg.translate.render import RenderParams, fit_render_params, render_sem
+from nanoseg.translate.render import RenderParams, render_sem
+from nanoseg.translate.render_fit import fit_render_params
 
 RESULTS = common.RESULTS / "io.json"
 SHARED_SEM = common.DATA / "sem"

@@ -198,7 +198,7 @@ def provenance(load: tuple[float, float, float]) -> dict[str, str]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or "unknown"
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit,
-            "machine": f"{platform.machine()}, Python {platform.python_version()}, {cpu_count()} CPU cores",
+            "machine": f"{platform.machine()} ({cpu_model()}), Python {platform.python_version()}, {cpu_count()} CPU cores",
             "load_at_start": " / ".join(f"{v:.2f}" for v in load)}
 
 
@@ -228,6 +228,18 @@ def device_name() -> str:
     import torch
 
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+
+
+def cpu_model() -> str:
+    """The CPU's model name: trained weights, and so every score, differ between CPU families
+    (an Intel Xeon with AMX and an AMD EPYC give other float rounding), so results name it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def cpu_count() -> int:

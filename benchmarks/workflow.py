@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "profile": args.profile, "smoke": args.smoke,
         "seeds": seeds, "images": list(image_ids), "commit": _commit(),
-        "machine": f"{platform.machine()}, Python {platform.python_version()}, {common.cpu_count()} CPU cores, "
+        "machine": f"{platform.machine()} ({common.cpu_model()}), Python {platform.python_version()}, "
+                   f"{common.cpu_count()} CPU cores, "
                    f"{common.device_name()}",
         "load_at_start": " / ".join(f"{v:.2f}" for v in load) + " (1/5/15 min load average)",
         "jobs": args.jobs, "resumed": args.resume,

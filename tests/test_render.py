@@ -9,7 +9,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from nanoseg.demo import place_agglomerates
-from nanoseg.translate.render import RenderParams, fit_render_params, instance_distances, render_sem
+from nanoseg.translate.render import RenderParams, instance_distances, render_sem
+from nanoseg.translate.render_fit import fit_render_params
 
 
 def _disk(shape, centre, radius):

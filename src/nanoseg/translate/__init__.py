@@ -23,7 +23,8 @@ Modules
 - :mod:`~nanoseg.translate.translators`: mask -> micrograph translators, fitting the SEM renderer.
 - :mod:`~nanoseg.translate.artifacts`: the artifact filter and the GAN segmentation.
 - :mod:`~nanoseg.translate.pairs`: making, writing and reading training pairs, contact sheet.
-- :mod:`~nanoseg.translate.render`: the physics-inspired SEM renderer and the fit of its parameters.
+- :mod:`~nanoseg.translate.render`: the physics-inspired renderer (SE or transmission contrast);
+  :mod:`~nanoseg.translate.render_fit`: the fit of its parameters to the micrographs.
 - :mod:`~nanoseg.translate.realism`: how real the fake micrographs look (scores of the pairs stage).
 - :mod:`~nanoseg.translate.stages`: the stage entry points.
 

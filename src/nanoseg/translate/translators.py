@@ -24,7 +24,8 @@ from nanoseg.errors import NanosegError
 from nanoseg.io import write_png
 from nanoseg.translate.cyclegan import MASK_TO_IMAGE, apply_generator
 from nanoseg.translate.fakemasks import FakeMask
-from nanoseg.translate.render import RenderParams, SubstrateBank, fit_render_params, render_sem, vary_params
+from nanoseg.translate.render import RenderParams, SubstrateBank, render_sem, vary_params
+from nanoseg.translate.render_fit import fit_render_params
 
 logger = logging.getLogger("nanoseg.translate")
 
