@@ -367,8 +367,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--note", default=None)
     parser.add_argument("--readme", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=common.RESULTS / "generalization.md")
+    parser.add_argument("--render-from", type=Path, default=None, help="Only rewrite the report (and with --readme "
+                        "the README section) from an earlier call's JSON; runs nothing.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.render_from is not None:
+        results = json.loads(args.render_from.read_text())
+        write_report(results, args.render_from.with_suffix(".md"), args.readme)
+        return results
     if not (DATA / "masks").is_dir():
         raise SystemExit(f"error: {DATA} not found; the benchmark needs the shared TiO2 data")
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
@@ -408,15 +414,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "native_reference": common.shown_path(args.native_reference) if args.native_reference else None,
     }
     results = common.finite(results)
-    text = render(results)
-    write_text(args.out, text + "\n")
     write_json(args.out.with_suffix(".json"), results)
-    if args.readme is not None:
+    write_report(results, args.out, args.readme)
+    return results
+
+
+def write_report(results: dict[str, Any], out: Path, readme: Path | None) -> None:
+    """The Markdown report (and the README section between its ``generalization`` markers)."""
+    text = render(results)
+    write_text(out, text + "\n")
+    if readme is not None:
         from nanoseg.atomic import embed_section
 
-        embed_section(args.readme, "generalization", readme_section(results, common.shown_path(args.out)))
+        md = out.resolve().relative_to(readme.resolve().parent) if out.resolve().is_relative_to(
+            readme.resolve().parent) else out
+        embed_section(readme, "generalization", readme_section(results, str(md)))
     print(text)
-    return results
 
 
 def _working_scale(run_dir: Path) -> str:
