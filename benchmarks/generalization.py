@@ -341,8 +341,10 @@ def readme_section(results: dict[str, Any], md: str) -> str:
         lines.append(f"| {name} | " + " | ".join(_cell(agg.get(k), f) for k, _, f in ROWS if k != "paper_instance_iou")
                      + " |")
     meta = results["meta"]
-    lines += ["", f"Mean +- sd over seeds {', '.join(map(str, meta['seeds']))}, `nanoseg run --profile quick` as "
-              f"shipped; commit {meta['commit']}. Details, targets and per-stage diagnostics: [{md}]({md})."]
+    command = meta["run_command"].replace("nanoseg run DATA --out RUN ", "nanoseg run ")
+    shipped = " (the shipped defaults)" if "--set" not in command else ""
+    lines += ["", f"Mean +- sd over seeds {', '.join(map(str, meta['seeds']))} of `{command}`{shipped}; commit "
+              f"{meta['commit']}. Details, targets and per-stage diagnostics: [{md}]({md})."]
     return "\n".join(lines)
 
 

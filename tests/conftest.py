@@ -168,3 +168,26 @@ def model(tmp_path_factory, disc_micrograph) -> Path:
                                     "batch_size": 2, "val_every": 10, "bf16": False}}).segment
     return train(pairs, cfg, tmp_path_factory.mktemp("model"), steps=40, rng=np.random.default_rng(1),
                  pixel_size_nm=2.0)
+
+
+@pytest.fixture
+def tiny_segment() -> dict:
+    """Segment settings that train a net in about a second: for tests of the stage, not of the net."""
+    return {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 48, "batch_size": 2, "steps": 4,
+            "val_every": 2, "bf16": False, "tta": False}
+
+
+@pytest.fixture
+def segment_after(monkeypatch):
+    """Shorten the pipeline to a pairs stage (``module:function``) and the real segment stage."""
+    from nanoseg import pipeline
+    from nanoseg.pipeline import Stage
+
+    def use(pairs_function: str) -> None:
+        stages = (Stage("pairs", pairs_function, ("seed", "data")),
+                  next(s for s in pipeline.STAGES if s.name == "segment"))
+        monkeypatch.setattr(pipeline, "STAGES", stages)
+        monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(s.name for s in stages))
+
+    return use
+

@@ -318,13 +318,9 @@ def toy_pairs(ctx):
         shutil.copytree(ctx.config.data.images.parent / sub, ctx.out_dir / to)
 
 
-def test_inference_settings_alone_re_segment_without_retraining(batch, monkeypatch, pipeline_log):
-    stages = (Stage("pairs", f"{__name__}:toy_pairs", ("seed", "data")),
-              next(s for s in pipeline.STAGES if s.name == "segment"))
-    monkeypatch.setattr(pipeline, "STAGES", stages)
-    monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(s.name for s in stages))
-    tiny = {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 48, "batch_size": 2, "steps": 4,
-            "val_every": 2, "bf16": False, "tta": False}
+def test_inference_settings_alone_re_segment_without_retraining(batch, segment_after, tiny_segment, pipeline_log):
+    segment_after(f"{__name__}:toy_pairs")
+    tiny = tiny_segment
     run = batch / "run"
     pipeline_log.set_level(logging.INFO, logger="nanoseg")  # the segment stage's own lines too
 

@@ -16,7 +16,6 @@ from nanoseg.config import build_config
 from nanoseg.errors import NanosegError
 from nanoseg.grid import REFERENCE_OUTLINE_ECD_PX, working_scale
 from nanoseg.io import load_micrographs, load_outlines, write_png, write_tiff
-from nanoseg.pipeline import Stage
 
 
 def _disc_outlines(folder: Path, diameter: float, n: int = 5) -> Path:
@@ -112,16 +111,12 @@ def _small_pairs(ctx):
                                                                    anti_aliasing=False).astype(np.uint16))
 
 
-def test_the_segment_stage_learns_on_the_working_grid_and_writes_on_the_micrographs(batch, monkeypatch):
+def test_the_segment_stage_learns_on_the_working_grid_and_writes_on_the_micrographs(batch, segment_after,
+                                                                                   tiny_segment):
     sys.path.insert(0, str(Path(__file__).parent))
-    stages = (Stage("pairs", f"{__name__}:_small_pairs", ("seed", "data")),
-              next(s for s in pipeline.STAGES if s.name == "segment"))
-    monkeypatch.setattr(pipeline, "STAGES", stages)
-    monkeypatch.setattr(pipeline, "STAGE_NAMES", tuple(s.name for s in stages))
-    tiny = {"architecture": "unet", "base_width": 4, "depth": 2, "tile_size_px": 48, "batch_size": 2, "steps": 4,
-            "val_every": 2, "bf16": False, "tta": False}
+    segment_after(f"{__name__}:_small_pairs")
     cfg = build_config({"data": {"images": str(batch / "images"), "info_bar_rows": 0, "working_scale": 2.0},
-                        "segment": tiny}, profile="demo")
+                        "segment": tiny_segment}, profile="demo")
     run = batch / "run"
     pipeline.run_pipeline(cfg, run, check=False)
     from nanoseg import nets

@@ -13,7 +13,9 @@ micrographs' own pixels and sizes in nm do not depend on the working grid.
 
 from __future__ import annotations
 
+import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 from nanoseg.errors import NanosegError
@@ -55,7 +57,7 @@ def working_scale(config: Any) -> float:
     if data.working_scale != "auto":
         return float(data.working_scale)
     if data.outlines is not None:
-        diameter, source = outline_median_ecd_px(data.outlines), f"the outlines in {data.outlines}"
+        diameter, source = _outline_diameter(*_signature(Path(data.outlines))), f"the outlines in {data.outlines}"
     elif data.expected_size_nm is not None and data.pixel_size_nm is not None:
         diameter, source = data.expected_size_nm / data.pixel_size_nm, "data.expected_size_nm"
     else:
@@ -74,3 +76,15 @@ def working_scale(config: Any) -> float:
              "and outlines %.3gx so that they are %g px, as the defaults expect (data.working_scale)",
              diameter, source, factor, REFERENCE_OUTLINE_ECD_PX)
     return float(factor)
+
+
+def _signature(path: Path) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+    """The outlines' path and the name, size and mtime of each file: a changed outline is read again."""
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+    return str(path.resolve()), tuple((p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
+
+
+# Every stage of a run asks for the scale; reading the outlines takes about a second each time.
+@functools.lru_cache(maxsize=8)
+def _outline_diameter(path: str, _files: tuple[tuple[str, int, int], ...]) -> float:
+    return outline_median_ecd_px(path)
