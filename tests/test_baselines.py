@@ -34,7 +34,7 @@ def test_register_recovers_integer_shift_exactly():
     true_shift = (-7, 12)
     # TSEM = inverted SEM moved by -true_shift; registering moves it back by true_shift.
     tsem = 1.0 - ndi.shift(sem, (-true_shift[0], -true_shift[1]), order=0, mode="constant", cval=float(sem.min()))
-    shift, aligned = baselines.register_tsem(tsem, sem)
+    shift, aligned = baselines.register_tsem(tsem, sem)[:2]
     assert tuple(shift) == true_shift
     inner = (slice(20, -20), slice(20, -20))
     np.testing.assert_allclose(aligned[inner], 1.0 - sem[inner], atol=1e-6)
@@ -45,7 +45,7 @@ def test_register_real_image_shifted_copy(shared_data):
 
     sem = read_micrograph(shared_data / "sem" / "1908248.tif").image[:384, :512]
     tsem = 1.0 - ndi.shift(sem, (5, -9), order=0, mode="nearest")
-    shift, _ = baselines.register_tsem(tsem, sem)
+    shift = baselines.register_tsem(tsem, sem).shift
     assert tuple(shift) == (-5, 9)
 
 
@@ -55,11 +55,23 @@ def test_rotation_and_scale_are_detected_and_corrected():
     angle_deg, scale = baselines.estimate_rotation_scale(1.0 - tsem, sem)
     assert angle_deg == pytest.approx(2.0, abs=0.3)
     assert scale == pytest.approx(1.03, abs=0.01)
-    _, aligned = baselines.register_tsem(tsem, sem)
+    aligned = baselines.register_tsem(tsem, sem).aligned
     assert image_iou(baselines.tsem_binary(aligned), mask) > 0.9
     # Without the correction the outer particles stay off.
-    _, plain = baselines.register_tsem(tsem, sem, correct_rotation_scale=False)
+    plain = baselines.register_tsem(tsem, sem, correct_rotation_scale=False).aligned
     assert image_iou(baselines.tsem_binary(plain), mask) < 0.8
+
+
+def test_the_sem_mask_moves_onto_the_tsem_image_by_the_inverse_registration():
+    sem, mask = _synthetic_sem((384, 384), seed=1)
+    tsem = ndi.shift(baselines.rotate_scale(1.0 - sem, 2.0, 1.03, fill=float(1 - sem.min())), (4, -6), order=1,
+                     mode="nearest")
+    registration = baselines.register_tsem(tsem, sem)
+    assert registration.angle_deg == pytest.approx(2.0, abs=0.3) and registration.scale == pytest.approx(1.03, abs=0.01)
+    on_tsem = registration.onto_tsem(mask)
+    assert on_tsem.dtype == mask.dtype and on_tsem.shape == mask.shape
+    particles = baselines.tsem_binary(tsem)
+    assert image_iou(particles, on_tsem) > 0.9 > image_iou(particles, mask) + 0.2
 
 
 def test_unrotated_pair_is_left_alone():
@@ -81,7 +93,7 @@ def test_real_pair_alignment_raises_iou_with_manual_mask(shared_data):
     sem = read_micrograph(shared_data / "sem" / "1908248.tif")
     tsem = read_micrograph(shared_data / "tsem" / "1908249.tif")
     manual = read_mask(shared_data / "masks" / "1908248_m.tif")[: sem.image.shape[0]]
-    shift, aligned = baselines.register_tsem(tsem.image, sem.image)
+    shift, aligned = baselines.register_tsem(tsem.image, sem.image)[:2]
     before = image_iou(baselines.tsem_binary(tsem.image), manual)
     after = image_iou(baselines.tsem_binary(aligned), manual)
     print(f"1908248: shift {shift} px, IoU vs manual mask {before:.3f} unaligned -> {after:.3f} aligned")

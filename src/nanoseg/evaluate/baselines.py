@@ -43,7 +43,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -116,10 +116,11 @@ def estimate_rotation_scale(moving: np.ndarray, reference: np.ndarray, band_px: 
     return float(shift[0]), float(np.exp(shift[1] / log_base))
 
 
-def rotate_scale(image: np.ndarray, angle_deg: float, scale: float, fill: float) -> np.ndarray:
+def rotate_scale(image: np.ndarray, angle_deg: float, scale: float, fill: float, order: int = 1) -> np.ndarray:
     """Rotate (counter-clockwise, in degrees) and scale ``image`` about its centre.
 
-    Bilinear; pixels from outside the image get ``fill``. Returns float32 of the same shape.
+    Bilinear (``order`` 0: nearest, for labels); pixels from outside the image get ``fill``.
+    Returns float32 of the same shape (``image``'s dtype with ``order`` 0).
     """
     from skimage.transform import SimilarityTransform, warp
 
@@ -127,7 +128,29 @@ def rotate_scale(image: np.ndarray, angle_deg: float, scale: float, fill: float)
     tf = (SimilarityTransform(translation=-centre)
           + SimilarityTransform(rotation=np.deg2rad(-angle_deg), scale=scale)
           + SimilarityTransform(translation=centre))
-    return warp(image, tf.inverse, order=1, mode="constant", cval=fill, preserve_range=True).astype(np.float32)
+    out = warp(image, tf.inverse, order=order, mode="constant", cval=fill, preserve_range=True)
+    return out.astype(image.dtype) if order == 0 else out.astype(np.float32)
+
+
+class TsemRegistration(NamedTuple):
+    """How a TSEM image was moved onto its SEM twin (:func:`register_tsem`)."""
+
+    #: (rows, columns) translation applied after the rotation/scale correction.
+    shift: np.ndarray
+    #: The TSEM image on the SEM grid.
+    aligned: np.ndarray
+    #: Rotation (deg) and scale of the TSEM image relative to the SEM image that were corrected
+    #: (0 and 1 when none was).
+    angle_deg: float = 0.0
+    scale: float = 1.0
+
+    def onto_tsem(self, labels: np.ndarray) -> np.ndarray:
+        """Move a label or mask image from the SEM grid onto the TSEM image's (nearest neighbour):
+        the inverse of the registration, e.g. to score a segmentation of the TSEM image as it is."""
+        moved = ndi.shift(labels, -np.asarray(self.shift), order=0, mode="constant", cval=0)
+        if self.angle_deg or self.scale != 1.0:
+            moved = rotate_scale(moved, self.angle_deg, self.scale, fill=0, order=0)
+        return moved
 
 
 def register_tsem(
@@ -137,7 +160,7 @@ def register_tsem(
     sigma_px: float = 2.0,
     upsample_factor: int = 10,
     correct_rotation_scale: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> TsemRegistration:
     """Align a TSEM image to the SEM image of the same field.
 
     Parameters
@@ -156,11 +179,11 @@ def register_tsem(
 
     Returns
     -------
-    shift : (2,) float array
-        (rows, columns) translation applied to ``tsem`` (after any rotation/scale correction).
-    aligned_tsem : (H, W) float32 array
-        ``tsem`` moved onto ``sem``; pixels that came from outside the TSEM field are set to
-        its median (the bright background), so that they never look like particles.
+    TsemRegistration
+        ``shift``: (rows, columns) translation applied to ``tsem`` (after any rotation/scale
+        correction); ``aligned``: ``tsem`` moved onto ``sem`` as float32, pixels from outside
+        the TSEM field set to its median (the bright background, never a particle);
+        ``angle_deg``, ``scale``: the rotation and scale corrected.
     """
     from skimage.registration import phase_cross_correlation
 
@@ -202,7 +225,8 @@ def register_tsem(
             logger.info("TSEM rotated by %.2f deg and scaled by %.4f relative to SEM; corrected (edge correlation "
                         "%.3f)", total_angle_deg, total_scale, score)
     aligned = ndi.shift(tsem_used, shift, order=1, mode="constant", cval=fill)
-    return shift, aligned.astype(np.float32)
+    corrected = (total_angle_deg, total_scale) if correct_rotation_scale else (0.0, 1.0)
+    return TsemRegistration(shift, aligned.astype(np.float32), *corrected)
 
 
 # --------------------------------------------------------------------------- masks
@@ -381,7 +405,7 @@ def make_tsem_training_set(
         tsem_image[:rows] = tsem.image[:rows]
         # Recorded for the report; register_tsem corrects them only where that helps.
         angle_deg, scale = estimate_rotation_scale(1.0 - tsem_image, sem.image)
-        shift, aligned = register_tsem(tsem_image, sem.image)
+        shift, aligned, *_ = register_tsem(tsem_image, sem.image)
         labels = tsem_to_labels(aligned, method=method, min_distance_px=min_distance_px)
         full = np.zeros(sem.full_shape, np.uint8)
         full[: labels.shape[0]] = labels_to_binary(labels) * np.uint8(255)
