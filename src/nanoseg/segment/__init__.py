@@ -7,7 +7,9 @@ three-class target, or on the smoothed distance transform of the binary mask.
 
 Public functions
 ----------------
-- :func:`make_target`, :func:`load_pairs`: training data.
+- :func:`make_target`, :func:`load_pairs`: training data; :func:`centre_target` and
+  :func:`instances_from_centres`: the centre-vote representation of touching particles (targets
+  and decoding; not yet a ``segment.target``).
 - :func:`train`: training with validation, best checkpoint, resume and a loss/IoU plot.
 - :func:`predict_probabilities`, :func:`particle_probability`, :func:`instances_from_probabilities`,
   :func:`segment_image`, :func:`segment_micrographs`, :func:`write_segmentation`: inference on whole
@@ -29,8 +31,10 @@ from nanoseg.segment.data import (
     BOUNDARY,
     IGNORE,
     INTERIOR,
+    CentreTarget,
     Pair,
     TargetKind,
+    centre_target,
     foreground_mask,
     load_pairs,
     make_target,
@@ -54,6 +58,7 @@ from nanoseg.segment.infer import (
 )
 from nanoseg.segment.instances import (
     foreground_threshold,
+    instances_from_centres,
     instances_from_probabilities,
     interior_markers,
     resize_labels,
@@ -71,8 +76,8 @@ from nanoseg.segment.training import (
 )
 
 __all__ = [
-    "BACKGROUND", "BOUNDARY", "IGNORE", "INFERENCE_SETTINGS", "INTERIOR", "OnnxModel", "Pair", "TRAINING_PLOT",
-    "TargetKind", "choose_threshold", "class_weights", "export_onnx", "foreground_mask", "foreground_threshold", "instances_from_probabilities",
+    "BACKGROUND", "BOUNDARY", "CentreTarget", "IGNORE", "INFERENCE_SETTINGS", "INTERIOR", "OnnxModel", "Pair", "TRAINING_PLOT",
+    "TargetKind", "centre_target", "choose_threshold", "class_weights", "export_onnx", "foreground_mask", "foreground_threshold", "instances_from_centres", "instances_from_probabilities",
     "interior_markers", "load_onnx", "load_pairs", "load_segmenter", "segmenter_meta", "make_target", "n_outputs", "overlay", "particle_probability",
     "predict_probabilities", "predict_with_agreement", "probabilities_from_logits", "random_tile", "resize_labels",
     "run_stage", "ModelScaleSegmentation", "segment_at_model_scale", "segment_image", "segment_micrographs", "segmentation_loss", "to_model_scale", "train", "write_segmentation",

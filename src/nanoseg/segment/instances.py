@@ -166,6 +166,59 @@ def instances_from_probabilities(
     return relabel(_add_orphans(labels, foreground), config.min_size_px)
 
 
+def instances_from_centres(foreground: np.ndarray, heatmap: np.ndarray, offsets: np.ndarray, *,
+                           peak_threshold: float = 0.3, min_distance_px: int = 2, min_size_px: int = 0) -> np.ndarray:
+    """Particles from centre votes: each particle pixel joins the centre its offset points at.
+
+    Centres are the heatmap's local maxima above ``peak_threshold`` inside the foreground, at
+    least ``min_distance_px`` apart. Every foreground pixel votes at its position plus its
+    offset and joins the nearest centre of its own 8-connected foreground component, so a
+    particle pressed against a larger one keeps the pixels that point at its own centre, however
+    faint the contact line. A component without a centre becomes one particle.
+
+    Parameters
+    ----------
+    foreground : (H, W) bool
+    heatmap : (H, W) float
+    offsets : (2, H, W) float
+        (rows, columns) from each pixel to its particle's centre, in px.
+    peak_threshold : float
+    min_distance_px : int
+    min_size_px : int
+        Particles smaller than this are removed.
+
+    Returns
+    -------
+    (H, W) label image (:func:`nanoseg.labels.relabel`)
+    """
+    from scipy.spatial import cKDTree
+    from skimage.feature import peak_local_max
+
+    foreground = np.asarray(foreground, bool)
+    components, n = ndi.label(foreground, structure=np.ones((3, 3)))
+    labels = np.zeros(foreground.shape, np.int64)
+    if n == 0:
+        return relabel(labels, min_size_px)
+    peaks = peak_local_max(np.where(foreground, heatmap, 0), min_distance=max(1, int(min_distance_px)),
+                           threshold_abs=peak_threshold, exclude_border=False)
+    next_label = 1
+    peak_component = components[tuple(peaks.T)] if len(peaks) else np.zeros(0, int)
+    for k, box in enumerate(ndi.find_objects(components), 1):
+        inside = components[box] == k
+        own = peaks[peak_component == k]
+        if len(own) <= 1:
+            labels[box][inside] = next_label
+            next_label += 1
+            continue
+        rows, cols = np.nonzero(inside)
+        rows, cols = rows + box[0].start, cols + box[1].start
+        votes = np.stack([rows + offsets[0, rows, cols], cols + offsets[1, rows, cols]], 1)
+        nearest = cKDTree(own).query(votes)[1]
+        labels[rows, cols] = next_label + nearest
+        next_label += len(own)
+    return relabel(labels, min_size_px)
+
+
 def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Labels found at another scale, brought onto a grid of ``shape`` with their sizes kept.
 
