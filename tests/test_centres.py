@@ -105,3 +105,65 @@ def test_empty_and_single_particle_images():
     target = centre_target(one)
     assert target.centres.tolist() in ([[9, 9]], [[9, 10]], [[10, 9]], [[10, 10]])
     assert np.array_equal(_decode(target) > 0, one > 0) and _decode(target).max() == 1
+
+
+def _discs(shape, discs):
+    from skimage.draw import disk
+
+    labels = np.zeros(shape, np.int32)
+    for k, (r, c, radius) in enumerate(discs, 1):
+        labels[disk((r, c), radius, shape=shape)] = k
+    return labels
+
+
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("flip", [False, True])
+def test_offsets_turn_with_the_image(k, flip):
+    """The target of a turned image is the turned target: what augmentation and TTA rely on."""
+    from nanoseg.segment.data import dihedral, make_target, undo_dihedral
+
+    labels = _discs((48, 64), [(15, 15, 9), (15, 33, 9), (34, 45, 6)])  # discs on whole pixels: one centre each
+    target = make_target(labels, "centres")
+    assert target.shape == (4, 48, 64) and target.dtype == np.float32
+    turned = make_target(dihedral(labels, k, flip), "centres")
+    np.testing.assert_allclose(dihedral(target, k, flip, vectors=True), turned, atol=1e-6)
+    np.testing.assert_array_equal(undo_dihedral(dihedral(target, k, flip, vectors=True), k, flip, vectors=True),
+                                  target)
+
+
+def _touching_pair_image(rng, shape=(64, 64)):
+    """A big and a small bright disc pressed together at a random place, on a noisy background."""
+    big = rng.uniform(10, 13)
+    r, c = rng.uniform(18, shape[0] - 18), rng.uniform(18, shape[1] - 30)
+    small = rng.uniform(5, 7)
+    angle = rng.uniform(0, 2 * np.pi)
+    labels = _discs(shape, [(r, c, big)])
+    rr, cc = r + (big + small - 1) * np.sin(angle), c + (big + small - 1) * np.cos(angle)
+    labels[(_discs(shape, [(rr, cc, small)]) > 0) & (labels == 0)] = 2
+    image = np.where(labels == 1, 0.7, np.where(labels == 2, 0.6, 0.2)) + rng.normal(0, 0.03, shape)
+    return np.clip(image, 0, 1).astype(np.float32), labels
+
+
+def test_a_trained_net_splits_a_small_particle_from_a_large_one(tmp_path, one_torch_thread):
+    from nanoseg.config import build_config
+    from nanoseg.segment import Pair, segment_image, train
+
+    rng = np.random.default_rng(0)
+    pairs = [Pair(*_touching_pair_image(rng), f"p{i}") for i in range(12)]
+    cfg = build_config({"segment": {"architecture": "unet", "base_width": 8, "depth": 2, "tile_size_px": 64,
+                                    "batch_size": 4, "val_every": 100, "bf16": False, "target": "centres",
+                                    "min_distance_px": 4, "min_size_px": 5}}).segment
+    model = train(pairs, cfg, tmp_path, steps=600, rng=np.random.default_rng(1), pixel_size_nm=1.0)
+    from nanoseg import nets
+
+    net, meta = nets.load(model)
+    assert meta["target"] == "centres"
+    good = 0
+    for seed in range(10, 16):  # on these six, a three-class net of the same size and steps gives the small one +4-8 %
+        image, truth = _touching_pair_image(np.random.default_rng(seed))
+        labels = segment_image(net, meta, image, cfg, probability=False)[0]
+        ious = _matched_iou(labels, truth)
+        areas_ok = all(abs((labels == np.bincount(labels[truth == k]).argmax()).sum() / (truth == k).sum() - 1) < 0.05
+                       for k in (1, 2))
+        good += int(labels.max() == 2 and ious.min() > 0.8 and areas_ok)
+    assert good >= 5, good

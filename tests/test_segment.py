@@ -22,11 +22,14 @@ from nanoseg.segment import (
     instances_from_probabilities,
     load_pairs,
     make_target,
+    n_outputs,
     predict_probabilities,
+    probabilities_from_logits,
     segment_image,
     segment_micrographs,
     train,
 )
+from nanoseg.segment.data import OFFSET_SCALE_PX
 
 
 def _two_touching_squares() -> np.ndarray:
@@ -81,12 +84,14 @@ def _two_overlapping_discs(shape=(64, 96)) -> tuple[np.ndarray, np.ndarray]:
 
 def _perfect_probs(instances: np.ndarray, kind: str, width: int) -> np.ndarray:
     target = make_target(instances, kind, width)
+    if kind == "centres":  # what the net's outputs become: offsets in px
+        return np.concatenate([target[:2], target[2:] * OFFSET_SCALE_PX])
     if kind == "binary":
         return (instances > 0).astype(np.float32)[None]  # the overlap is not cut: the watershed must split
     return np.stack([target == c for c in (BACKGROUND, INTERIOR, BOUNDARY)]).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", ["three_class", "binary"])
+@pytest.mark.parametrize("kind", ["three_class", "binary", "centres"])
 @pytest.mark.parametrize("giveback", ["expand", "watershed"])
 def test_watershed_splits_two_overlapping_discs_and_keeps_one(kind, giveback):
     cfg = build_config({"segment": {"target": kind, "band_giveback": giveback, "boundary_width_px": 3,
@@ -191,7 +196,7 @@ def test_load_pairs_crops_info_bar(manual_pairs):
     assert p.instances.max() > 50
 
 
-@pytest.mark.parametrize("kind", ["three_class", "binary"])
+@pytest.mark.parametrize("kind", ["three_class", "binary", "centres"])
 def test_training_steps_lower_the_loss(manual_pairs, tmp_path, kind):
     torch.manual_seed(0)
     pairs = _manual_pairs(manual_pairs, 4)
@@ -295,12 +300,12 @@ def test_segment_micrographs_writes_probabilities_that_evaluate_reads(tmp_path):
     assert row["youden"] == pytest.approx(youden_index(prob.astype(float), inst > 0)[0])
 
 
-@pytest.mark.parametrize("kind", ["three_class", "binary"])
+@pytest.mark.parametrize("kind", ["three_class", "binary", "centres"])
 def test_onnx_export_matches_torch(tmp_path, kind):
     import onnxruntime as ort
 
     torch.manual_seed(0)
-    n_out = 3 if kind == "three_class" else 1
+    n_out = n_outputs(kind)
     net = nets.create("multiresunet", in_channels=1, out_channels=n_out, base_width=4, depth=2).eval()
     model = nets.save(net, tmp_path / "m.pt", meta={"target": kind}, kind="segmenter")
     onnx_path = export_onnx(model, tmp_path / "m.onnx")
@@ -309,7 +314,7 @@ def test_onnx_export_matches_torch(tmp_path, kind):
         x = torch.rand(shape)
         with torch.no_grad():
             logits = net(x)
-            ref = torch.softmax(logits, 1) if kind == "three_class" else torch.sigmoid(logits)
+            ref = probabilities_from_logits(logits, kind)
         out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         assert out.shape == tuple(ref.shape)
         np.testing.assert_allclose(out, ref.numpy(), atol=1e-4)

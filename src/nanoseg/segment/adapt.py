@@ -67,7 +67,7 @@ def pseudo_labels(
         Test-time-augmented class probabilities (:func:`nanoseg.segment.predict_with_agreement`).
     agreement : (H, W) float32
         Share of the 8 views that agree on each pixel's class.
-    target : {'three_class', 'binary'}
+    target : {'three_class', 'binary', 'centres'}
     segment_cfg : SegmentConfig
         Post-processing that splits ``probs`` into particles, and the boundary width.
     adapt_cfg : AdaptConfig
@@ -79,9 +79,10 @@ def pseudo_labels(
     -------
     instances : (H, W) int32
         The confident particles, labelled 1..n.
-    training_target : (H, W) uint8
+    training_target : (H, W) uint8, or (4, H, W) float32 for 'centres'
         :func:`nanoseg.segment.make_target` of ``instances`` with :data:`nanoseg.segment.IGNORE`
-        on the other particles (dilated by the boundary width) and on uncertain background.
+        (NaN for 'centres') on the other particles (dilated by the boundary width) and on
+        uncertain background.
     stats : dict
         ``particles``, ``confident``, ``ignored_fraction``.
     """
@@ -106,7 +107,10 @@ def pseudo_labels(
                                                | (particle_probability(probs, target) >= 0.5))
     ignore = (doubtful & (instances == 0)) | uncertain_background
     training_target = training_target.copy()
-    training_target[ignore] = IGNORE
+    if training_target.ndim == 3:  # the centre-vote target: NaN is its ignore value
+        training_target[:, ignore] = np.nan
+    else:
+        training_target[ignore] = IGNORE
     stats = {"particles": int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0)),
              "confident": len(confident_ids), "ignored_fraction": round(float(ignore.mean()), 4)}
     return instances, training_target, stats

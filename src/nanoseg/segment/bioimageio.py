@@ -21,6 +21,7 @@ from nanoseg.atomic import atomic_path
 from nanoseg.config import SegmentConfig
 from nanoseg.errors import NanosegError
 from nanoseg.io import read_micrograph, write_png
+from nanoseg.segment.data import OFFSET_SCALE_PX
 from nanoseg.segment.export import export_onnx, probability_module
 from nanoseg.segment.infer import particle_probability, to_model_scale
 from nanoseg.segment.instances import foreground_threshold
@@ -36,7 +37,16 @@ CHANNELS = {
         "boundary": "a band along each particle's outline, also where particles touch",
     },
     "binary": {"particle": "any particle pixel"},
+    "centres": {
+        "particle": "any particle pixel",
+        "centre": "a peak at each particle's centre (its innermost pixel)",
+        "offset_rows": "rows from the pixel to its own particle's centre, in px",
+        "offset_cols": "columns from the pixel to its own particle's centre, in px",
+    },
 }
+#: How the exported weights turn logits into the outputs, per target kind.
+ACTIVATIONS = {"three_class": "Softmax over the channels.", "binary": "Sigmoid of the logit.",
+               "centres": f"Sigmoid of channels 0-1; channels 2-3 are the offset logits times {OFFSET_SCALE_PX:g} (px)."}
 #: Side of the synthetic test image before rounding to the net's multiple.
 TEST_SIDE_PX = 128
 #: Largest side of a test crop taken from --sample (test tensors are stored in the package).
@@ -218,6 +228,12 @@ def documentation(net: Any, meta: dict[str, Any], model_name: str) -> str:
         post = (f"pixels with particle probability above {threshold:g} are foreground; markers are the regions "
                 f"of interior probability above {cfg.marker_threshold:g}, split by a watershed at interior maxima "
                 f"{cfg.marker_h:g} high; {giveback}")
+    elif target == "centres":
+        particle = "Channel 0 is the particle probability."
+        post = (f"pixels with particle probability above {threshold:g} are foreground; centres are the maxima of "
+                f"channel 1 above {cfg.marker_threshold:g}, at least {cfg.min_distance_px} px apart; each foreground "
+                "pixel joins the centre nearest to where its offset (channels 2-3) points, within its connected "
+                "foreground region")
     else:
         particle = "Channel 0 is the particle probability."
         post = (f"pixels with particle probability above {threshold:g} are foreground; a watershed on the "
@@ -245,7 +261,7 @@ multiples only.
 | --- | --- | --- |
 {channels}
 
-{"Softmax over the channels." if target == "three_class" else "Sigmoid of the logit."} {particle}
+{ACTIVATIONS[target]} {particle}
 
 ## Pixel size
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -18,7 +18,10 @@ logger = logging.getLogger("nanoseg.segment")
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 IGNORE = 255  # target value of padded pixels: no loss there
-TargetKind = Literal["three_class", "binary"]
+TargetKind = Literal["three_class", "binary", "centres"]
+#: Channels of the centre-vote target and of the net's output for it: particle, centre heatmap,
+#: offset rows and columns (divided by :data:`OFFSET_SCALE_PX` in the target and the logits).
+CENTRE_CHANNELS = ("particle", "centre", "offset_rows", "offset_cols")
 
 
 @dataclass
@@ -61,11 +64,12 @@ def make_target(
     instances : (H, W) int array
         Instance labels, 0 = background. Touching particles may share an edge or be separated
         by a background line.
-    kind : {'three_class', 'binary'}
+    kind : {'three_class', 'binary', 'centres'}
         ``'three_class'``: 0 background, 1 particle interior, 2 boundary band (the outer
         ``boundary_width_px`` px of every particle plus the background lines between touching
         particles). ``'binary'``: 1 particle, 0 background, with a 1-px background line wherever
-        two particles touch.
+        two particles touch. ``'centres'``: the four channels of :data:`CENTRE_CHANNELS`
+        (:func:`centre_target`, offsets divided by :data:`OFFSET_SCALE_PX`).
     boundary_width_px : int
         Width of the boundary band in px. Each particle keeps an interior of at least its inner
         half, so that small particles are never all band (they would lose their watershed marker
@@ -73,16 +77,19 @@ def make_target(
 
     Returns
     -------
-    (H, W) uint8 array
+    (H, W) uint8 array; (4, H, W) float32 for ``'centres'``
     """
     instances = np.asarray(instances)
     if instances.ndim != 2:
         raise ValueError(f"instances must be 2-D, got shape {instances.shape}")
     fg = instances > 0
+    if kind == "centres":
+        t = centre_target(instances)
+        return np.stack([t.foreground.astype(np.float32), t.heatmap, *(t.offsets / OFFSET_SCALE_PX)])
     if kind == "binary":
         return (separated_binary(instances) > 0).astype(np.uint8)
     if kind != "three_class":
-        raise ValueError(f"unknown target kind {kind!r} (use 'three_class' or 'binary')")
+        raise ValueError(f"unknown target kind {kind!r} (use 'three_class', 'binary' or 'centres')")
     depth = _inner_depth(instances)
     labels = instances.astype(np.int64)
     n = int(labels.max(initial=0))
@@ -254,9 +261,47 @@ def _load_image_mask_pairs(folder: Path, info_bar_rows: int | Literal["auto"], p
 
 def n_outputs(kind: TargetKind) -> int:
     """Output channels of the net for a target kind."""
-    return 3 if kind == "three_class" else 1
+    return {"three_class": 3, "binary": 1, "centres": len(CENTRE_CHANNELS)}[kind]
 
 
 def foreground_mask(probs: np.ndarray, kind: TargetKind, threshold: float) -> np.ndarray:
     """Particle pixels of a probability map (C, H, W) at ``threshold``."""
     return (probs[INTERIOR] + probs[BOUNDARY] if kind == "three_class" else probs[0]) > threshold
+
+
+def probabilities_from_logits(logits: Any, kind: TargetKind) -> Any:
+    """The net's logits (torch, (N, C, H, W)) as :func:`nanoseg.segment.predict_probabilities`
+    gives them: class probabilities, or for the centre-vote target the particle and centre
+    probabilities and the offsets in px."""
+    import torch
+
+    if kind == "three_class":
+        return torch.softmax(logits, dim=1)
+    if kind == "centres":
+        return torch.cat([torch.sigmoid(logits[:, :2]), logits[:, 2:] * OFFSET_SCALE_PX], dim=1)
+    return torch.sigmoid(logits)
+
+
+def dihedral(array: np.ndarray, k: int, flip: bool, vectors: bool = False) -> np.ndarray:
+    """``array`` (H, W) or (C, H, W) turned ``k`` quarter turns counter-clockwise (``np.rot90``),
+    then mirrored left-right if ``flip``. With ``vectors`` the last two channels are (rows,
+    columns) displacements and turn with the image, so that they still point where they did."""
+    axes = (0, 1) if array.ndim == 2 else (1, 2)
+    out = np.rot90(array, k, axes=axes)
+    if vectors:
+        out = out.copy()
+        for _ in range(k % 4):  # a quarter turn takes (rows, columns) to (-columns, rows)
+            out[-2], out[-1] = -out[-1], out[-2].copy()
+    if flip:
+        out = out[..., ::-1]
+        if vectors:
+            out = out.copy()
+            out[-1] = -out[-1]
+    return out
+
+
+def undo_dihedral(array: np.ndarray, k: int, flip: bool, vectors: bool = False) -> np.ndarray:
+    """The inverse of :func:`dihedral` with the same ``k`` and ``flip``."""
+    if flip:
+        array = dihedral(array, 0, True, vectors)
+    return dihedral(array, -k % 4, False, vectors)

@@ -11,6 +11,7 @@ from typing import Any
 from nanoseg import nets
 from nanoseg.atomic import atomic_path
 from nanoseg.errors import NanosegError
+from nanoseg.segment.data import probabilities_from_logits
 
 logger = logging.getLogger("nanoseg.segment")
 
@@ -114,14 +115,14 @@ def _probability_module_class() -> type:
             self.target = target
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            logits = self.net(x)
-            return torch.softmax(logits, dim=1) if self.target == "three_class" else torch.sigmoid(logits)
+            return probabilities_from_logits(self.net(x), self.target)
 
     return ProbabilityModule
 
 
 def probability_module(net: Any, target: str) -> Any:
-    """``net`` wrapped to output class probabilities (softmax for three-class, else sigmoid), as exported."""
+    """``net`` wrapped to output what :func:`nanoseg.segment.predict_probabilities` gives (softmax for
+    three-class, sigmoid for binary; centres: sigmoid particle and centre channels, offsets in px), as exported."""
     return _probability_module_class()(net, target)
 
 

@@ -18,7 +18,14 @@ from nanoseg.labels import relabel, separated_binary
 from nanoseg.particles import to_other_grid
 from nanoseg.plots import in_row_strips
 from nanoseg.runtime import autocast, progress
-from nanoseg.segment.data import BACKGROUND, TargetKind, n_outputs
+from nanoseg.segment.data import (
+    BACKGROUND,
+    TargetKind,
+    dihedral,
+    n_outputs,
+    probabilities_from_logits,
+    undo_dihedral,
+)
 from nanoseg.segment.export import OnnxModel
 from nanoseg.segment.instances import foreground_threshold, instances_from_probabilities, resize_labels
 
@@ -31,13 +38,7 @@ def particle_probability(probs: np.ndarray, target: TargetKind) -> np.ndarray:
     For the three-class target this is one minus the background probability (interior and
     boundary band both belong to particles): the map the paper's metrics threshold.
     """
-    return np.asarray(probs[0] if target == "binary" else 1.0 - probs[BACKGROUND], np.float32)
-
-
-def probabilities_from_logits(logits: Any, kind: TargetKind) -> Any:
-    import torch
-
-    return torch.softmax(logits, dim=1) if kind == "three_class" else torch.sigmoid(logits)
+    return np.asarray(1.0 - probs[BACKGROUND] if target == "three_class" else probs[0], np.float32)
 
 
 def _blend_window(h: int, w: int, overlap_px: int) -> np.ndarray:
@@ -99,15 +100,11 @@ def _net_runner(net: Any, target: TargetKind, device: Any, bf16: bool) -> Any:
     return once
 
 
-def _dihedral_views(once: Any, tile: np.ndarray) -> list[np.ndarray]:
-    """Probabilities of the 8 flips and 90-degree rotations of ``tile``, each turned back."""
-    views = []
-    for k in range(4):
-        for flip in (False, True):
-            view = np.rot90(tile, k)
-            probs = once(view[:, ::-1] if flip else view)
-            views.append(np.rot90(probs[:, :, ::-1] if flip else probs, -k, axes=(1, 2)))
-    return views
+def _dihedral_views(once: Any, tile: np.ndarray, vectors: bool = False) -> list[np.ndarray]:
+    """Probabilities of the 8 flips and 90-degree rotations of ``tile``, each turned back (with
+    ``vectors``, the centre-vote offsets in the last two channels too)."""
+    return [undo_dihedral(once(dihedral(tile, k, flip)), k, flip, vectors)
+            for k in range(4) for flip in (False, True)]
 
 
 def _tiled(run: Any, image: np.ndarray, n_channels: int, tile_px: int, overlap_px: int) -> np.ndarray:
@@ -148,12 +145,13 @@ def predict_probabilities(
     -------
     (C, H, W) float32 array
         Three-class: background, interior, boundary probabilities. Binary: the particle
-        probability (C = 1).
+        probability (C = 1). Centres: particle and centre probabilities, then the offsets to the
+        centre in px (rows, columns).
     """
     once = _net_runner(net, target, device, bf16)
 
     def run(tile: np.ndarray) -> np.ndarray:
-        return np.mean(_dihedral_views(once, tile), axis=0) if tta else once(tile)
+        return np.mean(_dihedral_views(once, tile, target == "centres"), axis=0) if tta else once(tile)
 
     return _tiled(run, np.asarray(image, np.float32), n_outputs(target), tile_px, overlap_px)
 
@@ -182,8 +180,8 @@ def predict_with_agreement(
     n_out = n_outputs(target)
 
     def run(tile: np.ndarray) -> np.ndarray:
-        views = np.stack(_dihedral_views(once, tile))
-        if n_out == 1:
+        views = np.stack(_dihedral_views(once, tile, target == "centres"))
+        if target != "three_class":  # the particle channel's two classes
             votes = (views[:, 0] > 0.5).mean(axis=0)
             share = np.maximum(votes, 1.0 - votes)
         else:

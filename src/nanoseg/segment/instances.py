@@ -121,14 +121,16 @@ def instances_from_probabilities(
     boundary band goes back to the nearest marker, either by growing each marker by at most
     ``boundary_width_px`` inside the foreground (``band_giveback='expand'``) or by a watershed
     over the whole foreground (``'watershed'``). Binary: a watershed on the Gaussian-smoothed
-    distance transform from ``peak_local_max(min_distance_px)`` markers. Foreground blobs that
-    got no marker become particles of their own; instances below ``min_size_px`` are removed.
+    distance transform from ``peak_local_max(min_distance_px)`` markers. Centres: each pixel
+    joins the centre its offset votes for (:func:`instances_from_centres`; centres are heatmap
+    peaks above ``marker_threshold``, ``min_distance_px`` apart). Foreground blobs that got no
+    marker become particles of their own; instances below ``min_size_px`` are removed.
 
     Parameters
     ----------
     probs : (C, H, W) array
         Output of :func:`predict_probabilities`.
-    target : {'three_class', 'binary'}
+    target : {'three_class', 'binary', 'centres'}
     config : SegmentConfig
         ``threshold``, ``boundary_width_px``, ``band_giveback``, ``marker_threshold``, ``marker_h``, ``min_distance_px``,
         ``smoothing_sigma_px``, ``min_size_px``.
@@ -152,6 +154,9 @@ def instances_from_probabilities(
             labels = expand_within(markers, foreground, config.boundary_width_px)
         else:
             labels = watershed(-probs[INTERIOR], markers, mask=foreground)
+    elif target == "centres":
+        return instances_from_centres(foreground, probs[1], probs[2:4], peak_threshold=config.marker_threshold,
+                                      min_distance_px=config.min_distance_px, min_size_px=config.min_size_px)
     elif target == "binary":
         distance = ndi.distance_transform_edt(foreground)
         if config.smoothing_sigma_px > 0:
