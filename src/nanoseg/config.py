@@ -242,10 +242,10 @@ class SegmentConfig(_Section):
     depth: int = Field(4, ge=1, le=6, description="Number of downsampling levels.")
     target: Literal["three_class", "binary", "centres"] = Field(
         "three_class", description="Predict particle/boundary/background (separates touching particles by a band), a "
-        "plain binary mask, or 'centres' (experimental): each particle's centre and, per pixel, the vector to its own "
-        "particle's centre (touching particles split where the vectors part; marker_threshold and min_distance_px "
-        "then apply to the centres). Not for use yet: trained on a quick run's pairs it merged most touching "
-        "particles (strict F1 0.15 against 0.80, benchmarks/results/segment_target.md)."
+        "plain binary mask, or 'centres' (experimental): per pixel the vector to its own particle's centre; centres "
+        "are where at least min_size_px pixels' vectors point, min_distance_px apart, and touching particles split "
+        "where the vectors part. Not the default: behind three_class on the TiO2 benchmark "
+        "(benchmarks/results/segment_target.md)."
     )
     boundary_width_px: int = Field(3, ge=1, description="Width of the boundary band of the three-class target in px.")
     tile_size_px: int = Field(192, ge=32, description="Side of the square training tiles in px.")

@@ -230,10 +230,11 @@ def documentation(net: Any, meta: dict[str, Any], model_name: str) -> str:
                 f"{cfg.marker_h:g} high; {giveback}")
     elif target == "centres":
         particle = "Channel 0 is the particle probability."
-        post = (f"pixels with particle probability above {threshold:g} are foreground; centres are the maxima of "
-                f"channel 1 above {cfg.marker_threshold:g}, at least {cfg.min_distance_px} px apart; each foreground "
-                "pixel joins the centre nearest to where its offset (channels 2-3) points, within its connected "
-                "foreground region")
+        post = (f"pixels with particle probability above {threshold:g} are foreground; each votes at its position "
+                f"plus its offset (channels 2-3); centres are where at least {cfg.min_size_px} votes gather (within a "
+                f"Gaussian of 2 px), at least {cfg.min_distance_px} px apart; each foreground pixel joins the centre "
+                "nearest to its vote within its connected foreground region (channel 1, the centre heatmap, is an "
+                "auxiliary training output)")
     else:
         particle = "Channel 0 is the particle probability."
         post = (f"pixels with particle probability above {threshold:g} are foreground; a watershed on the "
