@@ -117,6 +117,9 @@ class CentreTarget:
     """Targets of the centre-vote representation (Panoptic-DeepLab's centre and offset heads,
     made for touching objects of any size): per pixel, the particle mask, a heatmap peaking at
     each particle's centre, and the vector from the pixel to its own particle's centre.
+    Decoding finds the centres where the vectors point
+    (:func:`nanoseg.segment.instances_from_centres`); the heatmap is an auxiliary output (the one
+    a quick run's pairs taught stayed too flat to find centres by).
 
     The centre is the particle's innermost pixel (largest distance from its own edge, the edges
     shared with touching neighbours included), inside the particle even when it is occluded
