@@ -173,6 +173,8 @@ def instances_from_probabilities(
 
 #: Centre votes are counted within a Gaussian of this sigma (px) around each pixel.
 VOTE_SIGMA_PX = 2.0
+
+
 def centre_votes(foreground: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Where the particle pixels' offsets point: per pixel, the votes landing near it (a count
     smoothed by a Gaussian of :data:`VOTE_SIGMA_PX`, scaled so that votes landing on one pixel

@@ -71,12 +71,9 @@ def random_tile(pair_image: np.ndarray, target: np.ndarray, tile_px: int, rng: n
 
 
 def class_weights(targets: list[np.ndarray], n_classes: int) -> np.ndarray:
-    """Median-frequency class weights (clipped to [0.1, 10]) of the training targets (of the
-    particle channel for the centre-vote target: background, particle)."""
-    counts = np.zeros(max(n_classes, 2) if targets and targets[0].ndim == 2 else 2)
+    """Median-frequency class weights (clipped to [0.1, 10]) of the training targets."""
+    counts = np.zeros(max(n_classes, 2))
     for t in targets:
-        if t.ndim == 3:
-            t = np.where(np.isnan(t[0]), IGNORE, t[0] > 0.5).astype(np.uint8)
         counts += np.bincount(t[t != IGNORE].ravel(), minlength=counts.size)[: counts.size]
     freq = counts / max(counts.sum(), 1.0)
     freq[freq == 0] = np.nan
@@ -289,7 +286,9 @@ def train(
     extra_targets = [_target_of(p, kind, config.boundary_width_px) for p in extra]
     if extra and not 0.0 < extra_fraction < 1.0:
         raise NanosegError(f"segment: extra_fraction {extra_fraction} must be between 0 and 1 with extra pairs")
-    weights_np = class_weights(train_targets, n_outputs(kind)) if config.class_balance else np.ones(max(n_outputs(kind), 2))
+    # the centre-vote loss weighs no class (see _centre_loss)
+    balance = config.class_balance and kind != "centres"
+    weights_np = class_weights(train_targets, n_outputs(kind)) if balance else np.ones(max(n_outputs(kind), 2))
     weights = torch.tensor(weights_np, dtype=torch.float32, device=device)
 
     net = nets.create(config.architecture, in_channels=1, out_channels=n_outputs(kind),
